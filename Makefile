@@ -1,0 +1,77 @@
+# nfsentry: one entry point for users, developers and CI.
+#   make run    bootstrap (apt packages, venv, package) and run the daemon in the foreground
+#   make test   bootstrap + test tools, then the whole suite (host tier + qemu stock-kernel tier)
+#   make bench  benchmarks under bench/
+# Every target is idempotent: a second run installs nothing and starts in seconds.
+
+SHELL      := /bin/bash
+PY_SYSTEM  := /usr/bin/python3
+VENV       ?= $(CURDIR)/.venv
+PY         := $(VENV)/bin/python
+STAMPS     := $(VENV)/.stamps
+
+RUN_DEBS   := nftables python3-nftables iptables libnetfilter-queue-dev gcc python3-venv python3-dev iproute2
+TEST_DEBS  := nmap hping3 tcpreplay vsftpd fail2ban procps tcpdump iputils-ping
+KERNEL_DEBS := qemu-system-x86 busybox-static cpio
+
+PYTEST_ARGS ?=
+
+.PHONY: run test test-host test-kernel bench deps-run deps-test venv rules clean
+
+# --- bootstrap -------------------------------------------------------------------------------
+# Install only the Debian packages that are missing; `apt-get update` only when something is.
+define apt_ensure
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  [ "$$(id -u)" = 0 ] || { echo "nfsentry: installing$$missing needs root" >&2; exit 1; }; \
+	  echo "nfsentry: apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
+
+deps-run:
+	$(call apt_ensure,$(RUN_DEBS))
+
+deps-test: deps-run
+	$(call apt_ensure,$(TEST_DEBS) $(KERNEL_DEBS))
+
+# The venv sees the distribution's python3-nftables (--system-site-packages).
+$(PY): | deps-run
+	$(PY_SYSTEM) -m venv --system-site-packages $(VENV)
+	@mkdir -p $(STAMPS)
+
+$(STAMPS)/pkg: pyproject.toml | $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/test: pyproject.toml $(STAMPS)/pkg
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+venv: deps-run $(STAMPS)/pkg
+
+# --- the two commands -----------------------------------------------------------------------
+run: deps-run $(STAMPS)/pkg
+	$(VENV)/bin/nfsentry run --foreground $(RUN_ARGS)
+
+test: deps-test $(STAMPS)/test
+	@$(MAKE) --no-print-directory test-host
+	@$(MAKE) --no-print-directory test-kernel
+
+test-host: deps-test $(STAMPS)/test
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-kernel: deps-test $(STAMPS)/test
+	@if [ -x tests/kernel/run-tier.sh ]; then tests/kernel/run-tier.sh; else echo "test-kernel: tier not present yet"; fi
+
+bench: deps-test $(STAMPS)/test
+	$(PY) bench/run.py
+
+# Regenerate the shipped rulesets from the renderer (tests check they agree).
+rules: $(STAMPS)/pkg
+	$(PY) -m nfsentry.nft --write-shipped rules
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

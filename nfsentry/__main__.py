@@ -1,0 +1,3 @@
+from nfsentry.cli import main
+
+main()
