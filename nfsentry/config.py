@@ -1,0 +1,442 @@
+"""Configuration: TOML schema, built-in defaults and validation.
+
+nfsentry runs with no file at all (every key has a default). A file only overrides what it names.
+Every key is validated on load; the first problem raises :class:`ConfigError` whose message is
+one line naming the key and the problem (``[response] block_duration: bad duration 'x'``). The
+daemon and the CLI turn that into exit code 2 with nothing loaded into the kernel.
+"""
+from __future__ import annotations
+
+import copy
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = "/etc/nfsentry/nfsentry.toml"
+
+# PortSentry's classic high "trojan" ports (Debian's portsentry.conf), beyond 1-1023.
+TROJAN_TCP = [1080, 1524, 2000, 5742, 6667, 12345, 12346, 20034, 27665, 31337,
+              32771, 32772, 32773, 32774, 40421, 49724, 54320]
+TROJAN_UDP = [31335, 31337, 32770, 32771, 32772, 32773, 32774, 34555, 37444, 54321]
+
+LABELS = ("SYN", "FIN", "NULL", "XMAS", "FULL-XMAS", "ACK", "MAIMON", "UNKNOWN", "UDP", "MALFORMED")
+
+# The schema: section -> key -> default. Types are checked against the default's type
+# (with the explicit checkers below for durations, ports, networks, enums).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "monitor": {
+        "tcp_ports": ["1-1023", *TROJAN_TCP],
+        "udp_ports": ["1-1023", *TROJAN_UDP],
+        "tcp_exclude": [],
+        "udp_exclude": [],
+        "inuse": "auto",          # auto | socket | poll | off
+        "mode": "host",           # host | gateway | observe
+        "ftp": True,              # follow FTP control channels (queue 1)
+    },
+    "detection": {
+        "scan_trigger": 0,        # PortSentry SCAN_TRIGGER: 0 reacts on the first hit
+        "window_ports": 0,        # react at N distinct ports within window_seconds (0 = off)
+        "window_seconds": "60s",
+        "instant_labels": ["NULL", "XMAS", "FULL-XMAS", "UNKNOWN", "MALFORMED"],
+        "ipv6_prefix": 64,
+        "max_sources": 100000,
+        "max_ports_per_source": 64,
+    },
+    "response": {
+        "tcp": "block",           # log | block | command   (PortSentry BLOCK_TCP 0/1/2)
+        "udp": "block",           # log | block | command   (PortSentry BLOCK_UDP 0/1/2)
+        "probe_verdict": "accept",  # verdict for counted-but-not-blocked probes: accept | drop
+        "dry_run": False,         # learning mode: log what would be blocked, block nothing
+        "block_duration": "1h",   # 0 = until unblocked (PortSentry's behaviour)
+        "max_block_duration": "7d",
+        "escalation_factor": 2.0,
+        "command": [],            # argv, e.g. ["/usr/local/sbin/notify", "$TARGET$", "$PORT$", "$MODE$"]
+        "command_first": False,   # PortSentry KILL_RUN_CMD_FIRST
+        "hosts_deny": "",         # append "ALL: ADDR" lines to this file (TCP wrappers); "" = off
+        "max_blocks_per_minute": 0,  # 0 = unlimited
+        "max_blocked": 0,         # cap on the blocked sets' size; 0 = unlimited
+        "keep_blocks_on_exit": True,  # on SIGTERM keep the table (and its blocks) loaded
+    },
+    "ignore": {
+        "addresses": [],          # addresses and CIDRs, IPv4 and IPv6
+        "files": [],              # PortSentry-style ignore files (one address[/mask] per line)
+        "own_addresses": True,    # the host's own addresses (refreshed when they change)
+        "gateways": True,         # default gateway(s)
+        "resolvers": True,        # nameservers from /etc/resolv.conf
+    },
+    "logging": {
+        "syslog": True,
+        "syslog_facility": "daemon",
+        "syslog_address": "/dev/log",
+        "format": "nfsentry",     # nfsentry | portsentry1 | portsentry2 (syslog line style)
+        "json_file": "/var/log/nfsentry/events.jsonl",  # "" = off
+        "history_file": "",       # PortSentry-format history file; "" = off
+        "history_format": "portsentry1",  # portsentry1 | portsentry2
+        "blocked_file": "",       # PortSentry-format blocked file; "" = off
+        "resolve_hosts": False,   # reverse DNS for log lines (off the hot path)
+        "level": "info",
+    },
+    "storage": {
+        "state_dir": "/var/lib/nfsentry",
+        "database": "",           # "" = <state_dir>/nfsentry.db
+    },
+    "daemon": {
+        "control_socket": "/run/nfsentry/control.sock",
+        "queue_maxlen": 4096,
+    },
+    "nft": {
+        "table": "nfsentry",
+        "queue": 0,
+        "ftp_queue": 1,
+        "backend": "auto",        # auto | native | compat
+        "mark": 0x4E460000,
+    },
+}
+
+ENUMS = {
+    ("monitor", "inuse"): ("auto", "socket", "poll", "off"),
+    ("monitor", "mode"): ("host", "gateway", "observe"),
+    ("response", "tcp"): ("log", "block", "command"),
+    ("response", "udp"): ("log", "block", "command"),
+    ("response", "probe_verdict"): ("accept", "drop"),
+    ("logging", "format"): ("nfsentry", "portsentry1", "portsentry2"),
+    ("logging", "history_format"): ("portsentry1", "portsentry2"),
+    ("logging", "syslog_facility"): ("auth", "authpriv", "daemon", "kern", "local0", "local1", "local2",
+                                     "local3", "local4", "local5", "local6", "local7", "security", "user"),
+    ("logging", "level"): ("debug", "info", "warning", "error"),
+    ("nft", "backend"): ("auto", "native", "compat"),
+}
+DURATIONS = {("detection", "window_seconds"), ("response", "block_duration"), ("response", "max_block_duration")}
+PORT_LISTS = {("monitor", "tcp_ports"), ("monitor", "udp_ports"), ("monitor", "tcp_exclude"), ("monitor", "udp_exclude")}
+RANGES = {
+    ("detection", "scan_trigger"): (0, 1_000_000),
+    ("detection", "window_ports"): (0, 65535),
+    ("detection", "ipv6_prefix"): (16, 128),
+    ("detection", "max_sources"): (100, 50_000_000),
+    ("detection", "max_ports_per_source"): (1, 65535),
+    ("response", "max_blocks_per_minute"): (0, 1_000_000),
+    ("response", "max_blocked"): (0, 10_000_000),
+    ("daemon", "queue_maxlen"): (16, 1_000_000),
+    ("nft", "queue"): (0, 65535),
+    ("nft", "ftp_queue"): (0, 65535),
+    ("nft", "mark"): (1, 0xFFFFFFFF),
+}
+# Characters never allowed in an external command template: the command is run as an argument
+# list without a shell, but a template that looks like shell code is a configuration mistake.
+SHELL_META = set(";|&`$<>(){}\\\n\r*?!~'\"")
+PLACEHOLDERS = ("$TARGET$", "$PORT$", "$MODE$")
+_DUR_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_DUR_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ConfigError(ValueError):
+    """A configuration problem; str() is one line naming the key."""
+
+
+def parse_duration(value: Any, what: str = "duration") -> float:
+    """'1h30m', '45s', '7d', '250ms', 3600, 0 -> seconds (float). Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad {what} {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0 or value != value or value == float("inf"):
+            raise ValueError(f"bad {what} {value!r}: must be >= 0")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"bad {what} {value!r}")
+    text = value.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    pos, total = 0, 0.0
+    for m in _DUR_RE.finditer(text):
+        if m.start() != pos and text[pos:m.start()].strip():
+            raise ValueError(f"bad {what} {value!r}")
+        total += float(m.group(1)) * _DUR_UNITS[m.group(2)]
+        pos = m.end()
+    if pos == 0 or text[pos:].strip():
+        raise ValueError(f"bad {what} {value!r} (use e.g. 30s, 15m, 1h, 7d)")
+    if total > 10 * 365 * 86400:
+        raise ValueError(f"bad {what} {value!r}: longer than 10 years")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    if not seconds:
+        return "0"
+    s = int(round(seconds))
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size:
+            out.append(f"{s // size}{unit}")
+            s %= size
+    return "".join(out) or f"{seconds:g}s"
+
+
+def parse_ports(items: Any, what: str = "ports") -> list[tuple[int, int]]:
+    """[22, "1-1023", "8080"] -> merged sorted [(lo, hi)]. Raises ValueError."""
+    if not isinstance(items, list):
+        raise ValueError(f"{what} must be a list of ports and 'a-b' ranges")
+    ranges = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"bad port {item!r}")
+        if isinstance(item, int):
+            lo = hi = item
+        elif isinstance(item, str) and re.fullmatch(r"\s*\d{1,6}\s*(-\s*\d{1,6}\s*)?", item):
+            parts = [int(p) for p in item.split("-")]
+            lo, hi = parts[0], parts[-1]
+        else:
+            raise ValueError(f"bad port or range {item!r}")
+        if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
+            raise ValueError(f"port {item!r} outside 1-65535")
+        if lo > hi:
+            raise ValueError(f"bad range {item!r}: start after end")
+        ranges.append((lo, hi))
+    return merge_ranges(ranges)
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def subtract_ranges(ranges: list[tuple[int, int]], minus: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = []
+    for lo, hi in ranges:
+        cur = lo
+        for mlo, mhi in minus:
+            if mhi < cur or mlo > hi:
+                continue
+            if mlo > cur:
+                out.append((cur, mlo - 1))
+            cur = max(cur, mhi + 1)
+            if cur > hi:
+                break
+        if cur <= hi:
+            out.append((cur, hi))
+    return out
+
+
+def ranges_text(ranges: list[tuple[int, int]]) -> str:
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges) or "(none)"
+
+
+def count_ports(ranges: list[tuple[int, int]]) -> int:
+    return sum(hi - lo + 1 for lo, hi in ranges)
+
+
+def parse_network(text: Any, what: str = "address", allow_everything: bool = False):
+    """An address or CIDR -> ip_network (host bits are cleared). Refuses /0 unless allowed."""
+    if not isinstance(text, str):
+        raise ValueError(f"bad {what} {text!r}")
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"bad {what} {text!r}: not an IPv4/IPv6 address or CIDR") from None
+    if net.prefixlen == 0 and not allow_everything:
+        raise ValueError(f"{what} {text!r} would match every address")
+    return net
+
+
+def check_command(argv: Any) -> list[str]:
+    """Validate an external command template (an argument list, no shell)."""
+    if isinstance(argv, str):
+        raise ValueError("must be a list of arguments (it is never run through a shell), e.g. [\"/usr/local/sbin/x\", \"$TARGET$\"]")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise ValueError("must be a list of strings")
+    if not argv:
+        return []
+    if not argv[0].startswith("/"):
+        raise ValueError(f"program {argv[0]!r} must be an absolute path")
+    for arg in argv:
+        stripped = arg
+        for ph in PLACEHOLDERS:
+            stripped = stripped.replace(ph, "")
+        bad = sorted(set(stripped) & SHELL_META)
+        if bad:
+            raise ValueError(f"argument {arg!r} contains shell metacharacters {''.join(bad)!r}")
+    return list(argv)
+
+
+@dataclass
+class Config:
+    """The validated configuration. ``data`` holds every key (defaults filled in)."""
+    data: dict[str, dict[str, Any]]
+    path: str | None = None
+    # derived, validated values
+    tcp_ports: list[tuple[int, int]] = field(default_factory=list)
+    udp_ports: list[tuple[int, int]] = field(default_factory=list)
+    ignore: list = field(default_factory=list)  # ip_network objects from addresses + files
+    durations: dict[str, float] = field(default_factory=dict)
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self.data[section]
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.data["storage"]["database"] or Path(self.data["storage"]["state_dir"]) / "nfsentry.db")
+
+    def effective(self) -> dict[str, dict[str, Any]]:
+        """The effective settings (for `config check` and status)."""
+        out = copy.deepcopy(self.data)
+        out["monitor"]["effective_tcp_ports"] = ranges_text(self.tcp_ports)
+        out["monitor"]["effective_udp_ports"] = ranges_text(self.udp_ports)
+        out["ignore"]["effective_count"] = len(self.ignore)
+        return out
+
+
+def read_ignore_file(path: str | Path) -> list:
+    """A PortSentry-style ignore file: one address[/mask] per line, '#' comments. Raises ValueError
+    naming the line on a bad entry."""
+    nets = []
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise ValueError(f"cannot read ignore file {path}: {e.strerror}") from None
+    for num, line in enumerate(text.splitlines(), 1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        try:
+            nets.append(parse_network(entry, "address"))
+        except ValueError as e:
+            raise ValueError(f"{path}:{num}: {e}") from None
+    return nets
+
+
+def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = True) -> Config:
+    """Merge `raw` over the defaults and validate every key. Raises ConfigError."""
+    data = copy.deepcopy(DEFAULTS)
+    if not isinstance(raw, dict):
+        raise ConfigError("configuration must be a TOML table")
+    for section, values in raw.items():
+        if section not in DEFAULTS:
+            raise ConfigError(f"unknown section [{section}] (known: {', '.join(DEFAULTS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        for key, value in values.items():
+            if key not in DEFAULTS[section]:
+                raise ConfigError(f"[{section}] unknown key '{key}'")
+            default = DEFAULTS[section][key]
+            if isinstance(default, bool) != isinstance(value, bool) or (
+                    not isinstance(default, bool) and not _type_ok(default, value, (section, key))):
+                raise ConfigError(f"[{section}] {key}: expected {_type_name(default, (section, key))}, got {value!r}")
+            data[section][key] = value
+    cfg = Config(data=data, path=path)
+    for (section, key), choices in ENUMS.items():
+        if data[section][key] not in choices:
+            raise ConfigError(f"[{section}] {key}: {data[section][key]!r} is not one of {', '.join(choices)}")
+    for (section, key), (lo, hi) in RANGES.items():
+        v = data[section][key]
+        if not lo <= v <= hi:
+            raise ConfigError(f"[{section}] {key}: {v} outside {lo}-{hi}")
+    for section, key in DURATIONS:
+        try:
+            cfg.durations[key] = parse_duration(data[section][key], "duration")
+        except ValueError as e:
+            raise ConfigError(f"[{section}] {key}: {e}") from None
+    if cfg.durations["window_seconds"] <= 0:
+        raise ConfigError("[detection] window_seconds: must be more than 0")
+    if cfg.durations["max_block_duration"] and cfg.durations["block_duration"] > cfg.durations["max_block_duration"]:
+        raise ConfigError("[response] block_duration: longer than max_block_duration")
+    if not 1.0 <= float(data["response"]["escalation_factor"]) <= 100:
+        raise ConfigError("[response] escalation_factor: must be between 1 and 100")
+    ports = {}
+    for section, key in PORT_LISTS:
+        try:
+            ports[key] = parse_ports(data[section][key], key)
+        except ValueError as e:
+            raise ConfigError(f"[{section}] {key}: {e}") from None
+    cfg.tcp_ports = subtract_ranges(ports["tcp_ports"], ports["tcp_exclude"])
+    cfg.udp_ports = subtract_ranges(ports["udp_ports"], ports["udp_exclude"])
+    for label in data["detection"]["instant_labels"]:
+        if label not in LABELS:
+            raise ConfigError(f"[detection] instant_labels: unknown label {label!r} (known: {', '.join(LABELS)})")
+    try:
+        data["response"]["command"] = check_command(data["response"]["command"])
+    except ValueError as e:
+        raise ConfigError(f"[response] command: {e}") from None
+    if "command" in (data["response"]["tcp"], data["response"]["udp"]) and not data["response"]["command"]:
+        raise ConfigError("[response] command: tcp/udp = \"command\" needs a command")
+    for key in ("hosts_deny",):
+        v = data["response"][key]
+        if v and not v.startswith("/"):
+            raise ConfigError(f"[response] {key}: {v!r} must be an absolute path")
+    for key in ("json_file", "history_file", "blocked_file"):
+        v = data["logging"][key]
+        if v and not v.startswith("/"):
+            raise ConfigError(f"[logging] {key}: {v!r} must be an absolute path")
+    for key in ("state_dir", "database"):
+        v = data["storage"][key]
+        if v and not v.startswith("/"):
+            raise ConfigError(f"[storage] {key}: {v!r} must be an absolute path")
+    if not data["daemon"]["control_socket"].startswith("/"):
+        raise ConfigError("[daemon] control_socket: must be an absolute path")
+    if data["nft"]["queue"] == data["nft"]["ftp_queue"]:
+        raise ConfigError("[nft] ftp_queue: must differ from queue")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", data["nft"]["table"]):
+        raise ConfigError(f"[nft] table: bad table name {data['nft']['table']!r}")
+    for i, entry in enumerate(data["ignore"]["addresses"]):
+        try:
+            cfg.ignore.append(parse_network(entry, "address"))
+        except ValueError as e:
+            raise ConfigError(f"[ignore] addresses: {e}") from None
+    if read_files:
+        for f in data["ignore"]["files"]:
+            try:
+                cfg.ignore.extend(read_ignore_file(f))
+            except ValueError as e:
+                raise ConfigError(f"[ignore] files: {e}") from None
+    return cfg
+
+
+def _type_ok(default: Any, value: Any, where: tuple[str, str]) -> bool:
+    if where == ("response", "command"):
+        return True  # check_command() explains what is wrong with it
+    if where in DURATIONS:
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, list):
+        return isinstance(value, list)
+    return type(value) is type(default)
+
+
+def _type_name(default: Any, where: tuple[str, str]) -> str:
+    if where in DURATIONS:
+        return "a duration like \"1h\""
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}[type(default)]
+
+
+def load(path: str | Path | None = None, read_files: bool = True) -> Config:
+    """Load a TOML file over the defaults. path=None: the default path if it exists, else defaults."""
+    if path is None:
+        if not Path(DEFAULT_PATH).exists():
+            return validate({}, None, read_files)
+        path = DEFAULT_PATH
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such configuration file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: TOML syntax error: {e}") from None
+    try:
+        return validate(raw, str(p), read_files)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
+def defaults() -> Config:
+    return validate({}, None)
