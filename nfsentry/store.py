@@ -1,0 +1,207 @@
+"""Persistence: SQLite in WAL mode for current blocks, offenders and the attack history.
+
+The kernel's blocked sets are authoritative while nfsentry runs; the database is what survives a
+restart (and a ``kill -9``: every block is committed before it is reported in a log line). The
+state directory is created 0700 and the database file 0600.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    network    TEXT PRIMARY KEY,
+    family     INTEGER NOT NULL,
+    src        TEXT,
+    reason     TEXT,
+    labels     TEXT,          -- JSON list
+    ports      TEXT,          -- JSON list
+    first_seen REAL,
+    created    REAL NOT NULL,
+    expires    REAL,          -- NULL = until unblocked
+    offences   INTEGER NOT NULL DEFAULT 1,
+    origin     TEXT NOT NULL DEFAULT 'auto'   -- auto | manual | kernel
+);
+CREATE TABLE IF NOT EXISTS offenders (
+    network  TEXT PRIMARY KEY,
+    offences INTEGER NOT NULL,
+    last     REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      REAL NOT NULL,
+    event   TEXT NOT NULL,
+    src     TEXT,
+    network TEXT,
+    proto   TEXT,
+    port    INTEGER,
+    label   TEXT,
+    action  TEXT,
+    detail  TEXT           -- the whole event as JSON
+);
+CREATE INDEX IF NOT EXISTS history_ts ON history(ts);
+CREATE INDEX IF NOT EXISTS history_src ON history(src);
+"""
+
+
+class StoreError(Exception):
+    """A storage fault (locked, disk full, I/O error); the message is one line."""
+
+
+class StoreCorrupt(StoreError):
+    """The database file is not a usable nfsentry database."""
+
+
+def _secure_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.chmod(path, 0o700)
+    except PermissionError:
+        pass
+
+
+class Store:
+    """One connection; not shared between threads (the daemon's worker thread owns one)."""
+
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        if not readonly:
+            _secure_dir(self.path.parent)
+            if not self.path.exists():
+                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+                os.close(fd)
+        try:
+            uri = f"file:{self.path}?mode={'ro' if readonly else 'rwc'}"
+            self.db = sqlite3.connect(uri, uri=True, timeout=5, isolation_level=None, check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise StoreCorrupt(f"{self.path}: database is corrupt ({ok})")
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(SCHEMA)
+            for suffix in ("-wal", "-shm"):
+                p = Path(str(self.path) + suffix)
+                if p.exists():
+                    try:
+                        os.chmod(p, 0o600)
+                    except OSError:
+                        pass
+        except sqlite3.DatabaseError as e:
+            msg = str(e)
+            if "not a database" in msg or "malformed" in msg or "corrupt" in msg:
+                raise StoreCorrupt(f"{self.path}: database is corrupt ({msg})") from None
+            raise StoreError(f"{self.path}: {msg}") from None
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _run(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self.db.execute(sql, tuple(args))
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: {e}") from None
+
+    def close(self) -> None:
+        try:
+            self.db.close()
+        except sqlite3.Error:
+            pass
+
+    # -- blocks ------------------------------------------------------------------------------
+    def add_block(self, ev: dict[str, Any]) -> None:
+        """Insert or refresh a block from an event dict (see docs/DESIGN.md)."""
+        self._run(
+            "INSERT INTO blocks(network, family, src, reason, labels, ports, first_seen, created, expires, offences, origin)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(network) DO UPDATE SET reason=excluded.reason, labels=excluded.labels, ports=excluded.ports,"
+            " created=excluded.created, expires=excluded.expires, offences=excluded.offences, origin=excluded.origin",
+            (ev["network"], ev.get("family", 6 if ":" in ev["network"] else 4), ev.get("src"), ev.get("reason", ""),
+             json.dumps(ev.get("labels", [])), json.dumps(ev.get("ports", [])), ev.get("first_seen", ev["ts"]),
+             ev["ts"], ev.get("expires"), ev.get("offences", 1), ev.get("origin", "auto")))
+        if ev.get("offences"):
+            self._run("INSERT INTO offenders(network, offences, last) VALUES (?,?,?)"
+                      " ON CONFLICT(network) DO UPDATE SET offences=max(offences, excluded.offences), last=excluded.last",
+                      (ev["network"], ev["offences"], ev["ts"]))
+
+    def add_blocks(self, events: list[dict[str, Any]]) -> None:
+        self._run("BEGIN")
+        try:
+            for ev in events:
+                self.add_block(ev)
+            self._run("COMMIT")
+        except BaseException:
+            self._run("ROLLBACK")
+            raise
+
+    def remove_block(self, network: str) -> bool:
+        return self._run("DELETE FROM blocks WHERE network = ?", (network,)).rowcount > 0
+
+    def remove_all_blocks(self) -> list[str]:
+        nets = [r["network"] for r in self._run("SELECT network FROM blocks")]
+        self._run("DELETE FROM blocks")
+        return nets
+
+    def forget_offender(self, network: str) -> None:
+        self._run("DELETE FROM offenders WHERE network = ?", (network,))
+
+    def blocks(self, now: float | None = None, include_expired: bool = False) -> list[dict[str, Any]]:
+        now = time.time() if now is None else now
+        sql = "SELECT * FROM blocks"
+        args: tuple = ()
+        if not include_expired:
+            sql += " WHERE expires IS NULL OR expires > ?"
+            args = (now,)
+        rows = self._run(sql + " ORDER BY created", args).fetchall()
+        return [self._block_row(r) for r in rows]
+
+    def expired_blocks(self, now: float) -> list[dict[str, Any]]:
+        rows = self._run("SELECT * FROM blocks WHERE expires IS NOT NULL AND expires <= ?", (now,)).fetchall()
+        return [self._block_row(r) for r in rows]
+
+    @staticmethod
+    def _block_row(r: sqlite3.Row) -> dict[str, Any]:
+        d = dict(r)
+        d["labels"] = json.loads(d["labels"] or "[]")
+        d["ports"] = json.loads(d["ports"] or "[]")
+        return d
+
+    def offenders(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._run("SELECT * FROM offenders")]
+
+    # -- history -----------------------------------------------------------------------------
+    def add_history(self, ev: dict[str, Any]) -> None:
+        self._run("INSERT INTO history(ts, event, src, network, proto, port, label, action, detail) VALUES (?,?,?,?,?,?,?,?,?)",
+                  (ev["ts"], ev["event"], ev.get("src"), ev.get("network"), ev.get("proto"), ev.get("port"),
+                   ev.get("label"), ev.get("action"), json.dumps(ev, default=str)))
+
+    def history(self, since: float | None = None, source: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        sql, args = "SELECT detail FROM history WHERE 1=1", []
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(since)
+        if source:
+            sql += " AND (src = ? OR network = ?)"
+            args += [source, source]
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        rows = self._run(sql, args).fetchall()
+        return [json.loads(r["detail"]) for r in reversed(rows)]
+
+
+def move_aside(path: str | Path) -> Path:
+    """Rename a corrupt database (and its WAL files) out of the way; returns the new name."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = path.with_name(f"{path.name}.corrupt-{stamp}")
+    os.replace(path, dest)
+    for suffix in ("-wal", "-shm"):
+        p = Path(str(path) + suffix)
+        if p.exists():
+            os.replace(p, Path(str(dest) + suffix))
+    return dest
