@@ -93,3 +93,17 @@ def test_range_arithmetic():
     assert C.subtract_ranges([(1, 1023)], [(22, 22), (80, 80)]) == [(1, 21), (23, 79), (81, 1023)]
     assert C.ranges_text([(1, 21), (23, 23)]) == "1-21,23"
     assert C.count_ports([(1, 1023), (31337, 31337)]) == 1024
+
+
+def test_example_config_lists_every_key_with_its_default():
+    """examples/nfsentry.toml documents every key, and its values are the built-in defaults."""
+    import tomllib
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "examples" / "nfsentry.toml"
+    raw = tomllib.loads(path.read_text())
+    assert set(raw) == set(C.DEFAULTS)
+    for section, keys in C.DEFAULTS.items():
+        assert set(raw[section]) == set(keys), section
+        for key, default in keys.items():
+            assert raw[section][key] == default, f"[{section}] {key}"
+    C.load(path)
