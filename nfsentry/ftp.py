@@ -484,6 +484,9 @@ class FtpTracker:
         flows = self._flows
         key = (src, dst, sport, dport)
         fl = flows.pop(key, None)
+        if fl is not None and now - fl.seen > self.flow_timeout:
+            fl = None                        # a stale partial line is never joined to new bytes
+            self.stats["flows_expired"] += 1
         # Flows are kept in last-seen order: drop the idle ones at the front (amortized O(1)).
         while flows:
             first = next(iter(flows))
