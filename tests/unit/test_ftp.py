@@ -377,6 +377,15 @@ def test_oversized_line_without_newline_dropped_and_reported_once():
     assert "oversized" in o.describe() and o.as_dict()["length"] == 616
 
 
+def test_tail_of_an_oversized_line_is_not_a_new_line():
+    # "<junk beyond max_line>PORT ..." must not smuggle a command in at the cut point
+    t = FtpTracker(max_line=100)
+    assert isinstance(only(cli(t, b"NOOP " + b"x" * 95 + b"P"), Oversized), Oversized)
+    assert cli(t, b"ORT 192,0,2,10,195,80\r\n") == []
+    assert cli(t, b"x" * 101 + b"PORT 192,0,2,10,195,80\r\n")[1:] == []
+    assert only(cli(t, b"PORT 192,0,2,10,195,80\r\n"), Expectation)
+
+
 def test_oversized_complete_line_not_parsed():
     t = FtpTracker(max_line=64)
     events = cli(t, b"PORT 192,0,2,10,195,80" + b" " * 100 + b"\r\nPORT 192,0,2,10,195,81\r\n")
