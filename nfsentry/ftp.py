@@ -28,9 +28,11 @@ Security reasoning
 ------------------
 *Narrow expectations.* An expectation names the one address allowed to connect (``peer``), the one
 address it connects to (``addr``) and the one port, for a short time (``expect_timeout``, 60 s by
-default) and is consumed by the first matching packet. A third host probing the announced port is
-still a scan; a scan from source port 20 (``nmap -g 20``) matches nothing and is still a scan; the
-expectation is never keyed on the source port. Each control connection has at most one pending
+default) and is consumed by the first matching packet (when the caller passes the packet's source
+port, it is bound to that one connection instead, so a retransmitted SYN is not taken for a scan). A
+third host probing the announced port is still a scan; a scan from source port 20 (``nmap -g 20``)
+matches nothing and is still a scan: no source port ever creates or widens an expectation. Each
+control connection has at most one pending
 expectation (FTP runs one data connection at a time per control connection: a new ``PORT``/``PASV``
 supersedes the previous one), so one connection cannot flood the table.
 
