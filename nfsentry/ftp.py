@@ -32,9 +32,9 @@ default) and is consumed by the first matching packet (when the caller passes th
 port, it is bound to that one connection instead, so a retransmitted SYN is not taken for a scan). A
 third host probing the announced port is still a scan; a scan from source port 20 (``nmap -g 20``)
 matches nothing and is still a scan: no source port ever creates or widens an expectation. Each
-control connection has at most one pending
-expectation (FTP runs one data connection at a time per control connection: a new ``PORT``/``PASV``
-supersedes the previous one), so one connection cannot flood the table.
+control connection has at most one pending expectation (FTP runs one data connection at a time per
+control connection: a new ``PORT``/``PASV`` supersedes the previous one), so one connection cannot
+flood the table.
 
 *Only the endpoint itself authorizes connections to itself.* An active-mode announcement (``PORT``,
 ``EPRT``) must name the client's own control-connection source address; anything else is the classic
