@@ -119,11 +119,11 @@ def _parse_ports(raw: str, key: str, line: int, source: str, problems: list[Prob
             bad.append(token)
             continue
         ports.append(lo if lo == hi else f"{lo}-{hi}")
+    if not ports:
+        problems.append(Problem(line, f"{key}: no usable ports in {raw!r} (ports 1-65535 or a-b ranges, comma-separated)", source))
+        return None
     if bad:
         problems.append(Problem(line, f"{key}: skipped {', '.join(repr(b) for b in bad)} (not a port 1-65535 or an a-b range)", source))
-    if not ports:
-        problems.append(Problem(line, f"{key}: no usable ports in {raw!r}", source))
-        return None
     return ports
 
 

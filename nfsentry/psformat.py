@@ -165,8 +165,10 @@ def scan_type_2x(ev: dict[str, Any]) -> str:
     if label.startswith("UNKNOWN"):
         if "(" in label:
             return f"TCP {label} scan"
-        bits = flag_bits(ev.get("flags"))
-        return f"TCP UNKNOWN({_flag_text(bits) if bits is not None else ev.get('flags') or '?'}) scan"
+        flags = ev.get("flags")
+        bits = flag_bits(flags)
+        text = str(flags).strip().upper() if isinstance(flags, str) and bits else (_flag_text(bits) if bits else "?")
+        return f"TCP UNKNOWN({text}) scan"
     if label in ("ACK", "MAIMON", "FULL-XMAS"):
         return f"TCP {label} scan"
     bits = _packet_bits(ev)  # IPOPTS or an unexpected label: describe the packet as 2.0 would
