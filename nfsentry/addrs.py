@@ -1,0 +1,188 @@
+"""Address helpers on raw bytes: prefix sets for the ignore list, per-source keys, network text.
+
+Everything on the per-packet path works on the raw 4/16-byte addresses the decoder returns.
+``ipaddress`` is used only to parse text at set-up time.
+
+* :class:`PrefixSet`: IPv4 and IPv6 addresses/CIDRs; ``contains(addr)`` costs one
+  ``int.from_bytes`` plus one mask-and-set-lookup per *distinct prefix length* present (not per
+  entry), so 10,000 ignore entries in three prefix lengths cost three set lookups. Correct for
+  every prefix length /0 .. /32 and /0 .. /128 (refusing /0 is the configuration's job).
+* :func:`key_for`: the per-source key the engine tracks and blocks: the IPv4 address itself, or
+  the IPv6 address masked to the configured prefix (default /64).
+* :func:`network_text` / :func:`parse_network`: key + prefix length <-> ``"198.18.0.2"``,
+  ``"2001:db8:1::/64"`` (the form used by nft, logs and the control socket).
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Iterable, Iterator
+
+__all__ = ["PrefixSet", "key_for", "mask", "masker", "network_text", "parse_network", "family_of"]
+
+_ZEROS = bytes(16)
+
+
+def family_of(addr: bytes) -> int:
+    n = len(addr)
+    return 4 if n == 4 else 6 if n == 16 else 0
+
+
+def mask(addr: bytes, prefixlen: int) -> bytes:
+    """Clear the host bits of a 4/16-byte address (prefixlen clamped to the family's width)."""
+    bits = len(addr) * 8
+    if prefixlen >= bits:
+        return bytes(addr)
+    if prefixlen <= 0:
+        return _ZEROS[:len(addr)]
+    q, r = divmod(prefixlen, 8)
+    head = bytes(addr[:q])
+    if r:
+        head += bytes((addr[q] & (0xFF << (8 - r)) & 0xFF,))
+    return head + _ZEROS[:len(addr) - len(head)]
+
+
+def masker(prefixlen: int):
+    """A fast function masking 16-byte IPv6 addresses to ``prefixlen`` (for the hot path)."""
+    if prefixlen >= 128:
+        return bytes
+    if prefixlen % 8 == 0:
+        q = prefixlen // 8
+        pad = _ZEROS[:16 - q]
+        return lambda a: a[:q] + pad
+    m = ((1 << prefixlen) - 1) << (128 - prefixlen)
+    return lambda a: (int.from_bytes(a, "big") & m).to_bytes(16, "big")
+
+
+def key_for(src: bytes, v6_prefixlen: int = 64) -> bytes:
+    """The per-source key: an IPv4 address as is, an IPv6 address masked to ``v6_prefixlen``."""
+    if len(src) == 16:
+        return mask(src, v6_prefixlen)
+    return src
+
+
+def network_text(key: bytes, prefixlen: int | None = None) -> str:
+    """``"198.18.0.2"`` (a whole IPv4 address), ``"198.18.0.0/24"``, ``"2001:db8:1::/64"``,
+    ``"2001:db8::1"`` (/128). ``prefixlen`` None means the full address."""
+    n = len(key)
+    if n == 4:
+        text = socket.inet_ntop(socket.AF_INET, key)
+        full = 32
+    elif n == 16:
+        text = socket.inet_ntop(socket.AF_INET6, key)
+        full = 128
+    else:
+        return ""
+    if prefixlen is None or prefixlen >= full:
+        return text
+    return f"{text}/{prefixlen}"
+
+
+def parse_network(text) -> tuple[int, bytes, int]:
+    """``"198.18.0.2"`` / ``"10.0.0.0/8"`` / ``"2001:db8::/32"`` / an ipaddress object / raw
+    4/16 bytes -> ``(family, network key bytes, prefixlen)``. Host bits are cleared.
+    Raises ValueError on text that is not an address or CIDR."""
+    if isinstance(text, (bytes, bytearray)):
+        if len(text) not in (4, 16):
+            raise ValueError(f"bad raw address of {len(text)} bytes")
+        return (4 if len(text) == 4 else 6), bytes(text), len(text) * 8
+    if isinstance(text, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return text.version, text.packed, text.max_prefixlen
+    if isinstance(text, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        net = text
+    else:
+        if not isinstance(text, str):
+            raise ValueError(f"bad network {text!r}")
+        try:
+            net = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"bad network {text!r}: not an IPv4/IPv6 address or CIDR") from None
+    return net.version, net.network_address.packed, net.prefixlen
+
+
+class PrefixSet:
+    """A set of IPv4/IPv6 networks with fast membership on raw address bytes.
+
+    Internally, per family: ``{prefixlen: set of masked network ints}`` plus a list of
+    ``(mask, set)`` pairs walked by :meth:`contains` (one entry per distinct prefix length).
+    """
+
+    __slots__ = ("_by_len", "_v4", "_v6", "_exact", "_count")
+
+    def __init__(self, items: Iterable = ()):
+        self._by_len: dict[tuple[int, int], set[int]] = {}
+        self._v4: tuple = ()
+        self._v6: tuple = ()
+        self._exact: frozenset[bytes] = frozenset()   # /32 and /128 entries as raw bytes
+        self._count = 0
+        for item in items:
+            self.add(item)
+
+    def add(self, item, prefixlen: int | None = None) -> None:
+        """Add an address or CIDR (text, ipaddress object, or raw bytes with ``prefixlen``)."""
+        family, key, plen = parse_network(item)
+        if prefixlen is not None:
+            plen = max(0, min(prefixlen, len(key) * 8))
+        width = 32 if family == 4 else 128
+        m = ((1 << plen) - 1) << (width - plen)
+        members = self._by_len.setdefault((family, plen), set())
+        before = len(members)
+        members.add(int.from_bytes(key, "big") & m)
+        self._count += len(members) - before
+        self._rebuild()
+
+    def update(self, items: Iterable) -> None:
+        for item in items:
+            self.add(item)
+
+    def _rebuild(self) -> None:
+        v4, v6, exact = [], [], set()
+        # Whole addresses (/32, /128: own addresses, gateways, resolvers) are one bytes-set
+        # lookup; every other prefix length is one mask-and-lookup. Most specific first.
+        for (family, plen), members in sorted(self._by_len.items(), key=lambda kv: -kv[0][1]):
+            width = 32 if family == 4 else 128
+            if plen == width:
+                exact.update(v.to_bytes(width // 8, "big") for v in members)
+                continue
+            m = ((1 << plen) - 1) << (width - plen)
+            (v4 if family == 4 else v6).append((m, members))
+        self._v4 = tuple(v4)
+        self._v6 = tuple(v6)
+        self._exact = frozenset(exact)
+
+    def contains(self, addr: bytes) -> bool:
+        """Is this raw 4- or 16-byte address inside any network of the set?"""
+        if addr in self._exact:
+            return True
+        n = len(addr)
+        if n == 4:
+            table = self._v4
+        elif n == 16:
+            table = self._v6
+        else:
+            return False
+        if not table:
+            return False
+        a = int.from_bytes(addr, "big")
+        for m, members in table:
+            if a & m in members:
+                return True
+        return False
+
+    __contains__ = contains
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self) -> Iterator[str]:
+        """The networks as text (``"10.0.0.0/8"``, ``"198.18.0.2"``)."""
+        for (family, plen), members in sorted(self._by_len.items()):
+            nbytes = 4 if family == 4 else 16
+            for value in sorted(members):
+                yield network_text(value.to_bytes(nbytes, "big"), plen)
+
+    def __repr__(self) -> str:
+        return f"PrefixSet({list(self)!r})"

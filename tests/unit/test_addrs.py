@@ -1,0 +1,155 @@
+"""addrs: PrefixSet membership for every prefix length, keys, network text."""
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nfsentry.addrs import PrefixSet, family_of, key_for, mask, masker, network_text, parse_network
+
+
+def n(a: str) -> bytes:
+    return ipaddress.ip_address(a).packed
+
+
+def test_v4_cidrs_and_exact_addresses():
+    s = PrefixSet(["10.0.0.0/8", "192.0.2.7", "198.51.100.128/25"])
+    assert n("10.0.0.0") in s and n("10.255.255.255") in s
+    assert n("11.0.0.0") not in s and n("9.255.255.255") not in s
+    assert s.contains(n("192.0.2.7")) and not s.contains(n("192.0.2.8"))
+    assert n("198.51.100.128") in s and n("198.51.100.255") in s and n("198.51.100.127") not in s
+    assert len(s) == 3
+
+
+def test_v6_cidrs_and_exact_addresses():
+    s = PrefixSet(["2001:db8:1::/48", "2001:db8:ff::1", "fe80::/10"])
+    assert n("2001:db8:1:ffff::1") in s and n("2001:db8:2::1") not in s
+    assert n("2001:db8:ff::1") in s and n("2001:db8:ff::2") not in s
+    assert n("febf:ffff::1") in s and n("fec0::1") not in s
+
+
+def test_families_do_not_mix_and_bad_lengths_are_outside():
+    s = PrefixSet(["0.0.0.0/0"])
+    assert n("203.0.113.9") in s
+    assert n("::1") not in s and n("::ffff:203.0.113.9") not in s
+    assert not s.contains(b"") and not s.contains(b"\x01\x02\x03") and not s.contains(b"\x00" * 5)
+    assert n("2001:db8::1") in PrefixSet(["::/0"])
+    assert not PrefixSet().contains(n("10.0.0.1"))
+
+
+@pytest.mark.parametrize("plen", [0, 1, 7, 8, 9, 23, 24, 31, 32])
+def test_every_v4_prefix_length_boundaries(plen):
+    net = ipaddress.ip_network(f"172.16.5.77/{plen}", strict=False)
+    s = PrefixSet([str(net)])
+    assert net.network_address.packed in s and net.broadcast_address.packed in s
+    below = int(net.network_address) - 1
+    above = int(net.broadcast_address) + 1
+    if below >= 0:
+        assert below.to_bytes(4, "big") not in s
+    if above < 2 ** 32:
+        assert above.to_bytes(4, "big") not in s
+
+
+@pytest.mark.parametrize("plen", [0, 1, 16, 32, 47, 48, 56, 63, 64, 65, 120, 127, 128])
+def test_every_v6_prefix_length_boundaries(plen):
+    net = ipaddress.ip_network(f"2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff/{plen}", strict=False)
+    s = PrefixSet([net])
+    assert net.network_address.packed in s and net.broadcast_address.packed in s
+    below = int(net.network_address) - 1
+    above = int(net.broadcast_address) + 1
+    if below >= 0:
+        assert below.to_bytes(16, "big") not in s
+    if above < 2 ** 128:
+        assert above.to_bytes(16, "big") not in s
+
+
+def test_many_entries_few_prefix_lengths():
+    s = PrefixSet(f"10.{i // 256}.{i % 256}.0/24" for i in range(5000))
+    s.update(f"2001:db8:{i:x}::/48" for i in range(3000))
+    assert len(s) == 8000
+    assert len(s._v4) == 1 and len(s._v6) == 1          # one lookup per distinct prefix length
+    assert n("10.19.135.200") in s and n("10.20.0.1") not in s
+    assert n("2001:db8:bb7::1") in s and n("2001:db8:bb8::1") not in s
+
+
+def test_add_forms_and_iteration():
+    s = PrefixSet()
+    s.add("10.1.2.3/8")                 # host bits cleared
+    s.add(ipaddress.ip_address("192.0.2.1"))
+    s.add(n("2001:db8::5"), prefixlen=64)
+    s.add(n("198.51.100.9"))
+    s.add("10.0.0.0/8")                 # duplicate
+    assert len(s) == 4
+    assert list(s) == ["10.0.0.0/8", "192.0.2.1", "198.51.100.9", "2001:db8::/64"]
+    assert bool(s) and not bool(PrefixSet())
+    with pytest.raises(ValueError):
+        s.add("not-an-address")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 2 ** 128 - 1), st.integers(0, 128)), min_size=1, max_size=8),
+       st.lists(st.tuples(st.booleans(), st.integers(0, 2 ** 128 - 1)), min_size=1, max_size=20))
+def test_contains_agrees_with_ipaddress(nets, addrs):
+    networks = []
+    for v6, value, plen in nets:
+        if v6:
+            networks.append(ipaddress.ip_network((value, plen), strict=False))
+        else:
+            networks.append(ipaddress.ip_network((value % 2 ** 32, plen % 33), strict=False))
+    s = PrefixSet(networks)
+    probes = [ipaddress.ip_address(v if six else v % 2 ** 32) for six, v in addrs]
+    # also probe the network edges
+    probes += [x for net in networks for x in (net.network_address, net.broadcast_address)]
+    for a in probes:
+        assert s.contains(a.packed) == any(a in net for net in networks if net.version == a.version)
+
+
+# --- keys and text ----------------------------------------------------------------------------------
+
+def test_key_for():
+    assert key_for(n("198.18.0.2")) == n("198.18.0.2")
+    assert key_for(n("2001:db8:1:2:3:4:5:6")) == n("2001:db8:1:2::")
+    assert key_for(n("2001:db8:1:2:3:4:5:6"), 48) == n("2001:db8:1::")
+    assert key_for(n("2001:db8:1:2:3:4:5:6"), 60) == n("2001:db8:1::")
+    assert key_for(n("2001:db8:1:ff:3:4:5:6"), 60) == n("2001:db8:1:f0::")
+    assert key_for(n("2001:db8:1:2:3:4:5:6"), 128) == n("2001:db8:1:2:3:4:5:6")
+    # two addresses of one /64 are one key
+    assert key_for(n("2001:db8:1::1")) == key_for(n("2001:db8:1::ffff:2")) != key_for(n("2001:db8:2::1"))
+
+
+def test_masker_matches_mask_for_every_length():
+    a = n("2001:db8:ffff:eeee:dddd:cccc:bbbb:aaaa")
+    for plen in range(0, 129):
+        expected = ipaddress.ip_network((int.from_bytes(a, "big"), plen), strict=False).network_address.packed
+        assert masker(plen)(a) == mask(a, plen) == expected, plen
+    assert mask(n("10.1.2.3"), 12) == n("10.0.0.0") and mask(n("10.31.2.3"), 12) == n("10.16.0.0")
+    assert mask(n("10.1.2.3"), 0) == n("0.0.0.0") and mask(n("10.1.2.3"), 40) == n("10.1.2.3")
+
+
+def test_network_text():
+    assert network_text(n("198.18.0.2"), 32) == "198.18.0.2"
+    assert network_text(n("198.18.0.2")) == "198.18.0.2"
+    assert network_text(n("10.0.0.0"), 8) == "10.0.0.0/8"
+    assert network_text(n("2001:db8:1::"), 64) == "2001:db8:1::/64"
+    assert network_text(n("2001:db8::1"), 128) == "2001:db8::1"
+    assert network_text(b"") == ""
+
+
+def test_parse_network_round_trips():
+    assert parse_network("198.18.0.2") == (4, n("198.18.0.2"), 32)
+    assert parse_network(" 10.9.8.7/8 ") == (4, n("10.0.0.0"), 8)
+    assert parse_network("2001:db8:1::/64") == (6, n("2001:db8:1::"), 64)
+    assert parse_network("2001:db8:1::5") == (6, n("2001:db8:1::5"), 128)
+    assert parse_network(n("2001:db8:1::5")) == (6, n("2001:db8:1::5"), 128)
+    assert parse_network(ipaddress.ip_address("192.0.2.1")) == (4, n("192.0.2.1"), 32)
+    assert parse_network("0.0.0.0/0") == (4, bytes(4), 0)          # refusing /0 is config's job
+    for text in ("2001:db8:1::/64", "198.18.0.2", "10.0.0.0/8"):
+        fam, key, plen = parse_network(text)
+        assert network_text(key, plen) == text and family_of(key) == fam
+    for bad in ("nope", "10.0.0.0/33", "", None, b"\x01\x02"):
+        with pytest.raises(ValueError):
+            parse_network(bad)
+    assert socket.inet_ntop(socket.AF_INET6, parse_network("2001:db8::/32")[1]) == "2001:db8::"
