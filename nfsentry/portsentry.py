@@ -337,7 +337,7 @@ class _Section:
     def note(self, *texts: str) -> None:
         for t in texts:
             for part in t.split("\n"):
-                self.lines.append(f"# {part}".rstrip())
+                self.lines.append(f"# {part}".replace("\r", "\\r").rstrip())
 
     def set(self, key: str, value: Any) -> None:
         self.values[key] = value
@@ -406,8 +406,9 @@ class _Importer:
                     m.note("nfsentry never answers on monitored ports: it sees the first packet (for TCP the SYN,",
                            "so half-open scans are caught too) and leaves ports a local service uses alone.")
                 ent = self.get(f"{P}_PORTS")
-                if ent and ent.value:
+                if ent:
                     self.used.add(ent.key)
+                if ent and ent.value:
                     m.note(_src(ent))
                     m.set(f"{proto}_ports", ent.value)
                 else:
@@ -425,9 +426,10 @@ class _Importer:
     def advanced(self, m: _Section, proto: str) -> None:
         P = proto.upper()
         ent = self.get(f"ADVANCED_PORTS_{P}")
+        if ent:
+            self.used.add(ent.key)
         if ent and ent.value:
             n = ent.value
-            self.used.add(ent.key)
             m.note(_src(ent))
         else:
             n = ADVANCED_DEFAULT
@@ -706,7 +708,12 @@ class _Importer:
             out.append("")
             out.append(f"[{name}]")
             out.extend(lines)
-        return "\n".join(out) + "\n"
+        return "\n".join(_one_line(line) if line.startswith("#") else line for line in out) + "\n"
+
+
+def _one_line(text: str) -> str:
+    """A comment line stays one line whatever a path or value holds."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _read(path: str | Path, what: str) -> str:

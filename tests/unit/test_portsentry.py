@@ -466,6 +466,13 @@ def test_any_portsentry_file_imports_to_a_valid_config(keys, tcp_mode, udp_mode,
         assert k in toml
 
 
+def test_odd_paths_cannot_break_the_toml():
+    toml, problems, raw = P.convert('BOGUS="1"\nHISTORY_FILE="/var/log/a b\\c"\n', 'TCP_MODE="x"\n', "1",
+                                    source="/tmp/we\nird\r.conf", defaults_source="/tmp/de\nfault")
+    assert tomllib.loads(toml) == raw and raw["logging"]["history_file"] == "/var/log/a b\\c"
+    assert "/tmp/we\\nird\\r.conf:1: unknown key BOGUS" in toml
+
+
 # == PortSentry ignore files, as config.read_ignore_file reads them ================================
 def test_realistic_ignore_files(tmp_path):
     nets = C.read_ignore_file(FIX / "portsentry.ignore")

@@ -278,3 +278,33 @@ def test_logcheck_style_grep_finds_every_v1_detection(tmp_path):
     scan = subprocess.run(["grep", "-cE", r"attackalert: .* from host: [^ ]+/[^ ]+ to (TCP|UDP) port: [0-9]+$", str(syslog)],
                           capture_output=True, text=True)
     assert int(scan.stdout) == len(detections)
+
+
+# == wired into the alert sinks ====================================================================
+def test_alerter_writes_portsentry_syslog_history_and_blocked_files(tmp_path):
+    import socket
+
+    from nfsentry import config as C
+    from nfsentry.alerts import Alerter
+    sock_path = str(tmp_path / "log.sock")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(sock_path)
+    rx.settimeout(2)
+    hist, blocked = tmp_path / "lib" / "portsentry.history", tmp_path / "lib" / "portsentry.blocked"
+    cfg = C.validate({"logging": {"syslog_address": sock_path, "json_file": "", "format": "portsentry1",
+                                  "history_file": str(hist), "blocked_file": str(blocked)}})
+    a = Alerter(cfg)
+    try:
+        for e in scan_events()[:3]:          # SYN to 21 (detection + block), SYN to 22
+            a.emit(e)
+        msgs = [rx.recv(4096).decode() for _ in range(3)]
+    finally:
+        a.close()
+        rx.close()
+    assert [m.rstrip("\x00").split(": ", 1)[1] for m in msgs] == [
+        "attackalert: TCP SYN/Normal scan from host: 198.18.0.2/198.18.0.2 to TCP port: 21",
+        'attackalert: Host 198.18.0.2 has been blocked via dropped route using command: '
+        '"nft add element inet nfsentry blocked4 { 198.18.0.2 }"',
+        "attackalert: TCP SYN/Normal scan from host: 198.18.0.2/198.18.0.2 to TCP port: 22"]
+    assert hist.read_text() == "1763770000 - 11/22/2025 01:06:40 Host: 198.18.0.2/198.18.0.2 Port: 21 TCP Blocked\n"
+    assert blocked.read_text() == hist.read_text()
