@@ -1,0 +1,583 @@
+"""The per-source state engine: a queued packet and the time in, a :class:`Decision` out.
+
+Pure (sans-I/O): no sockets, no logging, no clock of its own (``now`` is an argument, so tests
+are exact). The daemon feeds it every packet the kernel queues (new or invalid packets to
+monitored, unused ports) and turns the decision into a verdict, a block, a log line.
+
+The decision for one packet, in order (the rules live in :meth:`Engine.process`, nowhere else):
+
+1. no decodable source address -> ``COUNT`` (label ``MALFORMED``; nothing to attribute or block);
+2. source inside the ignore set (addresses, CIDRs, the host's own addresses) -> ``IGNORE``;
+3. TCP packet matching an FTP data-connection expectation (consumed) -> ``PASS``;
+4. source (its key) already blocked and the block not expired -> ``DROP``;
+5. otherwise the hit is recorded for the source and the policies are evaluated; none reacting
+   -> ``COUNT``; reacting -> ``BLOCK`` (response mode ``block`` or ``command``) or ``ALERT``
+   (mode ``log``) for the packet's protocol.
+
+Policies (each can react; the reason names every policy that did):
+
+* **instant**: the packet's label is in ``instant_labels`` (default NULL, XMAS, FULL-XMAS,
+  UNKNOWN, MALFORMED: combinations no legitimate stack sends). ``IPOPTS`` in ``instant_labels``
+  makes IP options react too.
+* **scan_trigger** N (PortSentry ``SCAN_TRIGGER``): the hits a source is allowed before the
+  reaction. The first N hits are counted, hit N+1 reacts: 0 reacts on the first hit (the
+  default, as in PortSentry), 1 on the second, 2 on the third; the count then starts again.
+  This is what PortSentry's portsentry.conf promises ("the number of port connects you will
+  allow before an alarm"). PortSentry's code does it differently: 1.2's ``CheckStateEngine``
+  starts its counter at 1 for the current hit, adds one per earlier entry of the host in its
+  state ring and reacts when the counter is >= SCAN_TRIGGER, i.e. on hit max(N, 1) (2.0's
+  ``count++; if (count >= trigger)`` gives the same numbers). ``nfsentry import-portsentry``
+  therefore writes SCAN_TRIGGER N as ``scan_trigger = max(N - 1, 0)``, so imported
+  configurations react on the same hit as under PortSentry. Other differences: PortSentry's
+  state is one ring of 50 entries shared by all hosts (a host's earlier hits are lost once 50
+  newer hits from anyone arrive; a trigger above 50 reacts at once) and one per process
+  (``-tcp`` and ``-udp`` ran separately), and it never resets a host's count (every later hit
+  reacts again, logged as "already blocked"). Here each source has its own counter (TCP and
+  UDP hits together), forgotten after ``window_seconds`` of quiet or under the ``max_sources``
+  cap, and reset by a reaction (so in ``log`` mode a source alerts once per N+1 hits). A
+  negative trigger turns the policy off.
+* **window**: ``window_ports`` (K) distinct monitored ports (TCP and UDP ports distinct) within
+  ``window_seconds`` (T). 0 turns it off.
+
+Sources quiet for longer than ``window_seconds`` are forgotten (PortSentry never forgets).
+Backscatter guard (``backscatter_guard``, on by default): TCP packets that are exactly what a
+legitimate stack sends back (RST, RST+ACK, SYN+ACK; see :func:`classify.is_reply_shaped`)
+are counted but never react, because a third party sends them to us when someone scans it with
+our address as the spoofed source; reacting would let that someone block the innocent party.
+(PortSentry 1.2's stealth modes skipped every ACK and RST packet for the same reason.)
+
+Blocks: the duration for a source's n-th block is ``block_duration * escalation_factor**(n-1)``
+capped at ``block_max_duration`` (0 = no cap); ``block_duration`` 0 means until unblocked.
+Offences (blocks per source) are remembered across blocks, bounded by ``max_offenders``
+(least recently offending forgotten first). A block resets the source's counts; so does an
+alert. :meth:`Engine.forget` (the unblock path) drops the state, the block and the offences.
+
+Memory is bounded: at most ``max_sources`` tracked sources (least recently seen evicted first,
+counted in ``stats["evicted"]``), at most ``max_sources`` remembered blocks (oldest first;
+forgetting one only means a stray packet that slipped past the kernel set is re-detected
+instead of dropped), at most ``max_offenders`` offenders, at most ``max(max_ports_per_source,
+window_ports)`` ports per source.
+
+Cheap paths: PASS / IGNORE / DROP / COUNT decisions carry the packet fields, label and hit count
+but no ``labels``/``ports`` tuples and a constant reason; those are built only when reacting.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from .addrs import PrefixSet, mask, masker, network_text, parse_network
+from .classify import FLAG_STRINGS as _FLAG_STRINGS
+from .classify import _REPLY, classify, label_text, syn_hint
+
+__all__ = ["Action", "Decision", "EngineConfig", "Engine", "RESPONSE_MODES", "DEFAULT_MAX_SOURCES"]
+
+INF = math.inf
+RESPONSE_MODES = ("log", "block", "command")
+
+# Measured by bench/bench_core.py: ~310 bytes per tracked source (state + LRU entry + key), and
+# ~200 bytes per remembered block or offender. 100,000 sources therefore bound the engine to
+# roughly 30-70 MB however many spoofed sources a flood invents.
+DEFAULT_MAX_SOURCES = 100_000
+
+
+class Action(IntEnum):
+    PASS = 0      # FTP data connection we expected: accept
+    IGNORE = 1    # source in the ignore list
+    COUNT = 2     # hit recorded, no policy reacted
+    ALERT = 3     # a policy reacted, response mode "log"
+    BLOCK = 4     # a policy reacted, response mode "block" or "command"
+    DROP = 5      # source already blocked: drop by verdict
+
+
+_PASS, _IGNORE, _COUNT, _ALERT, _BLOCK, _DROP = (Action.PASS, Action.IGNORE, Action.COUNT,
+                                                 Action.ALERT, Action.BLOCK, Action.DROP)
+_PROTO_NAME = {6: "tcp", 17: "udp"}
+_PROTO_BIT = {6: 1, 17: 2}
+_new = object.__new__
+
+
+@dataclass(slots=True)
+class Decision:
+    action: Action
+    ts: float
+    key: bytes            # masked source: 4 bytes (IPv4) or 16 bytes masked to the IPv6 prefix
+    prefixlen: int        # 32 for IPv4, the IPv6 prefix for IPv6, 0 when there is no source
+    src: bytes
+    dst: bytes
+    proto: int
+    sport: int
+    dport: int
+    label: str            # scan label of this packet ("SYN", "UNKNOWN", ...)
+    flags: str            # TCP flag letters in FSRPAUEC order ("" for non-TCP)
+    labels: tuple         # labels seen from this source (reactions only)
+    ports: tuple          # distinct ports hit by this source (reactions only)
+    hits: int             # hits counted for this source, this one included
+    reason: str
+    duration: float       # block seconds; 0 = until unblocked (BLOCK only)
+    offences: int         # blocks of this source so far, this one included
+    ip_options: tuple
+    malformed: str | None
+    hint: str = ""        # SYN shape hint on reactions: "nmap", "no-options" or ""
+
+    @property
+    def network(self) -> str:
+        """What is (or would be) blocked: ``"198.18.0.2"`` or ``"2001:db8:1::/64"``."""
+        return network_text(self.key, self.prefixlen)
+
+    @property
+    def family(self) -> int:
+        return 4 if len(self.src) == 4 else 6 if len(self.src) == 16 else 0
+
+    @property
+    def proto_name(self) -> str:
+        return _PROTO_NAME.get(self.proto, "other")
+
+    @property
+    def label_text(self) -> str:
+        """``UNKNOWN(SR)`` for unknown flag combinations, the label otherwise."""
+        return label_text(self.label, self.flags)
+
+    @property
+    def reacted(self) -> bool:
+        return self.action == _ALERT or self.action == _BLOCK
+
+
+def _decision(action, ts, key, prefixlen, src, dst, proto, sport, dport, label, flags, labels, ports,
+              hits, reason, duration, offences, ip_options, malformed, hint, _D=Decision) -> Decision:
+    """Decision(...) without the dataclass __init__ call overhead (the hot path)."""
+    d = _new(_D)
+    d.action = action
+    d.ts = ts
+    d.key = key
+    d.prefixlen = prefixlen
+    d.src = src
+    d.dst = dst
+    d.proto = proto
+    d.sport = sport
+    d.dport = dport
+    d.label = label
+    d.flags = flags
+    d.labels = labels
+    d.ports = ports
+    d.hits = hits
+    d.reason = reason
+    d.duration = duration
+    d.offences = offences
+    d.ip_options = ip_options
+    d.malformed = malformed
+    d.hint = hint
+    return d
+
+
+def _default_instant() -> frozenset:
+    return frozenset({"NULL", "XMAS", "FULL-XMAS", "UNKNOWN", "MALFORMED"})
+
+
+def _default_respond() -> dict:
+    return {"tcp": "block", "udp": "block"}
+
+
+@dataclass
+class EngineConfig:
+    scan_trigger: int = 0                 # hits allowed; hit N+1 reacts (0 = first); < 0 = off
+    window_ports: int = 0                 # K distinct ports within window_seconds; 0 = off
+    window_seconds: float = 60.0          # also how long a quiet source is remembered
+    instant_labels: frozenset = field(default_factory=_default_instant)  # empty = off
+    respond: dict = field(default_factory=_default_respond)  # proto -> log | block | command
+    block_duration: float = 3600.0        # 0 = until unblocked
+    block_max_duration: float = 604800.0  # cap for escalation; 0 = no cap
+    escalation_factor: float = 2.0
+    ipv6_prefix: int = 64
+    max_sources: int = DEFAULT_MAX_SOURCES
+    max_ports_per_source: int = 64
+    max_offenders: int = 100_000
+    backscatter_guard: bool = True        # RST / RST+ACK / SYN+ACK never react
+
+    def __post_init__(self):
+        self.instant_labels = frozenset(self.instant_labels)
+        respond = _default_respond()
+        respond.update(self.respond or {})
+        for proto, mode in respond.items():
+            if mode not in RESPONSE_MODES:
+                raise ValueError(f"respond[{proto!r}]: {mode!r} is not one of {', '.join(RESPONSE_MODES)}")
+        self.respond = respond
+        if not 0 <= self.ipv6_prefix <= 128:
+            raise ValueError(f"ipv6_prefix {self.ipv6_prefix} outside 0-128")
+        if self.max_sources < 1 or self.max_offenders < 1 or self.max_ports_per_source < 1:
+            raise ValueError("max_sources, max_offenders and max_ports_per_source must be >= 1")
+        if self.window_seconds <= 0:
+            raise ValueError("window_seconds must be > 0")
+
+
+class _Source:
+    """Per-source state. ``ports`` maps (proto << 16 | port) -> last hit time, oldest first."""
+
+    __slots__ = ("hits", "ports", "labels", "protos", "first", "last")
+
+    def __init__(self, now: float):
+        self.hits = 0
+        self.ports: dict[int, float] = {}
+        self.labels: tuple = ()
+        self.protos = 0          # bit 1 tcp, 2 udp, 4 other
+        self.first = now
+        self.last = now
+
+
+class Engine:
+    """See the module docstring. ``ignore`` and ``expectations`` may be replaced at any time
+    (e.g. when the host's addresses change)."""
+
+    def __init__(self, cfg: EngineConfig | None = None, ignore: PrefixSet | None = None,
+                 expectations=None):
+        self.ignore = ignore
+        self.expectations = expectations
+        self._states: OrderedDict[bytes, _Source] = OrderedDict()
+        self._blocked: OrderedDict[bytes, float] = OrderedDict()   # key -> until (inf = forever)
+        self._offenders: OrderedDict[bytes, int] = OrderedDict()
+        self._counts = [0] * len(Action)
+        self._evicted = 0
+        self._blocked_evicted = 0
+        self._offenders_evicted = 0
+        self._expired_sources = 0
+        self._expired_blocks = 0
+        self._undecodable = 0
+        self.configure(cfg or EngineConfig())
+
+    def configure(self, cfg: EngineConfig) -> None:
+        """(Re)load the configuration, keeping state. Caps shrink lazily on the next insert."""
+        self.cfg = cfg
+        # hit N+1 reacts (hits > N); scan_trigger < 0 (off) is never exceeded
+        self._trigger = cfg.scan_trigger if cfg.scan_trigger >= 0 else INF
+        self._window_ports = cfg.window_ports
+        self._window = float(cfg.window_seconds)
+        self._instant = cfg.instant_labels
+        self._ipopts_instant = "IPOPTS" in cfg.instant_labels
+        self._react_tcp = _ALERT if cfg.respond.get("tcp", "block") == "log" else _BLOCK
+        self._react_udp = _ALERT if cfg.respond.get("udp", "block") == "log" else _BLOCK
+        self._v6len = cfg.ipv6_prefix
+        self._mask6 = masker(cfg.ipv6_prefix)
+        self._max_sources = cfg.max_sources
+        self._max_offenders = cfg.max_offenders
+        self._port_cap = max(cfg.max_ports_per_source, cfg.window_ports)
+        self._guard = cfg.backscatter_guard
+
+    # ------------------------------------------------------------------------------------------
+    # the hot path
+
+    def process(self, pkt, now: float) -> Decision:
+        """Decide for one queued packet (a decoded :class:`~nfsentry.packet.Packet`)."""
+        src = pkt.src
+        proto = pkt.proto
+        label = classify(pkt)
+        flags = _FLAG_STRINGS[pkt.flags] if proto == 6 else ""
+        counts = self._counts
+        if len(src) == 4:
+            key = src
+            plen = 32
+        elif len(src) == 16:
+            key = self._mask6(src)
+            plen = self._v6len
+        else:
+            self._undecodable += 1
+            counts[2] += 1
+            return _decision(_COUNT, now, b"", 0, src, pkt.dst, proto, pkt.sport, pkt.dport, label,
+                             flags, (), (), 0, "undecodable packet: no source address", 0.0, 0,
+                             pkt.ip_options, pkt.malformed, "")
+        ignore = self.ignore
+        if ignore is not None and ignore.contains(src):
+            counts[1] += 1
+            return _decision(_IGNORE, now, key, plen, src, pkt.dst, proto, pkt.sport, pkt.dport, label,
+                             flags, (), (), 0, "source in the ignore list", 0.0, 0, pkt.ip_options,
+                             pkt.malformed, "")
+        if proto == 6 and self.expectations is not None and pkt.malformed is None \
+                and self.expectations.match(src, pkt.dst, pkt.dport, now, sport=pkt.sport):
+            counts[0] += 1
+            return _decision(_PASS, now, key, plen, src, pkt.dst, proto, pkt.sport, pkt.dport, label,
+                             flags, (), (), 0, "expected FTP data connection", 0.0, 0, pkt.ip_options,
+                             pkt.malformed, "")
+        blocked = self._blocked
+        until = blocked.get(key)
+        if until is not None:
+            if now < until:
+                counts[5] += 1
+                return _decision(_DROP, now, key, plen, src, pkt.dst, proto, pkt.sport, pkt.dport, label,
+                                 flags, (), (), 0, "already blocked", 0.0, 0, pkt.ip_options,
+                                 pkt.malformed, "")
+            del blocked[key]
+            self._expired_blocks += 1
+
+        # record the hit
+        states = self._states
+        st = states.get(key)
+        if st is None:
+            st = _new(_Source)
+            st.hits = 1
+            st.ports = {}
+            st.labels = (label,)
+            st.protos = 0
+            st.first = now
+            states[key] = st
+            if len(states) > self._max_sources:
+                while len(states) > self._max_sources:
+                    states.popitem(last=False)
+                    self._evicted += 1
+        else:
+            states.move_to_end(key)
+            if now - st.last > self._window:      # quiet for longer than the window: forget
+                st.hits = 1
+                st.ports = {}
+                st.labels = (label,)
+                st.protos = 0
+                st.first = now
+            else:
+                st.hits += 1
+                if label not in st.labels:
+                    st.labels += (label,)
+        st.last = now
+        dport = pkt.dport
+        ports = st.ports
+        pk = (proto << 16) | dport
+        if pk in ports:
+            del ports[pk]
+        elif len(ports) >= self._port_cap:
+            del ports[next(iter(ports))]
+        ports[pk] = now
+        st.protos |= _PROTO_BIT.get(proto, 4)
+
+        # the policies
+        window_ports = self._window_ports
+        if window_ports:      # ports are in last-hit order: prune the ones that left the window
+            oldest = now - self._window
+            if ports[next(iter(ports))] < oldest:
+                for stale in [p for p, t in ports.items() if t < oldest]:
+                    del ports[stale]
+        instant = label in self._instant or (self._ipopts_instant and pkt.ip_options)
+        triggered = st.hits > self._trigger
+        windowed = window_ports and len(ports) >= window_ports
+        if not (instant or triggered or windowed) or (
+                self._guard and proto == 6 and _REPLY[pkt.flags] and pkt.malformed is None
+                and not pkt.frag_offset):
+            counts[2] += 1
+            return _decision(_COUNT, now, key, plen, src, pkt.dst, proto, pkt.sport, dport, label, flags,
+                             (), (), st.hits, "counted", 0.0, 0, pkt.ip_options, pkt.malformed, "")
+        return self._react(pkt, now, key, plen, st, label, flags, instant, triggered, windowed)
+
+    # ------------------------------------------------------------------------------------------
+    # reactions (not the hot path: once per reacting source)
+
+    def _react(self, pkt, now, key, plen, st, label, flags, instant, triggered, windowed) -> Decision:
+        proto = pkt.proto
+        action = self._react_udp if proto == 17 else self._react_tcp
+        del self._states[key]   # a reaction resets the source's counts (block or alert)
+        offences = self._offenders.get(key, 0)
+        duration = 0.0
+        if action is _BLOCK:
+            offences += 1
+            self._set_offences(key, offences)
+            duration = self.duration_for(offences)
+            self._set_blocked(key, now + duration if duration > 0 else INF)
+        self._counts[action] += 1
+
+        policies = []
+        if instant:
+            what = label_text(label, flags) if label in self._instant else "IP options"
+            policies.append(f"instant {what}")
+        if triggered:
+            policies.append(f"scan_trigger {self._trigger} reached")
+        if windowed:
+            policies.append(f"window {self._window_ports} ports in {_fmt_duration(self._window)} reached")
+        port_keys = list(st.ports)
+        ports = tuple(dict.fromkeys(p & 0xFFFF for p in port_keys))
+        shown = ",".join(f"{_PROTO_NAME.get(p >> 16, 'other')}/{p & 0xFFFF}" for p in port_keys[:20])
+        if len(port_keys) > 20:
+            shown += f",... ({len(port_keys)} ports)"
+        text = (f"{' + '.join(policies)}: {label_text(label, flags)} from {network_text(key, plen)} "
+                f"to {_PROTO_NAME.get(proto, 'other')}/{pkt.dport}; hits {st.hits}; "
+                f"labels {','.join(st.labels)}; ports {shown}")
+        if pkt.ip_options:
+            text += f"; ip options {','.join(pkt.ip_options)}"
+        if pkt.malformed is not None:
+            text += f"; malformed: {pkt.malformed}"
+        if action is _BLOCK:
+            text += f"; offence {offences}, block {_fmt_duration(duration) if duration else 'until unblocked'}"
+        return Decision(action, now, key, plen, pkt.src, pkt.dst, proto, pkt.sport, pkt.dport, label,
+                        flags, st.labels, ports, st.hits, text, duration, offences, pkt.ip_options,
+                        pkt.malformed, syn_hint(pkt))
+
+    reconfigure = configure
+
+    def duration_for(self, offences: int) -> float:
+        """Block duration for a source's ``offences``-th block (0 = until unblocked)."""
+        cfg = self.cfg
+        base = float(cfg.block_duration)
+        if base <= 0:
+            return 0.0
+        cap = float(cfg.block_max_duration)
+        factor = float(cfg.escalation_factor)
+        try:
+            d = base * factor ** max(0, offences - 1) if factor > 1 else base
+        except OverflowError:
+            d = INF
+        if cap > 0:
+            d = min(d, cap)
+        return 0.0 if d == INF else d
+
+    def _set_offences(self, key: bytes, offences: int) -> None:
+        off = self._offenders
+        off[key] = offences
+        off.move_to_end(key)
+        while len(off) > self._max_offenders:
+            off.popitem(last=False)
+            self._offenders_evicted += 1
+
+    def _set_blocked(self, key: bytes, until: float) -> None:
+        blocked = self._blocked
+        blocked[key] = until
+        blocked.move_to_end(key)
+        while len(blocked) > self._max_sources:
+            blocked.popitem(last=False)
+            self._blocked_evicted += 1
+
+    # ------------------------------------------------------------------------------------------
+    # maintenance and restoration
+
+    def _key(self, network) -> tuple[bytes, int, bool]:
+        """network text / raw bytes -> (key, prefixlen, exact). ``exact`` is False when the network
+        is wider than one engine key (an IPv4 CIDR shorter than /32, an IPv6 prefix shorter than
+        ``ipv6_prefix``)."""
+        family, netkey, plen = parse_network(network)
+        if family == 4:
+            return netkey, plen, plen >= 32
+        if plen >= self._v6len:
+            return mask(netkey, self._v6len), self._v6len, True
+        return netkey, plen, False
+
+    def forget(self, network) -> int:
+        """Drop the state, block and offences of a source (the unblock path). ``network`` is the
+        text the decision reported (``"198.18.0.2"``, ``"2001:db8:1::/64"``), any address inside
+        the key (an IPv6 address is masked to ``ipv6_prefix``), a wider CIDR (every key inside
+        is forgotten), or raw key bytes. Returns the number of distinct keys forgotten."""
+        key, plen, exact = self._key(network)
+        maps = (self._states, self._blocked, self._offenders)
+        if exact:
+            found = [m.pop(key, None) is not None for m in maps]
+            return 1 if any(found) else 0
+        gone = set()
+        for m in maps:
+            for k in [k for k in m if len(k) == len(key) and mask(k, plen) == key]:
+                del m[k]
+                gone.add(k)
+        return len(gone)
+
+    def mark_blocked(self, key, *args, until: float | None = None, prefixlen: int | None = None) -> bool:
+        """Restore a block at start-up (or record a manual one).
+
+        Call shapes: ``mark_blocked(network_text, until)``, ``mark_blocked(key_bytes, prefixlen,
+        until)`` (or keywords). ``network_text`` is what decisions report (``"198.18.0.2"``,
+        ``"2001:db8:1::/64"``; an IPv6 address is masked to ``ipv6_prefix``). ``until`` is the
+        end of the block on the engine's clock; None or 0 = until unblocked. Networks wider than
+        one engine key (a manual block of a CIDR) are not tracked (the kernel set drops their
+        packets before they are queued): returns False for those, True otherwise."""
+        if len(args) == 2:
+            prefixlen, until = args
+        elif len(args) == 1:
+            until = args[0]
+        elif args:
+            raise TypeError("mark_blocked(key, until) or mark_blocked(key, prefixlen, until)")
+        if isinstance(key, (bytes, bytearray)) and prefixlen is not None:
+            key = network_text(bytes(key), prefixlen)
+        k, _plen, exact = self._key(key)
+        if not exact:
+            return False
+        self._states.pop(k, None)
+        self._set_blocked(k, float(until) if until else INF)
+        return True
+
+    def restore_offender(self, key, offences: int, prefixlen: int | None = None) -> bool:
+        """Restore a source's offence count at start-up (key as for :meth:`mark_blocked`)."""
+        if isinstance(key, (bytes, bytearray)) and prefixlen is not None:
+            key = network_text(bytes(key), prefixlen)
+        k, _plen, exact = self._key(key)
+        if not exact or offences <= 0:
+            return False
+        self._set_offences(k, int(offences))
+        return True
+
+    def expire(self, now: float) -> int:
+        """Forget sources quiet for longer than ``window_seconds`` and blocks that ended.
+        Returns how many entries were dropped. Call it every few seconds."""
+        states = self._states
+        limit = now - self._window
+        n = 0
+        while states:
+            key, st = next(iter(states.items()))
+            if st.last >= limit:
+                break
+            del states[key]
+            n += 1
+        self._expired_sources += n
+        ended = [k for k, until in self._blocked.items() if until <= now]
+        for k in ended:
+            del self._blocked[k]
+        self._expired_blocks += len(ended)
+        return n + len(ended)
+
+    # ------------------------------------------------------------------------------------------
+    # inspection
+
+    def is_blocked(self, network, now: float) -> bool:
+        key, _plen, exact = self._key(network)
+        until = self._blocked.get(key) if exact else None
+        return until is not None and now < until
+
+    def blocked(self) -> list[tuple[str, float | None]]:
+        """``[(network, until or None for until-unblocked)]`` for every remembered block."""
+        return [(self._network(k), None if u == INF else u) for k, u in self._blocked.items()]
+
+    def offences(self, network) -> int:
+        key, _plen, exact = self._key(network)
+        return self._offenders.get(key, 0) if exact else 0
+
+    def source(self, network) -> dict | None:
+        """The tracked state of one source, for status output."""
+        key, _plen, exact = self._key(network)
+        st = self._states.get(key) if exact else None
+        if st is None:
+            return None
+        return {"network": self._network(key), "hits": st.hits,
+                "ports": [f"{_PROTO_NAME.get(p >> 16, 'other')}/{p & 0xFFFF}" for p in st.ports],
+                "labels": list(st.labels),
+                "protocols": [n for bit, n in ((1, "tcp"), (2, "udp"), (4, "other")) if st.protos & bit],
+                "first": st.first, "last": st.last}
+
+    def _network(self, key: bytes) -> str:
+        return network_text(key, 32 if len(key) == 4 else self._v6len)
+
+    @property
+    def stats(self) -> dict:
+        c = self._counts
+        return {
+            "tracked": len(self._states), "blocked": len(self._blocked),
+            "offenders": len(self._offenders),
+            "evicted": self._evicted, "blocked_evicted": self._blocked_evicted,
+            "offenders_evicted": self._offenders_evicted,
+            "expired_sources": self._expired_sources, "expired_blocks": self._expired_blocks,
+            "undecodable": self._undecodable,
+            "packets": sum(c),
+            **{a.name.lower(): c[a] for a in Action},
+        }
+
+
+def _fmt_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s <= 0:
+        return f"{seconds:g}s"
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size:
+            out.append(f"{s // size}{unit}")
+            s %= size
+    return "".join(out)
