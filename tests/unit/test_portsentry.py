@@ -488,7 +488,6 @@ def test_realistic_ignore_files(tmp_path):
     ("10.0.0.2   # comment", "10.0.0.2/32"),
     ("2001:DB8::1", "2001:db8::1/128"),
     ("192.168.0.0/255.255.0.0", "192.168.0.0/16"),  # netmask form (PortSentry 1.2 would skip it)
-    ("fe80::1%eth0", "fe80::1%eth0/128"),
 ])
 def test_ignore_file_entries_portsentry_accepts(tmp_path, line, expected):
     f = tmp_path / "ignore"
