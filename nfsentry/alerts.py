@@ -83,7 +83,7 @@ class Alerter:
         elif lg["syslog"]:
             try:
                 h = logging.handlers.SysLogHandler(address=lg["syslog_address"], facility=_FACILITIES[lg["syslog_facility"]])
-                h.setFormatter(logging.Formatter(f"nfsentry[{os.getpid()}]: %(message)s"))
+                h.setFormatter(logging.Formatter(f"{lg['syslog_ident']}[{os.getpid()}]: %(message)s"))
                 log.addHandler(h)
             except OSError as e:
                 self.syslog_problem = f"syslog at {lg['syslog_address']} unavailable ({e.strerror or e}); alerts go to the other sinks"
@@ -96,20 +96,21 @@ class Alerter:
             log.removeHandler(h)
             h.close()
 
-    def line(self, ev: dict[str, Any]) -> str | None:
+    def lines(self, ev: dict[str, Any]) -> list[str]:
         if self.style == "nfsentry":
-            return nfsentry_line(ev)
+            return [nfsentry_line(ev)]
         from nfsentry import psformat
-        return psformat.syslog_line(ev, self.style)
+        return psformat.syslog_lines(ev, self.style, table=self.cfg["nft"]["table"])
 
     def emit(self, ev: dict[str, Any]) -> None:
         try:
-            line = self.line(ev)
+            lines = self.lines(ev)
         except Exception as e:  # a formatter bug must not lose the event
-            line = nfsentry_line(ev) + f" (format error: {e})"
-        if line:
-            level = logging.WARNING if ev["event"] in ("detection", "block") else logging.INFO
-            log.log(level, line)
+            lines = [nfsentry_line(ev) + f" (format error: {e})"]
+        level = logging.WARNING if ev["event"] in ("detection", "block") else logging.INFO
+        for line in lines:
+            if line:
+                log.log(level, line)
         if self.json_path:
             self._append(self.json_path, json.dumps(ev, sort_keys=True, default=str) + "\n")
         if self.history_path and ev["event"] in ("detection", "block"):

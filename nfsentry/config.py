@@ -71,6 +71,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "syslog": True,
         "syslog_facility": "daemon",
         "syslog_address": "/dev/log",
+        "syslog_ident": "nfsentry",  # "portsentry" keeps logcheck rules anchored on "portsentry[" matching
         "format": "nfsentry",     # nfsentry | portsentry1 | portsentry2 (syslog line style)
         "json_file": "/var/log/nfsentry/events.jsonl",  # "" = off
         "history_file": "",       # PortSentry-format history file; "" = off
@@ -236,6 +237,8 @@ def parse_network(text: Any, what: str = "address", allow_everything: bool = Fal
     """An address or CIDR -> ip_network (host bits are cleared). Refuses /0 unless allowed."""
     if not isinstance(text, str):
         raise ValueError(f"bad {what} {text!r}")
+    if "%" in text:
+        raise ValueError(f"bad {what} {text!r}: zone-scoped (%interface) addresses cannot be matched by nftables")
     try:
         net = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
@@ -301,9 +304,10 @@ def read_ignore_file(path: str | Path) -> list:
     except OSError as e:
         raise ValueError(f"cannot read ignore file {path}: {e.strerror}") from None
     for num, line in enumerate(text.splitlines(), 1):
-        entry = line.split("#", 1)[0].strip()
-        if not entry:
+        fields = line.split("#", 1)[0].split(None, 1)
+        if not fields:
             continue
+        entry = fields[0]  # like PortSentry, text after the address ("198.18.0.1 router") is ignored
         try:
             nets.append(parse_network(entry, "address"))
         except ValueError as e:
@@ -369,6 +373,8 @@ def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = Tr
         v = data["response"][key]
         if v and not v.startswith("/"):
             raise ConfigError(f"[response] {key}: {v!r} must be an absolute path")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", data["logging"]["syslog_ident"]):
+        raise ConfigError(f"[logging] syslog_ident: bad identifier {data['logging']['syslog_ident']!r}")
     for key in ("json_file", "history_file", "blocked_file"):
         v = data["logging"][key]
         if v and not v.startswith("/"):

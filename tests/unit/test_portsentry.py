@@ -495,18 +495,25 @@ def test_ignore_file_entries_portsentry_accepts(tmp_path, line, expected):
     assert [str(n) for n in C.read_ignore_file(f)] == [expected]
 
 
-@pytest.mark.parametrize("line", ["192.168.1.1 router", "10.1.0.0/16\tlab", "gateway.example.net", "10.9.9.9/40", "0.0.0.0/0"])
-def test_ignore_file_lines_portsentry_tolerates_but_config_refuses(tmp_path, line):
-    """config.read_ignore_file refuses the whole file for these; PortSentry 1.2 takes the leading
-    address characters (the first two) or matches nothing with the line (the rest). The importer
-    falls back to read_ignore_lenient() for such files (reported to the lead)."""
+@pytest.mark.parametrize("line, expected", [("192.168.1.1 router", "192.168.1.1/32"), ("10.1.0.0/16\tlab", "10.1.0.0/16")])
+def test_ignore_file_trailing_text_is_ignored_like_portsentry(tmp_path, line, expected):
+    """PortSentry 1.2 takes the leading address of a line; so does config.read_ignore_file."""
+    f = tmp_path / "ignore"
+    f.write_text(f"127.0.0.1\n{line}\n")
+    assert [str(n) for n in C.read_ignore_file(f)] == ["127.0.0.1/32", expected]
+    entries, problems = P.read_ignore_lenient(f)
+    assert len(entries) == 2 and problems == []
+
+
+@pytest.mark.parametrize("line", ["gateway.example.net", "10.9.9.9/40", "0.0.0.0/0", "fe80::1%eth0"])
+def test_ignore_file_lines_config_refuses(tmp_path, line):
+    """Host names, impossible masks, /0 and zone-scoped addresses are refused naming the line
+    (PortSentry 1.2 matched nothing with such lines)."""
     f = tmp_path / "ignore"
     f.write_text(f"127.0.0.1\n{line}\n")
     with pytest.raises(ValueError, match=r"ignore:2: "):
         C.read_ignore_file(f)
     entries, problems = P.read_ignore_lenient(f)
     assert entries[0] == "127.0.0.1"
-    if line[0].isdigit() and "/40" not in line and "/0" not in line:
-        assert len(entries) == 2 and problems == []
-    else:
+    if "%" not in line:
         assert len(entries) == 1 and problems[0].line == 2
