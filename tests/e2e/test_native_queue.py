@@ -141,7 +141,8 @@ def load_or_skip(victim) -> None:
     if res.returncode == 0:
         return
     if _native_queue_missing(res.stderr):
-        msg = f"kernel {os.uname().release} lacks the native nft queue expression (nft_queue): {res.stderr.strip()}"
+        err = next((l.strip() for l in res.stderr.splitlines() if "Error:" in l), res.stderr.strip())
+        msg = f"kernel {os.uname().release} lacks the native nft queue expression (nft_queue): nft said {err!r}"
         if os.environ.get("NFSENTRY_EXPECT_BACKEND") == "native":
             pytest.fail(f"NFSENTRY_EXPECT_BACKEND=native but {msg}", pytrace=False)
         pytest.skip(msg)

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 
-def pytest_terminal_summary(terminalreporter):
-    import sys
-    mod = sys.modules.get("test_guest_tier")
-    results = getattr(mod, "RESULTS", None) if mod else None
-    if not results or "result" not in results:
+def pytest_terminal_summary(terminalreporter, config):
+    tier = getattr(config, "nfsentry_kernel_tier", None)
+    if tier is None:
         return
-    image, res = results["image"], results["result"]
+    image, res = tier
     terminalreporter.write_sep("-", "stock-kernel qemu tier")
     terminalreporter.write_line(f"{image.package} (kernel {image.kernel_release}): {res.summary}; "
                                 f"image ready in {image.build_seconds:.1f}s")

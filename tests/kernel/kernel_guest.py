@@ -110,7 +110,7 @@ class GuestResult:
             if c.outcome in ("failed", "error"):
                 lines.append("")
                 lines.append(f"=== guest {c.outcome.upper()}: {c.nodeid}")
-                if c.message:
+                if c.message and c.message.strip() not in c.text:
                     lines.append(c.message.strip()[:2000])
                 if c.text:
                     lines.append(_tail(c.text, 60, 6000))
@@ -121,7 +121,10 @@ class GuestResult:
             # No junit detail: show what the guest printed.
             if self.log:
                 lines += ["", "=== guest pytest output (tail)", _tail(self.log, 60, 8000)]
-            lines += ["", "=== guest console (tail)", _tail(self.console, 40, 5000)]
+            # The console repeats pytest's output (tee): show only what pytest did not print.
+            seen = set(self.log.splitlines())
+            console = "\n".join(l for l in self.console.splitlines() if l not in seen)
+            lines += ["", "=== guest console (kernel, init; tail)", _tail(console, 40, 5000)]
         if self.out:
             lines.append(f"(guest output kept in {self.out})")
         return "\n".join(lines)

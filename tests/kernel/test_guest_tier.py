@@ -18,20 +18,16 @@ pytestmark = [
     pytest.mark.skipif(kg.disabled_reason() is not None, reason=f"qemu tier: {kg.disabled_reason()}"),
 ]
 
-RESULTS: dict = {}   # read by conftest.py for the terminal summary
-
-
 @pytest.mark.timeout(kg.BUILD_TIMEOUT + kg.BOOT_TIMEOUT + 60)
-def test_native_backend_e2e_on_debian_stock_kernel(tmp_path):
+def test_native_backend_e2e_on_debian_stock_kernel(tmp_path, pytestconfig):
     missing = kg.missing_tools()
     assert not missing, f"qemu tier needs {' '.join(missing)}: run `make deps-test` (or NFSENTRY_KERNEL_TIER=0 to opt out)"
     try:
         image = kg.build_image()
     except kg.TierError as e:
         pytest.fail(str(e), pytrace=False)
-    RESULTS["image"] = image
     res = kg.boot(image, tmp_path / "out")
-    RESULTS["result"] = res
+    pytestconfig.nfsentry_kernel_tier = (image, res)   # for the terminal summary (conftest.py)
     if not res.ok:
         pytest.fail(f"stock-kernel guest tier failed ({image.package}):\n{res.explain()}", pytrace=False)
     assert res.kernel == image.kernel_release, f"guest ran kernel {res.kernel!r}, expected {image.kernel_release!r}"
