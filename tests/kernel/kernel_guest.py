@@ -145,7 +145,7 @@ def disabled_reason() -> str | None:
 
 
 def missing_tools() -> list[str]:
-    return [t for t in ("qemu-system-x86_64", "busybox", "apt-get", "dpkg-deb", "cpio") if not shutil.which(t)]
+    return [t for t in ("qemu-system-x86_64", "busybox", "apt-get", "dpkg-deb") if not shutil.which(t)]
 
 
 def build_image(timeout: float = BUILD_TIMEOUT) -> Image:
@@ -200,6 +200,11 @@ def write_job(out: Path, selection: str | None, guest_timeout: float) -> None:
     job += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     job.append(f"exec /bin/bash {shlex.quote(str(GUEST_RUN))}")
     (out / "job.sh").write_text("\n".join(job) + "\n")
+    # init covers /tmp with a tmpfs, which would hide a checkout or venv under the host's /tmp.
+    keep = out / "keep-host-tmp"
+    keep.unlink(missing_ok=True)
+    if any(p.resolve().is_relative_to("/tmp") for p in (REPO, venv)):
+        keep.touch()
 
 
 def boot(image: Image, out: Path, selection: str | None = None, timeout: float = BOOT_TIMEOUT,
