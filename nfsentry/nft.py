@@ -830,13 +830,15 @@ class Nft:
         self.stop_inuse_poller()
         batch = self._load_batch(spec, backend)
         added: list = []
+        before: set = set()
         if backend == "compat":
-            added = self._compat_install(spec)
+            before = self._xt_chains()
+            added = self._compat_install(spec, before)
         try:
             self._cmd(batch, f"loading table inet {self.table}")
         except Exception:
             self._v6p = None
-            self._compat_remove(only=added)
+            self._compat_rollback(added, before)
             raise
         try:  # stale rules (native now, or another mark/queue/variant) are inert: best effort
             self._compat_remove(keep=compat_rules(spec) if backend == "compat" else [])
@@ -898,7 +900,29 @@ class Nft:
     def _run(argv: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
-    def _compat_install(self, spec: RulesetSpec) -> list:
+    def _xt_chains(self) -> set[tuple[str, str]]:
+        """(family, chain) of the iptables-nft filter tables now (cheap: no rules, no elements)."""
+        return {(c["family"], c["name"]) for i in self._json("list chains", "listing the chains")
+                if (c := i.get("chain")) and c.get("table") == "filter" and c.get("family") in ("ip", "ip6")}
+
+    def _compat_rollback(self, added: list, before: set) -> None:
+        """Undo _compat_install: our rules, then the (empty) chains and tables it made iptables-nft
+        create, so a failed load leaves nothing behind."""
+        if not added:
+            return
+        self._compat_remove(only=added)
+        created = self._xt_chains() - before
+        cmds = [f"delete chain {fam} filter {chain}" for fam, chain in sorted(created)]
+        for fam in ("ip", "ip6"):
+            if not any(f == fam for f, _ in before) and any(f == fam for f, _ in created):
+                cmds.append(f"delete table {fam} filter")
+        if cmds:
+            with self._lock:
+                rc, _, err = self._n.cmd("\n".join(cmds))  # refused as a whole if anything is non-empty
+            if rc != 0:
+                log.warning("leaving empty iptables-nft chains behind: %s", err.strip())
+
+    def _compat_install(self, spec: RulesetSpec, before: set) -> list:
         added = []
         try:
             for binary, chain, args in compat_rules(spec):
@@ -911,7 +935,7 @@ class Nft:
                     raise NftError(f"{binary} -I {chain} failed", res.stderr or res.stdout)
                 added.append((binary, chain, args))
         except Exception:
-            self._compat_remove(only=added)
+            self._compat_rollback(added, before)
             raise
         return added
 
