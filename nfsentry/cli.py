@@ -1,24 +1,514 @@
-"""The nfsentry command line (typer)."""
+"""The nfsentry command line: one typer app for everything an admin does.
+
+Exit codes: 0 success; 1 runtime failure (kernel refused, daemon error); 2 bad input (address,
+prefix, duration, file, configuration); 3 `status`: the daemon is not running; 77 not root /
+no CAP_NET_ADMIN (sysexits EX_NOPERM).
+"""
 from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 from nfsentry import __version__
 
-app = typer.Typer(add_completion=True, no_args_is_help=True, help="nfsentry: port-scan detection and blocking for nftables")
+app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
+                  help="nfsentry: port-scan detection and in-kernel blocking for nftables (PortSentry reborn).")
+rules_app = typer.Typer(no_args_is_help=True, help="Show, load, unload or check nfsentry's nftables ruleset.")
+config_app = typer.Typer(no_args_is_help=True, help="Validate configuration files.")
+app.add_typer(rules_app, name="rules")
+app.add_typer(config_app, name="config")
+
+EXIT_RUNTIME, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_NOPERM = 1, 2, 3, 77
+
+
+def fail(msg: str, code: int = EXIT_USAGE) -> None:
+    typer.echo(f"nfsentry: {msg}" if not msg.startswith("nfsentry:") else msg, err=True)
+    raise typer.Exit(code)
+
+
+def need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        fail(f"{what} needs root (CAP_NET_ADMIN)", EXIT_NOPERM)
+
+
+def load_config(path: Optional[str], portsentry: Optional[str] = None, defaults: Optional[str] = None):
+    from nfsentry import config as C
+    try:
+        if portsentry:
+            from nfsentry import portsentry as P
+            return P.load_as_config(portsentry, defaults)
+        return C.load(path)
+    except C.ConfigError as e:
+        fail(str(e), EXIT_USAGE)
+    except (OSError, ValueError) as e:
+        fail(str(e), EXIT_USAGE)
+
+
+def parse_duration_opt(text: Optional[str], default: float) -> float:
+    from nfsentry.config import parse_duration
+    if text is None:
+        return default
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        fail(str(e))
+
+
+def get_nft(cfg):
+    need_root("talking to nftables")
+    try:
+        from nfsentry import nft as N
+    except ImportError as e:
+        fail(str(e), EXIT_RUNTIME)
+    return N, N.Nft(table=cfg["nft"]["table"])
+
+
+def daemon_request(cfg, cmd: str, **args):
+    """Returns the reply, or None when the daemon is not running."""
+    from nfsentry.control import ControlError, DaemonNotRunning, request
+    try:
+        return request(cfg["daemon"]["control_socket"], cmd, **args)
+    except DaemonNotRunning:
+        return None
+    except ControlError as e:
+        msg = str(e)
+        fail(msg, EXIT_NOPERM if "permission denied" in msg else EXIT_RUNTIME)
+
+
+def fmt_ts(ts: Optional[float]) -> str:
+    if not ts:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_left(seconds: Optional[float]) -> str:
+    from nfsentry.config import format_duration
+    if seconds is None:
+        return "never"
+    return format_duration(max(0, seconds)) or "0s"
+
+
+def print_table(title: str, columns: list[str], rows: list[list]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=title, show_lines=False)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[str(x) for x in r])
+    Console().print(t)
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="configuration file (default /etc/nfsentry/nfsentry.toml if present)")
+
+
+# == run ============================================================================================
+@app.command()
+def run(config: Optional[str] = ConfigOpt,
+        foreground: bool = typer.Option(False, "--foreground", "-f", help="also log to stderr"),
+        portsentry_config: Optional[str] = typer.Option(None, "--portsentry-config", help="run from a PortSentry portsentry.conf"),
+        portsentry_defaults: Optional[str] = typer.Option(None, "--portsentry-defaults", help="PortSentry /etc/default/portsentry (TCP_MODE/UDP_MODE)")):
+    """Run the daemon (in the foreground of this process; systemd keeps it running)."""
+    from nfsentry.daemon import Daemon, StartupError, require_root
+    try:
+        require_root()
+    except StartupError as e:
+        fail(str(e), e.exit_code)
+    cfg = load_config(config, portsentry_config, portsentry_defaults)
+    d = Daemon(cfg, foreground=True if foreground or sys.stderr.isatty() else foreground)
+    try:
+        d.start()
+    except StartupError as e:
+        fail(str(e), e.exit_code)
+    except ImportError as e:
+        fail(str(e), EXIT_RUNTIME)
+    except Exception as e:
+        fail(f"start-up failed: {type(e).__name__}: {e}", EXIT_RUNTIME)
+    raise typer.Exit(d.run())
+
+
+# == status =========================================================================================
+@app.command()
+def status(config: Optional[str] = ConfigOpt, as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+    """Is the daemon running; backend, ports and counters."""
+    cfg = load_config(config)
+    reply = daemon_request(cfg, "status")
+    if reply is None:
+        if as_json:
+            typer.echo(json.dumps({"running": False}))
+        else:
+            typer.echo("nfsentry is not running")
+        raise typer.Exit(EXIT_NOT_RUNNING)
+    reply.pop("ok", None)
+    reply["running"] = True
+    if as_json:
+        typer.echo(json.dumps(reply, sort_keys=True, default=str))
+        return
+    c = reply.get("counters", {})
+    e = reply.get("engine", {})
+    lines = [
+        f"nfsentry {reply.get('version')} is running (pid {reply.get('pid')}, up {fmt_left(reply.get('uptime'))})",
+        f"  queue backend:     {reply.get('backend')}",
+        f"  in-use detection:  {reply.get('inuse')}",
+        f"  mode:              {reply.get('mode')}{' (dry run)' if reply.get('dry_run') else ''}",
+        f"  monitored tcp:     {reply.get('tcp_ports')} ({reply.get('tcp_port_count')} ports)",
+        f"  monitored udp:     {reply.get('udp_ports')} ({reply.get('udp_port_count')} ports)",
+        f"  never-block:       {reply.get('never_block')} networks",
+        f"  packets queued:    {c.get('queued', 0)}   detections: {c.get('detections', 0)}   blocks: {c.get('blocks', 0)}",
+        f"  currently blocked: {reply.get('blocked', '?')}",
+        f"  engine sources:    {e.get('tracked', '?')} tracked, {e.get('evicted', 0)} evicted",
+        f"  queue drops:       {sum(q.get('queue_dropped', 0) + q.get('user_dropped', 0) for q in reply.get('queue_drops', {}).values())}",
+        f"  errors:            {c.get('errors', 0)} internal, {c.get('storage_errors', 0)} storage",
+    ]
+    typer.echo("\n".join(lines))
+
+
+# == blocked / list =================================================================================
+def current_blocks(cfg, family: Optional[int]) -> list[dict]:
+    """Kernel set (authoritative) merged with the database's reasons."""
+    N, nft = get_nft(cfg)
+    try:
+        kernel = nft.list_blocked()
+    except N.NftError as e:
+        fail(f"cannot read the blocked sets: {e}", EXIT_RUNTIME)
+    db = {}
+    try:
+        from nfsentry.store import Store
+        if cfg.db_path.exists():
+            s = Store(cfg.db_path, readonly=True)
+            db = {b["network"]: b for b in s.blocks(include_expired=True)}
+            s.close()
+    except Exception:
+        db = {}
+    now = time.time()
+    out = []
+    for k in kernel:
+        net = k["network"]
+        fam = 6 if ":" in net else 4
+        if family and fam != family:
+            continue
+        b = db.get(net, {})
+        exp_in = k.get("expires_in")
+        out.append({"network": net, "family": fam, "reason": b.get("reason") or "", "labels": b.get("labels", []),
+                    "ports": b.get("ports", []), "first_seen": b.get("first_seen"), "blocked_at": b.get("created"),
+                    "expires": (now + exp_in) if exp_in else None, "expires_in": exp_in,
+                    "offences": b.get("offences", 1), "origin": b.get("origin", "kernel")})
+    return out
+
+
+@app.command("blocked")
+def blocked_cmd(config: Optional[str] = ConfigOpt, family: Optional[int] = typer.Option(None, "--family", help="4 or 6"),
+                as_json: bool = typer.Option(False, "--json")):
+    """List current blocks (alias: list)."""
+    if family not in (None, 4, 6):
+        fail("--family must be 4 or 6")
+    cfg = load_config(config)
+    rows = current_blocks(cfg, family)
+    if as_json:
+        typer.echo(json.dumps(rows, sort_keys=True))
+        return
+    if not rows:
+        typer.echo("no blocked sources")
+        return
+    print_table(f"{len(rows)} blocked", ["address/prefix", "reason", "labels", "ports", "first seen", "expires in", "offences"],
+                [[r["network"], r["reason"][:60], ",".join(r["labels"]) or "-", ",".join(map(str, r["ports"][:8])) or "-",
+                  fmt_ts(r["first_seen"]), fmt_left(r["expires_in"]), r["offences"]] for r in rows])
+
+
+app.command("list", help="List current blocks (alias of blocked).")(blocked_cmd)
+
+
+# == block / unblock ================================================================================
+@app.command()
+def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
+          for_: Optional[str] = typer.Option(None, "--for", help="duration (e.g. 30m, 2h, 7d; 0 = until unblocked)"),
+          reason: str = typer.Option("manual block", "--reason"), config: Optional[str] = ConfigOpt,
+          force: bool = typer.Option(False, "--force", help="allow blocking a never-block address (not your SSH session)")):
+    """Block a host or prefix by hand."""
+    from nfsentry.daemon import manual_block_event, normalize_block_target, ssh_client
+    cfg = load_config(config)
+    duration = parse_duration_opt(for_, cfg.durations["block_duration"])
+    ssh = ssh_client()
+    try:
+        net = normalize_block_target(address, [ssh] if ssh else [])
+    except ValueError as e:
+        fail(str(e))
+    need_root("block")
+    reply = daemon_request(cfg, "block", network=net, duration=duration, reason=reason, force=force)
+    if reply is None:
+        from nfsentry.daemon import protected_networks
+        if not force:
+            try:
+                net = normalize_block_target(net, protected_networks(cfg))
+            except ValueError as e:
+                fail(str(e))
+        N, nft = get_nft(cfg)
+        try:
+            nft.block(net, int(duration))
+        except N.NftError as e:
+            fail(f"block failed: {e}", EXIT_RUNTIME)
+        ev = manual_block_event(net, duration, reason)
+        store_event(cfg, ev)
+    typer.echo(f"blocked {net} " + (f"for {fmt_left(duration)}" if duration else "until unblocked"))
+
+
+def store_event(cfg, ev: dict) -> None:
+    from nfsentry.store import Store, StoreError
+    try:
+        s = Store(cfg.db_path)
+        if ev["event"] == "block":
+            s.add_block(ev)
+        elif ev["event"] == "unblock":
+            s.remove_block(ev["network"])
+            s.forget_offender(ev["network"])
+        s.add_history(ev)
+        s.close()
+    except StoreError as e:
+        typer.echo(f"nfsentry: warning: the kernel was changed but the database was not: {e}", err=True)
 
 
 @app.command()
-def version() -> None:
-    """Print the nfsentry version."""
+def unblock(addresses: List[str] = typer.Argument(None, help="ADDR or ADDR/PREFIX ..."),
+            all_: bool = typer.Option(False, "--all", help="remove every block"),
+            ignore: bool = typer.Option(False, "--ignore", help="also add them to the ignore list"),
+            config: Optional[str] = ConfigOpt):
+    """Remove blocks from the kernel, the running engine and the database."""
+    from nfsentry.daemon import normalize_network
+    if not addresses and not all_:
+        fail("name at least one address, or --all")
+    if addresses and all_:
+        fail("give addresses or --all, not both")
+    nets = []
+    for a in addresses or []:
+        try:
+            nets.append(normalize_network(a))
+        except ValueError as e:
+            fail(str(e))
+    cfg = load_config(config)
+    need_root("unblock")
+    reply = daemon_request(cfg, "unblock", networks=nets, all=all_, ignore=ignore)
+    if reply is not None:
+        removed = reply.get("unblocked", [])
+    else:
+        N, nft = get_nft(cfg)
+        try:
+            if all_:
+                nets = [b["network"] for b in nft.list_blocked()]
+            removed = []
+            for n in nets:
+                nft.unblock(n)
+                removed.append(n)
+                if ignore:
+                    nft.add_ignore(n)
+        except N.NftError as e:
+            fail(f"unblock failed: {e}", EXIT_RUNTIME)
+        for n in removed:
+            store_event(cfg, {"ts": time.time(), "event": "unblock", "network": n, "src": n, "reason": "unblocked by admin"})
+    if ignore and removed:
+        add_to_ignore_file(cfg, removed)
+    typer.echo(f"unblocked {len(removed)}: {', '.join(removed) if removed else '(nothing was blocked)'}")
+
+
+def add_to_ignore_file(cfg, nets: list[str]) -> None:
+    """--ignore persists: append to the first [ignore] file, or /etc/nfsentry/ignore."""
+    path = Path(cfg["ignore"]["files"][0]) if cfg["ignore"]["files"] else Path("/etc/nfsentry/ignore")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existing = path.read_text().split() if path.exists() else []
+        with path.open("a") as f:
+            for n in nets:
+                if n not in existing:
+                    f.write(n + "\n")
+        if not cfg["ignore"]["files"]:
+            typer.echo(f"added to {path}; list it in [ignore] files to keep it ignored after a restart")
+    except OSError as e:
+        typer.echo(f"nfsentry: warning: could not record the ignore entry in {path}: {e.strerror}", err=True)
+
+
+# == history ========================================================================================
+def parse_since(text: Optional[str]) -> Optional[float]:
+    if text is None:
+        return None
+    from nfsentry.config import parse_duration
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        fail(f"bad --since {text!r}: use a duration (2h, 7d) or a date (2026-11-22 or 2026-11-22T10:00)")
+
+
+@app.command()
+def history(since: Optional[str] = typer.Option(None, "--since", help="duration ago (2h) or ISO date"),
+            source: Optional[str] = typer.Option(None, "--source", help="only this address/prefix"),
+            limit: int = typer.Option(200, "--limit"), config: Optional[str] = ConfigOpt,
+            as_json: bool = typer.Option(False, "--json")):
+    """Past detections, blocks and unblocks."""
+    from nfsentry.daemon import normalize_network
+    from nfsentry.store import Store, StoreError
+    start = parse_since(since)
+    if source:
+        try:
+            source = normalize_network(source)
+        except ValueError as e:
+            fail(str(e))
+    cfg = load_config(config)
+    if not cfg.db_path.exists():
+        rows = []
+    else:
+        try:
+            s = Store(cfg.db_path, readonly=True)
+            rows = s.history(start, source, limit)
+            s.close()
+        except StoreError as e:
+            fail(str(e), EXIT_RUNTIME)
+    if as_json:
+        typer.echo(json.dumps(rows, sort_keys=True, default=str))
+        return
+    if not rows:
+        typer.echo("no history")
+        return
+    print_table("history", ["time", "event", "source", "proto/port", "label", "action", "reason"],
+                [[fmt_ts(r["ts"]), r["event"], r.get("network") or r.get("src"), f"{r.get('proto') or '-'}/{r.get('port') or '-'}",
+                  r.get("label") or "-", r.get("action") or "-", (r.get("reason") or "")[:50]] for r in rows])
+
+
+# == rules ==========================================================================================
+@rules_app.command("show")
+def rules_show(config: Optional[str] = ConfigOpt, backend: str = typer.Option("native", "--backend", help="native or compat")):
+    """Print the ruleset rendered from the configuration (what `load` would load)."""
+    from nfsentry import nft as N
+    from nfsentry.daemon import ruleset_spec
+    cfg = load_config(config)
+    if backend not in ("native", "compat"):
+        fail("--backend must be native or compat")
+    typer.echo(N.render(ruleset_spec(cfg, [str(n) for n in cfg.ignore]), backend), nl=False)
+
+
+def rules_file(name: Optional[str]) -> Optional[Path]:
+    if name is None:
+        return None
+    p = Path(name)
+    if p.exists():
+        return p
+    for base in (Path(__file__).resolve().parent.parent / "rules", Path("/usr/share/nfsentry/rules")):
+        for cand in (base / name, base / f"{name}.nft"):
+            if cand.exists():
+                return cand
+    fail(f"unknown rule file {name!r} (give a path or a name from rules/: nfsentry, gateway, observe)")
+
+
+@rules_app.command("load")
+def rules_load(file: Optional[str] = typer.Option(None, "--file", "-f", help="a file, or a name from rules/"),
+               config: Optional[str] = ConfigOpt):
+    """Load nfsentry's ruleset atomically (rendered from the config, or a provided file)."""
+    cfg = load_config(config)
+    path = rules_file(file)
+    N, nft = get_nft(cfg)
+    from nfsentry.daemon import protected_networks, ruleset_spec
+    try:
+        if path:
+            nft.load_file(str(path))
+            typer.echo(f"loaded {path}")
+        else:
+            nft.load(ruleset_spec(cfg, protected_networks(cfg)), backend=cfg["nft"]["backend"])
+            typer.echo(f"loaded table inet {cfg['nft']['table']} (backend {nft.status().get('backend')})")
+    except N.NftError as e:
+        fail(f"load failed, nothing changed: {e}", EXIT_RUNTIME)
+
+
+@rules_app.command("unload")
+def rules_unload(config: Optional[str] = ConfigOpt):
+    """Remove nfsentry's table and compat rules (nothing else)."""
+    cfg = load_config(config)
+    N, nft = get_nft(cfg)
+    try:
+        nft.unload()
+    except N.NftError as e:
+        fail(f"unload failed: {e}", EXIT_RUNTIME)
+    typer.echo(f"removed table inet {cfg['nft']['table']}")
+
+
+@rules_app.command("check")
+def rules_check(file: Optional[str] = typer.Option(None, "--file", "-f"), config: Optional[str] = ConfigOpt):
+    """Check a ruleset with `nft -c` without loading it."""
+    cfg = load_config(config)
+    path = rules_file(file)
+    N, nft = get_nft(cfg)
+    from nfsentry.daemon import protected_networks, ruleset_spec
+    try:
+        if path:
+            nft.check_file(str(path))
+            typer.echo(f"{path}: ok")
+        else:
+            nft.check(ruleset_spec(cfg, protected_networks(cfg)), backend=cfg["nft"]["backend"])
+            typer.echo("rendered ruleset: ok")
+    except N.NftError as e:
+        fail(f"check failed: {e}", EXIT_RUNTIME)
+
+
+# == config =========================================================================================
+@config_app.command("check")
+def config_check(file: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")):
+    """Validate a configuration file and print the effective settings."""
+    cfg = load_config(file)
+    eff = cfg.effective()
+    if as_json:
+        typer.echo(json.dumps(eff, sort_keys=True, default=str))
+        return
+    typer.echo(f"{cfg.path or 'built-in defaults'}: ok")
+    for section, values in eff.items():
+        typer.echo(f"[{section}]")
+        for k, v in values.items():
+            typer.echo(f"  {k} = {json.dumps(v, default=str)}")
+
+
+# == replay =========================================================================================
+@app.command()
+def replay(capture: str = typer.Argument(..., help="a pcap/pcapng file"), config: Optional[str] = ConfigOpt,
+           as_json: bool = typer.Option(False, "--json"),
+           local: List[str] = typer.Option(None, "--local", help="address(es) of the protected host (default: guessed)")):
+    """Run the detection engine offline over a capture: what would have been detected and blocked."""
+    cfg = load_config(config)
+    if not Path(capture).is_file():
+        fail(f"{capture}: no such capture file")
+    from nfsentry import replay as R
+    try:
+        events = R.replay(capture, cfg, local=local or None)
+    except R.ReplayError as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(events, sort_keys=True, default=str))
+        return
+    if not events:
+        typer.echo("nothing would have been detected")
+        return
+    for ev in events:
+        ts = dt.datetime.fromtimestamp(ev["ts"]).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        if ev["event"] == "block":
+            typer.echo(f"{ts} BLOCK {ev['network']} for {fmt_left(ev['duration']) if ev['duration'] else 'ever'} ({ev['reason']})")
+        else:
+            typer.echo(f"{ts} {ev['action'].upper():6} {ev['src']} {ev['proto']}/{ev['port']} {ev['label']} ({ev['reason']})")
+
+
+@app.command()
+def version():
+    """Print the version."""
     typer.echo(f"nfsentry {__version__}")
 
 
-@app.command()
-def run(config: str = typer.Option(None, "--config", "-c"), foreground: bool = typer.Option(False, "--foreground")) -> None:
-    """Run the daemon."""
-    typer.echo("nfsentry: the daemon is not built yet; nothing was loaded", err=True)
-    raise typer.Exit(1)
+from nfsentry import cli_portsentry  # noqa: E402  (import-portsentry)
+
+cli_portsentry.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,810 @@
+"""The daemon: NFQUEUE verdict loop + worker thread, joining the engine and the nft layer.
+
+Threads:
+- main: ``select`` over the scan queue, the FTP queue and a wake-up pipe. Each queued packet is
+  decoded, run through the engine and given its verdict at once; a block goes into the kernel set
+  right after the verdict. Control requests (block/unblock/reload) are executed here too, between
+  packets, so the engine is only ever touched by this thread (no locks on the packet path).
+- worker: everything slow (SQLite, syslog/JSON/files, DNS, external commands, hosts.deny,
+  refreshing the host's own addresses), fed by a bounded queue.
+- control: the UNIX control socket (nfsentry.control) forwarding requests to the main thread.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import queue
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from nfsentry import __version__
+from nfsentry import config as C
+from nfsentry.alerts import Alerter
+from nfsentry.config import Config, ConfigError
+from nfsentry.control import ControlServer
+from nfsentry.store import Store, StoreCorrupt, StoreError, move_aside
+
+log = logging.getLogger("nfsentry")
+
+PROTO_NAMES = {6: "tcp", 17: "udp"}
+
+
+class StartupError(Exception):
+    """Start-up refused; str() is one line. exit_code: 1 (runtime), 2 (config), 77 (permission)."""
+
+    def __init__(self, msg: str, exit_code: int = 1) -> None:
+        super().__init__(msg)
+        self.exit_code = exit_code
+
+
+# -- host facts (never-block list) ---------------------------------------------------------------
+def _ip_json(args: list[str]) -> list[dict]:
+    try:
+        out = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, timeout=5).stdout
+        return json.loads(out or "[]")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return []
+
+
+def own_addresses() -> set[str]:
+    addrs = {"127.0.0.0/8", "::1/128"}
+    for link in _ip_json(["addr", "show"]):
+        for a in link.get("addr_info", []):
+            local = a.get("local")
+            if local and not local.startswith("fe80:"):
+                addrs.add(local)
+    return addrs
+
+
+def gateways() -> set[str]:
+    gws = set()
+    for fam in ("-4", "-6"):
+        for r in _ip_json([fam, "route", "show", "default"]):
+            if r.get("gateway") and not r["gateway"].startswith("fe80:"):
+                gws.add(r["gateway"])
+    return gws
+
+
+def resolvers(path: str = "/etc/resolv.conf") -> set[str]:
+    out = set()
+    try:
+        for line in Path(path).read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                try:
+                    out.add(str(ipaddress.ip_address(parts[1].split("%")[0])))
+                except ValueError:
+                    pass
+    except OSError:
+        pass
+    return out
+
+
+def ssh_client() -> str | None:
+    """The address of the SSH session running this command, if any (never block the admin)."""
+    for var in ("SSH_CONNECTION", "SSH_CLIENT"):
+        v = os.environ.get(var, "").split()
+        if v:
+            try:
+                return str(ipaddress.ip_address(v[0]))
+            except ValueError:
+                pass
+    return None
+
+
+def protected_networks(cfg: Config) -> list[str]:
+    """Everything nfsentry must never block: config ignore list + host facts."""
+    nets = {str(n) for n in cfg.ignore}
+    ig = cfg["ignore"]
+    if ig["own_addresses"]:
+        nets |= own_addresses()
+    if ig["gateways"]:
+        nets |= gateways()
+    if ig["resolvers"]:
+        nets |= resolvers()
+    ssh = ssh_client()
+    if ssh:
+        nets.add(ssh)
+    return sorted(str(ipaddress.ip_network(n, strict=False)) for n in nets)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise StartupError("nfsentry: must run as root (needs CAP_NET_ADMIN for nftables and NFQUEUE)", 77)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, foreground: bool = True) -> None:
+        self.cfg = cfg
+        self.foreground = foreground
+        self.started = time.time()
+        self.events: queue.Queue = queue.Queue(maxsize=100_000)
+        self.commands: queue.Queue = queue.Queue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.stop_flag = False
+        self.reload_flag = False
+        self.counters = {"queued": 0, "ftp_packets": 0, "detections": 0, "blocks": 0, "dropped_by_verdict": 0,
+                         "errors": 0, "events_lost": 0, "blocks_rate_limited": 0, "blocks_capped": 0,
+                         "never_block_refused": 0, "storage_errors": 0}
+        self._last_error_log = 0.0
+        self._block_times: list[float] = []
+        self.nft = None
+        self.queues: list = []
+        self.control: ControlServer | None = None
+        self.worker: threading.Thread | None = None
+        self.store: Store | None = None
+        self.alerter: Alerter | None = None
+        self.pending_store: list[tuple[str, dict]] = []  # writes to retry after a storage fault
+
+    # == start-up ===================================================================================
+    def prepare(self) -> None:
+        """Everything that can fail before the kernel is touched."""
+        require_root()
+        from nfsentry import nft as N  # a missing python3-nftables is one clear line here
+        self.N = N
+        state_dir = Path(self.cfg["storage"]["state_dir"])
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(state_dir, 0o700)
+            if not os.access(state_dir, os.W_OK):
+                raise PermissionError(13, "not writable")
+        except OSError as e:
+            raise StartupError(f"nfsentry: [storage] state_dir {state_dir}: {e.strerror or e}", 2) from None
+        for key in ("json_file", "history_file", "blocked_file"):
+            p = self.cfg["logging"][key]
+            if p:
+                try:
+                    Path(p).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+                    if not os.access(Path(p).parent, os.W_OK):
+                        raise PermissionError(13, "not writable")
+                except OSError as e:
+                    raise StartupError(f"nfsentry: [logging] {key} {p}: {e.strerror or e}", 2) from None
+        self.alerter = Alerter(self.cfg, self.foreground)
+        if self.alerter.syslog_problem:
+            log.warning(self.alerter.syslog_problem)
+        self.reimport = False
+        try:
+            self.store = Store(self.cfg.db_path)
+        except StoreCorrupt as e:
+            dest = move_aside(self.cfg.db_path)
+            log.error("%s; moved aside to %s, re-importing the kernel's blocked set", e, dest)
+            self.store = Store(self.cfg.db_path)
+            self.reimport = True
+        except StoreError as e:
+            raise StartupError(f"nfsentry: {e}", 1) from None
+
+    def build_core(self) -> None:
+        from nfsentry.engine import Engine
+        from nfsentry.addrs import PrefixSet
+        from nfsentry.ftp import ExpectationTable, FtpTracker
+        self.protected = protected_networks(self.cfg)
+        self.expectations = ExpectationTable()
+        self.ftp = FtpTracker()
+        self.engine = Engine(engine_config(self.cfg), ignore=PrefixSet(self.protected), expectations=self.expectations)
+
+    def start(self) -> None:
+        self.prepare()
+        self.build_core()
+        N = self.N
+        self.nft = N.Nft(table=self.cfg["nft"]["table"])
+        spec = ruleset_spec(self.cfg, self.protected)
+        try:
+            self.nft.load(spec, backend=self.cfg["nft"]["backend"])
+        except N.NftError as e:
+            raise StartupError(f"nfsentry: loading the ruleset failed, nothing changed: {e}", 1) from None
+        try:
+            self.restore_blocks()
+            self.bind_queues()
+            self.control = ControlServer(self.cfg["daemon"]["control_socket"], self.control_request)
+        except Exception:
+            self.stop_kernel_side(keep=True)
+            raise
+        self.control.start()
+        self.worker = threading.Thread(target=self.worker_loop, name="nfsentry-worker", daemon=True)
+        self.worker.start()
+        st = self.nft.status()
+        self.backend = st.get("backend")
+        self.inuse = st.get("inuse")
+        log.info("nfsentry %s is active: queue backend %s, in-use detection %s, mode %s, monitoring tcp %s (%d ports) udp %s (%d ports), "
+                 "%d never-block networks, %d blocks restored", __version__, self.backend, self.inuse, self.cfg["monitor"]["mode"],
+                 C.ranges_text(self.cfg.tcp_ports), C.count_ports(self.cfg.tcp_ports), C.ranges_text(self.cfg.udp_ports),
+                 C.count_ports(self.cfg.udp_ports), len(self.protected), self.restored)
+
+    def restore_blocks(self) -> None:
+        """Kernel set and database agree after this: DB blocks still running are put back with
+        their remaining time; kernel entries unknown to the DB (made just before a kill -9, or
+        after a corrupt DB was moved aside) are imported."""
+        now = time.time()
+        kernel = {b["network"]: b for b in self.nft.list_blocked()}
+        db = {b["network"]: b for b in self.store.blocks(now)}
+        missing = []
+        for net, b in db.items():
+            if net not in kernel:
+                remaining = 0 if b["expires"] is None else max(1, int(b["expires"] - now))
+                missing.append((net, remaining))
+        if missing:
+            self.nft.bulk_block(missing)
+        imported = []
+        for net, k in kernel.items():
+            if net not in db:
+                exp = None if not k.get("expires_in") else now + k["expires_in"]
+                imported.append({"ts": now, "event": "block", "network": net, "src": net, "reason": "imported from the kernel set",
+                                 "expires": exp, "offences": 1, "origin": "kernel", "labels": [], "ports": []})
+        if imported:
+            self.store.add_blocks(imported)
+        for ev in self.store.expired_blocks(now):
+            self.store.remove_block(ev["network"])
+        for off in self.store.offenders():
+            self.engine.restore_offender(off["network"], off["offences"])
+        for b in self.store.blocks(now):
+            self.engine.mark_blocked(b["network"], b["expires"] or 0.0)
+        self.restored = len(db) + len(imported)
+
+    def bind_queues(self) -> None:
+        from netfilterqueue import NetfilterQueue, COPY_PACKET
+        q = NetfilterQueue()
+        q.bind(self.cfg["nft"]["queue"], self.on_packet, max_len=self.cfg["daemon"]["queue_maxlen"], mode=COPY_PACKET, range=512)
+        self.queues.append(q)
+        if self.cfg["monitor"]["ftp"]:
+            fq = NetfilterQueue()
+            fq.bind(self.cfg["nft"]["ftp_queue"], self.on_ftp_packet, max_len=self.cfg["daemon"]["queue_maxlen"], mode=COPY_PACKET, range=4096)
+            self.queues.append(fq)
+
+    # == the packet path ============================================================================
+    def on_packet(self, p) -> None:
+        verdict_done = False
+        try:
+            self.counters["queued"] += 1
+            pkt = self.decode(p.get_payload())
+            d = self.engine.process(pkt, time.time())
+            a = d.action
+            if a <= 1:  # PASS, IGNORE
+                p.accept()
+                verdict_done = True
+                return
+            if a == 5:  # DROP: source already blocked, still in the queue
+                if self.kernel_blocks(d.proto):
+                    p.drop()
+                    self.counters["dropped_by_verdict"] += 1
+                else:
+                    self.probe_verdict(p)
+                verdict_done = True
+                return
+            if a == 4 and self.kernel_blocks(d.proto):
+                p.drop()
+                verdict_done = True
+                self.block_now(d)
+                return
+            self.probe_verdict(p)
+            verdict_done = True
+            if a >= 3:  # ALERT, or BLOCK in log/command/dry-run/observe modes
+                self.counters["detections"] += 1
+                self.enqueue("detection", d)
+        except Exception as e:
+            if not verdict_done:
+                try:
+                    p.accept()
+                except Exception:
+                    pass
+            self.internal_error("packet", e)
+
+    def probe_verdict(self, p) -> None:
+        if self.cfg["response"]["probe_verdict"] == "drop":
+            p.drop()
+        else:
+            p.accept()
+
+    def kernel_blocks(self, proto: int) -> bool:
+        r = self.cfg["response"]
+        mode = r["tcp"] if proto == 6 else r["udp"]
+        return mode == "block" and not r["dry_run"] and self.cfg["monitor"]["mode"] != "observe"
+
+    def block_now(self, d) -> None:
+        """The source goes into the kernel set now (the verdict is already given)."""
+        now = time.time()
+        net = d.network
+        r = self.cfg["response"]
+        limit = r["max_blocks_per_minute"]
+        if limit:
+            self._block_times = [t for t in self._block_times if t > now - 60]
+            if len(self._block_times) >= limit:
+                self.counters["blocks_rate_limited"] += 1
+                self.enqueue("warning", {"message": f"block rate limit ({limit}/min) reached: {net} only alerted", "network": net})
+                self.engine.forget(net)
+                self.counters["detections"] += 1
+                self.enqueue("detection", d, action="alert (rate-limited)")
+                return
+            self._block_times.append(now)
+        if r["max_blocked"] and self.nft_block_count() >= r["max_blocked"]:
+            self.counters["blocks_capped"] += 1
+            self.enqueue("warning", {"message": f"blocked-set cap ({r['max_blocked']}) reached: {net} only alerted", "network": net})
+            self.engine.forget(net)
+            self.counters["detections"] += 1
+            self.enqueue("detection", d, action="alert (cap)")
+            return
+        try:
+            self.nft.block(net, int(d.duration))
+        except Exception as e:
+            self.internal_error("nft block", e)
+            return
+        self.counters["blocks"] += 1
+        self.counters["detections"] += 1
+        self.enqueue("detection", d)
+        self.enqueue("block", d)
+
+    def nft_block_count(self) -> int:
+        return self.counters["blocks"] - getattr(self, "_blocks_gone", 0) + getattr(self, "restored", 0)
+
+    def on_ftp_packet(self, p) -> None:
+        try:
+            p.accept()  # the tracker never holds FTP traffic
+            self.counters["ftp_packets"] += 1
+            raw = p.get_payload()
+            pkt = self.decode(raw)
+            if pkt.malformed or pkt.proto != 6:
+                return
+            payload = bytes(raw[pkt.payload_offset:])
+            if not payload:
+                return
+            for ev in self.ftp.feed(pkt.src, pkt.dst, pkt.sport, pkt.dport, payload, time.time()):
+                self.on_ftp_event(ev)
+        except Exception as e:
+            self.internal_error("ftp packet", e)
+
+    def on_ftp_event(self, ev) -> None:
+        from nfsentry import ftp as F
+        if isinstance(ev, F.Expectation):
+            self.expectations.add(ev)
+            try:
+                self.nft.expect_ftp(ev.peer_text, ev.addr_text, ev.port, max(1, int(ev.expires - time.time())))
+            except Exception as e:
+                self.internal_error("ftp expectation", e)
+        else:
+            self.enqueue("ftp", {"kind": type(ev).__name__, "detail": getattr(ev, "__dict__", str(ev))})
+
+    def decode(self, raw):
+        from nfsentry.packet import decode
+        self.decode = decode  # bind once: the hot path calls the function directly afterwards
+        return decode(raw)
+
+    def internal_error(self, where: str, e: Exception) -> None:
+        self.counters["errors"] += 1
+        now = time.monotonic()
+        if now - self._last_error_log > 10:
+            self._last_error_log = now
+            self.enqueue("warning", {"message": f"internal error in {where}: {type(e).__name__}: {e} (errors so far: {self.counters['errors']})"})
+
+    def enqueue(self, kind: str, obj: Any, **extra) -> None:
+        try:
+            self.events.put_nowait((kind, obj, extra))
+        except queue.Full:
+            self.counters["events_lost"] += 1
+
+    # == main loop ===================================================================================
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._sig_stop)
+        signal.signal(signal.SIGINT, self._sig_stop)
+        signal.signal(signal.SIGHUP, self._sig_reload)
+        fds = {q.get_fd(): q for q in self.queues}
+        last_tick = 0.0
+        try:
+            while not self.stop_flag:
+                try:
+                    ready, _, _ = select.select([*fds, self.wake_r], [], [], 1.0)
+                except InterruptedError:
+                    ready = []
+                for fd in ready:
+                    if fd == self.wake_r:
+                        try:
+                            os.read(self.wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                    else:
+                        try:
+                            fds[fd].run(block=False)
+                        except OSError as e:
+                            self.internal_error("queue recv", e)
+                self.run_commands()
+                if self.reload_flag:
+                    self.reload_flag = False
+                    self.reload()
+                now = time.time()
+                if now - last_tick >= 1.0:
+                    last_tick = now
+                    self.engine.expire(now)
+                    self.expectations.expire(now)
+        finally:
+            self.shutdown()
+        return 0
+
+    def _sig_stop(self, signum, frame) -> None:
+        self.stop_flag = True
+        self._wake()
+
+    def _sig_reload(self, signum, frame) -> None:
+        self.reload_flag = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"x")
+        except OSError:
+            pass
+
+    def shutdown(self) -> None:
+        keep = self.cfg["response"]["keep_blocks_on_exit"]
+        for q in self.queues:
+            try:
+                q.unbind()
+            except Exception:
+                pass
+        self.queues = []
+        if self.control:
+            self.control.close()
+        self.stop_kernel_side(keep)
+        self.enqueue("stop", None)
+        if self.worker:
+            self.worker.join(timeout=10)
+        log.info("nfsentry stopped (%s)", "blocked sets kept in the kernel" if keep else "table removed")
+        if self.alerter:
+            self.alerter.close()
+
+    def stop_kernel_side(self, keep: bool) -> None:
+        if self.nft is None:
+            return
+        try:
+            if keep:
+                self.nft.keep_blocks_only()
+            else:
+                self.nft.unload()
+        except Exception as e:
+            log.error("cleaning up the ruleset failed: %s", e)
+
+    # == control requests (executed in the main thread) ============================================
+    def control_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Called in the control thread: hand over to the main thread and wait for the answer."""
+        if req["cmd"] == "status":
+            return {"ok": True, **self.status()}
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        self.commands.put((req, box, done))
+        self._wake()
+        if not done.wait(30):
+            return {"ok": False, "error": "the daemon did not execute the request within 30s"}
+        return box["reply"]
+
+    def run_commands(self) -> None:
+        while True:
+            try:
+                req, box, done = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                box["reply"] = self.execute(req)
+            except (ValueError, ConfigError) as e:
+                box["reply"] = {"ok": False, "error": str(e)}
+            except Exception as e:
+                box["reply"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            done.set()
+
+    def execute(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req["cmd"]
+        if cmd == "block":
+            net = normalize_block_target(req["network"], self.protected if not req.get("force") else [])
+            duration = float(req.get("duration", self.cfg.durations["block_duration"]))
+            self.nft.block(net, int(duration))
+            self.engine.mark_blocked(net, time.time() + duration if duration else 0.0)
+            ev = manual_block_event(net, duration, req.get("reason") or "manual block")
+            self.counters["blocks"] += 1
+            self.enqueue("event", ev)
+            return {"ok": True, "blocked": net, "expires": ev["expires"]}
+        if cmd == "unblock":
+            nets = [b["network"] for b in self.nft.list_blocked()] if req.get("all") else [normalize_network(n) for n in req.get("networks", [])]
+            removed = []
+            for net in nets:
+                self.nft.unblock(net)
+                self.engine.forget(net)
+                removed.append(net)
+                self.enqueue("event", {"ts": time.time(), "event": "unblock", "network": net, "src": net,
+                                       "reason": req.get("reason") or "unblocked by admin"})
+                if req.get("ignore"):
+                    self.add_ignore(net)
+            return {"ok": True, "unblocked": removed}
+        if cmd == "reload":
+            ok, msg = self.reload()
+            return {"ok": ok, "message": msg} if ok else {"ok": False, "error": msg}
+        if cmd == "ignore":
+            net = normalize_network(req["network"])
+            self.add_ignore(net)
+            return {"ok": True, "ignored": net}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def add_ignore(self, net: str) -> None:
+        from nfsentry.addrs import PrefixSet
+        self.nft.add_ignore(net)
+        self.protected = sorted(set(self.protected) | {net})
+        self.engine.ignore = PrefixSet(self.protected)
+
+    def status(self) -> dict[str, Any]:
+        st = {"pid": os.getpid(), "version": __version__, "started": self.started, "uptime": time.time() - self.started,
+              "backend": getattr(self, "backend", None), "inuse": getattr(self, "inuse", None),
+              "mode": self.cfg["monitor"]["mode"], "dry_run": self.cfg["response"]["dry_run"],
+              "tcp_ports": C.ranges_text(self.cfg.tcp_ports), "udp_ports": C.ranges_text(self.cfg.udp_ports),
+              "tcp_port_count": C.count_ports(self.cfg.tcp_ports), "udp_port_count": C.count_ports(self.cfg.udp_ports),
+              "never_block": len(self.protected), "config": self.cfg.path, "counters": dict(self.counters),
+              "engine": dict(getattr(self.engine, "stats", {})), "event_backlog": self.events.qsize(),
+              "pending_storage_writes": len(self.pending_store), "queue_drops": queue_drops()}
+        try:
+            st["kernel"] = self.nft.counters()
+            st["blocked"] = len(self.nft.list_blocked())
+        except Exception as e:
+            st["kernel_error"] = str(e)
+        return st
+
+    # == reload ====================================================================================
+    def reload(self) -> tuple[bool, str]:
+        path = self.cfg.path
+        ps = getattr(self.cfg, "portsentry_source", None)
+        try:
+            if ps:
+                from nfsentry import portsentry as P
+                new = P.load_as_config(ps["conf"], ps["defaults"])
+            else:
+                new = C.load(path) if path else C.defaults()
+        except (ConfigError, OSError, ValueError) as e:
+            log.error("reload refused, the running configuration stays: %s", e)
+            return False, f"reload refused: {e}"
+        old = self.cfg
+        self.cfg = new
+        try:
+            self.protected = protected_networks(new)
+            self.nft.load(ruleset_spec(new, self.protected), backend=new["nft"]["backend"])
+        except Exception as e:
+            self.cfg = old
+            log.error("reload refused, the running configuration stays: %s", e)
+            return False, f"reload refused: {e}"
+        from nfsentry.addrs import PrefixSet
+        self.engine.configure(engine_config(new))
+        self.engine.ignore = PrefixSet(self.protected)
+        log.info("configuration reloaded from %s", path or "built-in defaults")
+        return True, "reloaded"
+
+    # == worker thread ==============================================================================
+    def worker_loop(self) -> None:
+        last_refresh = time.monotonic()
+        while True:
+            try:
+                kind, obj, extra = self.events.get(timeout=1.0)
+            except queue.Empty:
+                kind = None
+            try:
+                if kind == "stop":
+                    self.flush_pending()
+                    return
+                if kind is not None:
+                    self.handle_event(kind, obj, extra)
+                if self.pending_store:
+                    self.flush_pending()
+                if time.monotonic() - last_refresh > 30:
+                    last_refresh = time.monotonic()
+                    self.refresh_protected()
+            except Exception as e:  # the worker must survive anything
+                self.counters["errors"] += 1
+                log.error("worker: %s: %s", type(e).__name__, e)
+
+    def handle_event(self, kind: str, obj: Any, extra: dict) -> None:
+        if kind == "warning":
+            log.warning(obj["message"])
+            return
+        if kind == "ftp":
+            log.warning("ftp: %s %s", obj["kind"], obj["detail"])
+            return
+        if kind in ("detection", "block"):
+            ev = decision_event(obj, kind, self.cfg)
+            if extra.get("action"):
+                ev["action"] = extra["action"]
+                ev["blocked"] = False
+        else:
+            ev = obj
+        if ev.get("event") in ("detection", "block") and self.cfg["logging"]["resolve_hosts"]:
+            ev["host"] = resolve(ev["src"])
+        # storage first: a block is only reported once it is durable
+        if ev["event"] == "block":
+            self.store_write("add_block", ev)
+        elif ev["event"] == "unblock":
+            self.store_write("remove_block", ev)
+        self.store_write("add_history", ev)
+        self.alerter.emit(ev)
+        if ev["event"] == "block" and ev.get("action") != "manual":
+            self.extra_actions(ev)
+        elif ev["event"] == "detection" and ev.get("action") == "command":
+            self.extra_actions(ev)
+
+    def extra_actions(self, ev: dict) -> None:
+        from nfsentry import actions
+        r = self.cfg["response"]
+        if r["command"] and ev.get("action") in ("block", "command"):
+            rc, out = actions.run_command(r["command"], ev["network"], ev.get("port") or 0, ev.get("label") or "scan")
+            log.info("command for %s exited %d%s", ev["network"], rc, f": {out}" if out else "")
+        if r["hosts_deny"] and ev.get("action") == "block":
+            try:
+                actions.append_hosts_deny(r["hosts_deny"], ev["network"])
+            except OSError as e:
+                log.error("cannot append to %s: %s", r["hosts_deny"], e.strerror or e)
+
+    def store_write(self, op: str, ev: dict) -> None:
+        try:
+            self._store_op(op, ev)
+        except (StoreError, OSError) as e:
+            self.counters["storage_errors"] += 1
+            if len(self.pending_store) < 100_000:
+                self.pending_store.append((op, ev))
+            if self.counters["storage_errors"] <= 3 or self.counters["storage_errors"] % 100 == 0:
+                log.error("storage fault (kernel set stays authoritative, will retry): %s", e)
+
+    def _store_op(self, op: str, ev: dict) -> None:
+        if self.store is None:
+            raise StoreError("no database open")
+        if op == "add_block":
+            self.store.add_block(ev)
+        elif op == "remove_block":
+            self.store.remove_block(ev["network"])
+            self.store.forget_offender(ev["network"])
+        else:
+            self.store.add_history(ev)
+
+    def flush_pending(self) -> None:
+        if not self.pending_store:
+            return
+        if self.store is None or not Path(self.cfg.db_path).exists():
+            try:
+                self.reopen_store()
+            except StoreError:
+                return
+        pending, self.pending_store = self.pending_store, []
+        for i, (op, ev) in enumerate(pending):
+            try:
+                self._store_op(op, ev)
+            except (StoreError, OSError):
+                self.pending_store = pending[i:] + self.pending_store
+                return
+        log.info("storage recovered: %d pending writes done", len(pending))
+
+    def reopen_store(self) -> None:
+        """The database file vanished or broke while running: start a fresh one and re-import
+        the kernel set (authoritative) so nothing is forgotten."""
+        if self.store:
+            self.store.close()
+            self.store = None
+        try:
+            self.store = Store(self.cfg.db_path)
+        except StoreCorrupt:
+            move_aside(self.cfg.db_path)
+            self.store = Store(self.cfg.db_path)
+        now = time.time()
+        known = {b["network"] for b in self.store.blocks(now)}
+        evs = [{"ts": now, "event": "block", "network": b["network"], "src": b["network"], "reason": "re-imported from the kernel set",
+                "expires": (now + b["expires_in"]) if b.get("expires_in") else None, "offences": 1, "origin": "kernel"}
+               for b in self.nft.list_blocked() if b["network"] not in known]
+        if evs:
+            self.store.add_blocks(evs)
+
+    def refresh_protected(self) -> None:
+        nets = protected_networks(self.cfg)
+        if nets != self.protected:
+            added = set(nets) - set(self.protected)
+            for n in added:
+                try:
+                    self.nft.add_ignore(n)
+                except Exception as e:
+                    log.error("cannot add %s to the ignore set: %s", n, e)
+            log.info("host addresses changed: %d never-block networks now", len(nets))
+            from nfsentry.addrs import PrefixSet
+            self.protected = nets
+            self.engine.ignore = PrefixSet(nets)
+
+
+# == helpers shared with the CLI ====================================================================
+def normalize_network(text: str) -> str:
+    try:
+        net = ipaddress.ip_network(str(text).strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"bad address or prefix {text!r}") from None
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def normalize_block_target(text: str, protected: list[str]) -> str:
+    """Validate a block target: no /0 (or absurdly wide) prefixes, nothing on the never-block list."""
+    net_s = normalize_network(text)
+    net = ipaddress.ip_network(net_s)
+    if net.prefixlen < (8 if net.version == 4 else 16):
+        raise ValueError(f"refusing to block {net_s}: a /{net.prefixlen} would cut off most of the network")
+    for p in protected:
+        pn = ipaddress.ip_network(p)
+        if pn.version == net.version and (net.overlaps(pn)):
+            raise ValueError(f"refusing to block {net_s}: it covers {p}, which nfsentry never blocks (own address, gateway, resolver, ignore list or your SSH session)")
+    return net_s
+
+
+def manual_block_event(net: str, duration: float, reason: str) -> dict[str, Any]:
+    now = time.time()
+    return {"ts": now, "event": "block", "network": net, "src": net, "family": 6 if ":" in net else 4,
+            "reason": reason, "duration": duration, "expires": now + duration if duration else None,
+            "offences": 1, "action": "manual", "origin": "manual", "labels": [], "ports": [], "blocked": True}
+
+
+def decision_event(d, kind: str, cfg: Config) -> dict[str, Any]:
+    from nfsentry.packet import addr_text
+    r = cfg["response"]
+    proto = PROTO_NAMES.get(d.proto, "other")
+    mode = r.get(proto, "block") if proto in ("tcp", "udp") else "block"
+    if r["dry_run"]:
+        action = "dry-run"
+    elif cfg["monitor"]["mode"] == "observe":
+        action = "log"
+    elif int(d.action) == 3 or mode == "log":
+        action = "alert"
+    else:
+        action = mode  # block | command
+    now = d.ts
+    ev = {"ts": now, "event": kind, "src": addr_text(d.src), "network": d.network, "family": 6 if len(d.src) == 16 else 4,
+          "proto": proto, "port": d.dport, "sport": d.sport, "dst": addr_text(d.dst) if d.dst else None,
+          "label": d.label, "flags": d.flags, "labels": list(d.labels), "ports": list(d.ports), "hits": d.hits,
+          "action": action, "reason": d.reason, "duration": d.duration, "offences": d.offences,
+          "expires": (now + d.duration) if (kind == "block" and d.duration) else None,
+          "ip_options": list(d.ip_options), "malformed": d.malformed, "host": None, "ignored": False,
+          "triggered": int(d.action) >= 3, "blocked": action == "block"}
+    return ev
+
+
+def resolve(addr: str) -> str | None:
+    try:
+        return socket.gethostbyaddr(addr)[0]
+    except (OSError, UnicodeError):
+        return None
+
+
+def queue_drops() -> dict[str, int]:
+    """Per-queue drop counters from /proc/net/netfilter/nfnetlink_queue."""
+    out = {}
+    try:
+        for line in Path("/proc/net/netfilter/nfnetlink_queue").read_text().splitlines():
+            f = line.split()
+            if len(f) >= 7:
+                out[f"queue{f[0]}"] = {"waiting": int(f[2]), "queue_dropped": int(f[5]), "user_dropped": int(f[6])}
+    except OSError:
+        pass
+    return out
+
+
+def engine_config(cfg: Config):
+    from nfsentry.engine import EngineConfig
+    d, r = cfg["detection"], cfg["response"]
+    return EngineConfig(
+        scan_trigger=d["scan_trigger"], window_ports=d["window_ports"], window_seconds=cfg.durations["window_seconds"],
+        instant_labels=frozenset(d["instant_labels"]), respond={"tcp": r["tcp"], "udp": r["udp"]},
+        block_duration=cfg.durations["block_duration"], block_max_duration=cfg.durations["max_block_duration"],
+        escalation_factor=float(r["escalation_factor"]), ipv6_prefix=d["ipv6_prefix"], max_sources=d["max_sources"],
+        max_ports_per_source=d["max_ports_per_source"])
+
+
+def ruleset_spec(cfg: Config, protected: list[str]):
+    from nfsentry.nft import RulesetSpec
+    m, n = cfg["monitor"], cfg["nft"]
+    return RulesetSpec(variant=m["mode"], tcp_ports=list(cfg.tcp_ports), udp_ports=list(cfg.udp_ports), ignore=list(protected),
+                       queue=n["queue"], ftp_queue=n["ftp_queue"], ftp=m["ftp"], inuse=m["inuse"], mark=n["mark"], table=n["table"])
+
+
+def main_run(cfg: Config, foreground: bool) -> int:
+    d = Daemon(cfg, foreground)
+    d.start()
+    return d.run()

@@ -1,0 +1,162 @@
+"""Run the real nfsentry daemon inside a lab namespace, with every path in the test's tmp dir."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from lab import VENV_BIN, Host
+
+NFSENTRY = str(VENV_BIN / "nfsentry")
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+class SyslogSink:
+    """A datagram UNIX socket standing in for /dev/log, collecting syslog lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.lines: list[str] = []
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop:
+            try:
+                self.lines.append(self.sock.recv(65536).decode(errors="replace"))
+            except (socket.timeout, OSError):
+                continue
+
+    def close(self) -> None:
+        self.stop = True
+        self.thread.join(timeout=2)
+        self.sock.close()
+
+
+class Nfsentry:
+    """The daemon in `host`'s namespace. `overrides` are config sections merged over test defaults."""
+
+    def __init__(self, host: Host, tmp: Path, overrides: dict[str, dict[str, Any]] | None = None, ignore: list[str] | None = None) -> None:
+        self.host = host
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.syslog = SyslogSink(tmp / "log.sock")
+        self.json_file = tmp / "events.jsonl"
+        self.sections: dict[str, dict[str, Any]] = {
+            "storage": {"state_dir": str(tmp / "state")},
+            "daemon": {"control_socket": str(tmp / "run" / "control.sock")},
+            "logging": {"json_file": str(self.json_file), "syslog_address": str(tmp / "log.sock"), "level": "debug"},
+            "ignore": {"addresses": ignore or [], "resolvers": False, "gateways": False},
+        }
+        for sec, vals in (overrides or {}).items():
+            self.sections.setdefault(sec, {}).update(vals)
+        self.config = write_config(tmp / "nfsentry.toml", self.sections)
+        self.proc: subprocess.Popen | None = None
+        self.stderr_lines: list[str] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self, timeout: float = 30, extra_args: list[str] | None = None) -> "Nfsentry":
+        self.stderr_lines = []  # a restart must wait for its own "is active" line
+        self.proc = self.host.popen([NFSENTRY, "run", "--foreground", "--config", str(self.config), *(extra_args or [])],
+                                    stdout=subprocess.DEVNULL)
+        reader = threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any("is active" in l for l in self.stderr_lines):
+                return self
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                raise RuntimeError(f"nfsentry exited rc={self.proc.returncode}:\n" + "".join(self.stderr_lines))
+            time.sleep(0.05)
+        raise RuntimeError("nfsentry did not become active:\n" + "".join(self.stderr_lines))
+
+    def _read_stderr(self, proc: subprocess.Popen) -> None:
+        lines = self.stderr_lines
+        for line in proc.stderr:
+            lines.append(line)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=5)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        self.stop()
+        self.syslog.close()
+
+    # -- observation -----------------------------------------------------------------------------
+    def events(self, kind: str | None = None, src: str | None = None) -> list[dict[str, Any]]:
+        if not self.json_file.exists():
+            return []
+        out = []
+        for line in self.json_file.read_text().splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if kind and ev.get("event") != kind:
+                continue
+            if src and ev.get("src") != src and ev.get("network") != src:
+                continue
+            out.append(ev)
+        return out
+
+    def wait_event(self, kind: str, src: str | None = None, timeout: float = 10, where=None) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for ev in self.events(kind, src):
+                if where is None or where(ev):
+                    return ev
+            time.sleep(0.05)
+        raise AssertionError(f"no {kind} event for {src} within {timeout}s; events: {self.events()}\nstderr:\n{''.join(self.stderr_lines[-30:])}")
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        return self.host.run([NFSENTRY, *args, "--config", str(self.config)], check=check, timeout=timeout)
+
+    def blocked(self) -> list[dict[str, Any]]:
+        return json.loads(self.cli("blocked", "--json").stdout)
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.cli("status", "--json").stdout)
