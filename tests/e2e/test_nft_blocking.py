@@ -26,7 +26,6 @@ def reach(lab, role: str, port: int = SERVICE) -> tuple[str, str]:
     return res[f"{v.ip4}:{port}"], res[f"{v.ip6}:{port}"]
 
 
-@pytest.mark.native
 def test_block_and_unblock_ipv4_ipv6_addresses_and_prefixes(lab):
     victim = lab["victim"]
     victim.tcp_service(SERVICE)

@@ -28,7 +28,6 @@ s6.sendto(b"mcast", ("ff02::1%eth0", port))
 """
 
 
-@pytest.mark.native
 def test_open_services_are_never_queued_and_unused_monitored_ports_are(lab):
     victim, attacker, legit = lab["victim"], lab["attacker"], lab["legit"]
     st = nft_py(victim, "n.load(RulesetSpec()); out = n.status(sizes=False)")
@@ -59,7 +58,6 @@ def test_open_services_are_never_queued_and_unused_monitored_ports_are(lab):
     assert nft_py(victim, "out = n.counters()['queued']") == 4
 
 
-@pytest.mark.native
 def test_a_netfilterqueue_listener_sees_scan_syns_but_not_connections_to_open_ports(lab):
     victim, attacker = lab["victim"], lab["attacker"]
     st = nft_py(victim, "n.load(RulesetSpec()); out = n.status(sizes=False)")

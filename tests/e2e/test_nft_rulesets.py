@@ -7,12 +7,13 @@ the compat rendering of the same variant instead, and prints the reason. The qem
 """
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
-from lab import REPO
-from test_nft_support import EXPECT_BACKEND, expected_backend, nft_py
+from lab import PYTHON, REPO
+from test_nft_support import CONNECT_MANY, EXPECT_BACKEND, connect_many, expected_backend, nft_py
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +25,6 @@ def _stateless(host, what: str) -> str:
     return host.nft(["-s", "list", *what.split()]).stdout
 
 
-@pytest.mark.native
 def test_backend_probe_agrees_with_the_kernel_and_commits_nothing(lab):
     victim = lab["victim"]
     got = nft_py(victim, "out = [n.probe_backend(), n.probe_socket(), n.loaded()]")
@@ -41,7 +41,6 @@ def test_backend_probe_agrees_with_the_kernel_and_commits_nothing(lab):
     assert got[2] is False
 
 
-@pytest.mark.native
 def test_each_shipped_ruleset_loads_with_nft_f_in_a_fresh_namespace(lab, tmp_path):
     victim = lab["victim"]
     backend = nft_py(victim, "out = n.probe_backend()")
@@ -187,3 +186,55 @@ def test_bulk_restore_of_100000_blocks_and_listing(lab):
     assert small["2001:db8:7::/64"]["set"] == "blocked6_64" and small["2001:db8:9::/48"]["set"] == "blocked6net"
     assert out["count"] == 99990 + 7 == out["after"]
     assert out["sets"]["blocked4"] == 99991
+
+
+ESSENTIALS = """
+import subprocess
+out = {"backend": n.probe_backend(), "socket": n.probe_socket()}
+paths = {v: f"{REPO}/rules/{name}" for v, name in SHIPPED.items()}
+if out["backend"] == "native":  # the shipped files themselves (nft -f host file, nft -c the others)
+    for v, p in paths.items():
+        r = subprocess.run(["nft", "-f" if v == "host" else "-cf", p], capture_output=True, text=True)
+        out[v] = r.returncode, r.stderr
+    out["listing"] = subprocess.run(["nft", "list", "table", "inet", "nfsentry"], capture_output=True, text=True).stdout
+    subprocess.run(["nft", "delete", "table", "inet", "nfsentry"], check=True)
+st = n.load(RulesetSpec())
+n.block("198.18.0.2", 600); n.block("2001:db8::2/127", 600)
+out.update(status=n.status(sizes=False), blocked=sorted(b["network"] for b in n.list_blocked()))
+"""
+
+
+@pytest.mark.native
+def test_native_tier_essentials(lab):
+    """The one test the qemu stock-kernel tier runs for this layer (TCG is slow: one lab, few
+    processes): backend probe, the shipped files, block/unblock v4+v6, in-use exemption, queue
+    counters. Here (compat kernel) the same test exercises the compat path."""
+    victim, attacker, legit = lab["victim"], lab["attacker"], lab["legit"]
+    victim.tcp_service(222)  # a monitored port in use (started before load; the socket rule exempts it)
+    code = f"REPO = {str(REPO)!r}\nSHIPPED = {SHIPPED!r}\n" + ESSENTIALS
+    out = nft_py(victim, code)
+    print(f"\nbackend {out['backend']}, status {out['status']}")
+    assert out["backend"] == expected_backend(out["backend"]) and out["socket"] is True
+    if out["backend"] == "native":
+        for v in SHIPPED:
+            assert out[v][0] == 0, f"rules/{SHIPPED[v]}: {out[v][1]}"
+        assert "queue flags bypass to 0" in out["listing"] and "queue flags bypass to 1" in out["listing"]
+    assert out["status"]["backend"] == out["backend"] and out["status"]["inuse"] == "socket"
+    assert out["blocked"] == ["198.18.0.2", "2001:db8::2/127"]
+
+    def connects(host, targets):
+        return host.popen([PYTHON, "-c", CONNECT_MANY, json.dumps(targets), "1.5"])
+
+    both = [(victim.ip4, 222), (victim.ip6, 222)]
+    procs = [connects(attacker, both), connects(legit, both), connects(lab["ignored"], both)]
+    got = [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1]) for p in procs]
+    assert [set(g.values()) for g in got] == [{"timeout"}, {"timeout", "connected"}, {"connected"}], got
+    assert got[1] == {f"{victim.ip4}:222": "connected", f"{victim.ip6}:222": "timeout"}  # legit is ::3, in ::2/127
+    c = nft_py(victim, "out = [n.counters(), n.unblock('198.18.0.2'), n.unblock('2001:db8::2/127'), n.list_blocked()]")
+    assert c[0]["blocked_pkts4"] > 0 and c[0]["blocked_pkts6"] > 0 and c[0]["queued"] == 0, c
+    assert c[1:] == [True, True, []]
+    # Unblocked: the open port answers and is never queued; an unused monitored port is queued.
+    res = connect_many(attacker, [*both, (victim.ip4, 223), (victim.ip6, 223)])
+    assert res == {f"{victim.ip4}:222": "connected", f"{victim.ip6}:222": "connected",
+                   f"{victim.ip4}:223": "refused", f"{victim.ip6}:223": "refused"}, res
+    assert nft_py(victim, "out = n.counters()")["queued_tcp"] == 2
