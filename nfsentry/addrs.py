@@ -107,7 +107,7 @@ class PrefixSet:
     ``(mask, set)`` pairs walked by :meth:`contains` (one entry per distinct prefix length).
     """
 
-    __slots__ = ("_by_len", "_v4", "_v6", "_exact", "_count")
+    __slots__ = ("_by_len", "_v4", "_v6", "_exact", "_count", "_pre4", "_pre6", "_pre6_bytes")
 
     def __init__(self, items: Iterable = ()):
         self._by_len: dict[tuple[int, int], set[int]] = {}
@@ -115,11 +115,25 @@ class PrefixSet:
         self._v6: tuple = ()
         self._exact: frozenset[bytes] = frozenset()   # /32 and /128 entries as raw bytes
         self._count = 0
-        for item in items:
-            self.add(item)
+        # Prefilters: the first IPv4 octet / the leading IPv6 bytes any entry can match. Most
+        # sources match no entry, and one index + one small-set lookup rejects them.
+        self._pre4: frozenset[int] = frozenset()
+        self._pre6: frozenset[bytes] | None = frozenset()
+        self._pre6_bytes = 4
+        self.update(items)
 
     def add(self, item, prefixlen: int | None = None) -> None:
         """Add an address or CIDR (text, ipaddress object, or raw bytes with ``prefixlen``)."""
+        self._add(item, prefixlen)
+        self._rebuild()
+
+    def update(self, items: Iterable) -> None:
+        """Add many entries (one rebuild of the lookup tables at the end)."""
+        for item in items:
+            self._add(item, None)
+        self._rebuild()
+
+    def _add(self, item, prefixlen: int | None) -> None:
         family, key, plen = parse_network(item)
         if prefixlen is not None:
             plen = max(0, min(prefixlen, len(key) * 8))
@@ -129,11 +143,6 @@ class PrefixSet:
         before = len(members)
         members.add(int.from_bytes(key, "big") & m)
         self._count += len(members) - before
-        self._rebuild()
-
-    def update(self, items: Iterable) -> None:
-        for item in items:
-            self.add(item)
 
     def _rebuild(self) -> None:
         v4, v6, exact = [], [], set()
@@ -149,18 +158,44 @@ class PrefixSet:
         self._v4 = tuple(v4)
         self._v6 = tuple(v6)
         self._exact = frozenset(exact)
+        pre4: set[int] = set()
+        pre6: set[bytes] | None = set()
+        v6_lens = [plen for (family, plen) in self._by_len if family == 6]
+        nbytes = 4 if not v6_lens or min(v6_lens) >= 32 else 2 if min(v6_lens) >= 8 else 0
+        for (family, plen), members in self._by_len.items():
+            if family == 4:
+                for value in members:   # every first octet the prefix covers (<= 256)
+                    first = value >> 24
+                    span = 1 << max(0, 8 - plen)
+                    pre4.update(range(first, first + span))
+            elif pre6 is not None:
+                if nbytes == 0:
+                    pre6 = None         # a /0../7 entry: no useful prefilter
+                    continue
+                bits = nbytes * 8       # plen >= 8 here, so at most 256 heads per entry
+                for value in members:
+                    head = value >> (128 - bits)
+                    pre6.update(h.to_bytes(nbytes, "big") for h in range(head, head + (1 << max(0, bits - plen))))
+        self._pre4 = frozenset(pre4)
+        self._pre6 = None if pre6 is None else frozenset(pre6)
+        self._pre6_bytes = nbytes
 
     def contains(self, addr: bytes) -> bool:
         """Is this raw 4- or 16-byte address inside any network of the set?"""
-        if addr in self._exact:
-            return True
         n = len(addr)
         if n == 4:
+            if addr[0] not in self._pre4:
+                return False
             table = self._v4
         elif n == 16:
+            pre6 = self._pre6
+            if pre6 is not None and addr[:self._pre6_bytes] not in pre6:
+                return False
             table = self._v6
         else:
             return False
+        if addr in self._exact:
+            return True
         if not table:
             return False
         a = int.from_bytes(addr, "big")

@@ -64,12 +64,14 @@ but no ``labels``/``ports`` tuples and a constant reason; those are built only w
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 from .addrs import PrefixSet, mask, masker, network_text, parse_network
+from .packet import Packet
 from .classify import FLAG_STRINGS as _FLAG_STRINGS
+from .classify import LABEL_BY_FLAGS as _LABEL_BY_FLAGS
 from .classify import _REPLY, classify, label_text, syn_hint
 
 __all__ = ["Action", "Decision", "EngineConfig", "Engine", "RESPONSE_MODES", "DEFAULT_MAX_SOURCES"]
@@ -95,32 +97,76 @@ class Action(IntEnum):
 _PASS, _IGNORE, _COUNT, _ALERT, _BLOCK, _DROP = (Action.PASS, Action.IGNORE, Action.COUNT,
                                                  Action.ALERT, Action.BLOCK, Action.DROP)
 _PROTO_NAME = {6: "tcp", 17: "udp"}
-_PROTO_BIT = {6: 1, 17: 2}
+_ONE_LABEL = {label: (label,) for label in ("SYN", "FIN", "NULL", "XMAS", "FULL-XMAS", "ACK", "MAIMON",
+                                              "UNKNOWN", "UDP", "MALFORMED")}
 _new = object.__new__
+_EVICTED, _UNDECODABLE, _EXPIRED_BLOCKS = len(Action), len(Action) + 1, len(Action) + 2
 
 
 @dataclass(slots=True)
 class Decision:
+    """What to do with one queued packet, and why.
+
+    The packet's own fields (``src``, ``dst``, ``proto``, ``sport``, ``dport``, ``ip_options``,
+    ``malformed``) are read-only properties over ``packet`` (the decoded
+    :class:`~nfsentry.packet.Packet`): storing one reference instead of seven values keeps the
+    per-packet decision cheap, and the whole packet (TTL, window, options) stays available."""
+
     action: Action
     ts: float
     key: bytes            # masked source: 4 bytes (IPv4) or 16 bytes masked to the IPv6 prefix
     prefixlen: int        # 32 for IPv4, the IPv6 prefix for IPv6, 0 when there is no source
-    src: bytes
-    dst: bytes
-    proto: int
-    sport: int
-    dport: int
+    packet: Packet
     label: str            # scan label of this packet ("SYN", "UNKNOWN", ...)
     flags: str            # TCP flag letters in FSRPAUEC order ("" for non-TCP)
     labels: tuple         # labels seen from this source (reactions only)
     ports: tuple          # distinct ports hit by this source (reactions only)
     hits: int             # hits counted for this source, this one included
-    reason: str
+    why: object           # the reason: its text, or what it is made of (see ``reason``)
     duration: float       # block seconds; 0 = until unblocked (BLOCK only)
     offences: int         # blocks of this source so far, this one included
-    ip_options: tuple
-    malformed: str | None
-    hint: str = ""        # SYN shape hint on reactions: "nmap", "no-options" or ""
+
+    @property
+    def reason(self) -> str:
+        """Why: ``"scan_trigger 0 reached: SYN to tcp/22; hits 1; labels SYN; ports tcp/22;
+        offence 1, block 1h"``. Formatted on first access (not on the verdict path)."""
+        why = self.why
+        if why.__class__ is not str:
+            why = self.why = _format_reason(self, why)
+        return why
+
+    @property
+    def hint(self) -> str:
+        """SYN shape hint on reactions (``"nmap"``, ``"no-options"``; see classify.syn_hint)."""
+        return syn_hint(self.packet) if self.action == _ALERT or self.action == _BLOCK else ""
+
+    @property
+    def src(self) -> bytes:
+        return self.packet.src
+
+    @property
+    def dst(self) -> bytes:
+        return self.packet.dst
+
+    @property
+    def proto(self) -> int:
+        return self.packet.proto
+
+    @property
+    def sport(self) -> int:
+        return self.packet.sport
+
+    @property
+    def dport(self) -> int:
+        return self.packet.dport
+
+    @property
+    def ip_options(self) -> tuple:
+        return self.packet.ip_options
+
+    @property
+    def malformed(self) -> str | None:
+        return self.packet.malformed
 
     @property
     def network(self) -> str:
@@ -129,11 +175,12 @@ class Decision:
 
     @property
     def family(self) -> int:
-        return 4 if len(self.src) == 4 else 6 if len(self.src) == 16 else 0
+        n = len(self.packet.src)
+        return 4 if n == 4 else 6 if n == 16 else 0
 
     @property
     def proto_name(self) -> str:
-        return _PROTO_NAME.get(self.proto, "other")
+        return _PROTO_NAME.get(self.packet.proto, "other")
 
     @property
     def label_text(self) -> str:
@@ -145,30 +192,48 @@ class Decision:
         return self.action == _ALERT or self.action == _BLOCK
 
 
-def _decision(action, ts, key, prefixlen, src, dst, proto, sport, dport, label, flags, labels, ports,
-              hits, reason, duration, offences, ip_options, malformed, hint, _D=Decision) -> Decision:
+def _format_reason(d: Decision, why: tuple) -> str:
+    """"<policies>: <label> to <proto/port>; hits n; labels ...; ports ...[; ip options ...]
+    [; malformed: ...][; offence n, block <duration>]"."""
+    instant_label, trigger_text, window_text, hits, labels, port_keys, block = why
+    pkt = d.packet
+    what = label_text(d.label, d.flags)
+    policies = []
+    if instant_label is not None:
+        policies.append(f"instant {what}" if instant_label else "instant IP options")
+    policies += [t for t in (trigger_text, window_text) if t]
+    shown = ",".join(map(_port_text, port_keys[:20]))
+    if len(port_keys) > 20:
+        shown += f",... ({len(port_keys)} ports)"
+    text = (f"{' + '.join(policies)}: {what} to {_port_text(pkt.proto << 16 | pkt.dport)}; hits {hits}; "
+            f"labels {','.join(labels)}; ports {shown}")
+    if pkt.ip_options:
+        text += f"; ip options {','.join(pkt.ip_options)}"
+    if pkt.malformed is not None:
+        text += f"; malformed: {pkt.malformed}"
+    if block is not None:
+        offences, duration = block
+        text += f"; offence {offences}, block {_fmt_duration(duration) if duration else 'until unblocked'}"
+    return text
+
+
+def _decision(action, ts, key, prefixlen, packet, label, flags, labels, ports, hits, why, duration,
+              offences, _D=Decision) -> Decision:
     """Decision(...) without the dataclass __init__ call overhead (the hot path)."""
     d = _new(_D)
     d.action = action
     d.ts = ts
     d.key = key
     d.prefixlen = prefixlen
-    d.src = src
-    d.dst = dst
-    d.proto = proto
-    d.sport = sport
-    d.dport = dport
+    d.packet = packet
     d.label = label
     d.flags = flags
     d.labels = labels
     d.ports = ports
     d.hits = hits
-    d.reason = reason
+    d.why = why
     d.duration = duration
     d.offences = offences
-    d.ip_options = ip_options
-    d.malformed = malformed
-    d.hint = hint
     return d
 
 
@@ -213,17 +278,13 @@ class EngineConfig:
 
 
 class _Source:
-    """Per-source state. ``ports`` maps (proto << 16 | port) -> last hit time, oldest first."""
+    """Per-source state (only for sources that were counted without a reaction).
 
-    __slots__ = ("hits", "ports", "labels", "protos", "first", "last")
+    ``ports`` is one port key ``proto << 16 | port`` (an int, last hit at ``last``) while the
+    source has hit a single port (most spoofed sources: no dict allocated), then a dict port key
+    -> last hit time in last-hit order (oldest first), at most the per-source port cap."""
 
-    def __init__(self, now: float):
-        self.hits = 0
-        self.ports: dict[int, float] = {}
-        self.labels: tuple = ()
-        self.protos = 0          # bit 1 tcp, 2 udp, 4 other
-        self.first = now
-        self.last = now
+    __slots__ = ("hits", "ports", "labels", "protos", "first", "last", "seen")
 
 
 class Engine:
@@ -234,16 +295,17 @@ class Engine:
                  expectations=None):
         self.ignore = ignore
         self.expectations = expectations
-        self._states: OrderedDict[bytes, _Source] = OrderedDict()
+        # Tracked sources: a plain dict plus a CLOCK (second-chance) queue of its keys in
+        # insertion order. See _evict_one(); stale queue entries are skipped and compacted away.
+        self._states: dict[bytes, _Source] = {}
+        self._clock: deque[bytes] = deque()
         self._blocked: OrderedDict[bytes, float] = OrderedDict()   # key -> until (inf = forever)
         self._offenders: OrderedDict[bytes, int] = OrderedDict()
-        self._counts = [0] * len(Action)
-        self._evicted = 0
+        # per-action decision counts, then the hot path's own counters (see _EVICTED ...)
+        self._counts = [0] * (len(Action) + 3)
         self._blocked_evicted = 0
         self._offenders_evicted = 0
         self._expired_sources = 0
-        self._expired_blocks = 0
-        self._undecodable = 0
         self.configure(cfg or EngineConfig())
 
     def configure(self, cfg: EngineConfig) -> None:
@@ -263,149 +325,235 @@ class Engine:
         self._max_offenders = cfg.max_offenders
         self._port_cap = max(cfg.max_ports_per_source, cfg.window_ports)
         self._guard = cfg.backscatter_guard
+        self._durations = [0.0] + [self.duration_for(n) for n in range(1, 65)]   # by offences
+        self._trigger_text = f"scan_trigger {cfg.scan_trigger} reached"
+        self._window_text = f"window {cfg.window_ports} ports in {_fmt_duration(self._window)} reached"
+        self.process = self._build_process()
 
     # ------------------------------------------------------------------------------------------
     # the hot path
 
     def process(self, pkt, now: float) -> Decision:
-        """Decide for one queued packet (a decoded :class:`~nfsentry.packet.Packet`)."""
-        src = pkt.src
-        proto = pkt.proto
-        label = classify(pkt)
-        flags = _FLAG_STRINGS[pkt.flags] if proto == 6 else ""
-        counts = self._counts
-        if len(src) == 4:
-            key = src
-            plen = 32
-        elif len(src) == 16:
-            key = self._mask6(src)
-            plen = self._v6len
-        else:
-            self._undecodable += 1
-            counts[2] += 1
-            return _decision(_COUNT, now, b"", 0, src, pkt.dst, proto, pkt.sport, pkt.dport, label,
-                             flags, (), (), 0, "undecodable packet: no source address", 0.0, 0,
-                             pkt.ip_options, pkt.malformed, "")
-        ignore = self.ignore
-        if ignore is not None and ignore.contains(src):
-            counts[1] += 1
-            return _decision(_IGNORE, now, key, plen, src, pkt.dst, proto, pkt.sport, pkt.dport, label,
-                             flags, (), (), 0, "source in the ignore list", 0.0, 0, pkt.ip_options,
-                             pkt.malformed, "")
-        if proto == 6 and self.expectations is not None and pkt.malformed is None \
-                and self.expectations.match(src, pkt.dst, pkt.dport, now, sport=pkt.sport):
-            counts[0] += 1
-            return _decision(_PASS, now, key, plen, src, pkt.dst, proto, pkt.sport, pkt.dport, label,
-                             flags, (), (), 0, "expected FTP data connection", 0.0, 0, pkt.ip_options,
-                             pkt.malformed, "")
-        blocked = self._blocked
-        until = blocked.get(key)
-        if until is not None:
-            if now < until:
-                counts[5] += 1
-                return _decision(_DROP, now, key, plen, src, pkt.dst, proto, pkt.sport, pkt.dport, label,
-                                 flags, (), (), 0, "already blocked", 0.0, 0, pkt.ip_options,
-                                 pkt.malformed, "")
-            del blocked[key]
-            self._expired_blocks += 1
+        """Decide for one queued packet (a decoded :class:`~nfsentry.packet.Packet`).
 
-        # record the hit
+        (Documentation only: :meth:`configure` installs the closure built by
+        :meth:`_build_process` as the instance's ``process``.)"""
+        return self._build_process()(pkt, now)  # pragma: no cover - shadowed by the instance attribute
+
+    def _build_process(self):
+        """The hot path, as a closure over the configuration and the state tables, so that every
+        per-packet read is a local or closure variable instead of an attribute lookup. The state
+        tables are never rebound (only mutated), so the closure always sees the live state;
+        ``ignore`` and ``expectations`` are read from the engine on each call (replaceable)."""
+        engine = self
+        counts = self._counts
         states = self._states
-        st = states.get(key)
-        if st is None:
-            st = _new(_Source)
-            st.hits = 1
-            st.ports = {}
-            st.labels = (label,)
-            st.protos = 0
-            st.first = now
-            states[key] = st
-            if len(states) > self._max_sources:
-                while len(states) > self._max_sources:
-                    states.popitem(last=False)
-                    self._evicted += 1
-        else:
-            states.move_to_end(key)
-            if now - st.last > self._window:      # quiet for longer than the window: forget
-                st.hits = 1
-                st.ports = {}
-                st.labels = (label,)
-                st.protos = 0
-                st.first = now
+        clock = self._clock
+        clock_append = clock.append
+        evict = self._evict
+        blocked = self._blocked
+        react = self._react
+        mask6 = self._mask6
+        v6len = self._v6len
+        window = self._window
+        window_ports = self._window_ports
+        port_cap = self._port_cap
+        instant_labels = self._instant
+        ipopts_instant = self._ipopts_instant
+        trigger = self._trigger
+        guard = self._guard
+        max_sources = self._max_sources
+
+        def process(pkt, now: float) -> Decision:
+            src = pkt.src
+            proto = pkt.proto
+            if proto == 6:
+                flags = _FLAG_STRINGS[pkt.flags]
+                # classify()'s TCP rule, inlined for the common case (a test proves they agree)
+                label = _LABEL_BY_FLAGS[pkt.flags] if pkt.malformed is None and not pkt.frag_offset \
+                    else classify(pkt)
             else:
-                st.hits += 1
+                flags = ""
+                label = classify(pkt)
+            if len(src) == 4:
+                key = src
+                plen = 32
+            elif len(src) == 16:
+                key = mask6(src)
+                plen = v6len
+            else:
+                counts[_UNDECODABLE] += 1
+                counts[2] += 1
+                return _decision(_COUNT, now, b"", 0, pkt, label, flags, (), (), 0,
+                                 "undecodable packet: no source address", 0.0, 0)
+            ignore = engine.ignore
+            if ignore is not None and ignore.contains(src):
+                counts[1] += 1
+                return _decision(_IGNORE, now, key, plen, pkt, label, flags, (), (), 0,
+                                 "source in the ignore list", 0.0, 0)
+            expectations = engine.expectations
+            if proto == 6 and expectations is not None and pkt.malformed is None \
+                    and expectations.match(src, pkt.dst, pkt.dport, now, pkt.sport):
+                counts[0] += 1
+                return _decision(_PASS, now, key, plen, pkt, label, flags, (), (), 0,
+                                 "expected FTP data connection", 0.0, 0)
+            until = blocked.get(key)
+            if until is not None:
+                if now < until:
+                    counts[5] += 1
+                    return _decision(_DROP, now, key, plen, pkt, label, flags, (), (), 0,
+                                     "already blocked", 0.0, 0)
+                del blocked[key]
+                counts[_EXPIRED_BLOCKS] += 1
+
+            # record the hit: hits and distinct ports so far, this packet included
+            dport = pkt.dport
+            pk = (proto << 16) | dport
+            st = states.get(key)
+            if st is None or now - st.last > window:   # new, or quiet longer than the window
+                hits = nports = 1
+            else:
+                st.seen = True                 # CLOCK reference bit: spare it once
+                hits = st.hits = st.hits + 1
                 if label not in st.labels:
                     st.labels += (label,)
-        st.last = now
-        dport = pkt.dport
-        ports = st.ports
-        pk = (proto << 16) | dport
-        if pk in ports:
-            del ports[pk]
-        elif len(ports) >= self._port_cap:
-            del ports[next(iter(ports))]
-        ports[pk] = now
-        st.protos |= _PROTO_BIT.get(proto, 4)
+                st.protos |= 1 if proto == 6 else 2 if proto == 17 else 4
+                ports = st.ports
+                if ports.__class__ is int:
+                    if ports == pk:
+                        nports = 1
+                    elif port_cap > 1:
+                        st.ports = {ports: st.last, pk: now}
+                        nports = 2
+                    else:
+                        st.ports = pk
+                        nports = 1
+                else:
+                    if pk in ports:
+                        del ports[pk]
+                    elif len(ports) >= port_cap:
+                        del ports[next(iter(ports))]
+                    ports[pk] = now
+                    if window_ports:     # last-hit order: prune the ports that left the window
+                        oldest = now - window
+                        if ports[next(iter(ports))] < oldest:
+                            for stale in [p for p, t in ports.items() if t < oldest]:
+                                del ports[stale]
+                    nports = len(ports)
+                st.last = now
 
-        # the policies
-        window_ports = self._window_ports
-        if window_ports:      # ports are in last-hit order: prune the ones that left the window
-            oldest = now - self._window
-            if ports[next(iter(ports))] < oldest:
-                for stale in [p for p, t in ports.items() if t < oldest]:
-                    del ports[stale]
-        instant = label in self._instant or (self._ipopts_instant and pkt.ip_options)
-        triggered = st.hits > self._trigger
-        windowed = window_ports and len(ports) >= window_ports
-        if not (instant or triggered or windowed) or (
-                self._guard and proto == 6 and _REPLY[pkt.flags] and pkt.malformed is None
-                and not pkt.frag_offset):
-            counts[2] += 1
-            return _decision(_COUNT, now, key, plen, src, pkt.dst, proto, pkt.sport, dport, label, flags,
-                             (), (), st.hits, "counted", 0.0, 0, pkt.ip_options, pkt.malformed, "")
-        return self._react(pkt, now, key, plen, st, label, flags, instant, triggered, windowed)
+            # the policies
+            instant = label in instant_labels or (ipopts_instant and pkt.ip_options)
+            triggered = hits > trigger
+            windowed = window_ports and nports >= window_ports
+            if not (instant or triggered or windowed) or (
+                    guard and proto == 6 and _REPLY[pkt.flags] and pkt.malformed is None
+                    and not pkt.frag_offset):
+                if hits == 1:                  # (re)start the source's state
+                    if st is None:
+                        st = _new(_Source)
+                        st.seen = False
+                        states[key] = st
+                        clock_append(key)
+                        if len(states) > max_sources:
+                            evict()
+                        elif len(clock) > 2 * len(states) + 64:
+                            engine._compact_clock()
+                    else:
+                        st.seen = True
+                    st.hits = 1
+                    st.ports = pk
+                    st.labels = _ONE_LABEL.get(label) or (label,)
+                    st.protos = 1 if proto == 6 else 2 if proto == 17 else 4
+                    st.first = st.last = now
+                counts[2] += 1
+                return _decision(_COUNT, now, key, plen, pkt, label, flags, (), (), hits, "counted", 0.0,
+                                 0)
+            if hits == 1:
+                if st is not None:
+                    del states[key]
+                return react(pkt, now, key, plen, label, flags, 1, (pk,), (label,), instant, triggered,
+                             windowed)
+            del states[key]                    # a reaction resets the source's counts (block or alert)
+            ports = st.ports
+            return react(pkt, now, key, plen, label, flags, hits,
+                         (ports,) if ports.__class__ is int else tuple(ports), st.labels, instant,
+                         triggered, windowed)
+
+        process.__doc__ = Engine.process.__doc__
+        return process
+
+    def _evict(self) -> None:
+        """Bring the tracked sources back under ``max_sources`` (CLOCK, an approximation of LRU).
+
+        The hand walks the queue of keys in insertion order: a source seen again since the hand
+        last passed it (its ``seen`` bit) is spared once (bit cleared, key queued again at the
+        back); the first one not seen again is evicted. One-off sources (a spoofed flood) go
+        first; sources that keep hitting survive. Unlike an ordered dict moved on every hit, a
+        hit costs one bit, and nothing touches neighbouring entries (cache misses dominate the
+        per-packet cost once 100,000 sources are tracked)."""
+        states, clock, counts = self._states, self._clock, self._counts
+        while len(states) > self._max_sources:
+            key = clock.popleft()
+            st = states.get(key)
+            if st is None:
+                continue                   # already gone (reaction, forget, expire)
+            if st.seen:
+                st.seen = False
+                clock.append(key)
+                continue
+            del states[key]
+            counts[_EVICTED] += 1
+        if len(clock) > 2 * len(states) + 64:
+            self._compact_clock()
+
+    def _compact_clock(self) -> None:
+        """Drop queue entries of keys no longer tracked (keeps the queue within 2x the table)."""
+        clock = self._clock
+        clock.clear()
+        clock.extend(self._states)
 
     # ------------------------------------------------------------------------------------------
     # reactions (not the hot path: once per reacting source)
 
-    def _react(self, pkt, now, key, plen, st, label, flags, instant, triggered, windowed) -> Decision:
+    def _react(self, pkt, now, key, plen, label, flags, hits, port_keys, labels, instant, triggered,
+               windowed) -> Decision:
         proto = pkt.proto
         action = self._react_udp if proto == 17 else self._react_tcp
-        del self._states[key]   # a reaction resets the source's counts (block or alert)
-        offences = self._offenders.get(key, 0)
-        duration = 0.0
+        offenders = self._offenders
+        offences = offenders.get(key, 0)
         if action is _BLOCK:
             offences += 1
-            self._set_offences(key, offences)
-            duration = self.duration_for(offences)
-            self._set_blocked(key, now + duration if duration > 0 else INF)
+            offenders[key] = offences
+            offenders.move_to_end(key)
+            if len(offenders) > self._max_offenders:
+                while len(offenders) > self._max_offenders:
+                    offenders.popitem(last=False)
+                    self._offenders_evicted += 1
+            durations = self._durations
+            duration = durations[offences] if offences < len(durations) else self.duration_for(offences)
+            blocked = self._blocked
+            blocked[key] = now + duration if duration > 0 else INF
+            blocked.move_to_end(key)
+            if len(blocked) > self._max_sources:
+                while len(blocked) > self._max_sources:
+                    blocked.popitem(last=False)
+                    self._blocked_evicted += 1
+        else:
+            duration = 0.0
         self._counts[action] += 1
 
-        policies = []
-        if instant:
-            what = label_text(label, flags) if label in self._instant else "IP options"
-            policies.append(f"instant {what}")
-        if triggered:
-            policies.append(f"scan_trigger {self._trigger} reached")
-        if windowed:
-            policies.append(f"window {self._window_ports} ports in {_fmt_duration(self._window)} reached")
-        port_keys = list(st.ports)
-        ports = tuple(dict.fromkeys(p & 0xFFFF for p in port_keys))
-        shown = ",".join(f"{_PROTO_NAME.get(p >> 16, 'other')}/{p & 0xFFFF}" for p in port_keys[:20])
-        if len(port_keys) > 20:
-            shown += f",... ({len(port_keys)} ports)"
-        text = (f"{' + '.join(policies)}: {label_text(label, flags)} from {network_text(key, plen)} "
-                f"to {_PROTO_NAME.get(proto, 'other')}/{pkt.dport}; hits {st.hits}; "
-                f"labels {','.join(st.labels)}; ports {shown}")
-        if pkt.ip_options:
-            text += f"; ip options {','.join(pkt.ip_options)}"
-        if pkt.malformed is not None:
-            text += f"; malformed: {pkt.malformed}"
-        if action is _BLOCK:
-            text += f"; offence {offences}, block {_fmt_duration(duration) if duration else 'until unblocked'}"
-        return Decision(action, now, key, plen, pkt.src, pkt.dst, proto, pkt.sport, pkt.dport, label,
-                        flags, st.labels, ports, st.hits, text, duration, offences, pkt.ip_options,
-                        pkt.malformed, syn_hint(pkt))
+        if len(port_keys) == 1:
+            ports = (port_keys[0] & 0xFFFF,)
+        else:
+            ports = tuple(dict.fromkeys(p & 0xFFFF for p in port_keys))
+        # The reason text is formatted when first read (_format_reason), which the daemon does on
+        # its worker thread: the verdict path only stores what the text is made of.
+        why = (label in self._instant if instant else None, self._trigger_text if triggered else None,
+               self._window_text if windowed else None, hits, labels, port_keys,
+               (offences, duration) if action is _BLOCK else None)
+        return _decision(action, now, key, plen, pkt, label, flags, labels, ports, hits, why, duration,
+                         offences)
 
     reconfigure = configure
 
@@ -511,18 +659,17 @@ class Engine:
         Returns how many entries were dropped. Call it every few seconds."""
         states = self._states
         limit = now - self._window
-        n = 0
-        while states:
-            key, st = next(iter(states.items()))
-            if st.last >= limit:
-                break
-            del states[key]
-            n += 1
+        quiet = [k for k, st in states.items() if st.last < limit]
+        for k in quiet:
+            del states[k]
+        n = len(quiet)
         self._expired_sources += n
+        if len(self._clock) > 2 * len(states) + 64:
+            self._compact_clock()
         ended = [k for k, until in self._blocked.items() if until <= now]
         for k in ended:
             del self._blocked[k]
-        self._expired_blocks += len(ended)
+        self._counts[_EXPIRED_BLOCKS] += len(ended)
         return n + len(ended)
 
     # ------------------------------------------------------------------------------------------
@@ -548,7 +695,7 @@ class Engine:
         if st is None:
             return None
         return {"network": self._network(key), "hits": st.hits,
-                "ports": [f"{_PROTO_NAME.get(p >> 16, 'other')}/{p & 0xFFFF}" for p in st.ports],
+                "ports": [_port_text(p) for p in ((st.ports,) if st.ports.__class__ is int else st.ports)],
                 "labels": list(st.labels),
                 "protocols": [n for bit, n in ((1, "tcp"), (2, "udp"), (4, "other")) if st.protos & bit],
                 "first": st.first, "last": st.last}
@@ -562,11 +709,11 @@ class Engine:
         return {
             "tracked": len(self._states), "blocked": len(self._blocked),
             "offenders": len(self._offenders),
-            "evicted": self._evicted, "blocked_evicted": self._blocked_evicted,
+            "evicted": c[_EVICTED], "blocked_evicted": self._blocked_evicted,
             "offenders_evicted": self._offenders_evicted,
-            "expired_sources": self._expired_sources, "expired_blocks": self._expired_blocks,
-            "undecodable": self._undecodable,
-            "packets": sum(c),
+            "expired_sources": self._expired_sources, "expired_blocks": c[_EXPIRED_BLOCKS],
+            "undecodable": c[_UNDECODABLE],
+            "packets": sum(c[:len(Action)]),
             **{a.name.lower(): c[a] for a in Action},
         }
 
@@ -581,3 +728,16 @@ def _fmt_duration(seconds: float) -> str:
             out.append(f"{s // size}{unit}")
             s %= size
     return "".join(out)
+
+
+_PORT_TEXT: dict[int, str] = {}
+
+
+def _port_text(pk: int) -> str:
+    """Port key (proto << 16 | port) -> "tcp/22" (cached: the same few thousand ports recur)."""
+    text = _PORT_TEXT.get(pk)
+    if text is None:
+        text = f"{_PROTO_NAME.get(pk >> 16, 'other')}/{pk & 0xFFFF}"
+        if len(_PORT_TEXT) < 200_000:
+            _PORT_TEXT[pk] = text
+    return text

@@ -107,6 +107,38 @@ def test_contains_agrees_with_ipaddress(nets, addrs):
         assert s.contains(a.packed) == any(a in net for net in networks if net.version == a.version)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 2 ** 128 - 1), st.integers(8, 128)), min_size=1, max_size=6),
+       st.lists(st.integers(0, 2 ** 128 - 1), min_size=1, max_size=10))
+def test_contains_with_prefilters_agrees_with_ipaddress(nets, addrs):
+    """Prefix lengths >= 8 keep the first-bytes prefilters on; probe near every network."""
+    networks = [ipaddress.ip_network((v, p), strict=False) if six else ipaddress.ip_network((v % 2 ** 32, p % 33), strict=False)
+                for six, v, p in nets]
+    s = PrefixSet(networks)
+    probes = []
+    for net in networks:
+        for x in (int(net.network_address), int(net.broadcast_address)):
+            for delta in (-1, 0, 1):
+                if 0 <= x + delta <= (2 ** 32 - 1 if net.version == 4 else 2 ** 128 - 1):
+                    probes.append(ipaddress.ip_address(x + delta) if net.version == 6 else ipaddress.IPv4Address(x + delta))
+    probes += [ipaddress.IPv6Address(v) for v in addrs] + [ipaddress.IPv4Address(v % 2 ** 32) for v in addrs]
+    for a in probes:
+        assert s.contains(a.packed) == any(a in net for net in networks if net.version == a.version)
+
+
+def test_prefilter_shapes():
+    s = PrefixSet(["10.0.0.0/7", "2001:db8::/32", "2001:db9:8000::/33"])
+    assert s._pre4 == frozenset({10, 11}) and s._pre6_bytes == 4 and len(s._pre6) == 2
+    assert n("11.1.1.1") in s and n("12.0.0.0") not in s and n("2001:db9:8000::1") in s and n("2001:db9::1") not in s
+    s = PrefixSet(["2001:d00::/20", "2001:db8::/24"])          # shorter than /32: 2-byte prefilter
+    assert s._pre6_bytes == 2 and n("2001:db8:ff::1") in s and n("2001:1000::1") not in s and n("2002::1") not in s
+    s = PrefixSet(["2000::/3"])                                  # too wide: no v6 prefilter
+    assert s._pre6 is None and n("3fff::1") in s and n("4000::1") not in s
+    s = PrefixSet(["2001:db8::/19", "2400::/9"])                # /9: 128 two-byte heads
+    assert s._pre6_bytes == 2 and len(s._pre6) == 1 + 128
+    assert n("2001:1fff::1") in s and n("2001:2000::1") not in s and n("247f::1") in s and n("2480::1") not in s
+
+
 # --- keys and text ----------------------------------------------------------------------------------
 
 def test_key_for():

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scapy.all import IP, TCP, UDP, IPOption_LSRR, IPOption_RR, IPv6, raw
 
 from nfsentry.addrs import PrefixSet
+from nfsentry.classify import FLAG_STRINGS, classify
 from nfsentry.engine import Action, Decision, Engine, EngineConfig
 from nfsentry.packet import decode
 
@@ -58,7 +59,7 @@ def test_default_first_syn_blocks_then_drops():
     assert (d.key, d.prefixlen, d.network, d.family) == (ipaddress.ip_address(V4).packed, 32, V4, 4)
     assert (d.label, d.flags, d.labels, d.ports, d.hits) == ("SYN", "S", ("SYN",), (22,), 1)
     assert (d.duration, d.offences, d.proto_name, d.dport, d.sport) == (3600.0, 1, "tcp", 22, 40000)
-    assert d.reason.startswith("scan_trigger 0 reached: SYN from 198.18.0.2 to tcp/22")
+    assert d.reason.startswith("scan_trigger 0 reached: SYN to tcp/22")
     assert "hits 1" in d.reason and "ports tcp/22" in d.reason and "offence 1, block 1h" in d.reason
     again = e.process(syn(dport=23), 101.0)
     assert again.action == DROP and again.reason == "already blocked"
@@ -255,7 +256,7 @@ def test_instant_labels_react_on_the_first_packet(flags, label):
     assert d.action == BLOCK and d.label == label
     assert d.reason.startswith(f"instant {d.label_text}")
     if label == "UNKNOWN":
-        assert d.label_text == "UNKNOWN(FS)" and "UNKNOWN(FS) from" in d.reason
+        assert d.label_text == "UNKNOWN(FS)" and "UNKNOWN(FS) to tcp/22" in d.reason
 
 
 @pytest.mark.parametrize("flags", ["S", "F", "A", "FA"])
@@ -513,6 +514,17 @@ def test_reaction_carries_labels_ports_hits_and_hint():
     assert "hits 4" in d.reason
 
 
+def test_engine_labels_agree_with_classify():
+    e = Engine(cfg(scan_trigger=-1, instant_labels=()))
+    samples = [syn(flags=f) for f in ("S", "F", "", "FPU", "FSRPAU", "A", "FA", "SR", "SEC", "EC", "R")]
+    samples += [udp(), decode(raw(IP(src=V4, dst=DST4) / TCP(dport=22, dataofs=3))),
+                decode(raw(IP(src=V4, dst=DST4, frag=3, proto=6) / (b"x" * 16))),
+                decode(raw(IP(src=V4, dst=DST4, proto=47) / (b"x" * 16)))]
+    for p in samples:
+        d = e.process(p, 1.0)
+        assert d.label == classify(p) and d.flags == (FLAG_STRINGS[p.flags] if p.proto == 6 else "")
+
+
 def test_cheap_decisions_carry_packet_fields():
     e = Engine(cfg(scan_trigger=5))
     d = e.process(syn("2001:db8:7::3", dport=80, sport=1234, flags="F"), 7.0)
@@ -540,8 +552,10 @@ def test_engine_never_raises_and_stays_bounded(items, trigger, window):
     e = Engine(cfg(scan_trigger=trigger, window_ports=window, max_sources=5, max_offenders=5))
     valid = [bytes(raw(IP(src=f"10.0.0.{i}", dst=DST4) / TCP(dport=i + 1, flags="S"))) for i in range(8)]
     for i, (data, now) in enumerate(items):
-        d = e.process(decode(data if i % 2 else valid[i % 8][:len(data) or None]), now)
+        p = decode(data if i % 2 else valid[i % 8][:len(data) or None])
+        d = e.process(p, now)
         assert isinstance(d.action, Action)
+        assert d.label == classify(p) and d.packet is p
     e.expire(2e6)
     s = e.stats
     assert s["tracked"] <= 5 and s["blocked"] <= 5 and s["offenders"] <= 5
