@@ -79,7 +79,7 @@ def daemon_request(cfg, cmd: str, **args):
         return None
     except ControlError as e:
         msg = str(e)
-        fail(msg, EXIT_NOPERM if "permission denied" in msg else EXIT_RUNTIME)
+        fail(msg, EXIT_NOPERM if "permission denied" in msg else e.code)
 
 
 def fmt_ts(ts: Optional[float]) -> str:
@@ -99,8 +99,9 @@ def print_table(title: str, columns: list[str], rows: list[list]) -> None:
     from rich.console import Console
     from rich.table import Table
     t = Table(title=title, show_lines=False)
-    for c in columns:
-        t.add_column(c)
+    for i, c in enumerate(columns):
+        # addresses, times and numbers never wrap; free text (reasons) folds instead
+        t.add_column(c, no_wrap=c not in ("reason",), overflow="fold")
     for r in rows:
         t.add_row(*[str(x) for x in r])
     Console().print(t)

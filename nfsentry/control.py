@@ -26,7 +26,11 @@ class DaemonNotRunning(Exception):
 
 
 class ControlError(Exception):
-    pass
+    """The daemon refused or failed a request; ``code`` is the CLI exit code it asks for."""
+
+    def __init__(self, msg: str, code: int = 1) -> None:
+        super().__init__(msg)
+        self.code = code
 
 
 class ControlServer:
@@ -145,5 +149,5 @@ def request(path: str, cmd: str, timeout: float = 10, **args: Any) -> dict[str, 
         raise ControlError("the daemon closed the connection without answering")
     reply = json.loads(data)
     if not reply.get("ok"):
-        raise ControlError(reply.get("error", "request refused"))
+        raise ControlError(reply.get("error", "request refused"), int(reply.get("code", 1)))
     return reply

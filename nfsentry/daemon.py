@@ -490,8 +490,8 @@ class Daemon:
                 return
             try:
                 box["reply"] = self.execute(req)
-            except (ValueError, ConfigError) as e:
-                box["reply"] = {"ok": False, "error": str(e)}
+            except (ValueError, ConfigError) as e:  # bad input from the CLI: its exit code 2
+                box["reply"] = {"ok": False, "error": str(e), "code": 2}
             except Exception as e:
                 box["reply"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
             done.set()
