@@ -8,7 +8,10 @@ The decision for one packet, in order (the rules live in :meth:`Engine.process`,
 
 1. no decodable source address -> ``COUNT`` (label ``MALFORMED``; nothing to attribute or block);
 2. source inside the ignore set (addresses, CIDRs, the host's own addresses) -> ``IGNORE``;
-3. TCP packet matching an FTP data-connection expectation (consumed) -> ``PASS``;
+3. TCP packet matching an FTP data-connection expectation -> ``PASS``. The engine calls
+   ``expectations.match(src, dst, dport, now, sport)`` (raw address bytes), which consumes the
+   expectation (:class:`nfsentry.ftp.ExpectationTable` binds it to ``sport``, so a retransmitted
+   SYN of the same data connection passes too);
 4. source (its key) already blocked and the block not expired -> ``DROP``;
 5. otherwise the hit is recorded for the source and the policies are evaluated; none reacting
    -> ``COUNT``; reacting -> ``BLOCK`` (response mode ``block`` or ``command``) or ``ALERT``
@@ -52,14 +55,22 @@ Offences (blocks per source) are remembered across blocks, bounded by ``max_offe
 (least recently offending forgotten first). A block resets the source's counts; so does an
 alert. :meth:`Engine.forget` (the unblock path) drops the state, the block and the offences.
 
-Memory is bounded: at most ``max_sources`` tracked sources (least recently seen evicted first,
-counted in ``stats["evicted"]``), at most ``max_sources`` remembered blocks (oldest first;
+Memory is bounded: at most ``max_sources`` tracked sources (when full, CLOCK, a second-chance
+approximation of least-recently-seen, picks the source to evict: one that was not seen again
+since the clock hand last passed it; counted in ``stats["evicted"]``), at most ``max_sources``
+remembered blocks (oldest first;
 forgetting one only means a stray packet that slipped past the kernel set is re-detected
 instead of dropped), at most ``max_offenders`` offenders, at most ``max(max_ports_per_source,
 window_ports)`` ports per source.
 
-Cheap paths: PASS / IGNORE / DROP / COUNT decisions carry the packet fields, label and hit count
-but no ``labels``/``ports`` tuples and a constant reason; those are built only when reacting.
+Cheap paths: PASS / IGNORE / DROP / COUNT decisions carry the packet, label and hit count but no
+``labels``/``ports`` tuples and a constant reason; those are built only when reacting, and a
+reaction's reason text is formatted when first read (on the daemon's worker thread).
+
+Per-packet cost (bench/bench_core.py) is dominated by memory access once 100,000 sources are
+tracked, not by the number of Python operations: hence the int-not-dict port of one-port
+sources, decisions that reference the Packet, the CLOCK queue instead of an ordered dict, and a
+hot path that reads closure variables (see :meth:`Engine._build_process`).
 """
 from __future__ import annotations
 
@@ -69,19 +80,20 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from .addrs import PrefixSet, mask, masker, network_text, parse_network
-from .packet import Packet
 from .classify import FLAG_STRINGS as _FLAG_STRINGS
 from .classify import LABEL_BY_FLAGS as _LABEL_BY_FLAGS
 from .classify import _REPLY, classify, label_text, syn_hint
+from .packet import Packet
 
 __all__ = ["Action", "Decision", "EngineConfig", "Engine", "RESPONSE_MODES", "DEFAULT_MAX_SOURCES"]
 
 INF = math.inf
 RESPONSE_MODES = ("log", "block", "command")
 
-# Measured by bench/bench_core.py: ~310 bytes per tracked source (state + LRU entry + key), and
-# ~200 bytes per remembered block or offender. 100,000 sources therefore bound the engine to
-# roughly 30-70 MB however many spoofed sources a flood invents.
+# Measured by bench/bench_core.py (tracemalloc): ~180 bytes per tracked source (state, key, table
+# and CLOCK entries) and ~175 bytes per blocked source with its offence count. With 100,000 the
+# engine's tables stay under ~40 MB however many spoofed sources a flood invents (the whole bench
+# process: ~60-80 MB RSS, flat from 250,000 to 3,000,000 spoofed sources).
 DEFAULT_MAX_SOURCES = 100_000
 
 

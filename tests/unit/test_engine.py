@@ -379,6 +379,32 @@ def test_eviction_under_the_cap_is_lru_and_counted():
     assert e.source("10.0.0.50") is None and e.source("10.0.0.51") is not None
 
 
+def test_eviction_spares_sources_seen_again_over_one_off_floods():
+    """CLOCK: a source hit again since the hand last passed survives a flood of one-off sources."""
+    e = Engine(cfg(scan_trigger=50, max_sources=50, window_seconds=1e6))
+    scanners = [fast_syn(1_000_000 + i) for i in range(10)]
+    t = 0.0
+    for round_ in range(30):
+        for p in scanners:
+            e.process(p, t)
+            t += 1
+        for i in range(40):                          # 40 one-off spoofed sources per round
+            e.process(fast_syn(round_ * 100 + i), t)
+            t += 1
+    assert e.stats["tracked"] == 50 and e.stats["evicted"] > 1000
+    for p in scanners:
+        assert e.source(ipaddress.ip_address(p.src).compressed)["hits"] == 30
+
+
+def test_clock_queue_stays_bounded_when_reactions_remove_sources():
+    e = Engine(cfg(scan_trigger=1, max_sources=1000))
+    for i in range(20_000):                          # every source counted once, then blocked
+        e.process(fast_syn(i), 1.0)
+        e.process(fast_syn(i, dport=23), 1.5)
+    assert e.stats["tracked"] == 0 and e.stats["block"] == 20_000
+    assert len(e._clock) <= 2 * len(e._states) + 64
+
+
 def test_blocked_map_is_bounded_too():
     e = Engine(cfg(max_sources=10))
     for i in range(25):
