@@ -93,6 +93,10 @@ class NftUnavailable(NftError):
     """The bindings or a needed tool are missing."""
 
 
+class SpecError(NftError, ValueError):
+    """The RulesetSpec is invalid (nothing was sent to the kernel)."""
+
+
 # == the ruleset specification ==================================================================
 def _ports(items: Iterable[Any], what: str) -> list[tuple[int, int]]:
     out = []
@@ -155,7 +159,15 @@ class RulesetSpec:
     backend: str = "auto"                   # auto | native | compat
 
     def normalized(self) -> "RulesetSpec":
-        """A validated copy (merged port ranges, collapsed networks). Raises ValueError."""
+        """A validated copy (merged port ranges, collapsed networks). Raises SpecError (a ValueError)."""
+        try:
+            return self._normalized()
+        except SpecError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise SpecError(f"invalid ruleset specification: {e}") from None
+
+    def _normalized(self) -> "RulesetSpec":
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {self.variant!r}")
         if self.inuse not in INUSE_METHODS:
@@ -477,6 +489,13 @@ def compat_rules(spec: RulesetSpec) -> list[tuple[str, str, list[str]]]:
     return out
 
 
+def _compat_key(binary: str, chain: str, args: list[str]) -> tuple:
+    """What identifies one of our rules, however iptables prints it: binary, chain, mark, queue."""
+    def after(opt: str) -> str:
+        return args[args.index(opt) + 1].lower() if opt in args and args.index(opt) + 1 < len(args) else ""
+    return binary, chain, after("--mark"), after("--queue-num")
+
+
 def compat_tag(table: str) -> str:
     return "nfsentry" if table == "nfsentry" else f"nfsentry:{table}"
 
@@ -666,7 +685,10 @@ class Nft:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", table):
             raise ValueError(f"bad table name {table!r}")
         self.table = table
-        self._n = _nftables.Nftables()
+        try:
+            self._n = _nftables.Nftables()
+        except OSError as e:  # libnftables.so.1 itself missing
+            raise NftUnavailable(f"{MISSING_BINDINGS} ({e})") from None
         self._n.set_json_output(True)
         self._lock = threading.RLock()
         self._spec: RulesetSpec | None = None
@@ -776,13 +798,13 @@ class Nft:
         spec = spec.normalized()
         backend = backend or spec.backend
         if backend not in ("auto", *BACKENDS):
-            raise ValueError(f"backend must be auto, native or compat, not {backend!r}")
+            raise SpecError(f"backend must be auto, native or compat, not {backend!r}")
         if backend == "auto":
             backend = self.probe_backend()
         if spec.inuse == "auto":
             spec = replace(spec, inuse="socket" if self.probe_socket() else "poll")
         if spec.table != self.table:
-            raise ValueError(f"spec is for table {spec.table!r}, this object manages {self.table!r}")
+            raise SpecError(f"spec is for table {spec.table!r}, this object manages {self.table!r}")
         return spec, backend
 
     # -- load / unload ---------------------------------------------------------------------------
@@ -816,7 +838,8 @@ class Nft:
             existing = {n: [ipaddress.ip_network(b["network"]) for b in self._list_set(n)]
                         for n in ("blocked4net", "blocked6net") if n in info["sets"] and m.set(n)
                         and m.set(n).signature == info["sets"][n]}
-            batch += "\n" + self._bulk_commands([(b["network"], b["expires_in"] or 0) for b in migrate], existing)
+            items = [(b["network"], max(1, b["expires_in"] or 0) if b["timeout"] else 0) for b in migrate]
+            batch += "\n" + self._bulk_commands(items, existing)
         return batch
 
     def load(self, spec: RulesetSpec, backend: str | None = None, poll_interval: float = 1.0) -> dict:
@@ -839,6 +862,8 @@ class Nft:
         except Exception:
             self._v6p = None
             self._compat_rollback(added, before)
+            if self._inuse == "poll" and poll_interval > 0:  # the previous ruleset stays: keep serving it
+                self.start_inuse_poller(poll_interval)
             raise
         try:  # stale rules (native now, or another mark/queue/variant) are inert: best effort
             self._compat_remove(keep=compat_rules(spec) if backend == "compat" else [])
@@ -852,7 +877,11 @@ class Nft:
     def check(self, spec: RulesetSpec, backend: str | None = None) -> None:
         """Dry-run what load() would send (the kernel checks it; nothing is committed)."""
         spec, backend = self.resolve(spec, backend)
-        batch = self._load_batch(spec, backend)
+        saved = self._v6p, self._applied_ports
+        try:
+            batch = self._load_batch(spec, backend)
+        finally:
+            self._v6p, self._applied_ports = saved
         rc, err = self._dry(batch)
         if rc != 0:
             raise NftError("checking the ruleset", err, batch[:2000])
@@ -958,10 +987,10 @@ class Nft:
     def _compat_remove(self, only: list | None = None, keep: list | None = None) -> None:
         """Delete our tagged rules (all, or ``only`` these, except ``keep``). Never a table or chain."""
         targets = only if only is not None else self.compat_installed()
-        keep_keys = {(b, c, tuple(a)) for b, c, a in (keep or [])}
+        keep_keys = {_compat_key(*r) for r in (keep or [])}
         errors = []
         for binary, chain, args in targets:
-            if (binary, chain, tuple(args)) in keep_keys:
+            if _compat_key(binary, chain, args) in keep_keys:
                 continue
             res = self._run([binary, "-D", chain, *args])
             if res.returncode != 0 and only is None:
@@ -1038,8 +1067,8 @@ class Nft:
         if not norm:
             return 0
         existing: dict[str, list] = {}
-        for name in ("blocked4net", "blocked6net"):
-            if any(self.classify(n)[0] == name for n, _ in norm):
+        if any("/" in str(n) for n, _ in norm):  # prefixes: merge with the interval sets' content
+            for name in ("blocked4net", "blocked6net"):
                 existing[name] = [ipaddress.ip_network(b["network"]) for b in self._list_set(name)]
         text = self._bulk_commands(norm, existing)
         if text:
