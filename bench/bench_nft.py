@@ -13,7 +13,6 @@ not measure.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import textwrap

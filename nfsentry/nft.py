@@ -32,7 +32,6 @@ import argparse
 import ipaddress
 import json
 import logging
-import os
 import re
 import shlex
 import shutil
