@@ -488,6 +488,26 @@ def test_expire_sweeps_quiet_sources_and_ended_blocks():
     assert e.stats["tracked"] == 0 and e.stats["blocked"] == 0
 
 
+def test_expire_never_removes_a_block_that_was_renewed():
+    e = Engine(cfg(block_duration=100))
+    assert e.process(syn(), 0.0).duration == 100.0           # until 100
+    d = e.process(syn(), 150.0)                              # the packet path sees it ended: re-block
+    assert d.action == BLOCK and d.duration == 200.0         # until 350
+    assert e.expire(200.0) == 0 and e.is_blocked(V4, 200.0)
+    assert e.expire(351.0) == 1 and not e.is_blocked(V4, 351.0)
+    e.process(syn(), 400.0)
+    e.forget(V4)
+    assert e.expire(10_000.0) == 0                           # forgotten: its heap entry is stale
+
+
+def test_block_heap_stays_bounded():
+    e = Engine(cfg(block_duration=10, max_sources=20))
+    for i in range(5000):
+        e.process(fast_syn(i % 50), float(i))                # blocks churn through a 20-entry table
+    assert e.stats["blocked"] <= 20
+    assert len(e._block_heap) <= 2 * e.stats["blocked"] + 64
+
+
 def test_configure_keeps_state():
     e = Engine(cfg(scan_trigger=5))
     e.process(syn(dport=1), 1.0)
