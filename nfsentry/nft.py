@@ -1155,8 +1155,8 @@ class Nft:
         return out
 
     def blocked_count(self) -> int:
-        """How many entries the blocked sets hold."""
-        return len(self.list_blocked())
+        """How many entries the blocked sets hold (cheaper than len(list_blocked()))."""
+        return sum(self._set_size(name) for name in self._blocked_sets())
 
     # -- ignore sets / FTP expectations ----------------------------------------------------------
     def add_ignore(self, network: Any) -> bool:
