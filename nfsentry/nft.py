@@ -156,6 +156,7 @@ class RulesetSpec:
     table: str = "nfsentry"
     ipv6_prefix: int = 64                   # the daemon's IPv6 block prefix (hash set blocked6_<len>)
     backend: str = "auto"                   # auto | native | compat
+    bypass: bool = True                     # scan queue: no daemon listening -> packet passes (fail-open)
 
     def normalized(self) -> "RulesetSpec":
         """A validated copy (merged port ranges, collapsed networks). Raises SpecError (a ValueError)."""
@@ -193,7 +194,7 @@ class RulesetSpec:
         p4, p6 = _networks(self.protect, "protect")
         return replace(self, tcp_ports=_ports(self.tcp_ports, "tcp_ports"), udp_ports=_ports(self.udp_ports, "udp_ports"),
                        ignore=[str(n) for n in (*i4, *i6)], protect=[str(n) for n in (*p4, *p6)],
-                       ftp=bool(self.ftp), mark=mark, mark_mask=mask)
+                       ftp=bool(self.ftp), mark=mark, mark_mask=mask, bypass=bool(self.bypass))
 
     @property
     def scan_mark(self) -> int:
@@ -258,7 +259,8 @@ def _verdict(spec: RulesetSpec, backend: str, ftp: bool) -> str:
     """The statement that hands a packet to the scan loop (ftp=False) or the FTP tracker."""
     num = spec.ftp_queue if ftp else spec.queue
     if backend == "native":
-        return f"queue flags bypass to {num}"
+        # The FTP tracker always bypasses: a dead daemon must never stall an FTP session.
+        return f"queue flags bypass to {num}" if ftp or spec.bypass else f"queue to {num}"
     value = spec.ftp_mark if ftp else spec.scan_mark
     keep = ~spec.mark_mask & 0xFFFFFFFF
     return f"meta mark set meta mark & {keep:#010x} | {value:#010x} accept"
@@ -365,7 +367,8 @@ def _model(spec: RulesetSpec, backend: str) -> _Model:
     ]
     queue_rules = [
         (["6. New, invalid or untracked TCP/UDP to a monitored port: to the scan verdict loop",
-          f"   (queue {spec.queue}; `bypass`: with no daemon listening the packet passes)."],
+          f"   (queue {spec.queue}; " + ("`bypass`: with no daemon listening the packet passes)." if spec.bypass else
+                                      "no bypass (fail-closed): with no daemon listening the packet is dropped).")],
          f"ct state new,invalid,untracked tcp dport @tcp_ports {q_tcp}"),
         ([], f"ct state new,invalid,untracked udp dport @udp_ports {q_udp}"),
     ]
@@ -472,27 +475,27 @@ def _format_table(m: _Model) -> str:
 def compat_rules(spec: RulesetSpec) -> list[tuple[str, str, list[str]]]:
     """The iptables-nft/ip6tables-nft rules the compat backend needs: (binary, chain, rulespec)."""
     spec = spec.normalized()
-    wanted: list[tuple[str, int, int]] = [("INPUT", spec.scan_mark, spec.queue)]
+    wanted: list[tuple[str, int, int, bool]] = [("INPUT", spec.scan_mark, spec.queue, spec.bypass)]
     if spec.variant == "gateway":
-        wanted.append(("FORWARD", spec.scan_mark, spec.queue))
-    if spec.ftp:
-        wanted += [("INPUT", spec.ftp_mark, spec.ftp_queue), ("OUTPUT", spec.ftp_mark, spec.ftp_queue)]
+        wanted.append(("FORWARD", spec.scan_mark, spec.queue, spec.bypass))
+    if spec.ftp:  # the FTP tracker always bypasses
+        wanted += [("INPUT", spec.ftp_mark, spec.ftp_queue, True), ("OUTPUT", spec.ftp_mark, spec.ftp_queue, True)]
         if spec.variant == "gateway":
-            wanted.append(("FORWARD", spec.ftp_mark, spec.ftp_queue))
+            wanted.append(("FORWARD", spec.ftp_mark, spec.ftp_queue, True))
     out = []
     for binary in ("iptables-nft", "ip6tables-nft"):
-        for chain, value, num in wanted:
+        for chain, value, num, bypass in wanted:
             out.append((binary, chain, ["-m", "mark", "--mark", f"{value:#x}/{spec.mark_mask:#x}",
                                         "-m", "comment", "--comment", compat_tag(spec.table),
-                                        "-j", "NFQUEUE", "--queue-num", str(num), "--queue-bypass"]))
+                                        "-j", "NFQUEUE", "--queue-num", str(num), *(["--queue-bypass"] if bypass else [])]))
     return out
 
 
 def _compat_key(binary: str, chain: str, args: list[str]) -> tuple:
-    """What identifies one of our rules, however iptables prints it: binary, chain, mark, queue."""
+    """What identifies one of our rules, however iptables prints it: binary, chain, mark, queue, bypass."""
     def after(opt: str) -> str:
         return args[args.index(opt) + 1].lower() if opt in args and args.index(opt) + 1 < len(args) else ""
-    return binary, chain, after("--mark"), after("--queue-num")
+    return binary, chain, after("--mark"), after("--queue-num"), "--queue-bypass" in args
 
 
 def compat_tag(table: str) -> str:
@@ -545,7 +548,9 @@ def render(spec: RulesetSpec | None = None, backend: str = "native", *, standalo
         "#   4 ports in use accepted     5 expected FTP data      6 monitored ports -> daemon",
         "#   7 FTP control -> FTP tracker (checked first, as it is established traffic)",
         "#",
-        f"# Queues: {s.queue} = scan verdict loop, {s.ftp_queue} = FTP tracker, both with `bypass`",
+        (f"# Queues: {s.queue} = scan verdict loop, {s.ftp_queue} = FTP tracker, both with `bypass`"
+         if s.bypass else f"# Queues: {s.queue} = scan verdict loop without `bypass` (fail-closed: no daemon listening ="
+         f"\n# packets to closed monitored ports are dropped), {s.ftp_queue} = FTP tracker with `bypass`"),
         "# (no daemon listening = traffic passes). In-use ports: "
         + {"socket": "the `socket` expression.", "poll": "polled from /proc/net by the daemon.",
            "off": "not detected (FTP expectations only)."}[inuse],
