@@ -614,6 +614,16 @@ def _timeout_text(timeout: float | None) -> str:
     return f" timeout {max(1, int(round(timeout * 1000)))}ms"
 
 
+def _ftp_element(peer: Any, server: Any, port: Any) -> tuple[Any, Any, str, str]:
+    """(peer, server, set name, ``peer . server . port``) of an FTP expectation; ValueError if bad."""
+    a, b = ipaddress.ip_address(str(peer)), ipaddress.ip_address(str(server))
+    if a.version != b.version:
+        raise ValueError(f"FTP expectation mixes address families: {peer} -> {server}")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"bad FTP data port {port!r}")
+    return a, b, "ftp_expect4" if a.version == 4 else "ftp_expect6", f"{a} . {b} . {int(port)}"
+
+
 def _elem_networks(setname: str, val: Any) -> list:
     """A JSON set element value -> list of networks."""
     if isinstance(val, dict) and "prefix" in val:
@@ -1187,16 +1197,28 @@ class Nft:
             self._require_loaded()
             return False
 
-    def expect_ftp(self, peer: str, server: str, port: int, timeout: float) -> None:
-        """Let one FTP data connection in: from ``peer`` to ``server``:``port``, for ``timeout`` s."""
-        a, b = ipaddress.ip_address(str(peer)), ipaddress.ip_address(str(server))
-        if a.version != b.version:
-            raise ValueError(f"FTP expectation mixes address families: {peer} -> {server}")
-        if not 1 <= int(port) <= 65535:
-            raise ValueError(f"bad FTP data port {port!r}")
-        setname = "ftp_expect4" if a.version == 4 else "ftp_expect6"
-        self._cmd(f"add element inet {self.table} {setname} {{ {a} . {b} . {int(port)}{_timeout_text(max(1, timeout))} }}",
-                  f"adding an FTP expectation {a} -> {b}:{port}")
+    def expect_ftp(self, peer: str, server: str, port: int, timeout: float,
+                   remove: Iterable[tuple[str, str, int]] = ()) -> None:
+        """Let one FTP data connection in: from ``peer`` to ``server``:``port``, for ``timeout`` s.
+
+        ``remove``: (peer, server, port) expectations this one supersedes, deleted in the same
+        transaction (whether or not the kernel still holds them: an expired one is re-added for 1s
+        and deleted, as ``delete`` alone fails on a missing element)."""
+        a, b, setname, elem = _ftp_element(peer, server, port)
+        cmds = []
+        for old in remove:
+            _, _, oset, oelem = _ftp_element(*old)
+            cmds += [f"add element inet {self.table} {oset} {{ {oelem} timeout 1s }}",
+                     f"delete element inet {self.table} {oset} {{ {oelem} }}"]
+        cmds.append(f"add element inet {self.table} {setname} {{ {elem}{_timeout_text(max(1, timeout))} }}")
+        self._cmd("\n".join(cmds), f"adding an FTP expectation {a} -> {b}:{port}")
+
+    def unexpect_ftp(self, peer: str, server: str, port: int) -> None:
+        """Withdraw an FTP expectation (no error when the kernel no longer holds it)."""
+        _, _, setname, elem = _ftp_element(peer, server, port)
+        self._cmd(f"add element inet {self.table} {setname} {{ {elem} timeout 1s }}\n"
+                  f"delete element inet {self.table} {setname} {{ {elem} }}",
+                  f"removing the FTP expectation {elem}")
 
     # -- in-use ports by polling -----------------------------------------------------------------
     def refresh_inuse(self) -> bool:
