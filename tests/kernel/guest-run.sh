@@ -30,7 +30,7 @@ cd "$REPO" || { echo 3 > $OUT/rc; echo "guest: cannot cd $REPO" | tee $OUT/pytes
 # shellcheck disable=SC2086
 SELECT=${NFSENTRY_GUEST_PYTEST_ARGS:--m native tests/e2e}
 echo "[guest] $(uname -r): pytest $SELECT"
-timeout -k 5 "${NFSENTRY_GUEST_TIMEOUT:-120}" \
+timeout -s INT -k 15 "${NFSENTRY_GUEST_TIMEOUT:-120}" \
     "$VENV/bin/python" -m pytest -p no:cacheprovider --color=no -v -rfEs --tb=short --durations=8 -p no:hypothesispytest \
         --timeout "${NFSENTRY_GUEST_TEST_TIMEOUT:-60}" \
         --junitxml=$OUT/junit.xml -o junit_family=xunit1 $SELECT 2>&1 | tee $OUT/pytest.log

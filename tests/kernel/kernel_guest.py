@@ -73,6 +73,7 @@ class GuestResult:
     cases: list[GuestCase] = field(default_factory=list)
     wall: float = 0.0
     timed_out: bool = False
+    timeout: float = BOOT_TIMEOUT
     console: str = ""
     log: str = ""
     out: Path | None = None
@@ -82,7 +83,8 @@ class GuestResult:
 
     @property
     def summary(self) -> str:
-        parts = [f"{self.count(o)} {o}" for o in ("passed", "failed", "error", "skipped") if self.count(o)]
+        parts = [f"{self.count(o)} {o}" for o in ("passed", "failed", "error", "skipped", "interrupted")
+                 if self.count(o)]
         return f"{', '.join(parts) or 'no tests'} in the guest (kernel {self.kernel or '?'}, {self.wall:.1f}s boot+tests)"
 
     @property
@@ -94,13 +96,14 @@ class GuestResult:
         """Why the tier failed, with the guest's own failure text."""
         lines: list[str] = []
         if self.timed_out:
-            lines.append(f"guest did not finish within {BOOT_TIMEOUT:.0f}s: qemu killed")
+            lines.append(f"guest did not finish within {self.timeout:.0f}s: qemu killed (see what it was doing below)")
         elif self.rc is None:
             lines.append("guest never reported a pytest exit code (crash or boot failure)")
         elif self.rc == 5:
             lines.append("guest pytest selected no tests (exit 5): nothing is marked native?")
-        elif self.rc == 124:
-            lines.append("guest pytest run exceeded its time budget (killed by timeout)")
+        elif self.rc in (124, 137):
+            lines.append(f"guest pytest run exceeded its time budget ({self.timeout - 30:.0f}s; "
+                         "NFSENTRY_KERNEL_TIMEOUT sets the whole boot's) and was interrupted")
         elif self.rc != 0:
             lines.append(f"guest pytest exited {self.rc}")
         if self.rc == 0 and self.count("passed") == 0:
@@ -115,12 +118,13 @@ class GuestResult:
                 if c.text:
                     lines.append(_tail(c.text, 60, 6000))
         for c in self.cases:
-            if c.outcome == "skipped":
-                lines.append(f"guest SKIPPED {c.nodeid}: {c.message}")
-        if not any(c.outcome in ("failed", "error") for c in self.cases):
-            # No junit detail: show what the guest printed.
+            if c.outcome in ("skipped", "interrupted"):
+                lines.append(f"guest {c.outcome.upper()} {c.nodeid}{': ' + c.message if c.message else ''}")
+        cut_short = self.timed_out or self.rc in (None, 124, 137)
+        if cut_short or not any(c.outcome in ("failed", "error") for c in self.cases):
+            # No (complete) junit detail: show what the guest printed, i.e. where it stopped.
             if self.log:
-                lines += ["", "=== guest pytest output (tail)", _tail(self.log, 60, 8000)]
+                lines += ["", "=== guest pytest output (tail)", _tail(self.log, 15 if self.cases else 60, 8000)]
             # The console repeats pytest's output (tee): show only what pytest did not print.
             seen = set(self.log.splitlines())
             console = "\n".join(l for l in self.console.splitlines() if l not in seen)
@@ -235,11 +239,16 @@ def boot(image: Image, out: Path, selection: str | None = None, timeout: float =
     wall = time.monotonic() - start
     rc_text = _read(out / "rc").strip()
     res = GuestResult(rc=int(rc_text) if rc_text.lstrip("-").isdigit() else None,
-                      kernel=_read(out / "kernel").strip(), wall=wall, timed_out=timed_out,
+                      kernel=_read(out / "kernel").strip(), wall=wall, timed_out=timed_out, timeout=timeout,
                       console=_read(console) if console else "", log=_read(out / "pytest.log"), out=out)
     if qemu_err and qemu_err.strip():
         res.console += f"\n[qemu stderr, rc={proc.returncode}]\n{qemu_err}"
     res.cases = parse_junit(out / "junit.xml")
+    if res.timed_out or res.rc in (None, 124, 137):
+        # An interrupted run records the test it stopped in without an outcome: not a pass.
+        for c in res.cases:
+            if c.outcome == "passed" and f"::{c.nodeid.rsplit('::', 1)[-1]} PASSED" not in res.log:
+                c.outcome = "interrupted"
     return res
 
 
