@@ -65,7 +65,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "files": [],              # PortSentry-style ignore files (one address[/mask] per line)
         "own_addresses": True,    # the host's own addresses (refreshed when they change)
         "gateways": True,         # default gateway(s)
-        "resolvers": True,        # nameservers from /etc/resolv.conf
+        "resolvers": True,        # nameservers from resolv_conf
+        "resolv_conf": "/etc/resolv.conf",
+        "refresh_interval": "30s",  # how often own addresses/gateways/resolvers are re-read
     },
     "logging": {
         "syslog": True,
@@ -94,6 +96,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "ftp_queue": 1,
         "backend": "auto",        # auto | native | compat
         "mark": 0x4E460000,
+        "fail_open": True,        # no daemon listening: queued packets pass (true) or are dropped (false)
     },
 }
 
@@ -110,7 +113,8 @@ ENUMS = {
     ("logging", "level"): ("debug", "info", "warning", "error"),
     ("nft", "backend"): ("auto", "native", "compat"),
 }
-DURATIONS = {("detection", "window_seconds"), ("response", "block_duration"), ("response", "max_block_duration")}
+DURATIONS = {("detection", "window_seconds"), ("response", "block_duration"), ("response", "max_block_duration"),
+             ("ignore", "refresh_interval")}
 PORT_LISTS = {("monitor", "tcp_ports"), ("monitor", "udp_ports"), ("monitor", "tcp_exclude"), ("monitor", "udp_exclude")}
 RANGES = {
     ("detection", "scan_trigger"): (0, 1_000_000),
@@ -379,6 +383,10 @@ def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = Tr
         v = data["logging"][key]
         if v and not v.startswith("/"):
             raise ConfigError(f"[logging] {key}: {v!r} must be an absolute path")
+    if not 1 <= cfg.durations["refresh_interval"] <= 86400:
+        raise ConfigError("[ignore] refresh_interval: must be between 1s and 1d")
+    if not data["ignore"]["resolv_conf"].startswith("/"):
+        raise ConfigError(f"[ignore] resolv_conf: {data['ignore']['resolv_conf']!r} must be an absolute path")
     for key in ("state_dir", "database"):
         v = data["storage"][key]
         if v and not v.startswith("/"):
