@@ -72,10 +72,13 @@ class Store:
         self.path = Path(path)
         self.readonly = readonly
         if not readonly:
-            _secure_dir(self.path.parent)
-            if not self.path.exists():
-                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-                os.close(fd)
+            try:
+                _secure_dir(self.path.parent)
+                if not self.path.exists():
+                    fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+                    os.close(fd)
+            except OSError as e:  # read-only file system, no space, a file where the directory should be
+                raise StoreError(f"{self.path}: {e.strerror or e}") from None
         try:
             uri = f"file:{self.path}?mode={'ro' if readonly else 'rwc'}"
             self.db = sqlite3.connect(uri, uri=True, timeout=5, isolation_level=None, check_same_thread=False)
@@ -96,15 +99,31 @@ class Store:
                         pass
         except sqlite3.DatabaseError as e:
             msg = str(e)
-            if "not a database" in msg or "malformed" in msg or "corrupt" in msg:
+            if _is_corruption(msg):
                 raise StoreCorrupt(f"{self.path}: database is corrupt ({msg})") from None
             raise StoreError(f"{self.path}: {msg}") from None
+        try:
+            st = os.stat(self.path)
+            self._identity = (st.st_dev, st.st_ino)
+        except OSError:
+            self._identity = None
+
+    def replaced(self) -> bool:
+        """Is the file at our path gone or another file than the one we have open (deleted,
+        renamed or replaced while running)? Writes would then land in an unreachable inode."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._identity
 
     # -- helpers -----------------------------------------------------------------------------
     def _run(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
         try:
             return self.db.execute(sql, tuple(args))
         except sqlite3.DatabaseError as e:
+            if _is_corruption(str(e)):
+                raise StoreCorrupt(f"{self.path}: database is corrupt ({e})") from None
             raise StoreError(f"{self.path}: {e}") from None
 
     def close(self) -> None:
@@ -192,6 +211,10 @@ class Store:
         args.append(limit)
         rows = self._run(sql, args).fetchall()
         return [json.loads(r["detail"]) for r in reversed(rows)]
+
+
+def _is_corruption(msg: str) -> bool:
+    return "not a database" in msg or "malformed" in msg or "corrupt" in msg
 
 
 def move_aside(path: str | Path) -> Path:
