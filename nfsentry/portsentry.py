@@ -634,9 +634,10 @@ class _Importer:
         style = "portsentry1" if self.version == "1" else "portsentry2"
         lg.note(f"Syslog lines in PortSentry {'1.x' if self.version == '1' else '2.0'} style "
                 f"({'attackalert: ...' if self.version == '1' else 'Scan from: [...] ...'}), to the daemon facility like PortSentry.",
-                "The syslog tag is nfsentry[PID], not portsentry[PID]: adjust rules that match the tag.")
+                "Tagged portsentry[PID] like PortSentry, so logcheck rules anchored on the tag keep matching.")
         lg.set("format", style)
         lg.set("syslog_facility", "daemon")
+        lg.set("syslog_ident", "portsentry")
         hist = self.get("HISTORY_FILE")
         lg.blank()
         if hist and hist.value:
