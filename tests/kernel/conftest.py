@@ -1,4 +1,4 @@
-"""Terminal summary line for the stock-kernel qemu tier (so CI logs show what ran in the guest)."""
+"""Terminal summary for the stock-kernel qemu tier, so CI logs show what ran in the guest."""
 from __future__ import annotations
 
 
@@ -10,3 +10,5 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_sep("-", "stock-kernel qemu tier")
     terminalreporter.write_line(f"{image.package} (kernel {image.kernel_release}): {res.summary}; "
                                 f"image ready in {image.build_seconds:.1f}s")
+    for c in res.cases:
+        terminalreporter.write_line(f"  guest {c.outcome.upper():11} {c.nodeid}")

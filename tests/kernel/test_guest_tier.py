@@ -35,6 +35,3 @@ def test_native_backend_e2e_on_debian_stock_kernel(tmp_path, pytestconfig):
     if skipped:
         warnings.warn(pytest.PytestWarning(
             "stock-kernel guest skipped: " + "; ".join(f"{c.nodeid}: {c.message}" for c in skipped)))
-    print(f"{image.package}: {res.summary}")
-    for c in res.cases:
-        print(f"  guest {c.outcome:7} {c.nodeid}")
