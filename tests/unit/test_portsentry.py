@@ -197,6 +197,7 @@ def test_debian_1_2_classic_modes(tmp_path, etc):
     assert lg["format"] == "portsentry1" and lg["history_format"] == "portsentry1" and lg["syslog_facility"] == "daemon"
     assert lg["history_file"] == "/var/lib/portsentry/portsentry.history"
     assert lg["blocked_file"] == "/var/lib/portsentry/portsentry.blocked"
+    assert lg["syslog_ident"] == "portsentry"  # Debian's logcheck rules anchor on "portsentry["
     assert lg["resolve_hosts"] is False
     # not carried over, and said why
     assert '# KILL_ROUTE="/sbin/route add -host $TARGET$ reject" (line 128) not carried over: not needed.' in toml
