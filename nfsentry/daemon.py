@@ -19,6 +19,7 @@ import queue
 import select
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -35,6 +36,9 @@ from nfsentry.store import Store, StoreCorrupt, StoreError, move_aside
 log = logging.getLogger("nfsentry")
 
 PROTO_NAMES = {6: "tcp", 17: "udp"}
+_U32 = struct.Struct("!I")
+FTP_REPORT_WINDOW = 10.0      # seconds
+FTP_REPORTS_PER_WINDOW = 20   # FTP tracker reports logged per window; the rest only counted
 
 
 class StartupError(Exception):
@@ -190,6 +194,8 @@ class Daemon:
         self.protected = protected_networks(self.cfg)
         self.expectations = ExpectationTable()
         self.ftp = FtpTracker()
+        self.counters.update(ftp_expectations=0, ftp_reports=0, ftp_reports_suppressed=0)
+        self._ftp_report_budget, self._ftp_report_reset, self._ftp_suppressed = FTP_REPORTS_PER_WINDOW, 0.0, 0
         self.engine = Engine(engine_config(self.cfg), ignore=PrefixSet(self.protected), expectations=self.expectations)
 
     def start(self) -> None:
@@ -353,31 +359,58 @@ class Daemon:
             log.error("cannot count the blocked sets: %s", e)
 
     def on_ftp_packet(self, p) -> None:
+        """Queue 1: an FTP control segment with payload. The verdict comes first (the tracker never
+        holds FTP traffic); a data-connection SYN racing the kernel set waits in queue 0 until this
+        returns, and by then the engine's ExpectationTable knows it."""
         try:
-            p.accept()  # the tracker never holds FTP traffic
+            p.accept()
             self.counters["ftp_packets"] += 1
-            raw = p.get_payload()
+            raw = p.get_payload()  # valid until the callback returns, verdict or not
             pkt = self.decode(raw)
-            if pkt.malformed or pkt.proto != 6:
+            off = pkt.payload_offset
+            if pkt.malformed or pkt.proto != 6 or pkt.frag_offset or pkt.more_frags or off >= len(raw):
                 return
-            payload = bytes(raw[pkt.payload_offset:])
-            if not payload:
-                return
-            for ev in self.ftp.feed(pkt.src, pkt.dst, pkt.sport, pkt.dport, payload, time.time()):
+            # The TCP sequence number (header = 20 bytes + options, right before the payload) lets
+            # the tracker drop retransmitted bytes of a line split across segments.
+            seq = _U32.unpack_from(raw, off - 16 - len(pkt.tcp_options))[0]
+            events = self.ftp.feed(pkt.src, pkt.dst, pkt.sport, pkt.dport, raw[off:], time.time(), seq)
+            for ev in events:
                 self.on_ftp_event(ev)
         except Exception as e:
             self.internal_error("ftp packet", e)
 
     def on_ftp_event(self, ev) -> None:
-        from nfsentry import ftp as F
-        if isinstance(ev, F.Expectation):
-            self.expectations.add(ev)
+        if ev.kind == "expectation":
+            # One pending expectation per control connection: what it supersedes leaves the kernel
+            # set in the same transaction.
+            removed = self.expectations.add(ev)
+            self.counters["ftp_expectations"] += 1
             try:
-                self.nft.expect_ftp(ev.peer_text, ev.addr_text, ev.port, max(1, int(ev.expires - time.time())))
+                self.nft.expect_ftp(ev.peer_text, ev.addr_text, ev.port, ev.timeout(time.time()),
+                                    remove=[(o.peer_text, o.addr_text, o.port) for o in removed if o.key != ev.key])
             except Exception as e:
                 self.internal_error("ftp expectation", e)
-        else:
-            self.enqueue("ftp", {"kind": type(ev).__name__, "detail": getattr(ev, "__dict__", str(ev))})
+            if log.isEnabledFor(logging.DEBUG):
+                self.enqueue("ftp_debug", ev)
+            return
+        # A report (bounce, 227 naming another address, malformed or oversized line): an event
+        # (JSON, syslog, history) built in the worker; at most FTP_REPORTS_PER_WINDOW per window
+        # so a hostile peer cannot flood the logs.
+        now = time.monotonic()
+        if now >= self._ftp_report_reset:
+            self._ftp_report_reset, self._ftp_report_budget = now + FTP_REPORT_WINDOW, FTP_REPORTS_PER_WINDOW
+        if self._ftp_report_budget <= 0:
+            self.counters["ftp_reports_suppressed"] += 1
+            self._ftp_suppressed += 1
+            return
+        self._ftp_report_budget -= 1
+        self.counters["ftp_reports"] += 1
+        self.enqueue("ftp", ev, suppressed=self._ftp_suppressed)
+        self._ftp_suppressed = 0
+
+    def ftp_status(self) -> dict[str, Any]:
+        return {"tracker": dict(self.ftp.stats), "flows": len(self.ftp), "pending": len(self.expectations),
+                "expectations": dict(self.expectations.stats)}
 
     def decode(self, raw):
         from nfsentry.packet import decode
@@ -551,6 +584,7 @@ class Daemon:
               "never_block": len(self.protected), "config": self.cfg.path, "counters": dict(self.counters),
               "engine": dict(getattr(self.engine, "stats", {})), "event_backlog": self.events.qsize(),
               "pending_storage_writes": len(self.pending_store), "queue_drops": queue_drops()}
+        st["ftp"] = self.ftp_status()
         try:
             st["kernel"] = self.nft.counters()
             st["blocked"] = self.nft.blocked_count()
@@ -615,9 +649,11 @@ class Daemon:
         if kind == "warning":
             log.warning(obj["message"])
             return
-        if kind == "ftp":
-            log.warning("ftp: %s %s", obj["kind"], obj["detail"])
+        if kind == "ftp_debug":
+            log.debug(obj.describe())
             return
+        if kind == "ftp":  # an FTP tracker report: an event like the others
+            kind, obj = "event", ftp_report_event(obj, extra.get("suppressed", 0))
         if kind in ("detection", "block"):
             ev = decision_event(obj, kind, self.cfg)
             if extra.get("action"):
@@ -773,6 +809,16 @@ def decision_event(d, kind: str, cfg: Config) -> dict[str, Any]:
           "expires": (now + d.duration) if (kind == "block" and d.duration) else None,
           "ip_options": list(d.ip_options), "malformed": d.malformed, "host": None, "ignored": False,
           "triggered": int(d.action) >= 3, "blocked": action == "block"}
+    return ev
+
+
+def ftp_report_event(rep, suppressed: int = 0) -> dict[str, Any]:
+    """An FTP tracker report (nfsentry.ftp Bounce, PasvMismatch, Malformed, Oversized) -> event dict
+    ("event": "ftp_bounce", ...; "reason": its escaped one-line description)."""
+    ev = rep.as_dict()
+    ev["reason"] = rep.describe()
+    if suppressed:
+        ev["suppressed_before"] = suppressed  # reports dropped by the rate limit since the last one
     return ev
 
 
