@@ -294,7 +294,9 @@ def main() -> None:
     for kind in ("uniform", "scanners"):
         time_engine(EngineConfig(), f"{kind}, defaults (scan_trigger 0)", kind)
         time_engine(counting, f"{kind}, scan_trigger 3 + window 5/60s", kind)
-    time_engine(counting, "few, scan_trigger 3 + window 5/60s", "few")
+    # 2,000 sources: short, non-escalating blocks so that the decision mix stays mostly COUNT
+    time_engine(EngineConfig(scan_trigger=3, window_ports=5, block_duration=0.2, escalation_factor=1.0),
+                "few, scan_trigger 3 + window, 0.2 s blocks", "few")
     print(f"\nNetfilterQueue callback shape ({CALLBACKS:,} calls each on a fake packet object, uniform mix,"
           " scan_trigger 3;\nthe C-to-Python crossing of the real binding comes on top of both)")
     time_callbacks()
