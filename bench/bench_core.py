@@ -281,22 +281,34 @@ def bytes_per_source() -> None:
         print(f"  {mode:<36} {used / n:6.0f} bytes each (tracemalloc, {n} sources)")
 
 
+TIMING_CONFIGS = {
+    "defaults": ("defaults (scan_trigger 0)", dict()),
+    "counting": ("scan_trigger 3 + window 5/60s", dict(scan_trigger=3, window_ports=5, window_seconds=60.0)),
+    # 2,000 sources: short, non-escalating blocks so that the decision mix stays mostly COUNT
+    "short-blocks": ("scan_trigger 3 + window, 0.2 s blocks",
+                     dict(scan_trigger=3, window_ports=5, block_duration=0.2, escalation_factor=1.0)),
+}
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--memory":
         memory_child(sys.argv[2])
         return
+    if len(sys.argv) == 4 and sys.argv[1] == "--time":     # one line, in a fresh process
+        kind, (text, kw) = sys.argv[2], TIMING_CONFIGS[sys.argv[3]]
+        time_engine(EngineConfig(**kw), f"{kind}, {text}", kind)
+        return
+    sys.stdout.reconfigure(line_buffering=True)    # keep our lines in order with the children's
     t_start = time.monotonic()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}"
           " (figures from a busy machine are noisy: compare the cpu columns)")
     print(f"\nper queued packet: decode + classify + Engine.process, {PACKETS:,} packets per line, timed in batches"
-          f" of {BATCH}\n(wall = elapsed, cpu = this thread's CPU time: the same unless other processes compete)")
-    counting = EngineConfig(scan_trigger=3, window_ports=5, window_seconds=60.0)
+          f" of {BATCH}, each line in a fresh process\n(wall = elapsed, cpu = this thread's CPU time: the same unless"
+          " other processes compete)")
     for kind in ("uniform", "scanners"):
-        time_engine(EngineConfig(), f"{kind}, defaults (scan_trigger 0)", kind)
-        time_engine(counting, f"{kind}, scan_trigger 3 + window 5/60s", kind)
-    # 2,000 sources: short, non-escalating blocks so that the decision mix stays mostly COUNT
-    time_engine(EngineConfig(scan_trigger=3, window_ports=5, block_duration=0.2, escalation_factor=1.0),
-                "few, scan_trigger 3 + window, 0.2 s blocks", "few")
+        for config in ("defaults", "counting"):
+            subprocess.run([sys.executable, __file__, "--time", kind, config], check=True)
+    subprocess.run([sys.executable, __file__, "--time", "few", "short-blocks"], check=True)
     print(f"\nNetfilterQueue callback shape ({CALLBACKS:,} calls each on a fake packet object, uniform mix,"
           " scan_trigger 3;\nthe C-to-Python crossing of the real binding comes on top of both)")
     time_callbacks()
