@@ -11,6 +11,7 @@ Threads:
 """
 from __future__ import annotations
 
+import collections
 import ipaddress
 import json
 import logging
@@ -113,7 +114,7 @@ def protected_networks(cfg: Config) -> list[str]:
     if ig["gateways"]:
         nets |= gateways()
     if ig["resolvers"]:
-        nets |= resolvers()
+        nets |= resolvers(ig.get("resolv_conf", "/etc/resolv.conf"))
     ssh = ssh_client()
     if ssh:
         nets.add(ssh)
@@ -138,9 +139,15 @@ class Daemon:
         self.reload_flag = False
         self.counters = {"queued": 0, "ftp_packets": 0, "detections": 0, "blocks": 0, "dropped_by_verdict": 0,
                          "errors": 0, "events_lost": 0, "blocks_rate_limited": 0, "blocks_capped": 0,
-                         "never_block_refused": 0, "storage_errors": 0}
+                         "never_block_refused": 0, "storage_errors": 0,
+                         "alerts_suppressed": 0, "storage_dropped": 0, "protected_refreshes": 0}
         self._last_error_log = 0.0
-        self._block_times: list[float] = []
+        self._block_times: collections.deque = collections.deque()  # recent blocks (max_blocks_per_minute)
+        self._valve_alerts: collections.deque = collections.deque()  # alerts reported for refused blocks
+        self._valve_warned = -1e9
+        self._valve_refused = 0
+        self._store_retry_at = 0.0
+        self.runtime_ignore: set[str] = set()  # `unblock --ignore` while running: kept across refreshes
         self.kernel_blocked = 0  # entries in the kernel's blocked sets (recounted by the worker)
         self.nft = None
         self.queues: list = []
@@ -323,21 +330,15 @@ class Daemon:
         r = self.cfg["response"]
         limit = r["max_blocks_per_minute"]
         if limit:
-            self._block_times = [t for t in self._block_times if t > now - 60]
-            if len(self._block_times) >= limit:
-                self.counters["blocks_rate_limited"] += 1
-                self.enqueue("warning", {"message": f"block rate limit ({limit}/min) reached: {net} only alerted", "network": net})
-                self.engine.forget(net)
-                self.counters["detections"] += 1
-                self.enqueue("detection", d, action="alert (rate-limited)")
+            times = self._block_times
+            while times and times[0] <= now - 60:
+                times.popleft()
+            if len(times) >= limit:
+                self.not_blocked(d, "blocks_rate_limited", f"block rate limit ({limit}/min) reached", "alert (rate-limited)")
                 return
-            self._block_times.append(now)
+            times.append(now)
         if r["max_blocked"] and self.kernel_blocked >= r["max_blocked"]:
-            self.counters["blocks_capped"] += 1
-            self.enqueue("warning", {"message": f"blocked-set cap ({r['max_blocked']}) reached: {net} only alerted", "network": net})
-            self.engine.forget(net)
-            self.counters["detections"] += 1
-            self.enqueue("detection", d, action="alert (cap)")
+            self.not_blocked(d, "blocks_capped", f"blocked-set cap ({r['max_blocked']}) reached", "alert (cap)")
             return
         try:
             self.nft.block(net, int(d.duration))
@@ -357,6 +358,29 @@ class Daemon:
             self.kernel_blocked = self.nft.blocked_count()
         except Exception as e:
             log.error("cannot count the blocked sets: %s", e)
+
+    def not_blocked(self, d, counter: str, why: str, action: str) -> None:
+        """A block refused by a safety valve (max_blocks_per_minute, max_blocked): counted, and the
+        source is only alerted and forgotten. Under a spoofed flood this runs for every packet, so
+        the warning is logged at most every 10 s (with how many were refused since) and at most
+        60 such alerts a minute are reported one by one; the rest only count (alerts_suppressed)."""
+        self.counters[counter] += 1
+        self.counters["detections"] += 1
+        self.engine.forget(d.network)
+        self._valve_refused += 1
+        mono = time.monotonic()
+        if mono - self._valve_warned >= 10:
+            n, self._valve_refused, self._valve_warned = self._valve_refused, 0, mono
+            more = f" ({n} sources not blocked since the last warning)" if n > 1 else ""
+            self.enqueue("warning", {"message": f"{why}: {d.network} only alerted{more}", "network": d.network})
+        alerts = self._valve_alerts
+        while alerts and alerts[0] <= mono - 60:
+            alerts.popleft()
+        if len(alerts) < 60:
+            alerts.append(mono)
+            self.enqueue("detection", d, action=action)
+        else:
+            self.counters["alerts_suppressed"] += 1
 
     def on_ftp_packet(self, p) -> None:
         """Queue 1: an FTP control segment with payload. The verdict comes first (the tracker never
@@ -572,6 +596,7 @@ class Daemon:
     def add_ignore(self, net: str) -> None:
         from nfsentry.addrs import PrefixSet
         self.nft.add_ignore(net)
+        self.runtime_ignore.add(net)
         self.protected = sorted(set(self.protected) | {net})
         self.engine.ignore = PrefixSet(self.protected)
 
@@ -608,8 +633,9 @@ class Daemon:
         old = self.cfg
         self.cfg = new
         try:
-            self.protected = protected_networks(new)
-            self.nft.load(ruleset_spec(new, self.protected), backend=new["nft"]["backend"])
+            protected = sorted(set(protected_networks(new)) | self.runtime_ignore)
+            self.nft.load(ruleset_spec(new, protected), backend=new["nft"]["backend"])
+            self.protected = protected
         except Exception as e:
             self.cfg = old
             log.error("reload refused, the running configuration stays: %s", e)
@@ -630,13 +656,19 @@ class Daemon:
                 kind = None
             try:
                 if kind == "stop":
-                    self.flush_pending()
+                    self.flush_pending(force=True)
                     return
                 if kind is not None:
                     self.handle_event(kind, obj, extra)
                 if self.pending_store:
                     self.flush_pending()
-                if time.monotonic() - last_refresh > 30:
+                elif time.monotonic() >= self._store_retry_at:
+                    self._store_retry_at = time.monotonic() + 5
+                    try:  # a database deleted while nothing happens is recreated within seconds
+                        self._check_store()
+                    except (StoreError, OSError) as e:
+                        self.storage_fault(e)
+                if time.monotonic() - last_refresh >= self.cfg.durations["refresh_interval"]:
                     last_refresh = time.monotonic()
                     self.refresh_protected()
                     if self.cfg["response"]["max_blocked"]:
@@ -688,14 +720,53 @@ class Daemon:
                 log.error("cannot append to %s: %s", r["hosts_deny"], e.strerror or e)
 
     def store_write(self, op: str, ev: dict) -> None:
+        """Persist one event. Through any storage fault the kernel set stays authoritative: failed
+        writes wait in order (bounded) and the worker retries them at most once a second."""
+        if self.pending_store:  # storage is faulty: queue behind what already waits
+            self._keep_pending(op, ev)
+            return
+        try:
+            self._persist(op, ev)
+        except (StoreError, OSError) as e:
+            self.storage_fault(e)
+            self._keep_pending(op, ev)
+
+    def _keep_pending(self, op: str, ev: dict) -> None:
+        if len(self.pending_store) < 100_000:
+            self.pending_store.append((op, ev))
+        else:
+            self.counters["storage_dropped"] += 1
+
+    def storage_fault(self, e: Exception) -> None:
+        self.counters["storage_errors"] += 1
+        self._store_retry_at = time.monotonic() + 1.0
+        n = self.counters["storage_errors"]
+        if n <= 3 or n % 100 == 0:
+            log.error("storage fault (kernel set stays authoritative, will retry): %s", e)
+
+    def _check_store(self) -> None:
+        """(Re)open the database when it is not open or its file was deleted or replaced."""
+        if self.store is not None and not self.store.replaced():
+            return
+        if self.store is not None:
+            log.error("the database %s was deleted or replaced while running: starting a new one, "
+                      "re-importing the kernel's blocked set", self.cfg.db_path)
+        self.reopen_store()
+
+    def _persist(self, op: str, ev: dict) -> None:
+        self._check_store()
         try:
             self._store_op(op, ev)
-        except (StoreError, OSError) as e:
+        except StoreCorrupt as e:
             self.counters["storage_errors"] += 1
-            if len(self.pending_store) < 100_000:
-                self.pending_store.append((op, ev))
-            if self.counters["storage_errors"] <= 3 or self.counters["storage_errors"] % 100 == 0:
-                log.error("storage fault (kernel set stays authoritative, will retry): %s", e)
+            try:
+                dest = move_aside(self.cfg.db_path)
+            except FileNotFoundError:
+                dest = None
+            log.error("%s; %s, starting a new one and re-importing the kernel's blocked set", e,
+                      f"moved aside to {dest}" if dest else "it is gone")
+            self.reopen_store()
+            self._store_op(op, ev)
 
     def _store_op(self, op: str, ev: dict) -> None:
         if self.store is None:
@@ -708,20 +779,16 @@ class Daemon:
         else:
             self.store.add_history(ev)
 
-    def flush_pending(self) -> None:
-        if not self.pending_store:
+    def flush_pending(self, force: bool = False) -> None:
+        if not self.pending_store or (not force and time.monotonic() < self._store_retry_at):
             return
-        if self.store is None or not Path(self.cfg.db_path).exists():
-            try:
-                self.reopen_store()
-            except StoreError:
-                return
         pending, self.pending_store = self.pending_store, []
         for i, (op, ev) in enumerate(pending):
             try:
-                self._store_op(op, ev)
-            except (StoreError, OSError):
+                self._persist(op, ev)
+            except (StoreError, OSError) as e:
                 self.pending_store = pending[i:] + self.pending_store
+                self.storage_fault(e)
                 return
         log.info("storage recovered: %d pending writes done", len(pending))
 
@@ -733,8 +800,9 @@ class Daemon:
             self.store = None
         try:
             self.store = Store(self.cfg.db_path)
-        except StoreCorrupt:
-            move_aside(self.cfg.db_path)
+        except StoreCorrupt as e:
+            dest = move_aside(self.cfg.db_path)
+            log.error("%s; moved aside to %s", e, dest)
             self.store = Store(self.cfg.db_path)
         now = time.time()
         known = {b["network"] for b in self.store.blocks(now)}
@@ -745,7 +813,8 @@ class Daemon:
             self.store.add_blocks(evs)
 
     def refresh_protected(self) -> None:
-        nets = protected_networks(self.cfg)
+        self.counters["protected_refreshes"] += 1
+        nets = sorted(set(protected_networks(self.cfg)) | self.runtime_ignore)
         if nets != self.protected:
             added = set(nets) - set(self.protected)
             for n in added:
@@ -856,7 +925,7 @@ def engine_config(cfg: Config):
 def ruleset_spec(cfg: Config, protected: list[str]):
     from nfsentry.nft import RulesetSpec
     m, n = cfg["monitor"], cfg["nft"]
-    return RulesetSpec(variant=m["mode"], tcp_ports=list(cfg.tcp_ports), udp_ports=list(cfg.udp_ports), ignore=list(protected),
+    return RulesetSpec(bypass=n["fail_open"], variant=m["mode"], tcp_ports=list(cfg.tcp_ports), udp_ports=list(cfg.udp_ports), ignore=list(protected),
                        queue=n["queue"], ftp_queue=n["ftp_queue"], ftp=m["ftp"], inuse=m["inuse"], mark=n["mark"], table=n["table"],
                        ipv6_prefix=cfg["detection"]["ipv6_prefix"], protect=list(m["protect"]))
 
