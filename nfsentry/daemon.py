@@ -180,6 +180,21 @@ class Daemon:
                         raise PermissionError(13, "not writable")
                 except OSError as e:
                     raise StartupError(f"nfsentry: [logging] {key} {p}: {e.strerror or e}", 2) from None
+        checks = []
+        if self.cfg["storage"]["database"]:
+            checks.append(("[storage] database", self.cfg.db_path, True))
+        if self.cfg["response"]["hosts_deny"]:
+            checks.append(("[response] hosts_deny", Path(self.cfg["response"]["hosts_deny"]), False))
+        for what, p, create in checks:
+            try:
+                if create:
+                    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if not p.parent.is_dir():
+                    raise FileNotFoundError(2, "no such directory")
+                if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+                    raise PermissionError(13, "not writable")
+            except OSError as e:
+                raise StartupError(f"nfsentry: {what} {p}: {e.strerror or e}", 2) from None
         self.alerter = Alerter(self.cfg, self.foreground)
         if self.alerter.syslog_problem:
             log.warning(self.alerter.syslog_problem)
