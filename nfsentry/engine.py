@@ -134,11 +134,19 @@ class Decision:
     label: str            # scan label of this packet ("SYN", "UNKNOWN", ...)
     flags: str            # TCP flag letters in FSRPAUEC order ("" for non-TCP)
     labels: tuple         # labels seen from this source (reactions only)
-    ports: tuple          # distinct ports hit by this source (reactions only)
+    port_keys: tuple      # (proto << 16 | port) hit by this source, last-hit order (reactions only)
     hits: int             # hits counted for this source, this one included
     why: object           # the reason: its text, or what it is made of (see ``reason``)
     duration: float       # block seconds; 0 = until unblocked (BLOCK only)
     offences: int         # blocks of this source so far, this one included
+
+    @property
+    def ports(self) -> tuple:
+        """Distinct port numbers hit by this source (reactions only), last-hit order."""
+        keys = self.port_keys
+        if len(keys) < 2:
+            return (keys[0] & 0xFFFF,) if keys else ()
+        return tuple(dict.fromkeys(k & 0xFFFF for k in keys))
 
     @property
     def reason(self) -> str:
@@ -231,7 +239,7 @@ def _format_reason(d: Decision, why: tuple) -> str:
     return text
 
 
-def _decision(action, ts, key, prefixlen, packet, label, flags, labels, ports, hits, why, duration,
+def _decision(action, ts, key, prefixlen, packet, label, flags, labels, port_keys, hits, why, duration,
               offences, _D=Decision) -> Decision:
     """Decision(...) without the dataclass __init__ call overhead (the hot path)."""
     d = _new(_D)
@@ -243,7 +251,7 @@ def _decision(action, ts, key, prefixlen, packet, label, flags, labels, ports, h
     d.label = label
     d.flags = flags
     d.labels = labels
-    d.ports = ports
+    d.port_keys = port_keys
     d.hits = hits
     d.why = why
     d.duration = duration
@@ -547,22 +555,16 @@ class Engine:
                     self._offenders_evicted += 1
             durations = self._durations
             duration = durations[offences] if offences < len(durations) else self.duration_for(offences)
-            blocked = self._blocked
             self._set_blocked(key, now + duration if duration > 0 else INF)
         else:
             duration = 0.0
         self._counts[action] += 1
-
-        if len(port_keys) == 1:
-            ports = (port_keys[0] & 0xFFFF,)
-        else:
-            ports = tuple(dict.fromkeys(p & 0xFFFF for p in port_keys))
         # The reason text is formatted when first read (_format_reason), which the daemon does on
         # its worker thread: the verdict path only stores what the text is made of.
         why = (label in self._instant if instant else None, self._trigger_text if triggered else None,
                self._window_text if windowed else None, hits, labels, port_keys,
                (offences, duration) if action is _BLOCK else None)
-        return _decision(action, now, key, plen, pkt, label, flags, labels, ports, hits, why, duration,
+        return _decision(action, now, key, plen, pkt, label, flags, labels, port_keys, hits, why, duration,
                          offences)
 
     reconfigure = configure
