@@ -101,6 +101,18 @@ _REPLY_CLASSIC = frozenset((RST, RST | ACK, SYN | ACK))
 _REPLY = tuple((f & CLASSIC) in _REPLY_CLASSIC for f in range(256))
 
 
+# Mid-stream shapes a legitimate stack sends inside a connection (data, urgent data, a close with
+# data). They are UNKNOWN as a scan label, but reach us only when conntrack lost the connection,
+# so they never react *instantly*; scan_trigger and the window still count them.
+_STREAM_CLASSIC = frozenset((PSH | ACK, ACK | URG, PSH | ACK | URG, FIN | PSH | ACK, FIN | PSH | ACK | URG))
+_STREAM = tuple((f & CLASSIC) in _STREAM_CLASSIC for f in range(256))
+
+
+def is_stream_shaped(flags: int) -> bool:
+    """PSH+ACK, ACK+URG, PSH+ACK+URG, FIN+PSH+ACK(+URG): what an established connection sends."""
+    return _STREAM[flags & 0xFF]
+
+
 def is_reply_shaped(flags: int) -> bool:
     """RST, RST+ACK or SYN+ACK (ECE/CWR ignored): exactly what a legitimate stack sends back to a
     probe, so possibly backscatter from a scan spoofing our address."""

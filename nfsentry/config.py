@@ -22,7 +22,7 @@ TROJAN_TCP = [1080, 1524, 2000, 5742, 6667, 12345, 12346, 20034, 27665, 31337,
               32771, 32772, 32773, 32774, 40421, 49724, 54320]
 TROJAN_UDP = [31335, 31337, 32770, 32771, 32772, 32773, 32774, 34555, 37444, 54321]
 
-LABELS = ("SYN", "FIN", "NULL", "XMAS", "FULL-XMAS", "ACK", "MAIMON", "UNKNOWN", "UDP", "MALFORMED")
+LABELS = ("SYN", "FIN", "NULL", "XMAS", "FULL-XMAS", "ACK", "MAIMON", "UNKNOWN", "UDP", "MALFORMED", "IPOPTS")
 
 # The schema: section -> key -> default. Types are checked against the default's type
 # (with the explicit checkers below for durations, ports, networks, enums).
@@ -35,6 +35,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "inuse": "auto",          # auto | socket | poll | off
         "mode": "host",           # host | gateway | observe
         "ftp": True,              # follow FTP control channels (queue 1)
+        "protect": [],            # gateway mode: networks behind this host whose ports are watched too
     },
     "detection": {
         "scan_trigger": 0,        # PortSentry SCAN_TRIGGER: 0 reacts on the first hit
@@ -397,6 +398,13 @@ def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = Tr
         raise ConfigError("[nft] ftp_queue: must differ from queue")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", data["nft"]["table"]):
         raise ConfigError(f"[nft] table: bad table name {data['nft']['table']!r}")
+    for entry in data["monitor"]["protect"]:
+        try:
+            parse_network(entry, "network")
+        except ValueError as e:
+            raise ConfigError(f"[monitor] protect: {e}") from None
+    if data["monitor"]["mode"] == "gateway" and not data["monitor"]["protect"]:
+        raise ConfigError("[monitor] protect: gateway mode needs the networks behind this host (e.g. [\"198.18.1.0/24\"])")
     for i, entry in enumerate(data["ignore"]["addresses"]):
         try:
             cfg.ignore.append(parse_network(entry, "address"))

@@ -20,7 +20,9 @@ The decision for one packet, in order (the rules live in :meth:`Engine.process`,
 Policies (each can react; the reason names every policy that did):
 
 * **instant**: the packet's label is in ``instant_labels`` (default NULL, XMAS, FULL-XMAS,
-  UNKNOWN, MALFORMED: combinations no legitimate stack sends). ``IPOPTS`` in ``instant_labels``
+  UNKNOWN, MALFORMED: combinations no legitimate stack sends). UNKNOWN shapes that an
+  established connection does send (PSH+ACK, ACK+URG, FIN+PSH+ACK, see
+  :func:`classify.is_stream_shaped`) never react instantly; the other policies count them. ``IPOPTS`` in ``instant_labels``
   makes IP options react too.
 * **scan_trigger** N (PortSentry ``SCAN_TRIGGER``): the hits a source is allowed before the
   reaction. The first N hits are counted, hit N+1 reacts: 0 reacts on the first hit (the
@@ -83,7 +85,7 @@ from enum import IntEnum
 from .addrs import PrefixSet, mask, masker, network_text, parse_network
 from .classify import FLAG_STRINGS as _FLAG_STRINGS
 from .classify import LABEL_BY_FLAGS as _LABEL_BY_FLAGS
-from .classify import _REPLY, classify, label_text, syn_hint
+from .classify import _REPLY, _STREAM, classify, label_text, syn_hint
 from .packet import Packet
 
 __all__ = ["Action", "Decision", "EngineConfig", "Engine", "RESPONSE_MODES", "DEFAULT_MAX_SOURCES"]
@@ -466,7 +468,8 @@ class Engine:
                 st.last = now
 
             # the policies
-            instant = label in instant_labels or (ipopts_instant and pkt.ip_options)
+            instant = (label in instant_labels and not (label == "UNKNOWN" and _STREAM[pkt.flags])) \
+                or (ipopts_instant and pkt.ip_options)
             triggered = hits > trigger
             windowed = window_ports and nports >= window_ports
             if not (instant or triggered or windowed) or (

@@ -606,3 +606,25 @@ def test_engine_never_raises_and_stays_bounded(items, trigger, window):
     s = e.stats
     assert s["tracked"] <= 5 and s["blocked"] <= 5 and s["offenders"] <= 5
     assert not math.isnan(float(s["packets"]))
+
+
+def test_midstream_shapes_are_unknown_but_never_instant():
+    """PSH+ACK data reaching us (conntrack lost the flow) is labelled UNKNOWN(PA) but only the
+    counting policies can react to it; a truly impossible combination (SYN+FIN) stays instant."""
+    import struct
+    from nfsentry.engine import Action, Engine, EngineConfig
+    from nfsentry.packet import decode
+
+    def tcp(src_last, flags):
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, bytes([198, 18, 0, src_last]), bytes([198, 18, 0, 1]))
+        return ip + struct.pack("!HHIIBBHHH", 40000, 80, 1, 1, 5 << 4, flags, 512, 0, 0)
+
+    e = Engine(EngineConfig(scan_trigger=2))
+    for flags in (0x18, 0x30, 0x38, 0x19):  # PA, AU, PAU, FPA
+        d = e.process(decode(tcp(10 + flags % 50, flags)), 1.0)
+        assert d.label == "UNKNOWN" and d.action == Action.COUNT, (flags, d.action)
+    d = e.process(decode(tcp(99, 0x03)), 1.0)  # SYN+FIN: no stack sends it
+    assert d.label == "UNKNOWN" and d.action == Action.BLOCK
+    src = 7
+    acts = [e.process(decode(tcp(src, 0x18)), 2.0 + i).action for i in range(3)]
+    assert acts == [Action.COUNT, Action.COUNT, Action.BLOCK]  # scan_trigger 2 still counts them
