@@ -108,6 +108,17 @@ class Store:
         except OSError:
             self._identity = None
 
+    def damaged(self) -> bool:
+        """Was the file overwritten or truncated behind SQLite's back (no SQLite header)? SQLite
+        itself may not notice for a long time: its cache and the WAL still hold the data."""
+        if self.readonly:
+            return False
+        try:
+            with open(self.path, "rb") as f:
+                return f.read(16) != b"SQLite format 3\x00"
+        except OSError:
+            return True
+
     def replaced(self) -> bool:
         """Is the file at our path gone or another file than the one we have open (deleted,
         renamed or replaced while running)? Writes would then land in an unreachable inode."""
