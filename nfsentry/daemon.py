@@ -679,8 +679,10 @@ class Daemon:
                     self.flush_pending()
                 elif time.monotonic() >= self._store_retry_at:
                     self._store_retry_at = time.monotonic() + 5
-                    try:  # a database deleted while nothing happens is recreated within seconds
+                    try:  # a database deleted or overwritten while nothing happens is redone within seconds
                         self._check_store()
+                    except StoreCorrupt:
+                        self.store_write("check", {})
                     except (StoreError, OSError) as e:
                         self.storage_fault(e)
                 if time.monotonic() - last_refresh >= self.cfg.durations["refresh_interval"]:
@@ -760,8 +762,11 @@ class Daemon:
             log.error("storage fault (kernel set stays authoritative, will retry): %s", e)
 
     def _check_store(self) -> None:
-        """(Re)open the database when it is not open or its file was deleted or replaced."""
+        """(Re)open the database when it is not open or its file was deleted or replaced; raise
+        StoreCorrupt when it was overwritten in place."""
         if self.store is not None and not self.store.replaced():
+            if self.store.damaged():
+                raise StoreCorrupt(f"{self.cfg.db_path}: database is corrupt (overwritten while open: no SQLite header)")
             return
         if self.store is not None:
             log.error("the database %s was deleted or replaced while running: starting a new one, "
@@ -769,8 +774,8 @@ class Daemon:
         self.reopen_store()
 
     def _persist(self, op: str, ev: dict) -> None:
-        self._check_store()
         try:
+            self._check_store()
             self._store_op(op, ev)
         except StoreCorrupt as e:
             self.counters["storage_errors"] += 1
@@ -791,6 +796,8 @@ class Daemon:
         elif op == "remove_block":
             self.store.remove_block(ev["network"])
             self.store.forget_offender(ev["network"])
+        elif op == "check":  # nothing to write: only (re)open the database
+            pass
         else:
             self.store.add_history(ev)
 
