@@ -118,7 +118,7 @@ def protected_networks(cfg: Config) -> list[str]:
     ssh = ssh_client()
     if ssh:
         nets.add(ssh)
-    return sorted(str(ipaddress.ip_network(n, strict=False)) for n in nets)
+    return sorted({str(ipaddress.ip_network(n, strict=False)) for n in nets})
 
 
 def require_root() -> None:
