@@ -140,7 +140,8 @@ class Daemon:
         self.counters = {"queued": 0, "ftp_packets": 0, "detections": 0, "blocks": 0, "dropped_by_verdict": 0,
                          "errors": 0, "events_lost": 0, "blocks_rate_limited": 0, "blocks_capped": 0,
                          "never_block_refused": 0, "storage_errors": 0,
-                         "alerts_suppressed": 0, "storage_dropped": 0, "protected_refreshes": 0}
+                         "alerts_suppressed": 0, "storage_dropped": 0, "protected_refreshes": 0,
+                         "blocks_narrowed": 0}
         self._last_error_log = 0.0
         self._block_times: collections.deque = collections.deque()  # recent blocks (max_blocks_per_minute)
         self._valve_alerts: collections.deque = collections.deque()  # alerts reported for refused blocks
@@ -355,6 +356,12 @@ class Daemon:
         if r["max_blocked"] and self.kernel_blocked >= r["max_blocked"]:
             self.not_blocked(d, "blocks_capped", f"blocked-set cap ({r['max_blocked']}) reached", "alert (cap)")
             return
+        if d.prefixlen < 128 and len(d.key) == 16 and self.covers_protected(net):
+            # A (possibly forged) source in the same /64 as an address nfsentry never blocks (this
+            # host, its gateway, the ignore list...): block that address alone, never the prefix.
+            d.key, d.prefixlen = d.src, 128
+            net = d.network
+            self.counters["blocks_narrowed"] += 1
         try:
             self.nft.block(net, int(d.duration))
         except Exception as e:
@@ -365,6 +372,13 @@ class Daemon:
         self.counters["detections"] += 1
         self.enqueue("detection", d)
         self.enqueue("block", d)
+
+    def covers_protected(self, net: str) -> bool:
+        cache = getattr(self, "_protected_nets", None)
+        if cache is None or cache[0] is not self.protected:
+            cache = self._protected_nets = (self.protected, [ipaddress.ip_network(p) for p in self.protected])
+        n = ipaddress.ip_network(net)
+        return any(p.version == n.version and p.overlaps(n) for p in cache[1])
 
     def refresh_blocked_count(self) -> None:
         """Listing 100,000 blocks takes ~0.5 s: done in the worker, never on the packet thread.
