@@ -475,3 +475,20 @@ def test_fail_open_renders_bypass_and_fail_closed_does_not():
         assert all(l.endswith("queue flags bypass to 1") for l in ftp_rules)
         compat = N.compat_rules(spec)
         assert all(("--queue-bypass" in args) == (fail_open or "0x4e460002" in args[3]) for _, _, args in compat)
+
+
+def test_a_v6_source_next_to_a_protected_address_is_blocked_alone_not_its_prefix(tmp_path, monkeypatch):
+    """Forged 2001:db8::99 shares the host's /64 (and its gateway's): blocking the /64 would cut the
+    host off its own network. Only that address is blocked."""
+    fake_ip(monkeypatch)
+    monkeypatch.delenv("SSH_CONNECTION", raising=False)
+    monkeypatch.delenv("SSH_CLIENT", raising=False)
+    d = make_daemon(tmp_path, ignore={"own_addresses": True, "gateways": True})
+    p = FakePkt(syn("2001:db8::99"))
+    d.on_packet(p)
+    assert p.verdicts == ["drop"] and list(d.nft.sets) == ["2001:db8::99"]
+    assert d.counters["blocks_narrowed"] == 1
+    (_, dec, _), = [e for e in drain(d) if e[0] == "block"]
+    assert dec.network == "2001:db8::99"
+    d.on_packet(FakePkt(syn("2001:db8:5::99")))  # a /64 holding nothing protected: the whole /64
+    assert "2001:db8:5::/64" in d.nft.sets
