@@ -56,15 +56,16 @@ venv: deps-run $(STAMPS)/pkg
 run: deps-run $(STAMPS)/pkg
 	$(VENV)/bin/nfsentry run --foreground $(RUN_ARGS)
 
+# One pytest session: the host tier (this kernel, compat backend) and the stock-kernel tier
+# (tests/kernel boots Debian's kernel under qemu and runs the native-marked tests in it).
 test: deps-test $(STAMPS)/test
-	@$(MAKE) --no-print-directory test-host
-	@$(MAKE) --no-print-directory test-kernel
-
-test-host: deps-test $(STAMPS)/test
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+test-host: deps-test $(STAMPS)/test
+	$(PY) -m pytest tests --ignore=tests/kernel $(PYTEST_ARGS)
+
 test-kernel: deps-test $(STAMPS)/test
-	@if [ -x tests/kernel/run-tier.sh ]; then tests/kernel/run-tier.sh; else echo "test-kernel: tier not present yet"; fi
+	$(PY) -m pytest tests/kernel $(PYTEST_ARGS)
 
 bench: deps-test $(STAMPS)/test
 	$(PY) bench/run.py
