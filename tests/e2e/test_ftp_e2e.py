@@ -363,7 +363,9 @@ def test_probes_of_announced_ports_and_port_20_scans_are_blocked(lab, tmp_path):
         queued = d.status()["counters"]["queued"]
         check_transfer(held.release(), local, 4, "passive", count=1)
         st = d.status()
-        assert st["counters"]["queued"] > queued and st["ftp"]["expectations"]["matched"] == 1, st
+        # (the NLST's data connection may match in the verdict loop too, when its SYN beats the
+        # kernel element)
+        assert st["counters"]["queued"] > queued and st["ftp"]["expectations"]["matched"] >= 1, st
         # After the exchange the port is still protected from anyone else.
         d.cli("unblock", attacker.ip4)
         t0 = time.time()
