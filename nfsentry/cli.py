@@ -363,7 +363,13 @@ def history(since: Optional[str] = typer.Option(None, "--since", help="duration 
         except ValueError as e:
             fail(str(e))
     cfg = load_config(config)
-    if not cfg.db_path.exists():
+    try:  # the state directory is 0700 and the database 0600: root only
+        exists = cfg.db_path.exists()
+        if exists and not os.access(cfg.db_path, os.R_OK):
+            raise PermissionError
+    except PermissionError:
+        fail(f"permission denied: {cfg.db_path} is readable by root only", EXIT_NOPERM)
+    if not exists:
         rows = []
     else:
         try:
