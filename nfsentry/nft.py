@@ -357,9 +357,10 @@ def _model(spec: RulesetSpec, backend: str) -> _Model:
     if spec.ftp:
         ftp_jump = [
             (["7. FTP control channel, both directions: to the FTP tracker. Before the established",
-              "   shortcut below, because control packets belong to an established connection."],
-             f"tcp dport {FTP_PORT} jump ftp_control"),
-            ([], f"tcp sport {FTP_PORT} jump ftp_control"),
+              "   shortcut below, because control packets belong to an established connection; only",
+              "   those: a forged segment of no connection never reaches the tracker."],
+             f"ct state established tcp dport {FTP_PORT} jump ftp_control"),
+            ([], f"ct state established tcp sport {FTP_PORT} jump ftp_control"),
         ]
     expect = [
         (["5. Expected FTP data connections."], "ip saddr . ip daddr . tcp dport @ftp_expect4 accept"),

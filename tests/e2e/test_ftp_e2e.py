@@ -427,12 +427,22 @@ def test_bounce_and_hostile_lines_are_reported_and_control_keeps_flowing(lab, tm
     """The legit host's client asks the victim's vsftpd to connect to the attacker (PORT, EPRT),
     sends a 3000-byte line and a PORT with a bad number and an escape sequence. Each is reported as
     an event (JSON, syslog), no expectation names the attacker, nothing is blocked, and the same
-    control connection then runs a normal transfer."""
+    control connection then runs a normal transfer. A forged control segment outside any
+    connection is not even queued."""
     victim, legit, attacker = lab["victim"], lab["legit"], lab["attacker"]
     d = ftp_daemon(victim, tmp_path / "nfs", exclude=["21"])
     d.start()
     try:
         vsftpd(victim, tmp_path / "victim")
+        # A forged control segment of no connection (ACK+PSH, no handshake) never reaches the
+        # tracker: only established control connections are queued.
+        forged = tmp_path / "forged.txt"
+        forged.write_bytes(b"PORT 198,18,0,2,156,64\r\n")
+        before = d.status()
+        attacker.hping3(["-c", "1", "-A", "-P", "-s", "2121", "-p", "21", "-E", str(forged), "-d", "24", victim.ip4])
+        after = d.status()
+        assert after["kernel"]["queued_ftp"] == before["kernel"]["queued_ftp"], (before["kernel"], after["kernel"])
+        assert after["ftp"]["tracker"]["packets"] == before["ftp"]["tracker"]["packets"] == 0
         for fam, server, third in ((4, victim.ip4, attacker.ip4), (6, victim.ip6, attacker.ip6)):
             src = legit.ip4 if fam == 4 else legit.ip6
             res = legit.run([PYTHON, "-c", HOSTILE, server, third], check=False, timeout=60)
