@@ -359,9 +359,14 @@ class Daemon:
         if d.prefixlen < 128 and len(d.key) == 16 and self.covers_protected(net):
             # A (possibly forged) source in the same /64 as an address nfsentry never blocks (this
             # host, its gateway, the ignore list...): block that address alone, never the prefix.
+            wide = net
             d.key, d.prefixlen = d.src, 128
             net = d.network
             self.counters["blocks_narrowed"] += 1
+            # the engine must not treat the whole prefix as blocked: its other addresses are
+            # judged (and blocked) one by one; the prefix keeps its offence count
+            self.engine.forget(wide)
+            self.engine.restore_offender(wide, d.offences)
         try:
             self.nft.block(net, int(d.duration))
         except Exception as e:
