@@ -153,7 +153,7 @@ def missing_tools() -> list[str]:
 
 
 def build_image(timeout: float = BUILD_TIMEOUT) -> Image:
-    """Download/build the stock-kernel image, or reuse the cached one (then ~0.2 s)."""
+    """Download/build the stock-kernel image, or reuse the cached one (then about a second)."""
     start = time.monotonic()
     try:
         res = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, timeout=timeout,
@@ -186,7 +186,7 @@ def qemu_argv(image: Image, out: Path, console: Path | None) -> list[str]:
         "-serial", f"file:{console}" if console else "stdio",
         "-kernel", str(image.vmlinuz), "-initrd", str(image.initramfs), "-append", append,
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        "-virtfs", f"local,path={out},mount_tag=out,security_model=none,multidevs=remap",
+        "-virtfs", f"local,path={str(out).replace(',', ',,')},mount_tag=out,security_model=none,multidevs=remap",
         "-device", "virtio-rng-pci", "-nic", "none",
     ]
 
