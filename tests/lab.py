@@ -253,9 +253,9 @@ class Lab:
         self.namespaces.append(ns)
         sh(["ip", "-n", ns, "link", "set", "lo", "up"])
         # No DAD delay for the documentation addresses; no router solicitations leaving.
-        for key, val in (("net.ipv6.conf.all.accept_dad", "0"), ("net.ipv6.conf.default.accept_dad", "0"),
-                         ("net.ipv6.conf.all.accept_ra", "0"), ("net.ipv6.conf.default.accept_ra", "0")):
-            sh(["ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={val}"], check=False)
+        # one program start per namespace (they are slow under qemu's TCG in the stock-kernel tier)
+        sh(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+            "net.ipv6.conf.all.accept_ra=0", "net.ipv6.conf.default.accept_ra=0"], check=False)
         return ns
 
     def add_segment(self, name: str, net4: str, net6: str) -> None:
@@ -276,13 +276,12 @@ class Lab:
         swns, net4, net6 = self.segments[segment]
         ifname = f"eth{len(host.ifaces)}"
         port = f"p{len(self.hosts)}{segment[:6]}{len(host.ifaces)}"[:15]
-        sh(["ip", "-n", swns, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", host.ns])
-        sh(["ip", "-n", swns, "link", "set", port, "master", "br0", "up"])
         ip4 = str(net4.network_address + hostnum)
         ip6 = str(net6.network_address + hostnum)
-        sh(["ip", "-n", host.ns, "addr", "add", f"{ip4}/{net4.prefixlen}", "dev", ifname])
-        sh(["ip", "-n", host.ns, "addr", "add", f"{ip6}/{net6.prefixlen}", "dev", ifname, "nodad"])
-        sh(["ip", "-n", host.ns, "link", "set", ifname, "up"])
+        sh(["ip", "-n", swns, "-batch", "-"], input=f"link add {port} type veth peer name {ifname} netns {host.ns}\n"
+           f"link set {port} master br0 up\n")
+        sh(["ip", "-n", host.ns, "-batch", "-"], input=f"addr add {ip4}/{net4.prefixlen} dev {ifname}\n"
+           f"addr add {ip6}/{net6.prefixlen} dev {ifname} nodad\nlink set {ifname} up\n")
         host.ifaces[segment] = (ifname, ip4, ip6)
         if not host.ip4:
             host.ip4, host.ip6 = ip4, ip6

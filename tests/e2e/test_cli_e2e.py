@@ -24,7 +24,6 @@ def targets(lab, family):
     return (v.ip4, a.ip4) if family == 4 else (v.ip6, a.ip6)
 
 
-@pytest.mark.native
 @pytest.mark.parametrize("family", [4, 6])
 def test_block_unblock_without_daemon(victim_service, tmp_path, family):
     lab = victim_service
@@ -55,7 +54,6 @@ def test_block_unblock_without_daemon(victim_service, tmp_path, family):
     d.close()
 
 
-@pytest.mark.native
 @pytest.mark.parametrize("family", [4, 6])
 def test_unblock_with_daemon_forgets_the_source(victim_service, tmp_path, family):
     """Unblocking through the running daemon clears the engine too: with scan_trigger 2 a single

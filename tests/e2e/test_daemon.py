@@ -48,7 +48,6 @@ def assert_blocked_then_unblock(daemon, attacker, target, src):
     assert attacker.connect(target, OPEN_PORT) == "connected"
 
 
-@pytest.mark.native
 @pytest.mark.parametrize("family", [4, 6])
 def test_each_nmap_scan_is_labelled_and_blocked(lab, daemon, family):
     attacker, victim = lab["attacker"], lab["victim"]
@@ -80,7 +79,6 @@ def test_ip_options_are_reported(lab, daemon):
     assert any("ipopts=RR" in l for l in daemon.syslog.lines)
 
 
-@pytest.mark.native
 def test_legit_traffic_ignored_host_and_own_replies_raise_nothing(lab, daemon):
     victim, legit, ignored = lab["victim"], lab["legit"], lab["ignored"]
     victim.udp_service(5353)
