@@ -148,6 +148,7 @@ class Daemon:
         self._valve_warned = -1e9
         self._valve_refused = 0
         self._store_retry_at = 0.0
+        self._narrowed: collections.OrderedDict = collections.OrderedDict()  # v6 sources blocked alone
         self.runtime_ignore: set[str] = set()  # `unblock --ignore` while running: kept across refreshes
         self.kernel_blocked = 0  # entries in the kernel's blocked sets (recounted by the worker)
         self.nft = None
@@ -343,6 +344,23 @@ class Daemon:
         """The source goes into the kernel set now (the verdict is already given)."""
         now = time.time()
         net = d.network
+        if d.prefixlen < 128 and len(d.key) == 16 and self.covers_protected(net):
+            # A (possibly forged) source in the same /64 as an address nfsentry never blocks (this
+            # host, its gateway, the ignore list...): block that address alone, never the prefix.
+            # The engine must not treat the prefix as blocked either: its other addresses are judged
+            # one by one (the prefix keeps its offence count).
+            self.engine.forget(net)
+            seen = self._narrowed.get(d.src)
+            if seen and seen[0] > now - 10:  # queued before its block took effect: already done
+                self.engine.restore_offender(net, seen[1])
+                return
+            self.engine.restore_offender(net, d.offences)
+            self._narrowed[d.src] = (now, d.offences)
+            if len(self._narrowed) > 1024:
+                self._narrowed.popitem(last=False)
+            d.key, d.prefixlen = d.src, 128
+            net = d.network
+            self.counters["blocks_narrowed"] += 1
         r = self.cfg["response"]
         limit = r["max_blocks_per_minute"]
         if limit:
@@ -356,17 +374,6 @@ class Daemon:
         if r["max_blocked"] and self.kernel_blocked >= r["max_blocked"]:
             self.not_blocked(d, "blocks_capped", f"blocked-set cap ({r['max_blocked']}) reached", "alert (cap)")
             return
-        if d.prefixlen < 128 and len(d.key) == 16 and self.covers_protected(net):
-            # A (possibly forged) source in the same /64 as an address nfsentry never blocks (this
-            # host, its gateway, the ignore list...): block that address alone, never the prefix.
-            wide = net
-            d.key, d.prefixlen = d.src, 128
-            net = d.network
-            self.counters["blocks_narrowed"] += 1
-            # the engine must not treat the whole prefix as blocked: its other addresses are
-            # judged (and blocked) one by one; the prefix keeps its offence count
-            self.engine.forget(wide)
-            self.engine.restore_offender(wide, d.offences)
         try:
             self.nft.block(net, int(d.duration))
         except Exception as e:
