@@ -147,15 +147,22 @@ while time.monotonic() < end:
             fail += 1
     except OSError as e:
         fail += 1
-        errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+        k = f"{type(e).__name__}:{e.errno}"
+        errors[k] = errors.get(k, 0) + 1
     finally:
         s.close()
+    if a["interval"]:
+        time.sleep(a["interval"])
 print(json.dumps({"ok": ok, "fail": fail, "errors": errors, "seconds": a["seconds"]}), flush=True)
 """
 
 
-def legit_rate_start(client: Host, addr: str, port: int, seconds: float, timeout: float = 3.0) -> subprocess.Popen:
-    return client.popen([PYTHON, "-c", _CLIENT, json.dumps({"addr": addr, "port": port, "seconds": seconds, "timeout": timeout})])
+def legit_rate_start(client: Host, addr: str, port: int, seconds: float, timeout: float = 3.0,
+                     interval: float = 0.0) -> subprocess.Popen:
+    """Start the client loop; ``interval`` paces it (a long loop at full speed would run out of
+    ephemeral ports: every session leaves a TIME_WAIT socket for a minute)."""
+    return client.popen([PYTHON, "-c", _CLIENT, json.dumps({"addr": addr, "port": port, "seconds": seconds,
+                                                             "timeout": timeout, "interval": interval})])
 
 
 def legit_rate_result(p: subprocess.Popen, timeout: float = 120) -> dict:

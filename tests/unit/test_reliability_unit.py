@@ -490,5 +490,11 @@ def test_a_v6_source_next_to_a_protected_address_is_blocked_alone_not_its_prefix
     assert d.counters["blocks_narrowed"] == 1
     (_, dec, _), = [e for e in drain(d) if e[0] == "block"]
     assert dec.network == "2001:db8::99"
+    p = FakePkt(syn("2001:db8::99", dport=9))  # queued before the block took effect: no second block
+    d.on_packet(p)
+    assert p.verdicts == ["drop"] and d.counters["blocks"] == 1
+    p = FakePkt(syn("2001:db8::98"))  # its neighbour is judged on its own, and blocked alone too
+    d.on_packet(p)
+    assert p.verdicts == ["drop"] and set(d.nft.sets) == {"2001:db8::99", "2001:db8::98"}
     d.on_packet(FakePkt(syn("2001:db8:5::99")))  # a /64 holding nothing protected: the whole /64
     assert "2001:db8:5::/64" in d.nft.sets
