@@ -292,6 +292,8 @@ def unblock(addresses: List[str] = typer.Argument(None, help="ADDR or ADDR/PREFI
             nets.append(normalize_network(a))
         except ValueError as e:
             fail(str(e))
+        if nets[-1].endswith("/0"):
+            fail(f"refusing {a!r}: a /0 matches every address (use --all to remove every block)")
     cfg = load_config(config)
     need_root("unblock")
     reply = daemon_request(cfg, "unblock", networks=nets, all=all_, ignore=ignore)
