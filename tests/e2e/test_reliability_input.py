@@ -123,6 +123,8 @@ def test_unusable_paths_are_refused_before_the_kernel_is_touched(lab, tmp_path):
     (["block", "198.18.0.2", "--for", "-5s"], "bad duration"),
     (["unblock", "198.18.0.2`id`"], "bad address"),
     (["unblock"], "at least one address"),
+    (["unblock", "0.0.0.0/0"], "/0"),
+    (["unblock", "::/0"], "/0"),
     (["history", "--since", "'; DROP TABLE blocks; --"], "bad --since"),
     (["history", "--source", "198.18.0.0/0x"], "bad address"),
 ])
