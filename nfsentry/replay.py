@@ -15,7 +15,7 @@ filters from what the capture shows:
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any
 
 from nfsentry import config as C
@@ -27,6 +27,18 @@ class ReplayError(Exception):
 
 def _in_ranges(port: int, ranges: list[tuple[int, int]]) -> bool:
     return any(lo <= port <= hi for lo, hi in ranges)
+
+
+class _PackedNet:
+    """A network tested against raw address bytes."""
+
+    def __init__(self, text: str) -> None:
+        net = ipaddress.ip_network(text)
+        self.max_prefixlen = net.max_prefixlen
+        self.net = net
+
+    def __contains__(self, raw: bytes) -> bool:
+        return ipaddress.ip_address(raw) in self.net
 
 
 def read_capture(path: str) -> list[tuple[float, bytes]]:
@@ -49,7 +61,7 @@ def read_capture(path: str) -> list[tuple[float, bytes]]:
 
 def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dict[str, Any]]:
     from nfsentry.addrs import PrefixSet
-    from nfsentry.daemon import decision_event, engine_config
+    from nfsentry.daemon import decision_event, engine_config, narrow_ipv6_block
     from nfsentry.engine import Engine
     from nfsentry.packet import decode
 
@@ -70,7 +82,16 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
         if p.src in locals_ and p.proto in (6, 17) and not p.malformed:
             if p.proto == 17 or (p.flags & 0x12) == 0x12 or (p.flags & 0x10 and not p.flags & 0x04):
                 in_use.add((p.src, p.proto, p.sport))
-    engine = Engine(engine_config(cfg), ignore=PrefixSet([str(n) for n in cfg.ignore]))
+    protected = [str(n) for n in cfg.ignore] + [str(ipaddress.ip_address(a)) for a in locals_]
+    engine = Engine(engine_config(cfg), ignore=PrefixSet(protected))
+    protected_nets = [ipaddress.ip_network(n) for n in protected]
+
+    def covers(net: str) -> bool:
+        n = ipaddress.ip_network(net)
+        return any(pn.version == n.version and pn.overlaps(n) for pn in protected_nets)
+
+    narrowed: OrderedDict = OrderedDict()
+    kernel_blocked: list = []  # what the kernel set would hold: its packets never reach the queue
     established: set[tuple] = set()
     events: list[dict[str, Any]] = []
     for ts, p in packets:
@@ -86,13 +107,21 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
             continue
         if (p.proto, p.src, p.sport, p.dst, p.dport) in established:
             continue
+        if kernel_blocked and any(p.src in net for net in kernel_blocked if len(p.src) == net.max_prefixlen // 8):
+            continue
         d = engine.process(p, ts)
         a = int(d.action)
         if a == 4:
             ev = decision_event(d, "detection", cfg)
-            events.append(ev)
             if ev["action"] == "block":
+                if narrow_ipv6_block(engine, d, covers, narrowed, ts) is None:
+                    continue
+                ev = decision_event(d, "detection", cfg)
+                events.append(ev)
                 events.append(decision_event(d, "block", cfg))
+                kernel_blocked.append(_PackedNet(d.network))
+            else:
+                events.append(ev)
         elif a == 3:
             events.append(decision_event(d, "detection", cfg))
     return events

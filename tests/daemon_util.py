@@ -155,6 +155,11 @@ class Nfsentry:
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         return self.host.run([NFSENTRY, *args, "--config", str(self.config)], check=check, timeout=timeout)
 
+    def control(self, cmd: str, **args: Any) -> dict[str, Any]:
+        """A request over the control socket from this process (no program start: cheap under qemu)."""
+        from nfsentry.control import request
+        return request(str(self.sections["daemon"]["control_socket"]), cmd, **args)
+
     def blocked(self) -> list[dict[str, Any]]:
         return json.loads(self.cli("blocked", "--json").stdout)
 

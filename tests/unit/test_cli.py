@@ -127,7 +127,7 @@ def test_not_root_is_exit_77_one_line(args):
 # -- replay ----------------------------------------------------------------------------------------
 def make_capture(path: Path) -> None:
     from scapy.all import IP, IPv6, TCP, UDP, Raw, wrpcap
-    V, A, L, A6 = "198.18.0.1", "198.18.0.2", "198.18.0.3", "2001:db8::2"
+    V, A, L, A6, N6 = "198.18.0.1", "198.18.0.2", "198.18.0.3", "2001:db8:5::2", "2001:db8::9"
     pkts = []
     t = 1_700_000_000.0
     # benign: legit opens a session to open port 80 (the victim answers SYN-ACK, so the port is in use)
@@ -142,11 +142,12 @@ def make_capture(path: Path) -> None:
         p = IP(src=A, dst=V) / TCP(sport=50000, dport=port, flags="S")
         p.time = t
         pkts.append(p)
-    for port in (110, 111, 112):
-        t += 0.01
-        p = IPv6(src=A6, dst="2001:db8::1") / TCP(sport=50001, dport=port, flags="F")
-        p.time = t
-        pkts.append(p)
+    for src in (A6, N6):  # N6 shares the victim's /64: its block must be narrowed to the address
+        for port in (110, 111, 112, 113):
+            t += 0.01
+            p = IPv6(src=src, dst="2001:db8::1") / TCP(sport=50001, dport=port, flags="F")
+            p.time = t
+            pkts.append(p)
     t += 0.01
     p = IP(src=L, dst=V) / UDP(sport=5353, dport=5353) / Raw(b"x")  # unmonitored port
     p.time = t
@@ -162,14 +163,17 @@ def test_replay_reports_scans_with_capture_timestamps_and_ignores_benign(tmp_pat
     assert res.exit_code == 0, res.stderr
     evs = json.loads(res.stdout)
     got = [(e["event"], e["network"], e["label"], e["port"]) for e in evs]
-    # scan_trigger 2: the third SYN (port 22) and the third FIN (port 112) react; the benign
-    # session to the port that answered (80) and the unmonitored UDP port raise nothing
+    # scan_trigger 2: the third SYN (port 22) and the third FIN (port 112) react, later packets of
+    # blocked sources never reach the queue; a /64 holding the protected host is narrowed to the
+    # one address; the benign session to the port that answered (80) and the unmonitored UDP port
+    # raise nothing
     assert got == [("detection", "198.18.0.2", "SYN", 22), ("block", "198.18.0.2", "SYN", 22),
-                   ("detection", "2001:db8::/64", "FIN", 112), ("block", "2001:db8::/64", "FIN", 112)], got
+                   ("detection", "2001:db8:5::/64", "FIN", 112), ("block", "2001:db8:5::/64", "FIN", 112),
+                   ("detection", "2001:db8::9", "FIN", 112), ("block", "2001:db8::9", "FIN", 112)], got
     assert abs(evs[0]["ts"] - (1_700_000_000.0 + 0.07)) < 0.001
     assert all(e["src"] != "198.18.0.3" for e in evs)
     text = runner.invoke(app, ["replay", str(cap), "--config", c, "--local", "198.18.0.1", "--local", "2001:db8::1"]).stdout
-    assert "BLOCK 198.18.0.2" in text and "BLOCK 2001:db8::/64" in text
+    assert "BLOCK 198.18.0.2" in text and "BLOCK 2001:db8:5::/64" in text and "BLOCK 2001:db8::9 " in text
 
 
 def test_replay_bad_capture(tmp_path):
