@@ -134,7 +134,10 @@ def request(path: str, cmd: str, timeout: float = 10, **args: Any) -> dict[str, 
             raise DaemonNotRunning(f"the nfsentry daemon is not running (no control socket at {path})") from None
         except PermissionError:
             raise ControlError(f"permission denied: {path} is for root only") from None
-        s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        try:
+            s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon may refuse (not root) and hang up before reading: its answer is still there
         data = b""
         while not data.endswith(b"\n"):
             chunk = s.recv(65536)
