@@ -92,6 +92,11 @@ class ControlServer:
                 creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
                 _pid, uid, _gid = struct.unpack("3i", creds)
                 if uid != 0:
+                    conn.settimeout(1)
+                    try:  # take the request first, so the caller is not hung up on mid-send (EPIPE)
+                        conn.recv(MAX_REQUEST)
+                    except OSError:
+                        pass
                     self._reply(conn, {"ok": False, "error": "permission denied: the control socket is for root only"})
                     return
                 data = b""
