@@ -167,6 +167,7 @@ def status(config: Optional[str] = ConfigOpt, as_json: bool = typer.Option(False
         f"  engine sources:    {e.get('tracked', '?')} tracked, {e.get('evicted', 0)} evicted",
         f"  queue drops:       {sum(q.get('queue_dropped', 0) + q.get('user_dropped', 0) for q in reply.get('queue_drops', {}).values())}",
         f"  errors:            {c.get('errors', 0)} internal, {c.get('storage_errors', 0)} storage",
+        f"  blocks refused:    {c.get('blocks_rate_limited', 0)} by max_blocks_per_minute, {c.get('blocks_capped', 0)} by max_blocked",
     ]
     typer.echo("\n".join(lines))
 
