@@ -174,6 +174,7 @@ def test_safety_valves_bound_what_a_spoofed_scan_can_block(lab, tmp_path, key, v
         assert st["counters"]["blocks"] == value and st["blocked"] == value
         assert st["counters"][counter] == len(sources) - value
         assert len(d.blocked()) == value
+        assert f"{len(sources) - value} by {key}" in d.cli("status").stdout
         lines = [l for l in d.stderr_lines if warning in l]
         assert len(lines) == 1, d.stderr_lines[-20:]
         assert legit.connect(victim.ip4, OPEN_PORT) == "connected"
