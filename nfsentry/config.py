@@ -58,7 +58,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "command_first": False,   # PortSentry KILL_RUN_CMD_FIRST
         "hosts_deny": "",         # append "ALL: ADDR" lines to this file (TCP wrappers); "" = off
         "max_blocks_per_minute": 0,  # 0 = unlimited
-        "max_blocked": 0,         # cap on the blocked sets' size; 0 = unlimited
+        "max_blocked": 100000,    # cap on the blocked sets' size (a spoofed flood cannot grow them without bound); 0 = unlimited
         "keep_blocks_on_exit": True,  # on SIGTERM keep the table (and its blocks) loaded
     },
     "ignore": {

@@ -71,13 +71,15 @@ class Nfsentry:
         self.host = host
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "ignore").touch()
         self.syslog = SyslogSink(tmp / "log.sock")
         self.json_file = tmp / "events.jsonl"
         self.sections: dict[str, dict[str, Any]] = {
             "storage": {"state_dir": str(tmp / "state")},
             "daemon": {"control_socket": str(tmp / "run" / "control.sock")},
             "logging": {"json_file": str(self.json_file), "syslog_address": str(tmp / "log.sock"), "level": "debug"},
-            "ignore": {"addresses": ignore or [], "resolvers": False, "gateways": False},
+            # an ignore file of the test's own: `unblock --ignore` appends there, never to /etc
+            "ignore": {"addresses": ignore or [], "files": [str(tmp / "ignore")], "resolvers": False, "gateways": False},
         }
         for sec, vals in (overrides or {}).items():
             self.sections.setdefault(sec, {}).update(vals)

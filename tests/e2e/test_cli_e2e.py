@@ -81,6 +81,7 @@ def test_unblock_with_daemon_forgets_the_source(victim_service, tmp_path, family
         assert st["running"] and st["blocked"] == 1 and st["backend"] in ("native", "compat")
         d.cli("unblock", "--all", "--ignore")
         assert attacker.connect(target, OPEN_PORT) == "connected"
+        assert src in (tmp_path / "nfs" / "ignore").read_text().split()  # persisted in the configured file
         attacker.nmap("-sX -Pn --max-retries 0 -p 1-3", target)  # now ignored: never blocked
         assert attacker.connect(target, OPEN_PORT) == "connected"
         assert len(d.events("block")) == 2  # the automatic one and the manual one
