@@ -150,6 +150,7 @@ class Daemon:
         self._narrowed: collections.OrderedDict = collections.OrderedDict()  # v6 sources blocked alone
         self.runtime_ignore: set[str] = set()  # `unblock --ignore` while running: kept across refreshes
         self.kernel_blocked = 0  # entries in the kernel's blocked sets (recounted by the worker)
+        self.block_latency: collections.deque = collections.deque(maxlen=256)  # seconds, last blocks
         self.nft = None
         self.queues: list = []
         self.control: ControlServer | None = None
@@ -377,6 +378,8 @@ class Daemon:
         except Exception as e:
             self.internal_error("nft block", e)
             return
+        # from the engine's decision (taken as the packet was dequeued) to the set element committed
+        self.block_latency.append(time.time() - d.ts)
         self.counters["blocks"] += 1
         self.kernel_blocked += 1
         self.counters["detections"] += 1
@@ -675,7 +678,8 @@ class Daemon:
               "tcp_port_count": C.count_ports(self.cfg.tcp_ports), "udp_port_count": C.count_ports(self.cfg.udp_ports),
               "never_block": len(self.protected), "config": self.cfg.path, "counters": dict(self.counters),
               "engine": dict(getattr(self.engine, "stats", {})), "event_backlog": self.events.qsize(),
-              "pending_storage_writes": len(self.pending_store), "queue_drops": queue_drops()}
+              "pending_storage_writes": len(self.pending_store), "queue_drops": queue_drops(),
+              "block_latency_ms": latency_summary(self.block_latency)}
         st["ftp"] = self.ftp_status()
         try:
             st["kernel"] = self.nft.counters()
@@ -900,6 +904,14 @@ class Daemon:
             from nfsentry.addrs import PrefixSet
             self.protected = nets
             self.engine.ignore = PrefixSet(nets)
+
+
+def latency_summary(samples) -> dict[str, Any]:
+    """Median and max of the last blocks' decision-to-kernel latency, in milliseconds."""
+    xs = sorted(samples)
+    if not xs:
+        return {"n": 0}
+    return {"n": len(xs), "median": round(xs[len(xs) // 2] * 1000, 3), "max": round(xs[-1] * 1000, 3)}
 
 
 def narrow_ipv6_block(engine, d, covers: Callable[[str], bool], narrowed, now: float) -> bool | None:
