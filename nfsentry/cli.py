@@ -44,7 +44,9 @@ def load_config(path: Optional[str], portsentry: Optional[str] = None, defaults:
         if portsentry:
             from nfsentry import portsentry as P
             return P.load_as_config(portsentry, defaults)
-        return C.load(path)
+        # Ignore files matter only to what root does (the daemon, block); a non-root user gets the
+        # command's own "needs root" refusal instead of a permission error on a root-only file.
+        return C.load(path, read_files=os.geteuid() == 0)
     except C.ConfigError as e:
         fail(str(e), EXIT_USAGE)
     except (OSError, ValueError) as e:
@@ -417,23 +419,33 @@ def rules_file(name: Optional[str]) -> Optional[Path]:
     fail(f"unknown rule file {name!r} (give a path or a name from rules/: nfsentry, gateway, observe)")
 
 
-@rules_app.command("load")
-def rules_load(file: Optional[str] = typer.Option(None, "--file", "-f", help="a file, or a name from rules/"),
-               config: Optional[str] = ConfigOpt):
-    """Load nfsentry's ruleset atomically (rendered from the config, or a provided file)."""
+def _rules_apply(file: Optional[str], config: Optional[str], check: bool) -> None:
+    """`rules load` and `rules check`: a provided file or the ruleset rendered from the config."""
     cfg = load_config(config)
     path = rules_file(file)
     N, nft = get_nft(cfg)
     from nfsentry.daemon import protected_networks, ruleset_spec
     try:
         if path:
-            nft.load_file(str(path))
-            typer.echo(f"loaded {path}")
+            (nft.check_file if check else nft.load_file)(str(path))
+            typer.echo(f"{path}: ok" if check else f"loaded {path}")
         else:
-            nft.load(ruleset_spec(cfg, protected_networks(cfg)), backend=cfg["nft"]["backend"])
-            typer.echo(f"loaded table inet {cfg['nft']['table']} (backend {nft.status().get('backend')})")
+            spec, backend = ruleset_spec(cfg, protected_networks(cfg)), cfg["nft"]["backend"]
+            if check:
+                nft.check(spec, backend=backend)
+                typer.echo("rendered ruleset: ok")
+            else:
+                nft.load(spec, backend=backend)
+                typer.echo(f"loaded table inet {cfg['nft']['table']} (backend {nft.status().get('backend')})")
     except N.NftError as e:
-        fail(f"load failed, nothing changed: {e}", EXIT_RUNTIME)
+        fail(f"{'check failed' if check else 'load failed, nothing changed'}: {e}", EXIT_RUNTIME)
+
+
+@rules_app.command("load")
+def rules_load(file: Optional[str] = typer.Option(None, "--file", "-f", help="a file, or a name from rules/"),
+               config: Optional[str] = ConfigOpt):
+    """Load nfsentry's ruleset atomically (rendered from the config, or a provided file)."""
+    _rules_apply(file, config, check=False)
 
 
 @rules_app.command("unload")
@@ -451,19 +463,7 @@ def rules_unload(config: Optional[str] = ConfigOpt):
 @rules_app.command("check")
 def rules_check(file: Optional[str] = typer.Option(None, "--file", "-f"), config: Optional[str] = ConfigOpt):
     """Check a ruleset with `nft -c` without loading it."""
-    cfg = load_config(config)
-    path = rules_file(file)
-    N, nft = get_nft(cfg)
-    from nfsentry.daemon import protected_networks, ruleset_spec
-    try:
-        if path:
-            nft.check_file(str(path))
-            typer.echo(f"{path}: ok")
-        else:
-            nft.check(ruleset_spec(cfg, protected_networks(cfg)), backend=cfg["nft"]["backend"])
-            typer.echo("rendered ruleset: ok")
-    except N.NftError as e:
-        fail(f"check failed: {e}", EXIT_RUNTIME)
+    _rules_apply(file, config, check=True)
 
 
 # == config =========================================================================================
