@@ -4,7 +4,9 @@ NetfilterQueue callback it runs inside, and the engine's memory under a spoofed-
 Standalone (``python bench/bench_core.py``; ``bench/run.py`` runs it with the others). Prints its
 figures; timings are never asserted anywhere. Takes about 30-60 s.
 
-* Per-packet cost: 1,000,000 packets per line, a realistic mix (60 % TCP SYN, half nmap-shaped
+* Per-packet cost of ``Engine.process_raw`` (decode + classify + engine on the raw bytes, the
+  daemon's path; two extra lines show the two-step ``decode()`` + ``Engine.process`` path that
+  builds a Packet and a Decision for every packet): 1,000,000 packets per line, a realistic mix (60 % TCP SYN, half nmap-shaped
   and half connect()-shaped, 10 % FIN, 30 % UDP; 70 % IPv4 / 30 % IPv6 with several addresses
   per /64; random monitored ports 1-1023; 5,000 packets/s of engine clock), through an engine
   built like the daemon's (ignore set of own addresses and a few CIDRs, an empty FTP
@@ -142,10 +144,13 @@ def expectations():
         return None
 
 
-def time_engine(cfg: EngineConfig, label: str, kind: str) -> None:
+def time_engine(cfg: EngineConfig, label: str, kind: str, two_step: bool = False) -> None:
     mix = Mix(kind=kind)
     engine = Engine(cfg, ignore=ignore_set(), expectations=expectations())
-    proc, dec = engine.process, decode
+    if two_step:        # decode() to a Packet, then Engine.process: a full Decision for every packet
+        proc, dec = engine.process, decode
+    else:               # the daemon's path: Engine.process_raw on the bytes
+        proc, dec = engine.process_raw, None
     wall, cpu = time.perf_counter_ns, time.thread_time_ns
     per_wall, per_cpu = [], []
     now = 1_700_000_000.0
@@ -153,9 +158,14 @@ def time_engine(cfg: EngineConfig, label: str, kind: str) -> None:
     for _ in range(PACKETS // BATCH):
         batch = mix.batch()
         t0, c0 = wall(), cpu()
-        for raw in batch:
-            proc(dec(raw), now)
-            now += step
+        if two_step:
+            for raw in batch:
+                proc(dec(raw), now)
+                now += step
+        else:
+            for raw in batch:
+                proc(raw, now)
+                now += step
         c1, t1 = cpu(), wall()
         per_wall.append((t1 - t0) / BATCH)
         per_cpu.append((c1 - c0) / BATCH)
@@ -195,15 +205,21 @@ class FakeNfqPacket:
 def time_callbacks() -> None:
     mix = Mix(seed=2)
     engine = Engine(EngineConfig(scan_trigger=3, window_ports=5), ignore=ignore_set(), expectations=expectations())
-    proc, dec = engine.process, decode
+    proc = engine.process_raw
+    now = time.time
 
     def bare(pkt):
         pkt.get_payload()
         pkt.accept()
 
     def full(pkt):
-        d = proc(dec(pkt.get_payload()), time.time())
-        if d.action == 4 or d.action == 5:
+        r = proc(pkt.get_payload(), now())
+        if r.__class__ is int:
+            if r >> 8 == 5:     # DROP
+                pkt.drop()
+            else:
+                pkt.accept()
+        elif r.action == 4:
             pkt.drop()
         else:
             pkt.accept()
@@ -294,21 +310,27 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--memory":
         memory_child(sys.argv[2])
         return
-    if len(sys.argv) == 4 and sys.argv[1] == "--time":     # one line, in a fresh process
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "--time":     # one line, in a fresh process
         kind, (text, kw) = sys.argv[2], TIMING_CONFIGS[sys.argv[3]]
-        time_engine(EngineConfig(**kw), f"{kind}, {text}", kind)
+        two_step = sys.argv[4:] == ["two-step"]
+        time_engine(EngineConfig(**kw), f"{kind}, {text}" + (" [two-step]" if two_step else ""), kind, two_step)
         return
     sys.stdout.reconfigure(line_buffering=True)    # keep our lines in order with the children's
     t_start = time.monotonic()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}"
           " (figures from a busy machine are noisy: compare the cpu columns)")
-    print(f"\nper queued packet: decode + classify + Engine.process, {PACKETS:,} packets per line, timed in batches"
+    print(f"\nper queued packet: decode + classify + engine (Engine.process_raw on the raw bytes, as the daemon"
+          f" calls it),\n{PACKETS:,} packets per line, timed in batches"
           f" of {BATCH}, each line in a fresh process\n(wall = elapsed, cpu = this thread's CPU time: the same unless"
           " other processes compete)")
     for kind in ("uniform", "scanners"):
         for config in ("defaults", "counting"):
             subprocess.run([sys.executable, __file__, "--time", kind, config], check=True)
     subprocess.run([sys.executable, __file__, "--time", "few", "short-blocks"], check=True)
+    print("for comparison, the two-step path (decode() -> Packet, Engine.process -> Decision for every packet)"
+          " that replay and the unit tests use:")
+    for kind, config in (("uniform", "counting"), ("scanners", "defaults")):
+        subprocess.run([sys.executable, __file__, "--time", kind, config, "two-step"], check=True)
     print(f"\nNetfilterQueue callback shape ({CALLBACKS:,} calls each on a fake packet object, uniform mix,"
           " scan_trigger 3;\nthe C-to-Python crossing of the real binding comes on top of both)")
     time_callbacks()

@@ -107,7 +107,7 @@ class PrefixSet:
     ``(mask, set)`` pairs walked by :meth:`contains` (one entry per distinct prefix length).
     """
 
-    __slots__ = ("_by_len", "_v4", "_v6", "_exact", "_count", "_pre4", "_pre6", "_pre6_bytes")
+    __slots__ = ("_by_len", "_v4", "_v6", "_exact", "_count", "pre4", "pre6", "pre6_bytes")
 
     def __init__(self, items: Iterable = ()):
         self._by_len: dict[tuple[int, int], set[int]] = {}
@@ -117,9 +117,9 @@ class PrefixSet:
         self._count = 0
         # Prefilters: the first IPv4 octet / the leading IPv6 bytes any entry can match. Most
         # sources match no entry, and one index + one small-set lookup rejects them.
-        self._pre4: frozenset[int] = frozenset()
-        self._pre6: frozenset[bytes] | None = frozenset()
-        self._pre6_bytes = 4
+        self.pre4: frozenset[int] = frozenset()
+        self.pre6: frozenset[bytes] | None = frozenset()
+        self.pre6_bytes = 4
         self.update(items)
 
     def add(self, item, prefixlen: int | None = None) -> None:
@@ -176,20 +176,20 @@ class PrefixSet:
                 for value in members:
                     head = value >> (128 - bits)
                     pre6.update(h.to_bytes(nbytes, "big") for h in range(head, head + (1 << max(0, bits - plen))))
-        self._pre4 = frozenset(pre4)
-        self._pre6 = None if pre6 is None else frozenset(pre6)
-        self._pre6_bytes = nbytes
+        self.pre4 = frozenset(pre4)
+        self.pre6 = None if pre6 is None else frozenset(pre6)
+        self.pre6_bytes = nbytes
 
     def contains(self, addr: bytes) -> bool:
         """Is this raw 4- or 16-byte address inside any network of the set?"""
         n = len(addr)
         if n == 4:
-            if addr[0] not in self._pre4:
+            if addr[0] not in self.pre4:
                 return False
             table = self._v4
         elif n == 16:
-            pre6 = self._pre6
-            if pre6 is not None and addr[:self._pre6_bytes] not in pre6:
+            pre6 = self.pre6
+            if pre6 is not None and addr[:self.pre6_bytes] not in pre6:
                 return False
             table = self._v6
         else:

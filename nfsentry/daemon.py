@@ -136,6 +136,7 @@ class Daemon:
         self._last_tick = self._last_sweep = 0.0
         self.stop_flag = False
         self.reload_flag = False
+        self.build_lean_verdicts()
         self.counters = {"queued": 0, "ftp_packets": 0, "detections": 0, "blocks": 0, "dropped_by_verdict": 0,
                          "errors": 0, "events_lost": 0, "blocks_rate_limited": 0, "blocks_capped": 0,
                          "never_block_refused": 0, "storage_errors": 0,
@@ -303,32 +304,33 @@ class Daemon:
                 raise _Stop()
 
     def verdict(self, p) -> None:
+        """Exactly one verdict per packet, whatever fails. Most packets take the lean path: the
+        engine's process_raw answers PASS/IGNORE/COUNT/DROP with a small int (``action << 8 |
+        proto``), turned into the verdict by one table lookup (``lean_verdicts``, built from the
+        configuration); only reactions come back as a Decision."""
         verdict_done = False
         try:
             self.counters["queued"] += 1
-            pkt = self.decode(p.get_payload())
-            d = self.engine.process(pkt, time.time())
-            a = d.action
-            if a <= 1:  # PASS, IGNORE
-                p.accept()
-                verdict_done = True
-                return
-            if a == 5:  # DROP: source already blocked, still in the queue
-                if self.kernel_blocks(d.proto):
+            r = self.engine.process_raw(p.get_payload(), time.time())
+            if r.__class__ is int:
+                v = self.lean_verdicts[r]
+                if v:
                     p.drop()
-                    self.counters["dropped_by_verdict"] += 1
+                    if v == 2:
+                        self.counters["dropped_by_verdict"] += 1
                 else:
-                    self.probe_verdict(p)
+                    p.accept()
                 verdict_done = True
                 return
-            if a == 4 and self.kernel_blocks(d.proto):
+            d = r
+            if d.action == 4 and self.kernel_blocks(d.proto):
                 p.drop()
                 verdict_done = True
                 self.block_now(d)
                 return
             self.probe_verdict(p)
             verdict_done = True
-            if a >= 3:  # ALERT, or BLOCK in log/command/dry-run/observe modes
+            if d.action >= 3:  # ALERT, or BLOCK in log/command/dry-run/observe modes
                 self.counters["detections"] += 1
                 self.enqueue("detection", d)
         except Exception as e:
@@ -338,6 +340,18 @@ class Daemon:
                 except Exception:
                     pass
             self.internal_error("packet", e)
+
+    def build_lean_verdicts(self) -> None:
+        """The verdict for each lean result of ``Engine.process_raw`` (index ``action << 8 |
+        proto``): 0 accept, 1 drop, 2 drop and count it in ``dropped_by_verdict``. PASS and
+        IGNORE accept; COUNT gets ``probe_verdict``; DROP (a source already blocked, still in the
+        queue) is dropped when the kernel blocks that protocol, else gets ``probe_verdict``."""
+        probe = 1 if self.cfg["response"]["probe_verdict"] == "drop" else 0
+        table = bytearray(6 << 8)
+        for proto in range(256):
+            table[2 << 8 | proto] = probe
+            table[5 << 8 | proto] = 2 if self.kernel_blocks(proto) else probe
+        self.lean_verdicts = bytes(table)
 
     def probe_verdict(self, p) -> None:
         if self.cfg["response"]["probe_verdict"] == "drop":
@@ -714,6 +728,7 @@ class Daemon:
         from nfsentry.addrs import PrefixSet
         self.engine.configure(engine_config(new))
         self.engine.ignore = PrefixSet(self.protected)
+        self.build_lean_verdicts()
         log.info("configuration reloaded from %s", path or "built-in defaults")
         return True, "reloaded"
 
@@ -955,11 +970,12 @@ class LockedExpectations:
     """The FTP thread adds expectations while the engine (main thread) matches them. An empty
     table (the usual case) answers without taking the lock."""
 
-    __slots__ = ("table", "lock")
+    __slots__ = ("table", "lock", "pending")
 
     def __init__(self, table) -> None:
         self.table = table
         self.lock = threading.Lock()
+        self.pending = table.pending   # the table's live dict: the engine's lock-free emptiness test
 
     def match(self, src, dst, dport, now, sport=None) -> bool:
         if not self.table:

@@ -8,8 +8,9 @@ The decision for one packet, in order (the rules live in :meth:`Engine.process`,
 
 1. no decodable source address -> ``COUNT`` (label ``MALFORMED``; nothing to attribute or block);
 2. source inside the ignore set (addresses, CIDRs, the host's own addresses) -> ``IGNORE``;
-3. TCP packet matching an FTP data-connection expectation -> ``PASS``. The engine calls
-   ``expectations.match(src, dst, dport, now, sport)`` (raw address bytes), which consumes the
+3. TCP packet matching an FTP data-connection expectation -> ``PASS``. While
+   ``expectations.pending`` is truthy (the table's live container of expectations) the engine
+   calls ``expectations.match(src, dst, dport, now, sport)`` (raw address bytes), which consumes the
    expectation (:class:`nfsentry.ftp.ExpectationTable` binds it to ``sport``, so a retransmitted
    SYN of the same data connection passes too);
 4. source (its key) already blocked and the block not expired -> ``DROP``;
@@ -77,6 +78,7 @@ hot path that reads closure variables (see :meth:`Engine._build_process`).
 from __future__ import annotations
 
 import math
+import struct
 from collections import OrderedDict, deque
 from heapq import heapify, heappop, heappush
 from dataclasses import dataclass, field
@@ -86,7 +88,7 @@ from .addrs import PrefixSet, mask, masker, network_text, parse_network
 from .classify import FLAG_STRINGS as _FLAG_STRINGS
 from .classify import LABEL_BY_FLAGS as _LABEL_BY_FLAGS
 from .classify import _REPLY, _STREAM, classify, label_text, syn_hint
-from .packet import Packet
+from .packet import Packet, decode
 
 __all__ = ["Action", "Decision", "EngineConfig", "Engine", "RESPONSE_MODES", "DEFAULT_MAX_SOURCES"]
 
@@ -116,6 +118,12 @@ _PROTO_NAME = {6: "tcp", 17: "udp"}
 _ONE_LABEL = {label: (label,) for label in ("SYN", "FIN", "NULL", "XMAS", "FULL-XMAS", "ACK", "MAIMON",
                                               "UNKNOWN", "UDP", "MALFORMED")}
 _new = object.__new__
+# process_raw's fast shapes (the checks are decode()'s fast path): only the fields a decision
+# needs.   IPv4: totlen frag src | dport doff flags (or ulen);  IPv6: plen src | dport doff flags
+_LEAN_V4TCP = struct.Struct("!xxHxxH4x4s4x2xH8xBB").unpack_from
+_LEAN_V4UDP = struct.Struct("!xxHxxH4x4s4x2xHH").unpack_from
+_LEAN_V6TCP = struct.Struct("!4xH2x16s16x2xH8xBB").unpack_from
+_LEAN_V6UDP = struct.Struct("!4xH2x16s16x2xHH").unpack_from
 _EVICTED, _UNDECODABLE, _EXPIRED_BLOCKS = len(Action), len(Action) + 1, len(Action) + 2
 
 
@@ -123,16 +131,21 @@ _EVICTED, _UNDECODABLE, _EXPIRED_BLOCKS = len(Action), len(Action) + 1, len(Acti
 class Decision:
     """What to do with one queued packet, and why.
 
-    The packet's own fields (``src``, ``dst``, ``proto``, ``sport``, ``dport``, ``ip_options``,
+    The packet's own fields (``src``, ``dst``, ``sport``, ``dport``, ``ip_options``,
     ``malformed``) are read-only properties over ``packet`` (the decoded
     :class:`~nfsentry.packet.Packet`): storing one reference instead of seven values keeps the
-    per-packet decision cheap, and the whole packet (TTL, window, options) stays available."""
+    per-packet decision cheap, and the whole packet (TTL, window, options) stays available.
+    A decision made by :meth:`Engine.process_raw` keeps the raw bytes instead and decodes them
+    when ``packet`` is first read (on the daemon's worker thread, not on the verdict path);
+    ``proto`` is stored, since the verdict needs it."""
 
     action: Action
     ts: float
     key: bytes            # masked source: 4 bytes (IPv4) or 16 bytes masked to the IPv6 prefix
     prefixlen: int        # 32 for IPv4, the IPv6 prefix for IPv6, 0 when there is no source
-    packet: Packet
+    pkt: Packet | None    # the decoded packet, or None until ``packet`` decodes ``raw``
+    raw: bytes | None     # the packet's bytes (decisions of process_raw), else None
+    proto: int            # transport protocol number (6, 17, ...)
     label: str            # scan label of this packet ("SYN", "UNKNOWN", ...)
     flags: str            # TCP flag letters in FSRPAUEC order ("" for non-TCP)
     labels: tuple         # labels seen from this source (reactions only)
@@ -165,16 +178,20 @@ class Decision:
         return syn_hint(self.packet) if self.action == _ALERT or self.action == _BLOCK else ""
 
     @property
+    def packet(self) -> Packet:
+        """The decoded packet (decoded from ``raw`` on first access)."""
+        p = self.pkt
+        if p is None:
+            p = self.pkt = decode(self.raw)
+        return p
+
+    @property
     def src(self) -> bytes:
         return self.packet.src
 
     @property
     def dst(self) -> bytes:
         return self.packet.dst
-
-    @property
-    def proto(self) -> int:
-        return self.packet.proto
 
     @property
     def sport(self) -> int:
@@ -204,7 +221,7 @@ class Decision:
 
     @property
     def proto_name(self) -> str:
-        return _PROTO_NAME.get(self.packet.proto, "other")
+        return _PROTO_NAME.get(self.proto, "other")
 
     @property
     def label_text(self) -> str:
@@ -241,15 +258,17 @@ def _format_reason(d: Decision, why: tuple) -> str:
     return text
 
 
-def _decision(action, ts, key, prefixlen, packet, label, flags, labels, port_keys, hits, why, duration,
-              offences, _D=Decision) -> Decision:
+def _decision(action, ts, key, prefixlen, pkt, raw, proto, label, flags, labels, port_keys, hits, why,
+              duration, offences, _D=Decision) -> Decision:
     """Decision(...) without the dataclass __init__ call overhead (the hot path)."""
     d = _new(_D)
     d.action = action
     d.ts = ts
     d.key = key
     d.prefixlen = prefixlen
-    d.packet = packet
+    d.pkt = pkt
+    d.raw = raw
+    d.proto = proto
     d.label = label
     d.flags = flags
     d.labels = labels
@@ -353,7 +372,7 @@ class Engine:
         self._durations = [0.0] + [self.duration_for(n) for n in range(1, 65)]   # by offences
         self._trigger_text = f"scan_trigger {cfg.scan_trigger} reached"
         self._window_text = f"window {cfg.window_ports} ports in {_fmt_duration(self._window)} reached"
-        self.process = self._build_process()
+        self.process, self.process_raw = self._build_process()
 
     # ------------------------------------------------------------------------------------------
     # the hot path
@@ -363,13 +382,33 @@ class Engine:
 
         (Documentation only: :meth:`configure` installs the closure built by
         :meth:`_build_process` as the instance's ``process``.)"""
-        return self._build_process()(pkt, now)  # pragma: no cover - shadowed by the instance attribute
+        return self._build_process()[0](pkt, now)  # pragma: no cover - shadowed by the instance attribute
+
+    def process_raw(self, raw: bytes, now: float) -> Decision | int:
+        """Decide for one queued packet given as the raw bytes NFQUEUE hands over (the daemon's
+        hot path): the same decision as ``process(decode(raw), now)``, and the same state
+        changes, but without building a :class:`~nfsentry.packet.Packet` or a
+        :class:`Decision` when nothing reacted.
+
+        Returns a :class:`Decision` for reactions (ALERT, BLOCK); for PASS, IGNORE, COUNT and
+        DROP it returns a small int, ``action << 8 | proto`` (see :func:`lean_action`), which is
+        all a verdict needs. The common shapes (IPv4 without options, IPv6 without extension
+        headers, unfragmented TCP or UDP) are read straight from the bytes with the same checks
+        as :func:`~nfsentry.packet.decode`'s fast path; anything else goes through ``decode``.
+        A property test proves both entry points agree, packet for packet.
+
+        (Documentation only, like :meth:`process`.)"""
+        return self._build_process()[1](raw, now)  # pragma: no cover - shadowed by the instance attribute
 
     def _build_process(self):
-        """The hot path, as a closure over the configuration and the state tables, so that every
+        """The hot path, as closures over the configuration and the state tables, so that every
         per-packet read is a local or closure variable instead of an attribute lookup. The state
-        tables are never rebound (only mutated), so the closure always sees the live state;
-        ``ignore`` and ``expectations`` are read from the engine on each call (replaceable)."""
+        tables are never rebound (only mutated), so the closures always see the live state;
+        ``ignore`` and ``expectations`` are read from the engine on each call (replaceable).
+
+        One body (``run``) serves both entry points: ``process(pkt, now)`` (a decoded Packet,
+        a Decision back) and ``process_raw(raw, now)`` (bytes; a lean int back when nothing
+        reacted), which is ``run`` itself. Returns ``(process, process_raw)``."""
         engine = self
         counts = self._counts
         states = self._states
@@ -377,7 +416,12 @@ class Engine:
         clock_append = clock.append
         evict = self._evict
         blocked = self._blocked
-        react = self._react
+        offenders = self._offenders
+        max_offenders = self._max_offenders
+        block_heap = self._block_heap
+        durations = self._durations
+        react_tcp, react_udp = self._react_tcp, self._react_udp
+        trigger_text, window_text = self._trigger_text, self._window_text
         mask6 = self._mask6
         v6len = self._v6len
         window = self._window
@@ -388,51 +432,126 @@ class Engine:
         trigger = self._trigger
         guard = self._guard
         max_sources = self._max_sources
+        v4tcp, v4udp, v6tcp, v6udp = _LEAN_V4TCP, _LEAN_V4UDP, _LEAN_V6TCP, _LEAN_V6UDP
+        label_by_flags, stream, reply, flag_strings = _LABEL_BY_FLAGS, _STREAM, _REPLY, _FLAG_STRINGS
 
-        def process(pkt, now: float) -> Decision:
-            src = pkt.src
-            proto = pkt.proto
-            if proto == 6:
-                flags = _FLAG_STRINGS[pkt.flags]
+        def run(raw, now, pkt=None):
+            # -- 1. the packet: fast shapes straight from the bytes (pkt stays None until a
+            #    Decision needs it), everything else through the reference decoder
+            if pkt is None:
+                n = len(raw)
+                if n >= 28:
+                    b0 = raw[0]
+                    if b0 == 0x45:
+                        proto = raw[9]
+                        if proto == 6:
+                            if n >= 40:
+                                tot, frag, src, dport, doff, flags = v4tcp(raw)
+                                if 40 <= tot <= n and not frag & 0x3FFF and 20 <= (doff >> 4) << 2 <= tot - 20:
+                                    key = src
+                                    plen = 32
+                                else:
+                                    pkt = decode(raw)
+                            else:
+                                pkt = decode(raw)
+                        elif proto == 17:
+                            tot, frag, src, dport, ulen = v4udp(raw)
+                            if 28 <= tot <= n and not frag & 0x3FFF and 8 <= ulen <= tot - 20:
+                                key = src
+                                plen = 32
+                                flags = 0
+                            else:
+                                pkt = decode(raw)
+                        else:
+                            pkt = decode(raw)
+                    elif b0 >> 4 == 6 and n >= 48:
+                        proto = raw[6]
+                        if proto == 6:
+                            if n >= 60:
+                                pl, src, dport, doff, flags = v6tcp(raw)
+                                if 20 <= pl <= n - 40 and 20 <= (doff >> 4) << 2 <= pl:
+                                    key = mask6(src)
+                                    plen = v6len
+                                else:
+                                    pkt = decode(raw)
+                            else:
+                                pkt = decode(raw)
+                        elif proto == 17:
+                            pl, src, dport, ulen = v6udp(raw)
+                            if 8 <= pl <= n - 40 and 8 <= ulen <= pl:
+                                key = mask6(src)
+                                plen = v6len
+                                flags = 0
+                            else:
+                                pkt = decode(raw)
+                        else:
+                            pkt = decode(raw)
+                    else:
+                        pkt = decode(raw)
+                else:
+                    pkt = decode(raw)
+                lean = True
+            else:
+                lean = False
+            if pkt is None:                 # a fast shape: clean, unfragmented, no IP options
+                clean = True
+                ipopts = ()
+                label = label_by_flags[flags] if proto == 6 else "UDP"
+            else:
+                src = pkt.src
+                proto = pkt.proto
+                dport = pkt.dport
+                flags = pkt.flags
+                ipopts = pkt.ip_options
+                clean = pkt.malformed is None and not pkt.frag_offset
                 # classify()'s TCP rule, inlined for the common case (a test proves they agree)
-                label = _LABEL_BY_FLAGS[pkt.flags] if pkt.malformed is None and not pkt.frag_offset \
-                    else classify(pkt)
-            else:
-                flags = ""
-                label = classify(pkt)
-            if len(src) == 4:
-                key = src
-                plen = 32
-            elif len(src) == 16:
-                key = mask6(src)
-                plen = v6len
-            else:
-                counts[_UNDECODABLE] += 1
-                counts[2] += 1
-                return _decision(_COUNT, now, b"", 0, pkt, label, flags, (), (), 0,
-                                 "undecodable packet: no source address", 0.0, 0)
+                label = label_by_flags[flags] if proto == 6 and clean else classify(pkt)
+                if len(src) == 4:
+                    key = src
+                    plen = 32
+                elif len(src) == 16:
+                    key = mask6(src)
+                    plen = v6len
+                else:
+                    counts[_UNDECODABLE] += 1
+                    counts[2] += 1
+                    if lean:
+                        return 0x200 | proto
+                    return _decision(_COUNT, now, b"", 0, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
+                                     (), (), 0, "undecodable packet: no source address", 0.0, 0)
+
+            # -- 2. ignore list, FTP data expectations, sources already blocked
             ignore = engine.ignore
-            if ignore is not None and ignore.contains(src):
+            # (the set's prefilter inlined: most sources fail it, and then no call is made)
+            if ignore is not None and (src[0] in ignore.pre4 if len(src) == 4 else ignore.pre6 is None
+                                       or src[:ignore.pre6_bytes] in ignore.pre6) and ignore.contains(src):
                 counts[1] += 1
-                return _decision(_IGNORE, now, key, plen, pkt, label, flags, (), (), 0,
-                                 "source in the ignore list", 0.0, 0)
+                if lean:
+                    return 0x100 | proto
+                return _decision(_IGNORE, now, key, plen, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
+                                 (), (), 0, "source in the ignore list", 0.0, 0)
             expectations = engine.expectations
-            if proto == 6 and expectations is not None and pkt.malformed is None \
-                    and expectations.match(src, pkt.dst, pkt.dport, now, pkt.sport):
-                counts[0] += 1
-                return _decision(_PASS, now, key, plen, pkt, label, flags, (), (), 0,
-                                 "expected FTP data connection", 0.0, 0)
+            if proto == 6 and expectations is not None and clean and expectations.pending:
+                if pkt is None:
+                    pkt = decode(raw)
+                if expectations.match(src, pkt.dst, dport, now, pkt.sport):
+                    counts[0] += 1
+                    if lean:
+                        return proto
+                    return _decision(_PASS, now, key, plen, pkt, raw, proto, label, flag_strings[flags], (), (), 0,
+                                     "expected FTP data connection", 0.0, 0)
             until = blocked.get(key)
             if until is not None:
                 if now < until:
                     counts[5] += 1
-                    return _decision(_DROP, now, key, plen, pkt, label, flags, (), (), 0,
-                                     "already blocked", 0.0, 0)
+                    if lean:
+                        return 0x500 | proto
+                    return _decision(_DROP, now, key, plen, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
+                                     (), (), 0, "already blocked", 0.0, 0)
                 del blocked[key]
                 counts[_EXPIRED_BLOCKS] += 1
 
-            # record the hit: hits and distinct ports so far, this packet included
-            dport = pkt.dport
+            # -- 3. record the hit: hits and distinct ports so far, this packet included
             pk = (proto << 16) | dport
             st = states.get(key)
             if st is None or now - st.last > window:   # new, or quiet longer than the window
@@ -467,14 +586,12 @@ class Engine:
                     nports = len(ports)
                 st.last = now
 
-            # the policies
-            instant = (label in instant_labels and not (label == "UNKNOWN" and _STREAM[pkt.flags])) \
-                or (ipopts_instant and pkt.ip_options)
+            # -- 4. the policies
+            instant = (label in instant_labels and not (label == "UNKNOWN" and stream[flags])) \
+                or (ipopts_instant and ipopts)
             triggered = hits > trigger
             windowed = window_ports and nports >= window_ports
-            if not (instant or triggered or windowed) or (
-                    guard and proto == 6 and _REPLY[pkt.flags] and pkt.malformed is None
-                    and not pkt.frag_offset):
+            if not (instant or triggered or windowed) or (guard and proto == 6 and reply[flags] and clean):
                 if hits == 1:                  # (re)start the source's state
                     if st is None:
                         st = _new(_Source)
@@ -493,21 +610,61 @@ class Engine:
                     st.protos = 1 if proto == 6 else 2 if proto == 17 else 4
                     st.first = st.last = now
                 counts[2] += 1
-                return _decision(_COUNT, now, key, plen, pkt, label, flags, (), (), hits, "counted", 0.0,
-                                 0)
+                if lean:
+                    return 0x200 | proto
+                return _decision(_COUNT, now, key, plen, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
+                                 (), (), hits, "counted", 0.0, 0)
+            # -- 5. a reaction (once per reacting source): resets the source's counts
             if hits == 1:
                 if st is not None:
                     del states[key]
-                return react(pkt, now, key, plen, label, flags, 1, (pk,), (label,), instant, triggered,
-                             windowed)
-            del states[key]                    # a reaction resets the source's counts (block or alert)
-            ports = st.ports
-            return react(pkt, now, key, plen, label, flags, hits,
-                         (ports,) if ports.__class__ is int else tuple(ports), st.labels, instant,
-                         triggered, windowed)
+                port_keys = (pk,)
+                labels = (label,)
+            else:
+                del states[key]
+                ports = st.ports
+                port_keys = (ports,) if ports.__class__ is int else tuple(ports)
+                labels = st.labels
+            action = react_udp if proto == 17 else react_tcp
+            offences = offenders.get(key, 0)
+            if action is _BLOCK:
+                offences += 1
+                offenders[key] = offences
+                if offences > 1:
+                    offenders.move_to_end(key)
+                elif len(offenders) > max_offenders:
+                    engine._trim_offenders()
+                duration = durations[offences] if offences < 65 else engine.duration_for(offences)
+                # the key is not in ``blocked`` here (an ended block was deleted above)
+                if duration > 0:
+                    until = now + duration
+                    blocked[key] = until
+                    heappush(block_heap, (until, key))   # expire() pops ended blocks off this heap
+                    if len(block_heap) > 2 * len(blocked) + 64:
+                        engine._rebuild_block_heap()
+                else:
+                    blocked[key] = INF
+                if len(blocked) > max_sources:
+                    engine._trim_blocked()
+                block = (offences, duration)
+            else:
+                duration = 0.0
+                block = None
+            counts[action] += 1
+            # The reason text is formatted when first read (_format_reason), which the daemon does
+            # on its worker thread: the verdict path only stores what the text is made of.
+            why = (label in instant_labels if instant else None, trigger_text if triggered else None,
+                   window_text if windowed else None, hits, labels, port_keys, block)
+            return _decision(action, now, key, plen, pkt, raw, proto, label,
+                             flag_strings[flags] if proto == 6 else "", labels, port_keys, hits, why,
+                             duration, offences)
+
+        def process(pkt, now: float) -> Decision:
+            return run(None, now, pkt)
 
         process.__doc__ = Engine.process.__doc__
-        return process
+        run.__doc__ = Engine.process_raw.__doc__
+        return process, run          # run(raw, now) is process_raw: no wrapper on the hot path
 
     def _evict(self) -> None:
         """Bring the tracked sources back under ``max_sources`` (CLOCK, an approximation of LRU).
@@ -542,34 +699,6 @@ class Engine:
     # ------------------------------------------------------------------------------------------
     # reactions (not the hot path: once per reacting source)
 
-    def _react(self, pkt, now, key, plen, label, flags, hits, port_keys, labels, instant, triggered,
-               windowed) -> Decision:
-        proto = pkt.proto
-        action = self._react_udp if proto == 17 else self._react_tcp
-        offenders = self._offenders
-        offences = offenders.get(key, 0)
-        if action is _BLOCK:
-            offences += 1
-            offenders[key] = offences
-            offenders.move_to_end(key)
-            if len(offenders) > self._max_offenders:
-                while len(offenders) > self._max_offenders:
-                    offenders.popitem(last=False)
-                    self._offenders_evicted += 1
-            durations = self._durations
-            duration = durations[offences] if offences < len(durations) else self.duration_for(offences)
-            self._set_blocked(key, now + duration if duration > 0 else INF)
-        else:
-            duration = 0.0
-        self._counts[action] += 1
-        # The reason text is formatted when first read (_format_reason), which the daemon does on
-        # its worker thread: the verdict path only stores what the text is made of.
-        why = (label in self._instant if instant else None, self._trigger_text if triggered else None,
-               self._window_text if windowed else None, hits, labels, port_keys,
-               (offences, duration) if action is _BLOCK else None)
-        return _decision(action, now, key, plen, pkt, label, flags, labels, port_keys, hits, why, duration,
-                         offences)
-
     reconfigure = configure
 
     def duration_for(self, offences: int) -> float:
@@ -592,23 +721,41 @@ class Engine:
         off = self._offenders
         off[key] = offences
         off.move_to_end(key)
+        if len(off) > self._max_offenders:
+            self._trim_offenders()
+
+    def _set_blocked(self, key: bytes, until: float) -> None:
+        """Record a block (restoration and manual blocks; the packet path inlines this)."""
+        blocked = self._blocked
+        blocked[key] = until
+        blocked.move_to_end(key)
+        if len(blocked) > self._max_sources:
+            self._trim_blocked()
+        if until != INF:       # expire() pops ended blocks from this heap instead of scanning
+            heap = self._block_heap
+            heappush(heap, (until, key))
+            if len(heap) > 2 * len(blocked) + 64:
+                self._rebuild_block_heap()
+
+    def _trim_blocked(self) -> None:
+        """Forget the oldest blocks beyond ``max_sources``."""
+        blocked = self._blocked
+        while len(blocked) > self._max_sources:
+            blocked.popitem(last=False)
+            self._blocked_evicted += 1
+
+    def _trim_offenders(self) -> None:
+        """Forget the least recently offending sources beyond ``max_offenders``."""
+        off = self._offenders
         while len(off) > self._max_offenders:
             off.popitem(last=False)
             self._offenders_evicted += 1
 
-    def _set_blocked(self, key: bytes, until: float) -> None:
-        blocked = self._blocked
-        blocked[key] = until
-        blocked.move_to_end(key)
-        while len(blocked) > self._max_sources:
-            blocked.popitem(last=False)
-            self._blocked_evicted += 1
-        if until != INF:       # expire() pops ended blocks from this heap instead of scanning
-            heap = self._block_heap
-            heappush(heap, (until, key))
-            if len(heap) > 2 * len(blocked) + 64:    # drop entries of replaced/forgotten blocks
-                heap[:] = [(u, k) for k, u in blocked.items() if u != INF]
-                heapify(heap)
+    def _rebuild_block_heap(self) -> None:
+        """Drop heap entries of replaced, forgotten or evicted blocks."""
+        heap = self._block_heap
+        heap[:] = [(u, k) for k, u in self._blocked.items() if u != INF]
+        heapify(heap)
 
     # ------------------------------------------------------------------------------------------
     # maintenance and restoration

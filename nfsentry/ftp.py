@@ -621,7 +621,8 @@ class FtpTracker:
 class ExpectationTable:
     """Pending expectations, matched (and consumed) against queued packets.
 
-    ``match`` is called by the engine on every queued packet; an empty table costs one truth test.
+    The engine calls ``match`` for a queued TCP packet only while ``pending`` (the live dict of
+    expectations) is non-empty, so an empty table costs one truth test of a dict.
     At most ``max_entries`` are kept (the oldest evicted) and one per control connection (a newer
     announcement on the same control connection supersedes the older). Not thread-safe: use it from
     one thread or behind a lock.
@@ -634,6 +635,7 @@ class ExpectationTable:
         # key (peer, addr, port) -> [expectation, bound source port or None], oldest first.
         self._d: dict[tuple[bytes, bytes, int], list] = {}
         self._ctl: dict[tuple, tuple[bytes, bytes, int]] = {}
+        self.pending = self._d                # never rebound: truthy while expectations exist
         self.stats = {"added": 0, "matched": 0, "expired": 0, "evicted": 0, "superseded": 0}
 
     def __len__(self) -> int:

@@ -128,14 +128,14 @@ def test_contains_with_prefilters_agrees_with_ipaddress(nets, addrs):
 
 def test_prefilter_shapes():
     s = PrefixSet(["10.0.0.0/7", "2001:db8::/32", "2001:db9:8000::/33"])
-    assert s._pre4 == frozenset({10, 11}) and s._pre6_bytes == 4 and len(s._pre6) == 2
+    assert s.pre4 == frozenset({10, 11}) and s.pre6_bytes == 4 and len(s.pre6) == 2
     assert n("11.1.1.1") in s and n("12.0.0.0") not in s and n("2001:db9:8000::1") in s and n("2001:db9::1") not in s
     s = PrefixSet(["2001:d00::/20", "2001:db8::/24"])          # shorter than /32: 2-byte prefilter
-    assert s._pre6_bytes == 2 and n("2001:db8:ff::1") in s and n("2001:1000::1") not in s and n("2002::1") not in s
+    assert s.pre6_bytes == 2 and n("2001:db8:ff::1") in s and n("2001:1000::1") not in s and n("2002::1") not in s
     s = PrefixSet(["2000::/3"])                                  # too wide: no v6 prefilter
-    assert s._pre6 is None and n("3fff::1") in s and n("4000::1") not in s
+    assert s.pre6 is None and n("3fff::1") in s and n("4000::1") not in s
     s = PrefixSet(["2001:db8::/19", "2400::/9"])                # /9: 128 two-byte heads
-    assert s._pre6_bytes == 2 and len(s._pre6) == 1 + 128
+    assert s.pre6_bytes == 2 and len(s.pre6) == 1 + 128
     assert n("2001:1fff::1") in s and n("2001:2000::1") not in s and n("247f::1") in s and n("2480::1") not in s
 
 

@@ -103,6 +103,7 @@ def test_ignore_set_can_be_replaced():
 class FakeExpectations:
     def __init__(self, *keys):
         self.keys = set(keys)
+        self.pending = self.keys      # the engine calls match() only while this is truthy
         self.calls = []
 
     def match(self, src, dst, dport, now, sport=None):

@@ -229,7 +229,7 @@ def test_an_internal_error_on_a_packet_gives_accept_a_counter_and_a_rate_limited
     d = make_daemon(tmp_path)
 
     class Broken:
-        def process(self, pkt, now):
+        def process_raw(self, raw, now):
             raise RuntimeError("engine bug")
     d.engine = Broken()
     pkts = [FakePkt(syn(f"198.18.3.{i}")) for i in range(200)]
@@ -246,7 +246,7 @@ def test_failures_around_the_engine_still_give_exactly_one_verdict(tmp_path, cas
     d = make_daemon(tmp_path)
     p = FakePkt(syn("198.18.0.2"), fail_payload=case == "payload", fail_verdict=case == "verdict")
     if case == "decode":
-        d.decode = lambda raw: (_ for _ in ()).throw(MemoryError("decoder"))
+        d.engine.process_raw = lambda raw, now: (_ for _ in ()).throw(MemoryError("decoder"))
     if case == "nft":
         def boom(*a, **k):
             raise OSError("netlink: no buffer space")
