@@ -78,10 +78,12 @@ hot path that reads closure variables (see :meth:`Engine._build_process`).
 from __future__ import annotations
 
 import math
+import os
 import struct
 from collections import OrderedDict, deque
 from heapq import heapify, heappop, heappush
 from dataclasses import dataclass, field
+from functools import partial
 from enum import IntEnum
 
 from .addrs import PrefixSet, mask, masker, network_text, parse_network
@@ -124,7 +126,8 @@ _LEAN_V4TCP = struct.Struct("!xxHxxH4x4s4x2xH8xBB").unpack_from
 _LEAN_V4UDP = struct.Struct("!xxHxxH4x4s4x2xHH").unpack_from
 _LEAN_V6TCP = struct.Struct("!4xH2x16s16x2xH8xBB").unpack_from
 _LEAN_V6UDP = struct.Struct("!4xH2x16s16x2xHH").unpack_from
-_EVICTED, _UNDECODABLE, _EXPIRED_BLOCKS = len(Action), len(Action) + 1, len(Action) + 2
+# the engine's own counters, after the per-action ones in Engine._counts
+_EVICTED, _UNDECODABLE, _EXPIRED_BLOCKS, _BLOCKED_EVICTED, _OFFENDERS_EVICTED = range(len(Action), len(Action) + 5)
 
 
 @dataclass(slots=True)
@@ -330,12 +333,37 @@ class _Source:
     __slots__ = ("hits", "ports", "labels", "protos", "first", "last", "seen")
 
 
+_source = partial(_new, _Source)     # a new, empty _Source (no __init__ call)
+
+try:        # the compiled common cases of process_raw (nfsentry/_fastpath.c); optional
+    from . import _fastpath
+except ImportError:      # pragma: no cover - the package build always compiles it
+    _fastpath = None
+
+
+def compiled_available() -> bool:
+    """Is the compiled fast path importable (and not disabled by NFSENTRY_PURE_PYTHON=1)?"""
+    return _fastpath is not None and not os.environ.get("NFSENTRY_PURE_PYTHON")
+
+
 class Engine:
     """See the module docstring. ``ignore`` and ``expectations`` may be replaced at any time
-    (e.g. when the host's addresses change)."""
+    (e.g. when the host's addresses change).
+
+    ``compiled``: None (default) uses the compiled fast path for :meth:`process_raw` when it is
+    available (see :func:`compiled_available`), True requires it (ImportError otherwise), False
+    runs pure Python. Either way the rules are the Python body's: the compiled part decides only
+    the common cases where that body would certainly decide the same, and calls it for the rest
+    (tests/unit/test_engine_compiled.py compares both, decision by decision and state by state).
+    ``self.compiled`` says which is active."""
 
     def __init__(self, cfg: EngineConfig | None = None, ignore: PrefixSet | None = None,
-                 expectations=None):
+                 expectations=None, compiled: bool | None = None):
+        if compiled and _fastpath is None:
+            raise ImportError("nfsentry._fastpath is not built (pip install the package to compile it)")
+        self.compiled = compiled_available() if compiled is None else bool(compiled)
+        # per-source records: the compiled module's own type when it is used (it reads them directly)
+        self._new_source = _fastpath.Source if self.compiled else _source
         self.ignore = ignore
         self.expectations = expectations
         # Tracked sources: a plain dict plus a CLOCK (second-chance) queue of its keys in
@@ -346,9 +374,7 @@ class Engine:
         self._block_heap: list[tuple[float, bytes]] = []            # (until, key), finite blocks
         self._offenders: OrderedDict[bytes, int] = OrderedDict()
         # per-action decision counts, then the hot path's own counters (see _EVICTED ...)
-        self._counts = [0] * (len(Action) + 3)
-        self._blocked_evicted = 0
-        self._offenders_evicted = 0
+        self._counts = [0] * (len(Action) + 5)
         self._expired_sources = 0
         self.configure(cfg or EngineConfig())
 
@@ -432,6 +458,7 @@ class Engine:
         trigger = self._trigger
         guard = self._guard
         max_sources = self._max_sources
+        new_source = self._new_source
         v4tcp, v4udp, v6tcp, v6udp = _LEAN_V4TCP, _LEAN_V4UDP, _LEAN_V6TCP, _LEAN_V6UDP
         label_by_flags, stream, reply, flag_strings = _LABEL_BY_FLAGS, _STREAM, _REPLY, _FLAG_STRINGS
 
@@ -594,7 +621,7 @@ class Engine:
             if not (instant or triggered or windowed) or (guard and proto == 6 and reply[flags] and clean):
                 if hits == 1:                  # (re)start the source's state
                     if st is None:
-                        st = _new(_Source)
+                        st = new_source()
                         st.seen = False
                         states[key] = st
                         clock_append(key)
@@ -632,8 +659,10 @@ class Engine:
                 offenders[key] = offences
                 if offences > 1:
                     offenders.move_to_end(key)
-                elif len(offenders) > max_offenders:
-                    engine._trim_offenders()
+                else:
+                    while len(offenders) > max_offenders:     # least recently offending first
+                        offenders.popitem(last=False)
+                        counts[_OFFENDERS_EVICTED] += 1
                 duration = durations[offences] if offences < 65 else engine.duration_for(offences)
                 # the key is not in ``blocked`` here (an ended block was deleted above)
                 if duration > 0:
@@ -644,8 +673,9 @@ class Engine:
                         engine._rebuild_block_heap()
                 else:
                     blocked[key] = INF
-                if len(blocked) > max_sources:
-                    engine._trim_blocked()
+                while len(blocked) > max_sources:             # oldest block first
+                    blocked.popitem(last=False)
+                    counts[_BLOCKED_EVICTED] += 1
                 block = (offences, duration)
             else:
                 duration = 0.0
@@ -664,7 +694,17 @@ class Engine:
 
         process.__doc__ = Engine.process.__doc__
         run.__doc__ = Engine.process_raw.__doc__
-        return process, run          # run(raw, now) is process_raw: no wrapper on the hot path
+        if not self.compiled:
+            return process, run      # run(raw, now) is process_raw: no wrapper on the hot path
+        labels = _LABEL_BY_FLAGS + ("UDP",)          # by TCP flags byte, [256] for UDP
+        instant = bytes((label in instant_labels and not (label == "UNKNOWN" and f < 256 and _STREAM[f]))
+                        for f, label in enumerate(labels))
+        fast = _fastpath.FastPath(
+            engine=self, states=states, blocked=blocked, counts=counts, clock=clock, fallback=run,
+            labels=labels, one_labels=tuple(_ONE_LABEL.get(label) or (label,) for label in labels),
+            instant=instant, window=window, trigger=float(trigger), window_ports=window_ports,
+            port_cap=port_cap, max_sources=max_sources, v6len=v6len)
+        return process, fast
 
     def _evict(self) -> None:
         """Bring the tracked sources back under ``max_sources`` (CLOCK, an approximation of LRU).
@@ -742,14 +782,14 @@ class Engine:
         blocked = self._blocked
         while len(blocked) > self._max_sources:
             blocked.popitem(last=False)
-            self._blocked_evicted += 1
+            self._counts[_BLOCKED_EVICTED] += 1
 
     def _trim_offenders(self) -> None:
         """Forget the least recently offending sources beyond ``max_offenders``."""
         off = self._offenders
         while len(off) > self._max_offenders:
             off.popitem(last=False)
-            self._offenders_evicted += 1
+            self._counts[_OFFENDERS_EVICTED] += 1
 
     def _rebuild_block_heap(self) -> None:
         """Drop heap entries of replaced, forgotten or evicted blocks."""
@@ -884,8 +924,8 @@ class Engine:
         return {
             "tracked": len(self._states), "blocked": len(self._blocked),
             "offenders": len(self._offenders),
-            "evicted": c[_EVICTED], "blocked_evicted": self._blocked_evicted,
-            "offenders_evicted": self._offenders_evicted,
+            "evicted": c[_EVICTED], "blocked_evicted": c[_BLOCKED_EVICTED],
+            "offenders_evicted": c[_OFFENDERS_EVICTED],
             "expired_sources": self._expired_sources, "expired_blocks": c[_EXPIRED_BLOCKS],
             "undecodable": c[_UNDECODABLE],
             "packets": sum(c[:len(Action)]),

@@ -1,0 +1,618 @@
+/* nfsentry._fastpath: the common cases of Engine.process_raw, compiled.
+ *
+ * The rules live in nfsentry/engine.py (Engine._build_process, ``run``): that Python body is the
+ * reference and decides every packet this code does not. FastPath is a conservative shortcut for
+ * the packets that make up nearly all of a flood or a scan, and it only decides a packet when
+ * the Python body would certainly give the same answer and the same state:
+ *
+ *   - the packet has one of decode()'s fast shapes (IPv4 without options or IPv6 without
+ *     extension headers, unfragmented, a complete TCP or UDP header; the same checks);
+ *   - its source is outside the ignore set's prefilter, and no FTP expectation is pending
+ *     (TCP);
+ *   - the source is blocked and the block has not ended -> DROP;
+ *   - or the hit is recorded (new source, a source quiet for longer than the window, or a
+ *     tracked one) and no policy reacts -> COUNT. Anything that could react, an ended block,
+ *     ports that left the window: the Python body, called before any state was touched.
+ *
+ * The state stays in the engine's own Python containers (dict, OrderedDict, deque, list); only
+ * the per-source record is a C type (Source), whose attributes the Python body reads and writes
+ * like those of its own class. tests/unit/test_engine_compiled.py runs both on the same packets
+ * and compares every decision and the whole state.
+ *
+ * Memory safety: the packet is only read at fixed offsets after its length was checked.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+
+/* ---- Source: one tracked source (engine._Source) ------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    long long hits;
+    PyObject *ports;     /* int port key, or dict port key -> last hit time */
+    PyObject *labels;    /* tuple of label strings */
+    int protos;          /* 1 tcp, 2 udp, 4 other */
+    double first;
+    double last;
+    char seen;           /* CLOCK reference bit */
+} Source;
+
+static void Source_dealloc(Source *s) {
+    Py_XDECREF(s->ports);
+    Py_XDECREF(s->labels);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyMemberDef Source_members[] = {
+    {"hits", T_LONGLONG, offsetof(Source, hits), 0, NULL},
+    {"ports", T_OBJECT_EX, offsetof(Source, ports), 0, NULL},
+    {"labels", T_OBJECT_EX, offsetof(Source, labels), 0, NULL},
+    {"protos", T_INT, offsetof(Source, protos), 0, NULL},
+    {"first", T_DOUBLE, offsetof(Source, first), 0, NULL},
+    {"last", T_DOUBLE, offsetof(Source, last), 0, NULL},
+    {"seen", T_BOOL, offsetof(Source, seen), 0, NULL},
+    {NULL}
+};
+
+/* No GC support: a Source holds an int or a dict of ints -> floats, and a tuple of strings,
+ * which can never lead back to it. */
+static PyTypeObject SourceType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "nfsentry._fastpath.Source",
+    .tp_doc = "Per-source state of the engine (see engine._Source).",
+    .tp_basicsize = sizeof(Source),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)Source_dealloc,
+    .tp_members = Source_members,
+};
+
+/* ---- FastPath ------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *engine;       /* for ignore, expectations, _evict, _compact_clock */
+    PyObject *states;       /* dict key -> Source */
+    PyObject *blocked;      /* OrderedDict key -> until */
+    PyObject *counts;       /* list of ints (per action, then the engine's own counters) */
+    PyObject *clock;        /* deque of keys */
+    PyObject *fallback;     /* the Python body: run(raw, now) */
+    PyObject *labels;       /* tuple of 257 label strings: TCP by flags byte, [256] "UDP" */
+    PyObject *one_labels;   /* tuple of 257 one-label tuples, same index */
+    unsigned char instant[257];  /* does this label react instantly (same index) */
+    double window;
+    double trigger;         /* hits > trigger reacts; inf = off */
+    long window_ports;
+    long port_cap;
+    Py_ssize_t max_sources;
+    int v6len;
+    unsigned long long handled, fallbacks;
+} FastPath;
+
+static PyObject *str_ignore, *str_expectations, *str_pending, *str_pre4, *str_pre6, *str_pre6_bytes,
+    *str_evict, *str_compact, *str_append;
+
+static int FastPath_traverse(FastPath *f, visitproc visit, void *arg) {
+    Py_VISIT(f->engine);
+    Py_VISIT(f->states);
+    Py_VISIT(f->blocked);
+    Py_VISIT(f->counts);
+    Py_VISIT(f->clock);
+    Py_VISIT(f->fallback);
+    Py_VISIT(f->labels);
+    Py_VISIT(f->one_labels);
+    return 0;
+}
+
+static int FastPath_clear(FastPath *f) {
+    Py_CLEAR(f->engine);
+    Py_CLEAR(f->states);
+    Py_CLEAR(f->blocked);
+    Py_CLEAR(f->counts);
+    Py_CLEAR(f->clock);
+    Py_CLEAR(f->fallback);
+    Py_CLEAR(f->labels);
+    Py_CLEAR(f->one_labels);
+    return 0;
+}
+
+static void FastPath_dealloc(FastPath *f) {
+    PyObject_GC_UnTrack(f);
+    FastPath_clear(f);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+static int FastPath_init(FastPath *f, PyObject *args, PyObject *kw) {
+    static char *names[] = {"engine", "states", "blocked", "counts", "clock", "fallback", "labels",
+                            "one_labels", "instant", "window", "trigger", "window_ports", "port_cap",
+                            "max_sources", "v6len", NULL};
+    PyObject *engine, *states, *blocked, *counts, *clock, *fallback, *labels, *one_labels;
+    Py_buffer instant;
+    double window, trigger;
+    long window_ports, port_cap;
+    Py_ssize_t max_sources;
+    int v6len;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!O!O!OOO!O!y*ddllni", names, &engine, &PyDict_Type, &states,
+                                     &PyDict_Type, &blocked, &PyList_Type, &counts, &clock, &fallback,
+                                     &PyTuple_Type, &labels, &PyTuple_Type, &one_labels, &instant, &window,
+                                     &trigger, &window_ports, &port_cap, &max_sources, &v6len))
+        return -1;
+    if (instant.len != 257 || PyTuple_GET_SIZE(labels) != 257 || PyTuple_GET_SIZE(one_labels) != 257 ||
+        PyList_GET_SIZE(counts) < 6 || v6len < 0 || v6len > 128 || !PyCallable_Check(fallback)) {
+        PyBuffer_Release(&instant);
+        PyErr_SetString(PyExc_ValueError, "FastPath: bad tables");
+        return -1;
+    }
+    memcpy(f->instant, instant.buf, 257);
+    PyBuffer_Release(&instant);
+    FastPath_clear(f);
+    Py_INCREF(engine); f->engine = engine;
+    Py_INCREF(states); f->states = states;
+    Py_INCREF(blocked); f->blocked = blocked;
+    Py_INCREF(counts); f->counts = counts;
+    Py_INCREF(clock); f->clock = clock;
+    Py_INCREF(fallback); f->fallback = fallback;
+    Py_INCREF(labels); f->labels = labels;
+    Py_INCREF(one_labels); f->one_labels = one_labels;
+    f->window = window;
+    f->trigger = trigger;
+    f->window_ports = window_ports;
+    f->port_cap = port_cap;
+    f->max_sources = max_sources;
+    f->v6len = v6len;
+    return 0;
+}
+
+static inline unsigned be16(const unsigned char *p) { return ((unsigned)p[0] << 8) | p[1]; }
+
+/* counts[i] += 1 */
+static int bump(PyObject *counts, Py_ssize_t i) {
+    PyObject *old = PyList_GET_ITEM(counts, i);
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *n = PyNumber_Add(old, one);
+    Py_DECREF(one);
+    if (!n)
+        return -1;
+    PyList_SET_ITEM(counts, i, n);   /* steals n */
+    Py_DECREF(old);
+    return 0;
+}
+
+/* 1: the source may be in the ignore set (let Python decide), 0: certainly not, -1: error */
+static int maybe_ignored(PyObject *engine, const unsigned char *src, int v4) {
+    PyObject *ignore = PyObject_GetAttr(engine, str_ignore);
+    if (!ignore)
+        return -1;
+    int r = 0;
+    if (ignore != Py_None) {
+        if (v4) {
+            PyObject *pre4 = PyObject_GetAttr(ignore, str_pre4);
+            if (!pre4) { r = -1; goto out; }
+            PyObject *octet = PyLong_FromLong(src[0]);   /* a cached small int */
+            r = octet ? PySequence_Contains(pre4, octet) : -1;
+            Py_XDECREF(octet);
+            Py_DECREF(pre4);
+        } else {
+            PyObject *pre6 = PyObject_GetAttr(ignore, str_pre6);
+            if (!pre6) { r = -1; goto out; }
+            if (pre6 == Py_None) {
+                r = 1;
+            } else {
+                PyObject *nb = PyObject_GetAttr(ignore, str_pre6_bytes);
+                Py_ssize_t n = nb ? PyLong_AsSsize_t(nb) : -1;
+                Py_XDECREF(nb);
+                if (n < 0 || n > 16) {
+                    r = PyErr_Occurred() ? -1 : 1;
+                } else {
+                    PyObject *head = PyBytes_FromStringAndSize((const char *)src, n);
+                    r = head ? PySequence_Contains(pre6, head) : -1;
+                    Py_XDECREF(head);
+                }
+            }
+            Py_DECREF(pre6);
+        }
+    }
+out:
+    Py_DECREF(ignore);
+    return r;
+}
+
+/* 1: an FTP expectation is pending (let Python match it), 0: none, -1: error */
+static int expectations_pending(PyObject *engine) {
+    PyObject *exp = PyObject_GetAttr(engine, str_expectations);
+    if (!exp)
+        return -1;
+    int r = 0;
+    if (exp != Py_None) {
+        PyObject *pending = PyObject_GetAttr(exp, str_pending);
+        r = pending ? PyObject_IsTrue(pending) : -1;
+        Py_XDECREF(pending);
+    }
+    Py_DECREF(exp);
+    return r;
+}
+
+static PyObject *call_fallback(FastPath *f, PyObject *raw, PyObject *now) {
+    f->fallbacks++;
+    PyObject *args[2] = {raw, now};
+    return PyObject_Vectorcall(f->fallback, args, 2, NULL);
+}
+
+/* Would the ports of a tracked source (a dict) certainly not react to this hit, and need no
+ * pruning? Sets *contains. 1 yes, 0 no (let Python decide), -1 error. */
+static int dict_ports_quiet(FastPath *f, PyObject *ports, PyObject *pk, double now, int *contains) {
+    int c = PyDict_Contains(ports, pk);
+    if (c < 0)
+        return -1;
+    *contains = c;
+    if (!f->window_ports)
+        return 1;            /* no window policy: no pruning, no window reaction */
+    Py_ssize_t len = PyDict_GET_SIZE(ports);
+    Py_ssize_t upper = c ? len : (len >= f->port_cap ? len : len + 1);
+    if (upper >= f->window_ports)
+        return 0;
+    /* nothing may be stale: then nothing is after this hit either, and Python prunes nothing */
+    double oldest = now - f->window;
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(ports, &pos, &k, &v)) {
+        double t = PyFloat_AsDouble(v);
+        if (t == -1.0 && PyErr_Occurred())
+            return -1;
+        if (t < oldest)
+            return 0;
+    }
+    return 1;
+}
+
+static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
+    PyObject *raw, *nowobj;
+    if (kw && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "process_raw(raw, now) takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "process_raw", 2, 2, &raw, &nowobj))
+        return NULL;
+    if (!PyBytes_CheckExact(raw) || !(PyFloat_CheckExact(nowobj) || PyLong_CheckExact(nowobj)))
+        return call_fallback(f, raw, nowobj);
+    double now = PyFloat_AsDouble(nowobj);
+    if (now == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return call_fallback(f, raw, nowobj);
+    }
+    if (PyLong_CheckExact(nowobj) && (double)PyLong_AsLongLong(nowobj) != now) {
+        PyErr_Clear();       /* an int clock beyond double precision: Python's arithmetic */
+        return call_fallback(f, raw, nowobj);
+    }
+
+    /* -- 1. decode()'s fast shapes, with its checks */
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    const unsigned char *src;
+    unsigned proto, dport, flags = 0;
+    int v4;
+    if (n < 28)
+        return call_fallback(f, raw, nowobj);
+    if (p[0] == 0x45) {
+        unsigned tot = be16(p + 2), frag = be16(p + 6);
+        proto = p[9];
+        if (frag & 0x3FFF || tot > n)
+            return call_fallback(f, raw, nowobj);
+        if (proto == 6) {
+            if (n < 40 || tot < 40)
+                return call_fallback(f, raw, nowobj);
+            unsigned doff = (p[32] >> 4) << 2;
+            if (doff < 20 || doff > tot - 20)
+                return call_fallback(f, raw, nowobj);
+            flags = p[33];
+        } else if (proto == 17) {
+            unsigned ulen = be16(p + 24);
+            if (tot < 28 || ulen < 8 || ulen > tot - 20)
+                return call_fallback(f, raw, nowobj);
+        } else {
+            return call_fallback(f, raw, nowobj);
+        }
+        src = p + 12;
+        dport = be16(p + 22);
+        v4 = 1;
+    } else if ((p[0] >> 4) == 6 && n >= 48) {
+        unsigned pl = be16(p + 4);
+        proto = p[6];
+        if (pl > n - 40)
+            return call_fallback(f, raw, nowobj);
+        if (proto == 6) {
+            if (n < 60 || pl < 20)
+                return call_fallback(f, raw, nowobj);
+            unsigned doff = (p[52] >> 4) << 2;
+            if (doff < 20 || doff > pl)
+                return call_fallback(f, raw, nowobj);
+            flags = p[53];
+        } else if (proto == 17) {
+            unsigned ulen = be16(p + 44);
+            if (pl < 8 || ulen < 8 || ulen > pl)
+                return call_fallback(f, raw, nowobj);
+        } else {
+            return call_fallback(f, raw, nowobj);
+        }
+        src = p + 8;
+        dport = be16(p + 42);
+        v4 = 0;
+    } else {
+        return call_fallback(f, raw, nowobj);
+    }
+    unsigned li = proto == 6 ? flags : 256;   /* index into the label tables */
+
+    /* -- 2. ignore prefilter, FTP expectations */
+    int r = maybe_ignored(f->engine, src, v4);
+    if (r)
+        return r < 0 ? NULL : call_fallback(f, raw, nowobj);
+    if (proto == 6) {
+        r = expectations_pending(f->engine);
+        if (r)
+            return r < 0 ? NULL : call_fallback(f, raw, nowobj);
+    }
+
+    /* the key: the IPv4 address, or the IPv6 address masked to the configured prefix */
+    unsigned char kb[16];
+    Py_ssize_t klen = v4 ? 4 : 16;
+    memcpy(kb, src, klen);
+    if (!v4 && f->v6len < 128) {
+        int q = f->v6len / 8, rem = f->v6len % 8;
+        if (rem)
+            kb[q++] &= (unsigned char)(0xFF << (8 - rem));
+        memset(kb + q, 0, 16 - q);
+    }
+    PyObject *key = PyBytes_FromStringAndSize((const char *)kb, klen);
+    if (!key)
+        return NULL;
+    PyObject *result = NULL;
+
+    /* -- 3. blocked: DROP while the block lasts; an ended one is Python's to delete */
+    PyObject *until = PyDict_GetItemWithError(f->blocked, key);   /* borrowed */
+    if (until) {
+        double u = PyFloat_AsDouble(until);
+        if (u == -1.0 && PyErr_Occurred())
+            goto done;
+        if (now < u) {
+            if (bump(f->counts, 5) < 0)
+                goto done;
+            f->handled++;
+            result = PyLong_FromLong(5 << 8 | proto);
+        } else {
+            result = call_fallback(f, raw, nowobj);
+        }
+        goto done;
+    } else if (PyErr_Occurred()) {
+        goto done;
+    }
+
+    /* -- 4. record the hit when no policy can react */
+    long pk = (long)proto << 16 | dport;
+    int instant = f->instant[li];
+    Source *st = (Source *)PyDict_GetItemWithError(f->states, key);   /* borrowed */
+    if (!st && PyErr_Occurred())
+        goto done;
+    if (st && Py_TYPE(st) != &SourceType) {      /* not ours (restored by Python code?) */
+        result = call_fallback(f, raw, nowobj);
+        goto done;
+    }
+    if (!st || now - st->last > f->window) {
+        /* new, or quiet for longer than the window: hits = nports = 1 */
+        if (instant || 1.0 > f->trigger || (f->window_ports && 1 >= f->window_ports)) {
+            result = call_fallback(f, raw, nowobj);
+            goto done;
+        }
+        PyObject *pko = PyLong_FromLong(pk);
+        if (!pko)
+            goto done;
+        PyObject *one = PyTuple_GET_ITEM(f->one_labels, li);
+        if (!st) {
+            st = (Source *)PyType_GenericNew(&SourceType, NULL, NULL);
+            if (!st) {
+                Py_DECREF(pko);
+                goto done;
+            }
+            st->seen = 0;
+            st->hits = 1;
+            st->ports = pko;
+            Py_INCREF(one);
+            st->labels = one;
+            st->protos = proto == 6 ? 1 : 2;
+            st->first = st->last = now;
+            int err = PyDict_SetItem(f->states, key, (PyObject *)st);
+            Py_DECREF(st);          /* the dict holds it now */
+            if (err < 0)
+                goto done;
+            PyObject *res = PyObject_CallMethodOneArg(f->clock, str_append, key);
+            if (!res)
+                goto done;
+            Py_DECREF(res);
+            Py_ssize_t ns = PyDict_GET_SIZE(f->states);
+            if (ns > f->max_sources) {
+                res = PyObject_CallMethodNoArgs(f->engine, str_evict);
+            } else {
+                Py_ssize_t nc = PyObject_Length(f->clock);
+                if (nc < 0)
+                    goto done;
+                res = nc > 2 * ns + 64 ? PyObject_CallMethodNoArgs(f->engine, str_compact) : Py_NewRef(Py_None);
+            }
+            if (!res)
+                goto done;
+            Py_DECREF(res);
+        } else {
+            st->seen = 1;
+            st->hits = 1;
+            Py_SETREF(st->ports, pko);
+            Py_INCREF(one);
+            Py_SETREF(st->labels, one);
+            st->protos = proto == 6 ? 1 : 2;
+            st->first = st->last = now;
+        }
+    } else {
+        /* tracked, within the window */
+        long long hits = st->hits + 1;
+        if (instant || (double)hits > f->trigger) {
+            result = call_fallback(f, raw, nowobj);
+            goto done;
+        }
+        PyObject *label = PyTuple_GET_ITEM(f->labels, li);
+        PyObject *ports = st->ports;
+        PyObject *pko = PyLong_FromLong(pk);
+        if (!pko)
+            goto done;
+        PyObject *nowf = PyFloat_FromDouble(now);
+        if (!nowf) {
+            Py_DECREF(pko);
+            goto done;
+        }
+        int single = PyLong_CheckExact(ports), same = 0, contains = 0;
+        if (single) {
+            int c = PyObject_RichCompareBool(ports, pko, Py_EQ);
+            if (c < 0)
+                goto hit_fail;
+            same = c;
+            long nports = same || f->port_cap <= 1 ? 1 : 2;
+            if (f->window_ports && nports >= f->window_ports) {
+                Py_DECREF(pko);
+                Py_DECREF(nowf);
+                result = call_fallback(f, raw, nowobj);
+                goto done;
+            }
+        } else if (PyDict_CheckExact(ports)) {
+            int q = dict_ports_quiet(f, ports, pko, now, &contains);
+            if (q < 0)
+                goto hit_fail;
+            if (!q) {
+                Py_DECREF(pko);
+                Py_DECREF(nowf);
+                result = call_fallback(f, raw, nowobj);
+                goto done;
+            }
+        } else {
+            Py_DECREF(pko);
+            Py_DECREF(nowf);
+            result = call_fallback(f, raw, nowobj);
+            goto done;
+        }
+        /* no reaction: update the record as Python's body does */
+        int has = PySequence_Contains(st->labels, label);
+        if (has < 0)
+            goto hit_fail;
+        if (!has) {
+            PyObject *more = PyTuple_Pack(1, label);
+            PyObject *joined = more ? PySequence_Concat(st->labels, more) : NULL;
+            Py_XDECREF(more);
+            if (!joined)
+                goto hit_fail;
+            Py_SETREF(st->labels, joined);
+        }
+        st->seen = 1;
+        st->hits = hits;
+        st->protos |= proto == 6 ? 1 : 2;
+        if (single) {
+            if (!same) {
+                if (f->port_cap > 1) {
+                    PyObject *d = PyDict_New();
+                    PyObject *lastf = d ? PyFloat_FromDouble(st->last) : NULL;
+                    if (!lastf || PyDict_SetItem(d, ports, lastf) < 0 || PyDict_SetItem(d, pko, nowf) < 0) {
+                        Py_XDECREF(lastf);
+                        Py_XDECREF(d);
+                        goto hit_fail;
+                    }
+                    Py_DECREF(lastf);
+                    Py_SETREF(st->ports, d);
+                } else {
+                    Py_INCREF(pko);
+                    Py_SETREF(st->ports, pko);
+                }
+            }
+        } else {
+            if (contains) {
+                if (PyDict_DelItem(ports, pko) < 0)
+                    goto hit_fail;
+            } else if (PyDict_GET_SIZE(ports) >= f->port_cap) {
+                Py_ssize_t pos = 0;
+                PyObject *k0, *v0;
+                if (PyDict_Next(ports, &pos, &k0, &v0)) {
+                    Py_INCREF(k0);
+                    int err = PyDict_DelItem(ports, k0);
+                    Py_DECREF(k0);
+                    if (err < 0)
+                        goto hit_fail;
+                }
+            }
+            if (PyDict_SetItem(ports, pko, nowf) < 0)
+                goto hit_fail;
+        }
+        st->last = now;
+        Py_DECREF(pko);
+        Py_DECREF(nowf);
+        goto counted;
+    hit_fail:
+        Py_DECREF(pko);
+        Py_DECREF(nowf);
+        goto done;
+    }
+counted:
+    if (bump(f->counts, 2) < 0)
+        goto done;
+    f->handled++;
+    result = PyLong_FromLong(2 << 8 | proto);
+done:
+    Py_DECREF(key);
+    return result;
+}
+
+static PyMemberDef FastPath_members[] = {
+    {"handled", T_ULONGLONG, offsetof(FastPath, handled), READONLY, "packets decided here"},
+    {"fallbacks", T_ULONGLONG, offsetof(FastPath, fallbacks), READONLY, "packets handed to the Python body"},
+    {NULL}
+};
+
+static PyTypeObject FastPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "nfsentry._fastpath.FastPath",
+    .tp_doc = "process_raw(raw, now): the common cases in C, the rest through the Python body.",
+    .tp_basicsize = sizeof(FastPath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)FastPath_init,
+    .tp_dealloc = (destructor)FastPath_dealloc,
+    .tp_traverse = (traverseproc)FastPath_traverse,
+    .tp_clear = (inquiry)FastPath_clear,
+    .tp_call = (ternaryfunc)FastPath_call,
+    .tp_members = FastPath_members,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "nfsentry._fastpath",
+    "Compiled common cases of nfsentry's engine (see nfsentry/engine.py for the rules).", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    if (PyType_Ready(&SourceType) < 0 || PyType_Ready(&FastPathType) < 0)
+        return NULL;
+#define INTERN(var, text) if (!(var = PyUnicode_InternFromString(text))) return NULL
+    INTERN(str_ignore, "ignore");
+    INTERN(str_expectations, "expectations");
+    INTERN(str_pending, "pending");
+    INTERN(str_pre4, "pre4");
+    INTERN(str_pre6, "pre6");
+    INTERN(str_pre6_bytes, "pre6_bytes");
+    INTERN(str_evict, "_evict");
+    INTERN(str_compact, "_compact_clock");
+    INTERN(str_append, "append");
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&SourceType);
+    Py_INCREF(&FastPathType);
+    if (PyModule_AddObject(m, "Source", (PyObject *)&SourceType) < 0 ||
+        PyModule_AddObject(m, "FastPath", (PyObject *)&FastPathType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
