@@ -91,7 +91,7 @@ typedef struct {
     unsigned long long handled, fallbacks;
 } FastPath;
 
-static PyObject *str_ignore, *str_expectations, *str_pending, *str_pre4, *str_pre6, *str_pre6_bytes,
+static PyObject *str_ignore, *str_exact, *str_expectations, *str_pending, *str_pre4, *str_pre6, *str_pre6_bytes,
     *str_evict, *str_compact, *str_append;
 
 static int FastPath_traverse(FastPath *f, visitproc visit, void *arg) {
@@ -180,13 +180,21 @@ static int bump(PyObject *counts, Py_ssize_t i) {
     return 0;
 }
 
-/* 1: the source may be in the ignore set (let Python decide), 0: certainly not, -1: error */
-static int maybe_ignored(PyObject *engine, const unsigned char *src, int v4) {
+/* 1: the source may be in the ignore set (let Python decide), 0: certainly not, -1: error.
+ * The set's exact addresses, then its prefilter for the other networks (see PrefixSet). */
+static int maybe_ignored(PyObject *engine, const unsigned char *src, int v4, PyObject *key) {
     PyObject *ignore = PyObject_GetAttr(engine, str_ignore);
     if (!ignore)
         return -1;
     int r = 0;
     if (ignore != Py_None) {
+        PyObject *exact = PyObject_GetAttr(ignore, str_exact);
+        PyObject *addr = !exact ? NULL : v4 ? Py_NewRef(key) : PyBytes_FromStringAndSize((const char *)src, 16);
+        r = addr ? PySequence_Contains(exact, addr) : -1;
+        Py_XDECREF(addr);
+        Py_XDECREF(exact);
+        if (r)
+            goto out;
         if (v4) {
             PyObject *pre4 = PyObject_GetAttr(ignore, str_pre4);
             if (!pre4) { r = -1; goto out; }
@@ -344,16 +352,6 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
     }
     unsigned li = proto == 6 ? flags : 256;   /* index into the label tables */
 
-    /* -- 2. ignore prefilter, FTP expectations */
-    int r = maybe_ignored(f->engine, src, v4);
-    if (r)
-        return r < 0 ? NULL : call_fallback(f, raw, nowobj);
-    if (proto == 6) {
-        r = expectations_pending(f->engine);
-        if (r)
-            return r < 0 ? NULL : call_fallback(f, raw, nowobj);
-    }
-
     /* the key: the IPv4 address, or the IPv6 address masked to the configured prefix */
     unsigned char kb[16];
     Py_ssize_t klen = v4 ? 4 : 16;
@@ -368,6 +366,15 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
     if (!key)
         return NULL;
     PyObject *result = NULL;
+
+    /* -- 2. the ignore set (exact addresses, the prefilter of the rest), FTP expectations */
+    int r = maybe_ignored(f->engine, src, v4, key);
+    if (!r && proto == 6)
+        r = expectations_pending(f->engine);
+    if (r) {
+        result = r < 0 ? NULL : call_fallback(f, raw, nowobj);
+        goto done;
+    }
 
     /* -- 3. blocked: DROP while the block lasts; an ended one is Python's to delete */
     PyObject *until = PyDict_GetItemWithError(f->blocked, key);   /* borrowed */
@@ -596,6 +603,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         return NULL;
 #define INTERN(var, text) if (!(var = PyUnicode_InternFromString(text))) return NULL
     INTERN(str_ignore, "ignore");
+    INTERN(str_exact, "exact");
     INTERN(str_expectations, "expectations");
     INTERN(str_pending, "pending");
     INTERN(str_pre4, "pre4");

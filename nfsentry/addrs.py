@@ -107,16 +107,18 @@ class PrefixSet:
     ``(mask, set)`` pairs walked by :meth:`contains` (one entry per distinct prefix length).
     """
 
-    __slots__ = ("_by_len", "_v4", "_v6", "_exact", "_count", "pre4", "pre6", "pre6_bytes")
+    __slots__ = ("_by_len", "_v4", "_v6", "exact", "_count", "pre4", "pre6", "pre6_bytes")
 
     def __init__(self, items: Iterable = ()):
         self._by_len: dict[tuple[int, int], set[int]] = {}
         self._v4: tuple = ()
         self._v6: tuple = ()
-        self._exact: frozenset[bytes] = frozenset()   # /32 and /128 entries as raw bytes
+        self.exact: frozenset[bytes] = frozenset()   # /32 and /128 entries as raw bytes
         self._count = 0
-        # Prefilters: the first IPv4 octet / the leading IPv6 bytes any entry can match. Most
-        # sources match no entry, and one index + one small-set lookup rejects them.
+        # Whole addresses (own addresses, resolvers) are answered by ``exact``; the prefilters
+        # cover the other networks: the first IPv4 octet / the leading IPv6 bytes such a network
+        # can match. Most sources match no entry, and two set lookups reject them. The engine's
+        # hot paths (Python and compiled) read these three public attributes directly.
         self.pre4: frozenset[int] = frozenset()
         self.pre6: frozenset[bytes] | None = frozenset()
         self.pre6_bytes = 4
@@ -157,12 +159,14 @@ class PrefixSet:
             (v4 if family == 4 else v6).append((m, members))
         self._v4 = tuple(v4)
         self._v6 = tuple(v6)
-        self._exact = frozenset(exact)
+        self.exact = frozenset(exact)
         pre4: set[int] = set()
         pre6: set[bytes] | None = set()
-        v6_lens = [plen for (family, plen) in self._by_len if family == 6]
+        v6_lens = [plen for (family, plen) in self._by_len if family == 6 and plen < 128]
         nbytes = 4 if not v6_lens or min(v6_lens) >= 32 else 2 if min(v6_lens) >= 8 else 0
         for (family, plen), members in self._by_len.items():
+            if plen == (32 if family == 4 else 128):
+                continue        # whole addresses: the exact set answers for them
             if family == 4:
                 for value in members:   # every first octet the prefix covers (<= 256)
                     first = value >> 24
@@ -182,6 +186,8 @@ class PrefixSet:
 
     def contains(self, addr: bytes) -> bool:
         """Is this raw 4- or 16-byte address inside any network of the set?"""
+        if addr in self.exact:
+            return True
         n = len(addr)
         if n == 4:
             if addr[0] not in self.pre4:
@@ -194,8 +200,6 @@ class PrefixSet:
             table = self._v6
         else:
             return False
-        if addr in self._exact:
-            return True
         if not table:
             return False
         a = int.from_bytes(addr, "big")

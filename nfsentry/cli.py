@@ -160,6 +160,7 @@ def status(config: Optional[str] = ConfigOpt, as_json: bool = typer.Option(False
         f"nfsentry {reply.get('version')} is running (pid {reply.get('pid')}, up {fmt_left(reply.get('uptime'))})",
         f"  queue backend:     {reply.get('backend')}",
         f"  in-use detection:  {reply.get('inuse')}",
+        f"  engine:            {reply.get('engine_kind')}",
         f"  mode:              {reply.get('mode')}{' (dry run)' if reply.get('dry_run') else ''}",
         f"  monitored tcp:     {reply.get('tcp_ports')} ({reply.get('tcp_port_count')} ports)",
         f"  monitored udp:     {reply.get('udp_ports')} ({reply.get('udp_port_count')} ports)",

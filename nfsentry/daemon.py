@@ -246,8 +246,8 @@ class Daemon:
         st = self.nft.status()
         self.backend = st.get("backend")
         self.inuse = st.get("inuse")
-        log.info("nfsentry %s is active: queue backend %s, in-use detection %s, mode %s, monitoring tcp %s (%d ports) udp %s (%d ports), "
-                 "%d never-block networks, %d blocks restored", __version__, self.backend, self.inuse, self.cfg["monitor"]["mode"],
+        log.info("nfsentry %s is active: queue backend %s, in-use detection %s, engine %s, mode %s, monitoring tcp %s (%d ports) udp %s (%d ports), "
+                 "%d never-block networks, %d blocks restored", __version__, self.backend, self.inuse, self.engine_kind(), self.cfg["monitor"]["mode"],
                  C.ranges_text(self.cfg.tcp_ports), C.count_ports(self.cfg.tcp_ports), C.ranges_text(self.cfg.udp_ports),
                  C.count_ports(self.cfg.udp_ports), len(self.protected), self.restored)
 
@@ -294,35 +294,43 @@ class Daemon:
 
     # == the packet path ============================================================================
     def on_packet(self, p) -> None:
-        """The scan queue's callback (main thread): the verdict first, then, when the control
-        thread, a signal or the 1 s ticker asked for it, the main thread's other duties, so they
-        also run during a flood that keeps the queue busy (run() never returns then)."""
-        self.verdict(p)
+        """The scan queue's callback (main thread): exactly one verdict per packet, whatever
+        fails; then, when the control thread, a signal or the 1 s ticker asked for it, the main
+        thread's other duties, so they also run during a flood that keeps the queue busy (run()
+        never returns then).
+
+        Most packets take the lean path: the engine's process_raw answers PASS/IGNORE/COUNT/DROP
+        with a small int (``action << 8 | proto``), turned into the verdict by one table lookup
+        (``lean_verdicts``, built from the configuration); only reactions come back as a Decision
+        (``decided``). This is the per-packet cost: keep it flat."""
+        self.counters["queued"] += 1
+        try:
+            r = self.engine.process_raw(p.get_payload(), time.time())
+        except Exception as e:
+            self.failed(p, e, False)
+        else:
+            if r.__class__ is int:
+                v = self.lean_verdicts[r]
+                try:
+                    if v:
+                        p.drop()
+                        if v == 2:
+                            self.counters["dropped_by_verdict"] += 1
+                    else:
+                        p.accept()
+                except Exception as e:
+                    self.failed(p, e, False)
+            else:
+                self.decided(p, r)
         if self.pending:
             self.service()
             if self.stop_flag:
                 raise _Stop()
 
-    def verdict(self, p) -> None:
-        """Exactly one verdict per packet, whatever fails. Most packets take the lean path: the
-        engine's process_raw answers PASS/IGNORE/COUNT/DROP with a small int (``action << 8 |
-        proto``), turned into the verdict by one table lookup (``lean_verdicts``, built from the
-        configuration); only reactions come back as a Decision."""
+    def decided(self, p, d) -> None:
+        """A reaction (ALERT/BLOCK): the verdict, then the block and the reports."""
         verdict_done = False
         try:
-            self.counters["queued"] += 1
-            r = self.engine.process_raw(p.get_payload(), time.time())
-            if r.__class__ is int:
-                v = self.lean_verdicts[r]
-                if v:
-                    p.drop()
-                    if v == 2:
-                        self.counters["dropped_by_verdict"] += 1
-                else:
-                    p.accept()
-                verdict_done = True
-                return
-            d = r
             if d.action == 4 and self.kernel_blocks(d.proto):
                 p.drop()
                 verdict_done = True
@@ -334,12 +342,17 @@ class Daemon:
                 self.counters["detections"] += 1
                 self.enqueue("detection", d)
         except Exception as e:
-            if not verdict_done:
-                try:
-                    p.accept()
-                except Exception:
-                    pass
-            self.internal_error("packet", e)
+            self.failed(p, e, verdict_done)
+
+    def failed(self, p, e: Exception, verdict_done: bool) -> None:
+        """An internal error on the packet path: the packet is accepted unless its verdict went
+        out already (a verdict that failed to go out counts as not given), and it is reported."""
+        if not verdict_done:
+            try:
+                p.accept()
+            except Exception:
+                pass
+        self.internal_error("packet", e)
 
     def build_lean_verdicts(self) -> None:
         """The verdict for each lean result of ``Engine.process_raw`` (index ``action << 8 |
@@ -684,9 +697,13 @@ class Daemon:
         self.protected = sorted(set(self.protected) | {net})
         self.engine.ignore = PrefixSet(self.protected)
 
+    def engine_kind(self) -> str:
+        """"compiled" when process_raw's common cases run in nfsentry._fastpath, else "python"."""
+        return "compiled" if getattr(self.engine, "compiled", False) else "python"
+
     def status(self) -> dict[str, Any]:
         st = {"pid": os.getpid(), "version": __version__, "started": self.started, "uptime": time.time() - self.started,
-              "backend": getattr(self, "backend", None), "inuse": getattr(self, "inuse", None),
+              "backend": getattr(self, "backend", None), "inuse": getattr(self, "inuse", None), "engine_kind": self.engine_kind(),
               "mode": self.cfg["monitor"]["mode"], "dry_run": self.cfg["response"]["dry_run"],
               "tcp_ports": C.ranges_text(self.cfg.tcp_ports), "udp_ports": C.ranges_text(self.cfg.udp_ports),
               "tcp_port_count": C.count_ports(self.cfg.tcp_ports), "udp_port_count": C.count_ports(self.cfg.udp_ports),

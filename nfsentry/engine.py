@@ -550,8 +550,9 @@ class Engine:
             # -- 2. ignore list, FTP data expectations, sources already blocked
             ignore = engine.ignore
             # (the set's prefilter inlined: most sources fail it, and then no call is made)
-            if ignore is not None and (src[0] in ignore.pre4 if len(src) == 4 else ignore.pre6 is None
-                                       or src[:ignore.pre6_bytes] in ignore.pre6) and ignore.contains(src):
+            if ignore is not None and (src in ignore.exact or (
+                    src[0] in ignore.pre4 if len(src) == 4
+                    else ignore.pre6 is None or src[:ignore.pre6_bytes] in ignore.pre6)) and ignore.contains(src):
                 counts[1] += 1
                 if lean:
                     return 0x100 | proto
@@ -930,6 +931,10 @@ class Engine:
             "undecodable": c[_UNDECODABLE],
             "packets": sum(c[:len(Action)]),
             **{a.name.lower(): c[a] for a in Action},
+            # packets decided by the compiled fast path / handed to the Python body (since the
+            # last configure; 0 when running pure Python)
+            "compiled_handled": getattr(self.process_raw, "handled", 0),
+            "compiled_fallbacks": getattr(self.process_raw, "fallbacks", 0),
         }
 
 

@@ -73,6 +73,9 @@ def test_counting_flood_keeps_memory_at_the_engine_cap(lab, tmp_path):
         eng = r["status"]["engine"]
         assert eng["tracked"] <= 1000 and eng["evicted"] > 10_000, eng
         assert r["status"]["counters"]["queued"] > 10_000
+        # the compiled fast path decided the flood: new spoofed sources are counted without Python
+        assert r["status"]["engine_kind"] == "compiled"
+        assert eng["compiled_handled"] > 0.9 * eng["packets"], eng
         assert r["status"]["blocked"] == 0 and d.events("block") == []
         print(json.dumps({k: r[k] for k in ("rss0", "peak", "sent", "legit")}))
     finally:
