@@ -5,8 +5,9 @@ Standalone (``python bench/bench_core.py``; ``bench/run.py`` runs it with the ot
 figures; timings are never asserted anywhere. Takes about 30-60 s.
 
 * Per-packet cost of ``Engine.process_raw`` (decode + classify + engine on the raw bytes, the
-  daemon's path; two extra lines show the two-step ``decode()`` + ``Engine.process`` path that
-  builds a Packet and a Decision for every packet): 1,000,000 packets per line, a realistic mix (60 % TCP SYN, half nmap-shaped
+  daemon's path, with the compiled fast path of nfsentry/_fastpath.c; extra lines show the same
+  path in pure Python, and the two-step ``decode()`` + ``Engine.process`` path that builds a
+  Packet and a Decision for every packet): 1,000,000 packets per line, a realistic mix (60 % TCP SYN, half nmap-shaped
   and half connect()-shaped, 10 % FIN, 30 % UDP; 70 % IPv4 / 30 % IPv6 with several addresses
   per /64; random monitored ports 1-1023; 5,000 packets/s of engine clock), through an engine
   built like the daemon's (ignore set of own addresses and a few CIDRs, an empty FTP
@@ -313,7 +314,8 @@ def main() -> None:
     if len(sys.argv) in (4, 5) and sys.argv[1] == "--time":     # one line, in a fresh process
         kind, (text, kw) = sys.argv[2], TIMING_CONFIGS[sys.argv[3]]
         two_step = sys.argv[4:] == ["two-step"]
-        time_engine(EngineConfig(**kw), f"{kind}, {text}" + (" [two-step]" if two_step else ""), kind, two_step)
+        tag = " [two-step]" if two_step else " [pure Python]" if os.environ.get("NFSENTRY_PURE_PYTHON") else ""
+        time_engine(EngineConfig(**kw), f"{kind}, {text}{tag}", kind, two_step)
         return
     sys.stdout.reconfigure(line_buffering=True)    # keep our lines in order with the children's
     t_start = time.monotonic()
@@ -327,7 +329,11 @@ def main() -> None:
         for config in ("defaults", "counting"):
             subprocess.run([sys.executable, __file__, "--time", kind, config], check=True)
     subprocess.run([sys.executable, __file__, "--time", "few", "short-blocks"], check=True)
-    print("for comparison, the two-step path (decode() -> Packet, Engine.process -> Decision for every packet)"
+    print("for comparison, the same path in pure Python (NFSENTRY_PURE_PYTHON=1: no compiled fast path):")
+    pure = dict(os.environ, NFSENTRY_PURE_PYTHON="1")
+    for kind, config in (("uniform", "counting"), ("scanners", "defaults")):
+        subprocess.run([sys.executable, __file__, "--time", kind, config], check=True, env=pure)
+    print("and the two-step path (decode() -> Packet, Engine.process -> Decision for every packet)"
           " that replay and the unit tests use:")
     for kind, config in (("uniform", "counting"), ("scanners", "defaults")):
         subprocess.run([sys.executable, __file__, "--time", kind, config, "two-step"], check=True)

@@ -101,7 +101,7 @@ def rate_from_hping(attacker, target: str, port: int) -> None:
                  check=False, timeout=FLOOD_SECONDS + 10)
 
 
-ROUNDS = 3
+ROUNDS = 5
 
 
 def throughput(lab: Lab, tmp: Path) -> tuple[list[float], list[float]]:
