@@ -7,8 +7,8 @@
  *
  *   - the packet has one of decode()'s fast shapes (IPv4 without options or IPv6 without
  *     extension headers, unfragmented, a complete TCP or UDP header; the same checks);
- *   - its source is outside the ignore set's prefilter, and no FTP expectation is pending
- *     (TCP);
+ *   - its source is outside the ignore set (checked here in full: exact addresses, then the
+ *     networks), and no FTP expectation is pending (TCP);
  *   - the source is blocked and the block has not ended -> DROP;
  *   - or the hit is recorded (new source, a source quiet for longer than the window, or a
  *     tracked one) and no policy reacts -> COUNT. Anything that could react, an ended block,
@@ -91,7 +91,7 @@ typedef struct {
     unsigned long long handled, fallbacks;
 } FastPath;
 
-static PyObject *str_ignore, *str_exact, *str_expectations, *str_pending, *str_pre4, *str_pre6, *str_pre6_bytes,
+static PyObject *str_ignore, *str_exact, *str_v4, *str_v6, *str_expectations, *str_pending, *str_pre6, *str_pre6_bytes,
     *str_evict, *str_compact, *str_append;
 
 static int FastPath_traverse(FastPath *f, visitproc visit, void *arg) {
@@ -180,8 +180,39 @@ static int bump(PyObject *counts, Py_ssize_t i) {
     return 0;
 }
 
+/* Past the IPv6 prefilter: PrefixSet._v6, ((mask, set of masked network ints), ...), checked
+ * with Python ints (128 bits). 1 inside (or cannot tell), 0 not, -1 error. */
+static int in_v6_networks(PyObject *ignore, const unsigned char *src) {
+    PyObject *table = PyObject_GetAttr(ignore, str_v6);
+    if (!table)
+        return -1;
+    int r = 0;
+    PyObject *a = NULL;
+    if (!PyTuple_CheckExact(table)) {
+        r = 1;
+        goto out;
+    }
+    a = PyObject_CallMethod((PyObject *)&PyLong_Type, "from_bytes", "y#s", (const char *)src, (Py_ssize_t)16, "big");
+    if (!a) {
+        r = -1;
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(table) && !r; i++) {
+        PyObject *entry = PyTuple_GET_ITEM(table, i);
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) { r = 1; break; }
+        PyObject *net = PyNumber_And(a, PyTuple_GET_ITEM(entry, 0));
+        r = net ? PySequence_Contains(PyTuple_GET_ITEM(entry, 1), net) : -1;
+        Py_XDECREF(net);
+    }
+out:
+    Py_XDECREF(a);
+    Py_DECREF(table);
+    return r;
+}
+
 /* 1: the source may be in the ignore set (let Python decide), 0: certainly not, -1: error.
- * The set's exact addresses, then its prefilter for the other networks (see PrefixSet). */
+ * The set's exact addresses, then its networks one prefix length at a time (IPv6: behind the
+ * prefilter), as PrefixSet.contains does. */
 static int maybe_ignored(PyObject *engine, const unsigned char *src, int v4, PyObject *key) {
     PyObject *ignore = PyObject_GetAttr(engine, str_ignore);
     if (!ignore)
@@ -196,12 +227,25 @@ static int maybe_ignored(PyObject *engine, const unsigned char *src, int v4, PyO
         if (r)
             goto out;
         if (v4) {
-            PyObject *pre4 = PyObject_GetAttr(ignore, str_pre4);
-            if (!pre4) { r = -1; goto out; }
-            PyObject *octet = PyLong_FromLong(src[0]);   /* a cached small int */
-            r = octet ? PySequence_Contains(pre4, octet) : -1;
-            Py_XDECREF(octet);
-            Py_DECREF(pre4);
+            /* PrefixSet._v4: ((mask, set of masked network ints), ...), one per prefix length
+             * (whole addresses excluded: the exact set answered for them) */
+            PyObject *table = PyObject_GetAttr(ignore, str_v4);
+            if (!table) { r = -1; goto out; }
+            if (!PyTuple_CheckExact(table)) {
+                r = 1;
+            } else {
+                unsigned long a = (unsigned long)src[0] << 24 | (unsigned long)src[1] << 16 | (unsigned long)src[2] << 8 | src[3];
+                for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(table) && !r; i++) {
+                    PyObject *entry = PyTuple_GET_ITEM(table, i);
+                    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) { r = 1; break; }
+                    unsigned long m = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(entry, 0));
+                    if (m == (unsigned long)-1 && PyErr_Occurred()) { r = -1; break; }
+                    PyObject *net = PyLong_FromUnsignedLong(a & m);
+                    r = net ? PySequence_Contains(PyTuple_GET_ITEM(entry, 1), net) : -1;
+                    Py_XDECREF(net);
+                }
+            }
+            Py_DECREF(table);
         } else {
             PyObject *pre6 = PyObject_GetAttr(ignore, str_pre6);
             if (!pre6) { r = -1; goto out; }
@@ -220,6 +264,9 @@ static int maybe_ignored(PyObject *engine, const unsigned char *src, int v4, PyO
                 }
             }
             Py_DECREF(pre6);
+            if (r == 1)
+                r = in_v6_networks(ignore, src);
+
         }
     }
 out:
@@ -606,7 +653,8 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     INTERN(str_exact, "exact");
     INTERN(str_expectations, "expectations");
     INTERN(str_pending, "pending");
-    INTERN(str_pre4, "pre4");
+    INTERN(str_v4, "_v4");
+    INTERN(str_v6, "_v6");
     INTERN(str_pre6, "pre6");
     INTERN(str_pre6_bytes, "pre6_bytes");
     INTERN(str_evict, "_evict");
