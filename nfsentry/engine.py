@@ -70,10 +70,16 @@ Cheap paths: PASS / IGNORE / DROP / COUNT decisions carry the packet, label and 
 ``labels``/``ports`` tuples and a constant reason; those are built only when reacting, and a
 reaction's reason text is formatted when first read (on the daemon's worker thread).
 
+The daemon calls :meth:`Engine.process_raw` on the queued bytes: no Packet and no Decision
+unless something reacted (a small int ``action << 8 | proto`` otherwise). Its common cases (a
+blocked source; a hit no policy can react to) run compiled in ``nfsentry/_fastpath.c`` when it is
+built; the rules above stay here, in one Python body that both entry points run, and the C part
+hands every other packet to it before touching any state (docs/DESIGN.md, "The hot path").
+
 Per-packet cost (bench/bench_core.py) is dominated by memory access once 100,000 sources are
-tracked, not by the number of Python operations: hence the int-not-dict port of one-port
-sources, decisions that reference the Packet, the CLOCK queue instead of an ordered dict, and a
-hot path that reads closure variables (see :meth:`Engine._build_process`).
+tracked: hence the int-not-dict port of one-port sources, decisions that reference the packet,
+the CLOCK queue instead of an ordered dict, and a hot path that reads closure variables (see
+:meth:`Engine._build_process`).
 """
 from __future__ import annotations
 

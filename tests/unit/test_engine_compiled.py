@@ -74,10 +74,11 @@ V4_SOURCES = [ip(a) for a in (
 V6_SOURCES = [ip(a) for a in (
     "2001:db8:1::1", "2001:db8:1::ffff:2", "2001:db8:1:0:8000::3", "2001:db8:1:0:ffff:ffff:ffff:ffff",
     "2001:db8:1:1::1", "2001:db8:1:ff00::1", "2001:db8:99::5", "2001:db8:99:ffff::1", "2001:db8:2::1",
-    "2001:db8:2::2", "::", "fe80::1", "::ffff:198.18.0.2", "2001:d00::7")]
+    "2001:db8:2::2", "::", "fe80::1", "::ffff:198.18.0.2", "2001:d00::7",
+    "2001:db8:1::f000:1", "2001:db8:1::f800:1", "2001:db8:1::e000:1", "8000::1")]     # /100 edges
 IGNORE_POOL = ("192.0.2.0/24", "203.0.113.7", "10.0.0.9", "198.18.0.3/32", "0.0.0.0/1", "100.64.0.0/10",
                "2001:db8:99::/48", "2001:db8:2::1", "2001:db8:1::ffff:2/128", "2001:d00::/24", "fe80::/10",
-               "c000::/3", "2001:db8:1::/64")
+               "c000::/3", "2001:db8:1::/64", "0.0.0.0/0", "::/0", "2001:db8:1:0:8000::/65")
 SPORTS = (40000, 40001, 20, 0, 65535)
 DPORTS = (22, 23, 80, 2121, 21, 0, 65535, 161, 53, 443)
 COMMON_FLAGS = (0x02, 0x02, 0x02, 0x12, 0x04, 0x14, 0x01, 0x29, 0x3F, 0x00, 0x18, 0x10, 0x03, 0x11, 0xC2, 0x30)
@@ -214,7 +215,7 @@ def configs(draw) -> EngineConfig:
         block_duration=draw(st.sampled_from((0.0, 1.0, 5.0, 60.0, 3600.0))),
         block_max_duration=draw(st.sampled_from((0.0, 10.0, 604800.0))),
         escalation_factor=draw(st.sampled_from((1.0, 2.0, 3.0))),
-        ipv6_prefix=draw(st.sampled_from((48, 64, 64, 100, 128))),
+        ipv6_prefix=draw(st.sampled_from((48, 64, 64, 100, 100, 128, 0, 1, 127))),
         max_sources=draw(st.sampled_from((3, 4, 5, 10, 50))),
         max_ports_per_source=draw(st.integers(1, 6)),
         max_offenders=draw(st.sampled_from((1, 3, 100))),
@@ -642,10 +643,10 @@ def test_eviction_and_clock_compaction_from_c():
     ("fragment", ip4(ip("198.18.0.2"), DST4, 6, tcp_seg(), frag=0x2000), None, None),
     ("other protocol", ip4(ip("198.18.0.2"), DST4, 1, bytes(16)), None, None),
     ("truncated", syn4()[:39], None, None),
-    ("ignored source", syn4(), ["198.18.0.0/24"], None),
-    ("ignored exact source", syn4(), ["198.18.0.2"], None),
-    ("prefilter hit, not ignored", syn4("198.18.0.9"), ["198.18.0.2/31"], None),
-    ("ipv6 prefilter disabled", syn6(), ["c000::/3"], None),
+    ("ignored source (network)", syn4(), ["198.18.0.0/24"], None),
+    ("ignored source (exact)", syn4(), ["198.18.0.2"], None),
+    ("ignored ipv6 source (network)", syn6(), ["2001:db8:1::/48"], None),
+    ("ignored ipv6 source, no prefilter", syn6(), ["::/1"], None),
     ("reaction", syn4(), None, "react"),
     ("pending ftp expectation", syn4(), None, "expect"),
 ])
@@ -658,6 +659,22 @@ def test_slow_cases_fall_back_to_python(name, data, ignore, setup):
     fast = pair.c.process_raw
     pair.raw(data, 10.0)
     assert (fast.handled, fast.fallbacks) == (0, 1), name
+    pair.check_state()
+
+
+@pytest.mark.parametrize("name,data,ignore", [
+    ("ipv4 prefilter hit, not ignored", syn4("198.18.0.9"), ["198.18.0.2/31", "198.18.0.77"]),
+    ("ipv6 prefilter hit, not ignored", syn6("2001:db8:1::1"), ["2001:db8:1:8000::/49"]),
+    ("ipv6 prefilter disabled, not ignored", syn6(), ["c000::/3", "2001:db8:1::2"]),
+    ("ipv4 /0 and exact", syn4("10.1.1.1"), ["0.0.0.0/0"]),
+])
+def test_ignore_set_edges_agree(name, data, ignore):
+    """Sources near the ignore set (past its prefilter, or with no prefilter): the C part may
+    decide them itself, but exactly as Python does."""
+    pair = Pair(EngineConfig(scan_trigger=5, instant_labels=()), ignore)
+    for i in range(3):
+        pair.raw(data, 10.0 + i)
+    assert pair.c.process_raw.handled + pair.c.process_raw.fallbacks == 3
     pair.check_state()
 
 
@@ -817,6 +834,17 @@ def test_integer_clocks_agree(cfg, t0, items):
         now += step
         pair.raw(data, now)
         pair.check_state(repr(now))
+
+
+def test_integer_clock_beyond_double_precision():
+    """Minimal reproducer: an int clock above 2**53. The pure-Python engine keeps the exact int
+    (1 s apart: the same source, hit 2 reacts); the compiled engine stores 2**53 + 1 rounded to
+    2**53 in its Source record, so 2**53 + 2 looks 2 s later, more than the 1 s window: a new
+    source, COUNT."""
+    pair = Pair(EngineConfig(scan_trigger=1, window_seconds=1.0), values=lambda x: x)
+    assert pair.raw(syn4(dport=22), 2 ** 53 + 1) == ("ok", COUNT << 8 | 6)
+    r = pair.raw(syn4(dport=23), 2 ** 53 + 2)
+    assert r[1].action == BLOCK and r[1].hits == 2
 
 
 # --- resources ---------------------------------------------------------------------------------------------
