@@ -337,9 +337,13 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
         PyErr_Clear();
         return call_fallback(f, raw, nowobj);
     }
-    if (PyLong_CheckExact(nowobj) && (double)PyLong_AsLongLong(nowobj) != now) {
-        PyErr_Clear();       /* an int clock beyond double precision: Python's arithmetic */
-        return call_fallback(f, raw, nowobj);
+    if (PyLong_CheckExact(nowobj)) {
+        /* an int clock: exact in a double only within +-2**53, else Python's int arithmetic */
+        long long ll = PyLong_AsLongLong(nowobj);
+        if (ll == -1 && PyErr_Occurred())
+            PyErr_Clear();
+        if (ll > (1LL << 53) || ll < -(1LL << 53))
+            return call_fallback(f, raw, nowobj);
     }
 
     /* -- 1. decode()'s fast shapes, with its checks */

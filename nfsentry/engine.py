@@ -361,7 +361,10 @@ class Engine:
     runs pure Python. Either way the rules are the Python body's: the compiled part decides only
     the common cases where that body would certainly decide the same, and calls it for the rest
     (tests/unit/test_engine_compiled.py compares both, decision by decision and state by state).
-    ``self.compiled`` says which is active."""
+    ``self.compiled`` says which is active.
+
+    The clock (``now``) is seconds: a float, or an int that a double holds exactly (|now| <=
+    2**53, some 285 million years). A compiled per-source record keeps its times as doubles."""
 
     def __init__(self, cfg: EngineConfig | None = None, ignore: PrefixSet | None = None,
                  expectations=None, compiled: bool | None = None):
