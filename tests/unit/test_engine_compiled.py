@@ -144,9 +144,9 @@ TCP_OPTIONS = (b"", b"", b"", b"\x02\x04\x05\xb4",
 def mutations(draw, data: bytes) -> bytes:
     """Truncate, overwrite a few bytes, append trailing bytes (each sometimes)."""
     data = bytearray(data)
-    if draw(st.integers(0, 9)) == 0 and data:
+    if draw(st.integers(0, 15)) == 0 and data:
         data = data[:draw(st.integers(0, len(data)))]
-    if draw(st.integers(0, 6)) == 0 and data:
+    if draw(st.integers(0, 11)) == 0 and data:
         for _ in range(draw(st.integers(1, 3))):
             data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
     if draw(st.integers(0, 12)) == 0:
@@ -158,38 +158,44 @@ def mutations(draw, data: bytes) -> bytes:
 def packets(draw) -> bytes:
     """Mostly well-formed TCP/UDP over IPv4/IPv6 (the fast shapes), plus every slow shape: IP
     options, extension headers, fragments, other protocols, bad lengths, garbage."""
-    kind = draw(st.sampled_from(("v4", "v4", "v4", "v6", "v6", "junk")))
+    kind = draw(st.sampled_from(("v4",) * 5 + ("v6",) * 3 + ("junk",)))
     if kind == "junk":
         return draw(st.binary(max_size=100))
     v6 = kind == "v6"
-    src = draw(st.sampled_from(V6_SOURCES if v6 else V4_SOURCES))
+    hot = draw(st.booleans())             # a few sources often: tracked sources, repeated hits
+    src = draw(st.sampled_from((V6_SOURCES[:4] if hot else V6_SOURCES) if v6 else (V4_SOURCES[:3] if hot else V4_SOURCES)))
     dst = draw(st.sampled_from((DST6, DST6, DST6B) if v6 else (DST4, DST4, DST4B)))
-    proto = draw(st.sampled_from((6, 6, 6, 17, 17, 1, 47, 58, 132)))
+    proto = draw(st.sampled_from((6,) * 6 + (17,) * 3 + (1, 47, 58, 132)))
     sport = draw(st.sampled_from(SPORTS))
-    dport = draw(st.sampled_from(DPORTS))
+    dport = draw(st.sampled_from(DPORTS[:4] if hot else DPORTS))
+    return draw(shaped(v6, src, dst, proto, sport, dport))
+
+
+@st.composite
+def shaped(draw, v6, src, dst, proto, sport, dport) -> bytes:
     if proto == 6:
-        flags = draw(st.one_of(st.sampled_from(COMMON_FLAGS), st.integers(0, 255)))
+        flags = draw(st.integers(0, 255)) if draw(st.integers(0, 5)) == 0 else draw(st.sampled_from(COMMON_FLAGS))
         opts = draw(st.sampled_from(TCP_OPTIONS))
-        doff = None if draw(st.integers(0, 7)) else draw(st.integers(0, 15))
+        doff = None if draw(st.integers(0, 11)) else draw(st.integers(0, 15))
         l4 = tcp_seg(sport, dport, flags, opts, doff, draw(st.sampled_from((b"", b"", b"data"))))
     elif proto == 17:
         l4 = udp_dgram(sport, dport, draw(st.sampled_from((b"", b"", b"x" * 9))),
-                       0 if draw(st.integers(0, 7)) else draw(st.sampled_from((-8, -1, 1, 100))))
+                       0 if draw(st.integers(0, 11)) else draw(st.sampled_from((-8, -1, 1, 100))))
     else:
         l4 = bytes(8) + b"payload"
     if v6:
         exts = ()
-        if draw(st.integers(0, 4)) == 0:
+        if draw(st.integers(0, 6)) == 0:
             exts = tuple(draw(st.lists(st.sampled_from(
                 ((0,), (60,), (43, 0), (43, 2), (44, 0), (44, 1), (44, 8), (44, 9), (51,), (99,))),
                 min_size=1, max_size=3)))
-        plen_delta = 0 if draw(st.integers(0, 7)) else draw(st.sampled_from((-1, -20, 1, 8)))
+        plen_delta = 0 if draw(st.integers(0, 11)) else draw(st.sampled_from((-1, -20, 1, 8)))
         first = 0x60 if draw(st.integers(0, 15)) else draw(st.sampled_from((0x6F, 0x61, 0x40, 0x70)))
         data = ip6(src, dst, proto, l4, exts, plen_delta, first)
     else:
-        options = b"" if draw(st.integers(0, 4)) else draw(st.sampled_from(V4_OPTIONS))
-        frag = 0 if draw(st.integers(0, 5)) else draw(st.sampled_from((0x4000, 0x2000, 0x0001, 0x0003, 0x1FFF, 0x8000)))
-        tot_delta = 0 if draw(st.integers(0, 7)) else draw(st.sampled_from((-1, -20, 1, 30, -1000)))
+        options = b"" if draw(st.integers(0, 6)) else draw(st.sampled_from(V4_OPTIONS))
+        frag = 0 if draw(st.integers(0, 7)) else draw(st.sampled_from((0x4000, 0x2000, 0x0001, 0x0003, 0x1FFF, 0x8000)))
+        tot_delta = 0 if draw(st.integers(0, 11)) else draw(st.sampled_from((-1, -20, 1, 30, -1000)))
         first = None if draw(st.integers(0, 15)) else draw(st.sampled_from((0x44, 0x46, 0x4F, 0x55, 0x65)))
         data = ip4(src, dst, proto, l4, options, frag, tot_delta, first)
     return draw(mutations(data))
@@ -206,8 +212,8 @@ INSTANT_SETS = (frozenset(), DEFAULT_INSTANT, DEFAULT_INSTANT, frozenset({"IPOPT
 @st.composite
 def configs(draw) -> EngineConfig:
     return EngineConfig(
-        scan_trigger=draw(st.sampled_from((-1, 0, 1, 3, 50))),
-        window_ports=draw(st.sampled_from((0, 0, 1, 2, 3, 5))),
+        scan_trigger=draw(st.sampled_from((-1, 0, 1, 3, 3, 50, 50))),
+        window_ports=draw(st.sampled_from((0, 0, 0, 1, 2, 3, 5))),
         window_seconds=draw(st.sampled_from((1.0, 2.5, 5.0, 10.0, 30.0))),
         instant_labels=draw(st.sampled_from(INSTANT_SETS)),
         respond={"tcp": draw(st.sampled_from(("log", "block", "command"))),
@@ -224,14 +230,17 @@ def configs(draw) -> EngineConfig:
 
 
 # clock steps: mostly forward and small, sometimes exactly the window or the block, sometimes back
-DELTAS = (0.0, 0.0, 0.001, 0.25, 0.5, 1.0, 1.0, 1.0, 2.0, 3.0, 0.1, "W", "W", "W+", "W-", "B", "B+",
-          -0.5, -3.0, -100.0, 30.0, 1000.0, 1e6)
+# (dyadic steps keep float sums exact, so "exactly window_seconds later" really happens; "U" jumps
+# to the end of the earliest block, "Q" to the moment a tracked source turns quiet, "P" to the moment
+# a port leaves a source's window: the boundaries where > and >= differ)
+DELTAS = (0.0, 0.0, 0.25, 0.5, 1.0, 1.0, 1.0, 2.0, 3.0, 0.125, 0.001, 0.1, "W", "W", "W+", "W-", "B", "B+",
+          "U", "U", "Q", "Q", "P", -0.5, -3.0, -100.0, 30.0, 1000.0, 1e6)
 FORGET_POOL = ("198.18.0.2", "10.0.0.1", "192.0.2.5", "10.0.0.0/8", "198.18.0.0/16", "0.0.0.0/0",
                "2001:db8:1::1", "2001:db8:1::/64", "2001:db8:1::/48", "2001:db8::/32", "::/0",
                "2001:db8:1:0:8000::/100", ip("198.18.0.2"), ip("2001:db8:1::"), "not an address")
-OPS = ("raw",) * 20 + ("process", "process", "expire", "forget", "mark", "mark", "offender", "ignore_set",
-                       "ignore_add", "expect", "expect", "expect_hit", "expect_hit", "exp_detach", "exp_expire",
-                       "flood", "reconfigure")
+OPS = ("raw",) * 20 + ("burst",) * 6 + (
+    "process", "process", "expire", "expire", "forget", "mark", "mark", "offender", "ignore_set", "ignore_add",
+    "expect", "expect", "expect_hit", "expect_hit", "exp_detach", "exp_expire", "flood", "flood", "reconfigure")
 
 
 @st.composite
@@ -243,6 +252,14 @@ def ops(draw):
         return (kind, delta, draw(packets()), wrap)
     if kind == "process":
         return (kind, delta, draw(packets()))
+    if kind == "burst":                      # one source, several hits: ports, flags, times vary
+        v6 = draw(st.integers(0, 2)) == 0
+        src = draw(st.sampled_from(V6_SOURCES[:4] if v6 else V4_SOURCES[:3]))
+        hits = draw(st.lists(st.tuples(
+            st.sampled_from((6, 6, 6, 17)), st.sampled_from(DPORTS[:5]), st.sampled_from(DELTAS[:12] + DELTAS[12:22]),
+            st.integers(0, 19)), min_size=2, max_size=12))
+        return (kind, delta, v6, src, [(proto, dport, d, draw(shaped(v6, src, DST6 if v6 else DST4, proto, 40000, dport))
+                                       if seed == 0 else None, seed) for proto, dport, d, seed in hits])
     if kind == "forget":
         return (kind, delta, draw(st.sampled_from(FORGET_POOL)))
     if kind in ("mark", "offender"):
@@ -265,8 +282,8 @@ def ops(draw):
         return (kind, delta, draw(st.integers(0, 7)), draw(st.sampled_from(SPORTS)),
                 draw(st.sampled_from((0x02, 0x02, 0x12, 0x10, 0x01))))
     if kind == "flood":
-        return (kind, delta, draw(st.integers(0, 2 ** 32)), draw(st.sampled_from((20, 80, 200))),
-                draw(st.sampled_from(("distinct", "mixed", "one", "v6"))))
+        return (kind, delta, draw(st.integers(0, 2 ** 32)), draw(st.sampled_from((20, 50, 150))),
+                draw(st.sampled_from(("distinct", "mixed", "one", "v6", "pairs"))))
     if kind == "reconfigure":
         return (kind, delta, draw(configs()))
     return (kind, delta)
@@ -412,9 +429,11 @@ def flood_packets(seed: int, n: int, mode: str):
             src = V4_SOURCES[0]
         elif mode == "v6":
             src = bytes.fromhex("20010db8") + bytes([0, rnd.randrange(4), 0, 0]) + rnd.randbytes(8)
+        elif mode == "pairs":                 # each source twice: reactions leave stale CLOCK entries
+            src = bytes([10, base, (i >> 1) >> 8, (i >> 1) & 255])
         else:
             src = bytes([10, base, 0, rnd.randrange(12)])
-        flags = rnd.choice((0x02, 0x02, 0x02, 0x02, 0x01, 0x12, 0x04, 0x00, 0x29, 0x18))
+        flags = rnd.choice((0x02, 0x02, 0x02, 0x02, 0x01, 0x12, 0x04, 0x00, 0x29, 0x18, rnd.randrange(256)))
         dport = rnd.choice((22, 80, 443, 1000 + rnd.randrange(4), rnd.randrange(1, 65536)))
         if rnd.random() < 0.25:
             l4, proto = udp_dgram(5000, dport), 17
@@ -427,11 +446,22 @@ def flood_packets(seed: int, n: int, mode: str):
     return out
 
 
-def advance(now: float, delta, cfg: EngineConfig) -> float:
-    if isinstance(delta, str):
-        w, b = float(cfg.window_seconds), float(cfg.block_duration)
-        delta = {"W": w, "W+": w + 1e-6, "W-": w - 1e-6, "B": b, "B+": b + 0.5}[delta]
-    return now + delta
+def advance(now: float, delta, cfg: EngineConfig, e: Engine | None = None) -> float:
+    if not isinstance(delta, str):
+        return now + delta
+    w, b = float(cfg.window_seconds), float(cfg.block_duration)
+    if delta in ("U", "Q", "P"):
+        if e is None:
+            return now
+        if delta == "U":
+            ends = [u for u in e._blocked.values() if u >= now and u != math.inf]
+        elif delta == "Q":
+            ends = [s.last + w for s in e._states.values() if s.last + w >= now]
+        else:
+            ends = [t + w for s in e._states.values() if type(s.ports) is dict for t in s.ports.values()
+                    if t + w >= now]
+        return min(ends) if ends else now
+    return now + {"W": w, "W+": w + 1e-6, "W-": w - 1e-6, "B": b, "B+": b + 0.5}[delta]
 
 
 def run_scenario(cfg, ignore, expect, t0, steps):
@@ -440,7 +470,7 @@ def run_scenario(cfg, ignore, expect, t0, steps):
     current = cfg
     for i, op in enumerate(steps):
         kind = op[0]
-        now = advance(now, op[1], current)
+        now = advance(now, op[1], current, pair.p)
         where = f"step {i}: {op!r} at {now!r}"
         if kind == "raw":
             pair.raw(op[2], now, op[3])
@@ -490,10 +520,22 @@ def run_scenario(cfg, ignore, expect, t0, steps):
         elif kind == "exp_expire":
             if pair.c.expectations is not None:
                 assert pair.c.expectations.expire(now) == pair.p.expectations.expire(now)
+        elif kind == "burst":
+            _, _, v6, src, hits = op
+            for proto, dport, d, data, seed in hits:
+                now = advance(now, d, current, pair.p)
+                if data is None:              # a clean SYN / UDP datagram (the fast shapes)
+                    l4 = udp_dgram(5000, dport) if proto == 17 else \
+                        tcp_seg(40000, dport, COMMON_FLAGS[seed % len(COMMON_FLAGS)])
+                    data = ip6(src, DST6, proto, l4) if v6 else ip4(src, DST4, proto, l4)
+                pair.raw(data, now)
+                pair.check_state(f"{where}: burst hit at {now!r}")
         elif kind == "flood":
             for j, data in enumerate(flood_packets(op[2], op[3], op[4])):
-                pair.raw(data, now + j * 0.01)
-            now += op[3] * 0.01
+                pair.raw(data, now + j * 0.125)
+                if j < 8 or j % 8 == 0:
+                    pair.check_state(f"{where}: flood packet {j}")
+            now += op[3] * 0.125
         elif kind == "reconfigure":
             current = op[2]
             pair.c.reconfigure(current)
@@ -635,6 +677,20 @@ def test_eviction_and_clock_compaction_from_c():
     assert pair.c.stats["evicted"] > 2000
     assert pair.c.process_raw.handled > 3000
     pair.check_state()
+
+
+def test_clock_compaction_when_c_inserts_a_source():
+    """Reactions (Python) leave stale CLOCK entries; the C insertion of a new source compacts the
+    queue at the same point as Python (more than 2 * tracked + 64 entries)."""
+    pair = Pair(EngineConfig(scan_trigger=1, max_sources=1000))
+    fast = pair.c.process_raw
+    for i in range(300):
+        src = bytes([10, 4, i >> 8, i & 255])
+        assert pair.raw(ip4(src, DST4, 6, tcp_seg(40000, 22, 0x02)), float(i)) == ("ok", COUNT << 8 | 6)
+        assert pair.raw(ip4(src, DST4, 6, tcp_seg(40000, 23, 0x02)), i + 0.5)[1].action == BLOCK
+        pair.check_state(str(i))
+    assert fast.handled == 300 and fast.fallbacks == 300
+    assert len(pair.c._clock) <= 2 * len(pair.c._states) + 64
 
 
 @pytest.mark.parametrize("name,data,ignore,setup", [
