@@ -39,6 +39,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -60,6 +61,12 @@ BACKENDS = ("native", "compat")
 INUSE_METHODS = ("auto", "socket", "poll", "off")
 FTP_PORT = 21
 PROBE_TABLE = "nfsentry_probe"
+# A set listing is taken until it is provably complete (Nft._set_items), at most this often.
+LIST_ATTEMPTS = 8
+# Fewer elements than this come in one netlink message, dumped at once: no second listing needed.
+ONE_MESSAGE = 32
+# An element whose time left was below (time between two listings + this) may vanish between them.
+EXPIRY_SLACK = 1.5
 
 # PortSentry's classic ports beyond 1-1023 (Debian's portsentry.conf); keep equal to config.py's
 # (a unit test checks they agree).
@@ -86,6 +93,10 @@ class NftError(RuntimeError):
         lines = [ln.strip() for ln in self.error.splitlines() if ln.strip().startswith("Error")]
         detail = "; ".join(dict.fromkeys(lines)) or self.error.splitlines()[0].strip() if self.error else ""
         super().__init__(f"{what}: {detail}" if detail else what)
+
+
+class NftInconsistent(NftError):
+    """A set kept changing while it was listed: no complete listing could be had."""
 
 
 class NftUnavailable(NftError):
@@ -648,8 +659,27 @@ def _parse_set_text(setname: str, text: str) -> list[dict]:
     if start < 0:
         return []
     body = text[start + len("elements = {"):text.index("}", start)]
+    return _parse_set_items(setname, [i for i in body.split(",") if i.strip()])
+
+
+_EXPIRES = re.compile(r"\s+expires\s+(\d+)(ms|s)")
+
+
+def _element_key(item: str) -> str:
+    """An element's identity in a listing: its text without the time left."""
+    return _EXPIRES.sub("", item)
+
+
+def _element_expires(item: str) -> float | None:
+    """Seconds an element has left (None: no timeout)."""
+    m = _EXPIRES.search(item)
+    return None if m is None else int(m.group(1)) / (1 if m.group(2) == "s" else 1000)
+
+
+def _parse_set_items(setname: str, items: list[str]) -> list[dict]:
+    """Entries of the element texts of `nft -T list set`."""
     out = []
-    for item in body.split(","):
+    for item in items:
         m = _TEXT_ELEM.fullmatch(item)
         if not m or not item.strip():
             continue
@@ -714,6 +744,7 @@ class Nft:
         self._applied_ports: tuple | None = None
         self._poller: threading.Thread | None = None
         self._poll_stop = threading.Event()
+        self.listing_retries_exhausted = 0
 
     # -- low level ------------------------------------------------------------------------------
     def _cmd(self, text: str, what: str) -> str:
@@ -1136,9 +1167,8 @@ class Nft:
             self._cmd("\n".join(f"flush set inet {self.table} {s}" for s in sets), "flushing the blocked sets")
         return n
 
-    def _list_set(self, name: str) -> list[dict]:
-        """A set's entries as {"network", "timeout", "expires_in", "set"} (text listing: twice as
-        fast as JSON for big sets)."""
+    def _set_items_once(self, name: str) -> list[str]:
+        """One `list set` dump of a set: its element texts (numeric times)."""
         with self._lock:
             self._n.set_json_output(False)
             self._n.set_numeric_time_output(True)
@@ -1149,19 +1179,49 @@ class Nft:
                 self._n.set_json_output(True)
         if rc != 0:
             raise NftError(f"reading set {name}", err)
-        return _parse_set_text(name, out)
+        start = out.find("elements = {")
+        if start < 0:
+            return []
+        body = out[start + len("elements = {"):out.index("}", start)]
+        return [item.strip() for item in body.split(",") if item.strip()]
+
+    def _set_items(self, name: str) -> list[str]:
+        """A set's element texts, from a listing proved complete (see :data:`LIST_ATTEMPTS`).
+
+        The kernel dumps a big set over several netlink messages and resumes each one by skipping
+        the elements it already sent. When the set changes in between (the hash table resizes
+        after a bulk add, an element times out and is collected, another process adds or deletes),
+        the dump silently repeats some elements and leaves others out, and libnftables does not
+        notice. So a listing counts only when it has no repeated element and lost nothing the
+        previous listing had (except elements that may have timed out in between); otherwise it is
+        taken again, and after ``LIST_ATTEMPTS`` tries :class:`NftInconsistent` says so.
+        """
+        prev: dict[str, float | None] | None = None
+        t_prev = 0.0
+        for _ in range(LIST_ATTEMPTS):
+            t = time.monotonic()
+            items = self._set_items_once(name)
+            keys = {_element_key(i): _element_expires(i) for i in items}
+            if len(keys) == len(items):  # no repeated element
+                if prev is None and len(items) < ONE_MESSAGE:
+                    return items
+                if prev is not None:
+                    lost = [k for k, exp in prev.items() if k not in keys
+                            and (exp is None or exp > t - t_prev + EXPIRY_SLACK)]
+                    if not lost:
+                        return items
+                prev, t_prev = keys, t
+        self.listing_retries_exhausted += 1
+        raise NftInconsistent(f"set {name} changed while it was being listed, {LIST_ATTEMPTS} times in a row "
+                              "(a flood of changes?); its listing would be incomplete: try again")
+
+    def _list_set(self, name: str) -> list[dict]:
+        """A set's entries as {"network", "timeout", "expires_in", "set"} (text listing: twice as
+        fast as JSON for big sets), complete (see :meth:`_set_items`)."""
+        return _parse_set_items(name, self._set_items(name))
 
     def _set_size(self, name: str) -> int:
-        with self._lock:
-            self._n.set_json_output(False)
-            try:
-                rc, out, err = self._n.cmd(f"list set inet {self.table} {name}")
-            finally:
-                self._n.set_json_output(True)
-        if rc != 0:
-            raise NftError(f"reading set {name}", err)
-        start = out.find("elements = {")
-        return 0 if start < 0 else out.count(",", start, out.index("}", start)) + 1
+        return len(self._set_items(name))
 
     def list_blocked(self) -> list[dict]:
         """Every block: {"network", "timeout" (s, 0 = permanent), "expires_in" (s, None = permanent), "set"}."""
