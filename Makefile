@@ -15,6 +15,8 @@ TEST_DEBS  := nmap hping3 tcpreplay vsftpd fail2ban procps tcpdump iputils-ping
 KERNEL_DEBS := qemu-system-x86 busybox-static cpio
 
 PYTEST_ARGS ?=
+# every run lists its 15 slowest tests, so a creeping suite shows in each CI log
+PYTEST_FLAGS := --durations=15
 
 .PHONY: run test test-host test-kernel bench deps-run deps-test venv rules clean
 
@@ -60,13 +62,13 @@ run: deps-run $(STAMPS)/pkg
 # One pytest session: the host tier (this kernel, compat backend) and the stock-kernel tier
 # (tests/kernel boots Debian's kernel under qemu and runs the native-marked tests in it).
 test: deps-test $(STAMPS)/test
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests $(PYTEST_FLAGS) $(PYTEST_ARGS)
 
 test-host: deps-test $(STAMPS)/test
-	$(PY) -m pytest tests --ignore=tests/kernel $(PYTEST_ARGS)
+	$(PY) -m pytest tests --ignore=tests/kernel $(PYTEST_FLAGS) $(PYTEST_ARGS)
 
 test-kernel: deps-test $(STAMPS)/test
-	$(PY) -m pytest tests/kernel $(PYTEST_ARGS)
+	$(PY) -m pytest tests/kernel $(PYTEST_FLAGS) $(PYTEST_ARGS)
 
 bench: deps-test $(STAMPS)/test
 	$(PY) bench/run.py
