@@ -44,8 +44,8 @@ $(PY): | deps-run
 	$(PY_SYSTEM) -m venv --system-site-packages $(VENV)
 	@mkdir -p $(STAMPS)
 
-# (re)installs, and compiles nfsentry/_fastpath.c in place, when the build inputs change
-$(STAMPS)/pkg: pyproject.toml setup.py nfsentry/_fastpath.c | $(PY)
+# (re)installs, and compiles nfsentry/core/_fastpath.c in place, when the build inputs change
+$(STAMPS)/pkg: pyproject.toml setup.py nfsentry/core/_fastpath.c | $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check -e .
 	@mkdir -p $(STAMPS) && touch $@
 

@@ -5,7 +5,7 @@ Standalone (``python bench/bench_core.py``; ``bench/run.py`` runs it with the ot
 figures; timings are never asserted anywhere. Takes about 30-60 s.
 
 * Per-packet cost of ``Engine.process_raw`` (decode + classify + engine on the raw bytes, the
-  daemon's path, with the compiled fast path of nfsentry/_fastpath.c; extra lines show the same
+  daemon's path, with the compiled fast path of nfsentry/core/_fastpath.c; extra lines show the same
   path in pure Python, and the two-step ``decode()`` + ``Engine.process`` path that builds a
   Packet and a Decision for every packet): 1,000,000 packets per line, a realistic mix (60 % TCP SYN, half nmap-shaped
   and half connect()-shaped, 10 % FIN, 30 % UDP; 70 % IPv4 / 30 % IPv6 with several addresses
@@ -40,9 +40,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nfsentry.addrs import PrefixSet  # noqa: E402
-from nfsentry.engine import DEFAULT_MAX_SOURCES, Action, Engine, EngineConfig  # noqa: E402
-from nfsentry.packet import decode  # noqa: E402
+from nfsentry.core.addrs import PrefixSet  # noqa: E402
+from nfsentry.core.engine import DEFAULT_MAX_SOURCES, Action, Engine, EngineConfig  # noqa: E402
+from nfsentry.core.packet import decode  # noqa: E402
 
 BATCH = 1000
 PACKETS = 1_000_000
@@ -139,7 +139,7 @@ def ignore_set() -> PrefixSet:
 
 def expectations():
     try:
-        from nfsentry.ftp import ExpectationTable
+        from nfsentry.core.ftp import ExpectationTable
         return ExpectationTable()
     except Exception:
         return None

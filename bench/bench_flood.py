@@ -41,7 +41,7 @@ OPEN_PORT = 8080
 
 
 def control_rtt(d) -> float:
-    from nfsentry.control import request
+    from nfsentry.ipc import request
     t0 = time.monotonic()
     request(str(d.tmp / "run" / "control.sock"), "status", timeout=30)
     return time.monotonic() - t0

@@ -1,8 +1,17 @@
 """nfsentry: PortSentry reborn for nftables.
 
-The package is split into a pure core (``packet``, ``classify``, ``engine``, ``addrs``, ``ftp``,
-``config``) that takes bytes and a clock and returns decisions, and thin adapters around it
-(``nft``, ``store``, ``alerts``, ``daemon``, ``control``, ``cli``).
+Layers (each folder's ``__init__`` says what lives there and what it may import; the unit test
+``tests/unit/test_layers.py`` enforces it):
+
+* ``core/``    pure rules: bytes and a clock in, decisions out (standard library only)
+* ``config/``  TOML -> Config, validation, PortSentry import
+* ``nft/``     the nftables layer: ruleset spec and rendering, element commands, the libnftables
+  session, compat iptables rules, the /proc in-use fallback
+* ``sinks/``   where events go: SQLite store, alerts, PortSentry formats, external actions
+* ``ledger/``  the one owner of block state (kernel sets + database)
+* ``daemon/``  wiring and lifecycle of the running daemon
+* ``cli/``     the typer app
+* ``ipc``      the control socket's protocol and client; ``replay`` pcap -> core
 """
 
 __version__ = "0.1.0"

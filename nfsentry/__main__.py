@@ -1,3 +1,3 @@
-from nfsentry.cli import main
+from nfsentry.cli.app import main
 
 main()

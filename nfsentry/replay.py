@@ -18,7 +18,7 @@ import ipaddress
 from collections import Counter, OrderedDict
 from typing import Any
 
-from nfsentry import config as C
+from nfsentry.config import schema as C
 
 
 class ReplayError(Exception):
@@ -60,10 +60,10 @@ def read_capture(path: str) -> list[tuple[float, bytes]]:
 
 
 def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dict[str, Any]]:
-    from nfsentry.addrs import PrefixSet
-    from nfsentry.daemon import decision_event, engine_config, narrow_ipv6_block
-    from nfsentry.engine import Engine
-    from nfsentry.packet import decode
+    from nfsentry.core.addrs import PrefixSet
+    from nfsentry.daemon.main import decision_event, engine_config, narrow_ipv6_block
+    from nfsentry.core.engine import Engine
+    from nfsentry.core.packet import decode
 
     packets = [(ts, decode(raw)) for ts, raw in read_capture(path)]
     packets = [(ts, p) for ts, p in packets if not p.malformed or p.src]

@@ -159,7 +159,7 @@ class Nfsentry:
 
     def control(self, cmd: str, **args: Any) -> dict[str, Any]:
         """A request over the control socket from this process (no program start: cheap under qemu)."""
-        from nfsentry.control import request
+        from nfsentry.ipc import request
         return request(str(self.sections["daemon"]["control_socket"]), cmd, **args)
 
     def blocked(self) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ def test_scans_blocked_unblocked_by_cli_legit_untouched(lab, tmp_path):
         expected = os.environ.get("NFSENTRY_EXPECT_BACKEND")
         assert st["backend"] == (expected or st["backend"]) and st["backend"] in ("native", "compat")
         assert st["inuse"] == "socket"
-        assert st["engine_kind"] == "compiled"      # the package build compiled nfsentry._fastpath
+        assert st["engine_kind"] == "compiled"      # the package build compiled nfsentry.core._fastpath
         assert probe(legit, victim.ip4, OPEN_PORT) == "connected"
         for i, (args, label, target, src) in enumerate((("-sS", "SYN", victim.ip4, attacker.ip4), ("-sF", "FIN", victim.ip4, attacker.ip4),
                                          ("-sN", "NULL", victim.ip4, attacker.ip4), ("-sX", "XMAS", victim.ip4, attacker.ip4),

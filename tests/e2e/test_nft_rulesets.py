@@ -137,7 +137,7 @@ def test_a_failed_transaction_changes_nothing(lab):
     and the compat rules exactly as they were; on a first load it leaves nothing at all."""
     victim = lab["victim"]
     sabotage = """
-        import nfsentry.nft as N
+        import nfsentry.nft.client as N
         orig = N._format_table
         # deleting an element that does not exist passes nft's parser and fails in the kernel
         N._format_table = lambda m: orig(m) + "delete element inet nfsentry blocked4 { 203.0.113.99 }\\n"
@@ -210,7 +210,7 @@ def test_listing_a_big_set_while_the_kernel_changes_it_is_complete_or_says_so(la
     this kernel (printed, not asserted: it depends on timing)."""
     victim = lab["victim"]
     out = nft_py(victim, BULK_ADDRS + textwrap.dedent("""
-        from nfsentry.nft import NftInconsistent
+        from nfsentry.nft.client import NftInconsistent
         n.load(RulesetSpec())
         stable = set()
         complete = inconsistent = raw_bad = 0

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfsentry.addrs import PrefixSet, family_of, key_for, mask, masker, network_text, parse_network
+from nfsentry.core.addrs import PrefixSet, family_of, key_for, mask, masker, network_text, parse_network
 
 
 def n(a: str) -> bytes:

@@ -8,8 +8,9 @@ import stat
 
 import pytest
 
-from nfsentry import actions, config as C
-from nfsentry.alerts import Alerter, nfsentry_line
+from nfsentry.sinks import actions
+from nfsentry.config import schema as C
+from nfsentry.sinks.alerts import Alerter, nfsentry_line
 
 DET = {"ts": 1763770000.5, "event": "detection", "src": "198.18.0.2", "network": "198.18.0.2", "family": 4, "proto": "tcp",
        "port": 22, "sport": 40000, "dst": "198.18.0.1", "label": "XMAS", "flags": "FPU", "labels": ["XMAS"], "ports": [22],

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from scapy.all import ICMP, IP, TCP, UDP, IPOption_RR, IPOption_SSRR, IPv6, IPv6ExtHdrFragment, raw
 
-from nfsentry import classify as C
-from nfsentry.packet import decode
+from nfsentry.core import classify as C
+from nfsentry.core.packet import decode
 
 A4, B4 = "198.18.0.2", "198.18.0.1"
 
@@ -97,7 +97,7 @@ def test_label_text_and_descriptions():
 
 
 def test_labels_cover_the_configuration_vocabulary():
-    from nfsentry.config import LABELS as CONFIG_LABELS
+    from nfsentry.config.schema import LABELS as CONFIG_LABELS
     assert set(CONFIG_LABELS) <= set(C.LABELS)
 
 

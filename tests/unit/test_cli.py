@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nfsentry import __version__
-from nfsentry.cli import app
+from nfsentry.cli.app import app
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
@@ -84,7 +84,7 @@ def test_status_when_not_running_is_exit_3(tmp_path):
 
 
 def test_history_json_from_the_database(tmp_path):
-    from nfsentry.store import Store
+    from nfsentry.sinks.store import Store
     c = cfg_file(tmp_path)
     s = Store(tmp_path / "state" / "nfsentry.db")
     s.add_history({"ts": 1000.0, "event": "detection", "src": "198.18.0.2", "network": "198.18.0.2", "proto": "tcp", "port": 22,

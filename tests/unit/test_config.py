@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from nfsentry import config as C
-from nfsentry.config import ConfigError
+from nfsentry.config import schema as C
+from nfsentry.config.schema import ConfigError
 
 
 def test_defaults_monitor_low_ports_plus_trojans_and_one_hour_blocks():

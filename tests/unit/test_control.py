@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from nfsentry.control import ControlError, ControlServer, DaemonNotRunning, request
+from nfsentry.ipc import ControlError, ControlServer, DaemonNotRunning, request
 
 
 def test_request_reply_and_errors(tmp_path):

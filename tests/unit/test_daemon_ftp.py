@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from nfsentry import config as C
-from nfsentry import daemon as D
+from nfsentry.config import schema as C
+from nfsentry.daemon import main as D
 
 CLIENT, SERVER, THIRD = "192.0.2.10", "192.0.2.1", "198.51.100.66"
 CLIENT6, SERVER6 = "2001:db8:1::10", "2001:db8:1::1"

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.all import IP, TCP, UDP, IPOption_LSRR, IPOption_RR, IPv6, raw
 
-from nfsentry.addrs import PrefixSet
-from nfsentry.classify import FLAG_STRINGS, classify
-from nfsentry.engine import Action, Decision, Engine, EngineConfig
-from nfsentry.packet import decode
+from nfsentry.core.addrs import PrefixSet
+from nfsentry.core.classify import FLAG_STRINGS, classify
+from nfsentry.core.engine import Action, Decision, Engine, EngineConfig
+from nfsentry.core.packet import decode
 
 V4 = "198.18.0.2"
 DST4 = "198.18.0.1"
@@ -613,8 +613,8 @@ def test_midstream_shapes_are_unknown_but_never_instant():
     """PSH+ACK data reaching us (conntrack lost the flow) is labelled UNKNOWN(PA) but only the
     counting policies can react to it; a truly impossible combination (SYN+FIN) stays instant."""
     import struct
-    from nfsentry.engine import Action, Engine, EngineConfig
-    from nfsentry.packet import decode
+    from nfsentry.core.engine import Action, Engine, EngineConfig
+    from nfsentry.core.packet import decode
 
     def tcp(src_last, flags):
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, bytes([198, 18, 0, src_last]), bytes([198, 18, 0, 1]))

@@ -1,4 +1,4 @@
-"""The compiled fast path (nfsentry/_fastpath.c) against the pure-Python engine.
+"""The compiled fast path (nfsentry/core/_fastpath.c) against the pure-Python engine.
 
 The contract: for ANY sequence of packets, clock values and maintenance calls, an engine with the
 compiled ``process_raw`` (``compiled=True``) and a pure-Python one (``compiled=False``) with the
@@ -33,14 +33,14 @@ if os.environ.get("NFSENTRY_PURE_PYTHON"):
     pytest.skip("NFSENTRY_PURE_PYTHON is set: the compiled fast path is disabled on purpose",
                 allow_module_level=True)
 
-import nfsentry.engine as engine_mod  # noqa: E402
-from nfsentry.addrs import PrefixSet  # noqa: E402
-from nfsentry.engine import Action, Decision, Engine, EngineConfig  # noqa: E402
-from nfsentry.ftp import Expectation, ExpectationTable  # noqa: E402
-from nfsentry.packet import Packet, decode  # noqa: E402
+import nfsentry.core.engine as engine_mod  # noqa: E402
+from nfsentry.core.addrs import PrefixSet  # noqa: E402
+from nfsentry.core.engine import Action, Decision, Engine, EngineConfig  # noqa: E402
+from nfsentry.core.ftp import Expectation, ExpectationTable  # noqa: E402
+from nfsentry.core.packet import Packet, decode  # noqa: E402
 
 try:
-    import nfsentry._fastpath as fastpath
+    import nfsentry.core._fastpath as fastpath
     _IMPORT_ERROR = None
 except ImportError as exc:  # the tests must fail, not skip: the build always compiles it
     fastpath = None

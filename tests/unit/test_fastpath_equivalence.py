@@ -1,4 +1,4 @@
-"""The compiled fast path (nfsentry/_fastpath.c) decides exactly as the Python body, and does decide.
+"""The compiled fast path (nfsentry/core/_fastpath.c) decides exactly as the Python body, and does decide.
 
 A compiled engine and a pure-Python engine (same configuration) get the same generated packet
 sequences (both families, TCP with every flag byte, UDP, IP options, IPv6 extension headers,
@@ -16,14 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nfsentry.addrs import PrefixSet
-from nfsentry.engine import Engine, EngineConfig
-from nfsentry.ftp import Expectation, ExpectationTable
+from nfsentry.core.addrs import PrefixSet
+from nfsentry.core.engine import Engine, EngineConfig
+from nfsentry.core.ftp import Expectation, ExpectationTable
 
 if os.environ.get("NFSENTRY_PURE_PYTHON"):
     pytest.skip("NFSENTRY_PURE_PYTHON=1: the compiled fast path is disabled on purpose", allow_module_level=True)
 
-import nfsentry._fastpath  # noqa: E402,F401  (must be built: fail, not skip, when it is not)
+import nfsentry.core._fastpath  # noqa: E402,F401  (must be built: fail, not skip, when it is not)
 
 DST4 = bytes([198, 18, 0, 1])
 DST6 = bytes.fromhex("20010db8000000000000000000000001")
@@ -131,7 +131,7 @@ def run_both(cfg: EngineConfig, sequence, with_expectation: bool):
             src = SOURCES[op[1]]
             assert engines[0].forget(src if len(src) == 4 else src) == engines[1].forget(src)
         else:
-            from nfsentry.addrs import network_text
+            from nfsentry.core.addrs import network_text
             net = network_text(SOURCES[op[1]])
             assert engines[0].mark_blocked(net, now + op[2] if op[2] else 0) == engines[1].mark_blocked(net, now + op[2] if op[2] else 0)
         assert state(engines[0]) == state(engines[1]), op

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from nfsentry.ftp import (Bounce, Expectation, FtpTracker, Malformed, Oversized, ParseError,
+from nfsentry.core.ftp import (Bounce, Expectation, FtpTracker, Malformed, Oversized, ParseError,
                           PasvMismatch, addr_text, parse_227, parse_229, parse_eprt, parse_port,
                           safe_text)
 

@@ -6,7 +6,7 @@ import socket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nfsentry.ftp import (Bounce, Expectation, ExpectationTable, FtpTracker, Malformed, Oversized,
+from nfsentry.core.ftp import (Bounce, Expectation, ExpectationTable, FtpTracker, Malformed, Oversized,
                           PasvMismatch)
 
 C4 = socket.inet_pton(socket.AF_INET, "192.0.2.10")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from nfsentry.ftp import Expectation, ExpectationTable, FtpTracker
+from nfsentry.core.ftp import Expectation, ExpectationTable, FtpTracker
 
 C4 = socket.inet_pton(socket.AF_INET, "192.0.2.10")
 S4 = socket.inet_pton(socket.AF_INET, "192.0.2.1")

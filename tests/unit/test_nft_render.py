@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from nfsentry import inuse, nft
-from nfsentry.nft import RulesetSpec, compat_rules, default_spec, render
+from nfsentry.nft import inuse
+from nfsentry.nft import client as nft
+from nfsentry.nft.client import RulesetSpec, compat_rules, default_spec, render
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +40,7 @@ def index_of(rules: list[str], needle: str) -> int:
 def test_shipped_rules_equal_the_renderer(variant, name):
     path = REPO / "rules" / name
     assert path.read_text() == render(default_spec(variant), "native"), \
-        f"{path} is stale: run `make rules` (python -m nfsentry.nft --write-shipped rules)"
+        f"{path} is stale: run `make rules` (python -m nfsentry.nft.client --write-shipped rules)"
 
 
 def test_write_shipped_writes_exactly_the_three_files(tmp_path):
@@ -55,7 +56,7 @@ def test_cli_render_matches(capsys):
 
 
 def test_default_ports_match_the_configuration_defaults():
-    config = pytest.importorskip("nfsentry.config")
+    config = pytest.importorskip("nfsentry.config.schema")
     assert tuple(config.TROJAN_TCP) == nft.TROJAN_TCP and tuple(config.TROJAN_UDP) == nft.TROJAN_UDP
     cfg = config.defaults()
     spec = RulesetSpec().normalized()

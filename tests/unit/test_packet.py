@@ -11,7 +11,7 @@ from scapy.all import (AH, IP, TCP, UDP, ICMP, IPOption_LSRR, IPOption_RR, IPOpt
                        IPOption_SSRR, IPOption_Timestamp, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
                        IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, raw)
 
-from nfsentry.packet import MAX_EXT_HEADERS, Packet, _decode, addr_text, decode
+from nfsentry.core.packet import MAX_EXT_HEADERS, Packet, _decode, addr_text, decode
 
 A4, B4 = "198.18.0.2", "198.18.0.1"
 A6, B6 = "2001:db8:1::2", "2001:db8::1"
@@ -356,7 +356,7 @@ def test_valid_samples_decode_cleanly(data):
 def test_common_shapes_take_the_fast_path(monkeypatch):
     """Plain TCP/UDP over IPv4 (no options) / IPv6 (no extension headers) never reach the general
     decoder; everything else does (the equivalence tests above then cover both)."""
-    import nfsentry.packet as packet
+    import nfsentry.core.packet as packet
     calls = []
     real = packet._decode
     monkeypatch.setattr(packet, "_decode", lambda raw: calls.append(raw) or real(raw))

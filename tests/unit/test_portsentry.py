@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from nfsentry import config as C
-from nfsentry import portsentry as P
-from nfsentry.config import ConfigError
+from nfsentry.config import schema as C
+from nfsentry.config import portsentry as P
+from nfsentry.config.schema import ConfigError
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "portsentry"
 DEBIAN = (FIX / "debian-1.2.conf").read_text()

@@ -9,9 +9,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from nfsentry import cli_portsentry
-from nfsentry import config as C
-from nfsentry import portsentry as P
+from nfsentry.cli import portsentry as cli_portsentry
+from nfsentry.config import schema as C
+from nfsentry.config import portsentry as P
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "portsentry"
 
@@ -109,6 +109,6 @@ def test_version_option_overrides_the_guess(app, conf):
 
 
 def test_registered_in_the_main_cli():
-    from nfsentry.cli import app as main_app
+    from nfsentry.cli.app import app as main_app
     names = {c.name or c.callback.__name__ for c in main_app.registered_commands}
     assert "import-portsentry" in names

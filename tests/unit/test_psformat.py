@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from nfsentry import psformat as F
+from nfsentry.sinks import psformat as F
 
 TS = 1763770000.045          # 2025-11-22 00:06:40.045 UTC
 EV = {"ts": TS, "event": "detection", "src": "198.18.0.2", "network": "198.18.0.2", "family": 4, "proto": "tcp",
@@ -284,8 +284,8 @@ def test_logcheck_style_grep_finds_every_v1_detection(tmp_path):
 def test_alerter_writes_portsentry_syslog_history_and_blocked_files(tmp_path):
     import socket
 
-    from nfsentry import config as C
-    from nfsentry.alerts import Alerter
+    from nfsentry.config import schema as C
+    from nfsentry.sinks.alerts import Alerter
     sock_path = str(tmp_path / "log.sock")
     rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     rx.bind(sock_path)

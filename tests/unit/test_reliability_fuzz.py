@@ -24,8 +24,12 @@ HARNESS = textwrap.dedent(r'''
     import atheris
 
     with atheris.instrument_imports():
-        from nfsentry import packet, classify, engine, daemon, config
-        from nfsentry.addrs import PrefixSet
+        from nfsentry.core import packet
+        from nfsentry.core import classify
+        from nfsentry.core import engine
+        from nfsentry.daemon import main as daemon
+        from nfsentry.config import schema as config
+        from nfsentry.core.addrs import PrefixSet
 
     from scapy.all import IP, IPv6, TCP, UDP, ICMP, IPv6ExtHdrHopByHop, IPv6ExtHdrFragment, raw
 

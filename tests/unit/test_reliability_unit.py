@@ -21,12 +21,12 @@ import time
 import pytest
 from scapy.all import IP, IPv6, TCP, UDP, raw
 
-from nfsentry import config as C
-from nfsentry import daemon as D
-from nfsentry.actions import substitute
-from nfsentry.addrs import PrefixSet
-from nfsentry.engine import Engine
-from nfsentry.store import Store
+from nfsentry.config import schema as C
+from nfsentry.daemon import main as D
+from nfsentry.sinks.actions import substitute
+from nfsentry.core.addrs import PrefixSet
+from nfsentry.core.engine import Engine
+from nfsentry.sinks.store import Store
 
 VICTIM4, VICTIM6 = "198.18.0.1", "2001:db8::1"
 
@@ -376,7 +376,7 @@ def test_corrupt_database_reported_by_sqlite_is_moved_aside(tmp_path):
     d.nft.sets = {"198.18.0.9": 0}
 
     def corrupt(*a, **k):
-        from nfsentry.store import StoreCorrupt
+        from nfsentry.sinks.store import StoreCorrupt
         raise StoreCorrupt("db: database is corrupt (database disk image is malformed)")
     real = d.store.add_history
     d.store.add_history = corrupt
@@ -390,7 +390,7 @@ def test_disk_full_is_a_storage_fault_not_a_crash(tmp_path):
     d = make_daemon(tmp_path, store=True)
 
     def full(*a, **k):
-        from nfsentry.store import StoreError
+        from nfsentry.sinks.store import StoreError
         raise StoreError("db: database or disk is full")
     d.store.add_block = full
     d.store_write("add_block", block_event("198.18.0.2"))
@@ -398,7 +398,7 @@ def test_disk_full_is_a_storage_fault_not_a_crash(tmp_path):
 
 
 def test_store_open_failures_are_one_line_store_errors(tmp_path):
-    from nfsentry.store import StoreError
+    from nfsentry.sinks.store import StoreError
     f = tmp_path / "afile"
     f.write_text("x")
     with pytest.raises(StoreError, match="Not a directory"):
@@ -462,7 +462,7 @@ def test_command_arguments_are_validated_values_only():
 
 
 def test_fail_open_renders_bypass_and_fail_closed_does_not():
-    from nfsentry import nft as N
+    from nfsentry.nft import client as N
     for fail_open in (True, False):
         cfg = C.validate({"nft": {"fail_open": fail_open}})
         spec = D.ruleset_spec(cfg, [])

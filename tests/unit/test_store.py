@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from nfsentry.store import Store, StoreCorrupt, move_aside
+from nfsentry.sinks.store import Store, StoreCorrupt, move_aside
 
 
 def ev(net, ts, expires=None, offences=1, event="block"):
@@ -67,7 +67,7 @@ def test_survives_a_crash_of_the_writer(tmp_path):
     code = f"""
 import os, sys
 sys.path.insert(0, {str(os.getcwd())!r})
-from nfsentry.store import Store
+from nfsentry.sinks.store import Store
 s = Store({str(db)!r})
 s.add_block({{"ts": 1.0, "event": "block", "network": "198.18.0.7", "expires": None}})
 os._exit(9)

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nfsentry import __version__
-from nfsentry import config as C
-from nfsentry.alerts import Alerter
-from nfsentry.config import Config, ConfigError
-from nfsentry.control import ControlServer
-from nfsentry.store import Store, StoreCorrupt, StoreError, move_aside
+from nfsentry.config import schema as C
+from nfsentry.sinks.alerts import Alerter
+from nfsentry.config.schema import Config, ConfigError
+from nfsentry.ipc import ControlServer
+from nfsentry.sinks.store import Store, StoreCorrupt, StoreError, move_aside
 
 log = logging.getLogger("nfsentry")
 
@@ -164,7 +164,7 @@ class Daemon:
     def prepare(self) -> None:
         """Everything that can fail before the kernel is touched."""
         require_root()
-        from nfsentry import nft as N  # a missing python3-nftables is one clear line here
+        from nfsentry.nft import client as N  # a missing python3-nftables is one clear line here
         self.N = N
         state_dir = Path(self.cfg["storage"]["state_dir"])
         try:
@@ -213,9 +213,9 @@ class Daemon:
             raise StartupError(f"nfsentry: {e}", 1) from None
 
     def build_core(self) -> None:
-        from nfsentry.engine import Engine
-        from nfsentry.addrs import PrefixSet
-        from nfsentry.ftp import ExpectationTable, FtpTracker
+        from nfsentry.core.engine import Engine
+        from nfsentry.core.addrs import PrefixSet
+        from nfsentry.core.ftp import ExpectationTable, FtpTracker
         self.protected = protected_networks(self.cfg)
         self.expectations = LockedExpectations(ExpectationTable())
         self.ftp = FtpTracker()
@@ -507,7 +507,7 @@ class Daemon:
                 "expectations": dict(self.expectations.stats)}
 
     def decode(self, raw):
-        from nfsentry.packet import decode
+        from nfsentry.core.packet import decode
         self.decode = decode  # bind once: the hot path calls the function directly afterwards
         return decode(raw)
 
@@ -691,7 +691,7 @@ class Daemon:
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def add_ignore(self, net: str) -> None:
-        from nfsentry.addrs import PrefixSet
+        from nfsentry.core.addrs import PrefixSet
         self.nft.add_ignore(net)
         self.runtime_ignore.add(net)
         self.protected = sorted(set(self.protected) | {net})
@@ -725,7 +725,7 @@ class Daemon:
         ps = getattr(self.cfg, "portsentry_source", None)
         try:
             if ps:
-                from nfsentry import portsentry as P
+                from nfsentry.config import portsentry as P
                 new = P.load_as_config(ps["conf"], ps["defaults"])
             else:
                 new = C.load(path) if path else C.defaults()
@@ -742,7 +742,7 @@ class Daemon:
             self.cfg = old
             log.error("reload refused, the running configuration stays: %s", e)
             return False, f"reload refused: {e}"
-        from nfsentry.addrs import PrefixSet
+        from nfsentry.core.addrs import PrefixSet
         self.engine.configure(engine_config(new))
         self.engine.ignore = PrefixSet(self.protected)
         self.build_lean_verdicts()
@@ -813,7 +813,7 @@ class Daemon:
             self.extra_actions(ev)
 
     def extra_actions(self, ev: dict) -> None:
-        from nfsentry import actions
+        from nfsentry.sinks import actions
         r = self.cfg["response"]
         if r["command"] and ev.get("action") in ("block", "command"):
             rc, out = actions.run_command(r["command"], ev["network"], ev.get("port") or 0, ev.get("label") or "scan")
@@ -933,7 +933,7 @@ class Daemon:
                 except Exception as e:
                     log.error("cannot add %s to the ignore set: %s", n, e)
             log.info("host addresses changed: %d never-block networks now", len(nets))
-            from nfsentry.addrs import PrefixSet
+            from nfsentry.core.addrs import PrefixSet
             self.protected = nets
             self.engine.ignore = PrefixSet(nets)
 
@@ -1053,7 +1053,7 @@ def manual_block_event(net: str, duration: float, reason: str) -> dict[str, Any]
 
 
 def decision_event(d, kind: str, cfg: Config) -> dict[str, Any]:
-    from nfsentry.packet import addr_text
+    from nfsentry.core.packet import addr_text
     r = cfg["response"]
     proto = PROTO_NAMES.get(d.proto, "other")
     mode = r.get(proto, "block") if proto in ("tcp", "udp") else "block"
@@ -1107,7 +1107,7 @@ def queue_drops() -> dict[str, int]:
 
 
 def engine_config(cfg: Config):
-    from nfsentry.engine import EngineConfig
+    from nfsentry.core.engine import EngineConfig
     d, r = cfg["detection"], cfg["response"]
     return EngineConfig(
         scan_trigger=d["scan_trigger"], window_ports=d["window_ports"], window_seconds=cfg.durations["window_seconds"],
@@ -1118,7 +1118,7 @@ def engine_config(cfg: Config):
 
 
 def ruleset_spec(cfg: Config, protected: list[str]):
-    from nfsentry.nft import RulesetSpec
+    from nfsentry.nft.client import RulesetSpec
     m, n = cfg["monitor"], cfg["nft"]
     return RulesetSpec(bypass=n["fail_open"], variant=m["mode"], tcp_ports=list(cfg.tcp_ports), udp_ports=list(cfg.udp_ports), ignore=list(protected),
                        queue=n["queue"], ftp_queue=n["ftp_queue"], ftp=m["ftp"], inuse=m["inuse"], mark=n["mark"], table=n["table"],

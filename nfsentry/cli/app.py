@@ -39,10 +39,10 @@ def need_root(what: str) -> None:
 
 
 def load_config(path: Optional[str], portsentry: Optional[str] = None, defaults: Optional[str] = None):
-    from nfsentry import config as C
+    from nfsentry.config import schema as C
     try:
         if portsentry:
-            from nfsentry import portsentry as P
+            from nfsentry.config import portsentry as P
             return P.load_as_config(portsentry, defaults)
         # Ignore files matter only to what root does (the daemon, block); a non-root user gets the
         # command's own "needs root" refusal instead of a permission error on a root-only file.
@@ -54,7 +54,7 @@ def load_config(path: Optional[str], portsentry: Optional[str] = None, defaults:
 
 
 def parse_duration_opt(text: Optional[str], default: float) -> float:
-    from nfsentry.config import parse_duration
+    from nfsentry.config.schema import parse_duration
     if text is None:
         return default
     try:
@@ -66,7 +66,7 @@ def parse_duration_opt(text: Optional[str], default: float) -> float:
 def get_nft(cfg):
     need_root("talking to nftables")
     try:
-        from nfsentry import nft as N
+        from nfsentry.nft import client as N
     except ImportError as e:
         fail(str(e), EXIT_RUNTIME)
     return N, N.Nft(table=cfg["nft"]["table"])
@@ -74,7 +74,7 @@ def get_nft(cfg):
 
 def daemon_request(cfg, cmd: str, **args):
     """Returns the reply, or None when the daemon is not running."""
-    from nfsentry.control import ControlError, DaemonNotRunning, request
+    from nfsentry.ipc import ControlError, DaemonNotRunning, request
     try:
         return request(cfg["daemon"]["control_socket"], cmd, **args)
     except DaemonNotRunning:
@@ -91,7 +91,7 @@ def fmt_ts(ts: Optional[float]) -> str:
 
 
 def fmt_left(seconds: Optional[float]) -> str:
-    from nfsentry.config import format_duration
+    from nfsentry.config.schema import format_duration
     if seconds is None:
         return "never"
     return format_duration(max(0, seconds)) or "0s"
@@ -119,7 +119,7 @@ def run(config: Optional[str] = ConfigOpt,
         portsentry_config: Optional[str] = typer.Option(None, "--portsentry-config", help="run from a PortSentry portsentry.conf"),
         portsentry_defaults: Optional[str] = typer.Option(None, "--portsentry-defaults", help="PortSentry /etc/default/portsentry (TCP_MODE/UDP_MODE)")):
     """Run the daemon (in the foreground of this process; systemd keeps it running)."""
-    from nfsentry.daemon import Daemon, StartupError, require_root
+    from nfsentry.daemon.main import Daemon, StartupError, require_root
     try:
         require_root()
     except StartupError as e:
@@ -185,7 +185,7 @@ def current_blocks(cfg, family: Optional[int]) -> list[dict]:
         fail(f"cannot read the blocked sets: {e}", EXIT_RUNTIME)
     db = {}
     try:
-        from nfsentry.store import Store
+        from nfsentry.sinks.store import Store
         if cfg.db_path.exists():
             s = Store(cfg.db_path, readonly=True)
             db = {b["network"]: b for b in s.blocks(include_expired=True)}
@@ -237,7 +237,7 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
           reason: str = typer.Option("manual block", "--reason"), config: Optional[str] = ConfigOpt,
           force: bool = typer.Option(False, "--force", help="allow blocking a never-block address (not your SSH session)")):
     """Block a host or prefix by hand."""
-    from nfsentry.daemon import manual_block_event, normalize_block_target, ssh_client
+    from nfsentry.daemon.main import manual_block_event, normalize_block_target, ssh_client
     cfg = load_config(config)
     duration = parse_duration_opt(for_, cfg.durations["block_duration"])
     ssh = ssh_client()
@@ -248,7 +248,7 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
     need_root("block")
     reply = daemon_request(cfg, "block", network=net, duration=duration, reason=reason, force=force)
     if reply is None:
-        from nfsentry.daemon import protected_networks
+        from nfsentry.daemon.main import protected_networks
         if not force:
             try:
                 net = normalize_block_target(net, protected_networks(cfg))
@@ -265,7 +265,7 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
 
 
 def store_event(cfg, ev: dict) -> None:
-    from nfsentry.store import Store, StoreError
+    from nfsentry.sinks.store import Store, StoreError
     try:
         s = Store(cfg.db_path)
         if ev["event"] == "block":
@@ -285,7 +285,7 @@ def unblock(addresses: List[str] = typer.Argument(None, help="ADDR or ADDR/PREFI
             ignore: bool = typer.Option(False, "--ignore", help="also add them to the ignore list"),
             config: Optional[str] = ConfigOpt):
     """Remove blocks from the kernel, the running engine and the database."""
-    from nfsentry.daemon import normalize_network
+    from nfsentry.daemon.main import normalize_network
     if not addresses and not all_:
         fail("name at least one address, or --all")
     if addresses and all_:
@@ -343,7 +343,7 @@ def add_to_ignore_file(cfg, nets: list[str]) -> None:
 def parse_since(text: Optional[str]) -> Optional[float]:
     if text is None:
         return None
-    from nfsentry.config import parse_duration
+    from nfsentry.config.schema import parse_duration
     try:
         return time.time() - parse_duration(text)
     except ValueError:
@@ -360,8 +360,8 @@ def history(since: Optional[str] = typer.Option(None, "--since", help="duration 
             limit: int = typer.Option(200, "--limit"), config: Optional[str] = ConfigOpt,
             as_json: bool = typer.Option(False, "--json")):
     """Past detections, blocks and unblocks."""
-    from nfsentry.daemon import normalize_network
-    from nfsentry.store import Store, StoreError
+    from nfsentry.daemon.main import normalize_network
+    from nfsentry.sinks.store import Store, StoreError
     start = parse_since(since)
     if source:
         try:
@@ -399,8 +399,8 @@ def history(since: Optional[str] = typer.Option(None, "--since", help="duration 
 @rules_app.command("show")
 def rules_show(config: Optional[str] = ConfigOpt, backend: str = typer.Option("native", "--backend", help="native or compat")):
     """Print the ruleset rendered from the configuration (what `load` would load)."""
-    from nfsentry import nft as N
-    from nfsentry.daemon import ruleset_spec
+    from nfsentry.nft import client as N
+    from nfsentry.daemon.main import ruleset_spec
     cfg = load_config(config)
     if backend not in ("native", "compat"):
         fail("--backend must be native or compat")
@@ -425,7 +425,7 @@ def _rules_apply(file: Optional[str], config: Optional[str], check: bool) -> Non
     cfg = load_config(config)
     path = rules_file(file)
     N, nft = get_nft(cfg)
-    from nfsentry.daemon import protected_networks, ruleset_spec
+    from nfsentry.daemon.main import protected_networks, ruleset_spec
     try:
         if path:
             (nft.check_file if check else nft.load_file)(str(path))
@@ -517,7 +517,7 @@ def version():
     typer.echo(f"nfsentry {__version__}")
 
 
-from nfsentry import cli_portsentry  # noqa: E402  (import-portsentry)
+from nfsentry.cli import portsentry as cli_portsentry  # noqa: E402  (import-portsentry)
 
 cli_portsentry.register(app)
 

@@ -72,7 +72,7 @@ reaction's reason text is formatted when first read (on the daemon's worker thre
 
 The daemon calls :meth:`Engine.process_raw` on the queued bytes: no Packet and no Decision
 unless something reacted (a small int ``action << 8 | proto`` otherwise). Its common cases (a
-blocked source; a hit no policy can react to) run compiled in ``nfsentry/_fastpath.c`` when it is
+blocked source; a hit no policy can react to) run compiled in ``nfsentry/core/_fastpath.c`` when it is
 built; the rules above stay here, in one Python body that both entry points run, and the C part
 hands every other packet to it before touching any state (docs/DESIGN.md, "The hot path").
 
@@ -341,7 +341,7 @@ class _Source:
 
 _source = partial(_new, _Source)     # a new, empty _Source (no __init__ call)
 
-try:        # the compiled common cases of process_raw (nfsentry/_fastpath.c); optional
+try:        # the compiled common cases of process_raw (nfsentry/core/_fastpath.c); optional
     from . import _fastpath
 except ImportError:      # pragma: no cover - the package build always compiles it
     _fastpath = None

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nfsentry import config as C
+from nfsentry.config import schema as C
 
 DEFAULT_CONF = "/etc/portsentry/portsentry.conf"
 DEFAULTS_FILE = "/etc/default/portsentry"   # Debian's TCP_MODE/UDP_MODE; used when it exists

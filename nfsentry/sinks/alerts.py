@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from nfsentry.config import format_duration
+from nfsentry.config.schema import format_duration
 
 log = logging.getLogger("nfsentry")
 
@@ -99,7 +99,7 @@ class Alerter:
     def lines(self, ev: dict[str, Any]) -> list[str]:
         if self.style == "nfsentry":
             return [nfsentry_line(ev)]
-        from nfsentry import psformat
+        from nfsentry.sinks import psformat
         return psformat.syslog_lines(ev, self.style, table=self.cfg["nft"]["table"])
 
     def emit(self, ev: dict[str, Any]) -> None:
@@ -114,12 +114,12 @@ class Alerter:
         if self.json_path:
             self._append(self.json_path, json.dumps(ev, sort_keys=True, default=str) + "\n")
         if self.history_path and ev["event"] in ("detection", "block"):
-            from nfsentry import psformat
+            from nfsentry.sinks import psformat
             text = psformat.history_line(ev, self.history_style)
             if text:
                 self._append(self.history_path, text + "\n")
         if self.blocked_path and ev["event"] == "block":
-            from nfsentry import psformat
+            from nfsentry.sinks import psformat
             text = psformat.blocked_line(ev)
             if text:
                 self._append(self.blocked_path, text + "\n")

@@ -49,7 +49,7 @@ try:  # the Debian package python3-nftables (libnftables' own bindings)
 except ImportError:  # pragma: no cover - depends on the machine
     _nftables = None
 
-from nfsentry import inuse as _inuse
+from nfsentry.nft import inuse as _inuse
 
 log = logging.getLogger("nfsentry.nft")
 

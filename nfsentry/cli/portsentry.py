@@ -34,7 +34,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from nfsentry import portsentry as P
+    from nfsentry.config import portsentry as P
 
     @app.command("import-portsentry")
     def import_portsentry(
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
             version: Optional[str] = typer.Option(None, "--portsentry-version", help="1 or 2 (default: guessed from the file)"),
             quiet: bool = typer.Option(False, "--quiet", "-q", help="do not list the problems on stderr")):
         """Convert a PortSentry configuration to nfsentry TOML (each key not carried over gets a comment why)."""
-        from nfsentry.config import ConfigError
+        from nfsentry.config.schema import ConfigError
         if version not in (None, "1", "2"):
             _fail(f"--portsentry-version must be 1 or 2, not {version!r}")
         if defaults is not None and no_defaults:

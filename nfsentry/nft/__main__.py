@@ -1,0 +1,3 @@
+from nfsentry.nft.client import main
+
+raise SystemExit(main())
