@@ -176,36 +176,31 @@ def status(config: Optional[str] = ConfigOpt, as_json: bool = typer.Option(False
 
 
 # == blocked / list =================================================================================
+def open_ledger(cfg, readonly: bool = False):
+    """The ledger (the one owner of block state) on this namespace's table and the database."""
+    from nfsentry.ledger.ledger import Ledger
+    from nfsentry.sinks.store import Store, StoreError
+    N, nft = get_nft(cfg)
+    store = None
+    try:
+        if not readonly or cfg.db_path.exists():
+            store = Store(cfg.db_path, readonly=readonly)
+    except StoreError as e:
+        if not readonly:
+            fail(f"cannot open the database, nothing changed: {e}", EXIT_RUNTIME)
+    return N, Ledger(nft, store)
+
+
 def current_blocks(cfg, family: Optional[int]) -> list[dict]:
     """Kernel set (authoritative) merged with the database's reasons."""
-    N, nft = get_nft(cfg)
+    N, ledger = open_ledger(cfg, readonly=True)
     try:
-        kernel = nft.list_blocked()
+        return ledger.entries(family)
     except N.NftError as e:
         fail(f"cannot read the blocked sets: {e}", EXIT_RUNTIME)
-    db = {}
-    try:
-        from nfsentry.sinks.store import Store
-        if cfg.db_path.exists():
-            s = Store(cfg.db_path, readonly=True)
-            db = {b["network"]: b for b in s.blocks(include_expired=True)}
-            s.close()
-    except Exception:
-        db = {}
-    now = time.time()
-    out = []
-    for k in kernel:
-        net = k["network"]
-        fam = 6 if ":" in net else 4
-        if family and fam != family:
-            continue
-        b = db.get(net, {})
-        exp_in = k.get("expires_in")
-        out.append({"network": net, "family": fam, "reason": b.get("reason") or "", "labels": b.get("labels", []),
-                    "ports": b.get("ports", []), "first_seen": b.get("first_seen"), "blocked_at": b.get("created"),
-                    "expires": (now + exp_in) if exp_in else None, "expires_in": exp_in,
-                    "offences": b.get("offences", 1), "origin": b.get("origin", "kernel")})
-    return out
+    finally:
+        if ledger.store is not None:
+            ledger.store.close()
 
 
 @app.command("blocked")
@@ -231,15 +226,29 @@ app.command("list", help="List current blocks (alias of blocked).")(blocked_cmd)
 
 
 # == block / unblock ================================================================================
+def fmt_until(expires: Optional[float], seconds: Optional[float] = None) -> str:
+    """"for 10m (until 2026-11-30 18:25:12)", or "until unblocked"."""
+    if expires is None:
+        return "until unblocked"
+    left = round(expires - time.time()) if seconds is None else seconds
+    return f"for {fmt_left(left)} (until {fmt_ts(expires)})"
+
+
 @app.command()
 def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
           for_: Optional[str] = typer.Option(None, "--for", help="duration (e.g. 30m, 2h, 7d; 0 = until unblocked)"),
-          reason: str = typer.Option("manual block", "--reason"), config: Optional[str] = ConfigOpt,
+          reason: Optional[str] = typer.Option(None, "--reason", help="why (default: manual block)"),
+          config: Optional[str] = ConfigOpt,
           force: bool = typer.Option(False, "--force", help="allow blocking a never-block address (not your SSH session)")):
-    """Block a host or prefix by hand."""
-    from nfsentry.daemon.main import manual_block_event, normalize_block_target, ssh_client
+    """Block a host or prefix by hand. A block already in force is never shortened."""
+    from nfsentry.daemon.main import normalize_block_target, ssh_client
+    from nfsentry.ledger.rule import kernel_timeout
     cfg = load_config(config)
     duration = parse_duration_opt(for_, cfg.durations["block_duration"])
+    try:
+        kernel_timeout(duration)
+    except ValueError as e:
+        fail(str(e))
     ssh = ssh_client()
     try:
         net = normalize_block_target(address, [ssh] if ssh else [])
@@ -254,37 +263,30 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
                 net = normalize_block_target(net, protected_networks(cfg))
             except ValueError as e:
                 fail(str(e))
-        N, nft = get_nft(cfg)
+        N, ledger = open_ledger(cfg)
         try:
-            nft.block(net, int(duration))
+            res = ledger.block(net, duration, reason)
         except N.NftError as e:
-            fail(f"block failed: {e}", EXIT_RUNTIME)
-        ev = manual_block_event(net, duration, reason)
-        store_event(cfg, ev)
-    typer.echo(f"blocked {net} " + (f"for {fmt_left(duration)}" if duration else "until unblocked"))
-
-
-def store_event(cfg, ev: dict) -> None:
-    from nfsentry.sinks.store import Store, StoreError
-    try:
-        s = Store(cfg.db_path)
-        if ev["event"] == "block":
-            s.add_block(ev)
-        elif ev["event"] == "unblock":
-            s.remove_block(ev["network"])
-            s.forget_offender(ev["network"])
-        s.add_history(ev)
-        s.close()
-    except StoreError as e:
-        typer.echo(f"nfsentry: warning: the kernel was changed but the database was not: {e}", err=True)
+            fail(f"block failed, nothing changed: {e}", EXIT_RUNTIME)
+        reply = {"status": res.status, "expires": res.expires, "by": res.by}
+    status, expires, by = reply.get("status", "blocked"), reply.get("expires"), reply.get("by", net)
+    if status == "kept":
+        inside = f" by {by}" if by != net else ""
+        typer.echo(f"{net} is already blocked{inside} {fmt_until(expires)}: kept (blocks are never shortened)")
+    else:
+        typer.echo(f"{'extended' if status == 'extended' else 'blocked'} {net} {fmt_until(expires, kernel_timeout(duration))}")
 
 
 @app.command()
 def unblock(addresses: List[str] = typer.Argument(None, help="ADDR or ADDR/PREFIX ..."),
-            all_: bool = typer.Option(False, "--all", help="remove every block"),
+            all_: bool = typer.Option(False, "--all", help="remove every block (kernel and database)"),
+            covering: bool = typer.Option(False, "--covering", help="also lift broader blocks that cover an address"),
             ignore: bool = typer.Option(False, "--ignore", help="also add them to the ignore list"),
             config: Optional[str] = ConfigOpt):
-    """Remove blocks from the kernel, the running engine and the database."""
+    """Remove blocks from the kernel, the running engine and the database (for good).
+
+    A prefix lifts every block inside it. An address inside a broader block (an IPv6 /64, a
+    prefix) is lifted only with --covering; otherwise the block that covers it is named."""
     from nfsentry.daemon.main import normalize_network
     if not addresses and not all_:
         fail("name at least one address, or --all")
@@ -300,27 +302,32 @@ def unblock(addresses: List[str] = typer.Argument(None, help="ADDR or ADDR/PREFI
             fail(f"refusing {a!r}: a /0 matches every address (use --all to remove every block)")
     cfg = load_config(config)
     need_root("unblock")
-    reply = daemon_request(cfg, "unblock", networks=nets, all=all_, ignore=ignore)
-    if reply is not None:
-        removed = reply.get("unblocked", [])
-    else:
-        N, nft = get_nft(cfg)
+    reply = daemon_request(cfg, "unblock", networks=nets, all=all_, ignore=ignore, covering=covering)
+    if reply is None:
+        N, ledger = open_ledger(cfg)
         try:
             if all_:
-                nets = [b["network"] for b in nft.list_blocked()]
-            removed = []
-            for n in nets:
-                nft.unblock(n)
-                removed.append(n)
-                if ignore:
-                    nft.add_ignore(n)
+                reply = {"unblocked": ledger.unblock_all()}
+            else:
+                res = ledger.unblock(nets, covering=covering)
+                reply = {"unblocked": res.removed, "covered": res.covered, "not_blocked": res.not_blocked}
+            if ignore:
+                for n in reply["unblocked"]:
+                    ledger.nft.add_ignore(n)
         except N.NftError as e:
             fail(f"unblock failed: {e}", EXIT_RUNTIME)
-        for n in removed:
-            store_event(cfg, {"ts": time.time(), "event": "unblock", "network": n, "src": n, "reason": "unblocked by admin"})
+    removed = reply.get("unblocked", [])
     if ignore and removed:
         add_to_ignore_file(cfg, removed)
-    typer.echo(f"unblocked {len(removed)}: {', '.join(removed) if removed else '(nothing was blocked)'}")
+    if removed or all_:
+        typer.echo(f"unblocked {len(removed)}: {', '.join(removed) if removed else '(nothing was blocked)'}")
+    for target, by in (reply.get("covered") or {}).items():
+        typer.echo(f"{target} is inside {', '.join(by)}, which stays blocked: unblock {by[0]}, "
+                   "or repeat with --covering", err=True)
+    for target in reply.get("not_blocked") or []:
+        typer.echo(f"{target} is not blocked", err=True)
+    if not all_ and (reply.get("covered") or reply.get("not_blocked")):
+        raise typer.Exit(EXIT_RUNTIME)
 
 
 def add_to_ignore_file(cfg, nets: list[str]) -> None:

@@ -31,6 +31,7 @@ from nfsentry.config import schema as C
 from nfsentry.sinks.alerts import Alerter
 from nfsentry.config.schema import Config, ConfigError
 from nfsentry.ipc import ControlServer
+from nfsentry.ledger.ledger import Ledger
 from nfsentry.sinks.store import Store, StoreCorrupt, StoreError, move_aside
 
 log = logging.getLogger("nfsentry")
@@ -231,6 +232,7 @@ class Daemon:
             self.nft = N.Nft(table=self.cfg["nft"]["table"])
             spec = ruleset_spec(self.cfg, self.protected)
             self.nft.load(spec, backend=self.cfg["nft"]["backend"])
+            self.use_nft(self.nft)
         except N.NftError as e:
             raise StartupError(f"nfsentry: loading the ruleset failed, nothing changed: {e}", 1) from None
         try:
@@ -251,36 +253,24 @@ class Daemon:
                  C.ranges_text(self.cfg.tcp_ports), C.count_ports(self.cfg.tcp_ports), C.ranges_text(self.cfg.udp_ports),
                  C.count_ports(self.cfg.udp_ports), len(self.protected), self.restored)
 
+    def use_nft(self, nft) -> None:
+        """Block state goes through the ledger: its kernel part on the calling thread, its
+        database part on the worker (a "ledger" event)."""
+        self.nft = nft
+        self.ledger = Ledger(nft, store=None, defer=lambda op, ev: self.enqueue("ledger", (op, ev)))
+
     def restore_blocks(self) -> None:
-        """Kernel set and database agree after this: DB blocks still running are put back with
-        their remaining time; kernel entries unknown to the DB (made just before a kill -9, or
-        after a corrupt DB was moved aside) are imported."""
-        now = time.time()
-        kernel = {b["network"]: b for b in self.nft.list_blocked()}
-        db = {b["network"]: b for b in self.store.blocks(now)}
-        missing = []
-        for net, b in db.items():
-            if net not in kernel:
-                remaining = 0 if b["expires"] is None else max(1, int(b["expires"] - now))
-                missing.append((net, remaining))
-        if missing:
-            self.nft.bulk_block(missing)
-        imported = []
-        for net, k in kernel.items():
-            if net not in db:
-                exp = None if not k.get("expires_in") else now + k["expires_in"]
-                imported.append({"ts": now, "event": "block", "network": net, "src": net, "reason": "imported from the kernel set",
-                                 "expires": exp, "offences": 1, "origin": "kernel", "labels": [], "ports": []})
-        if imported:
-            self.store.add_blocks(imported)
-        for ev in self.store.expired_blocks(now):
-            self.store.remove_block(ev["network"])
-        for off in self.store.offenders():
+        """Kernel set and database agree after this (the ledger's rule): database blocks the
+        kernel lost are put back with their remaining time; kernel entries the database does not
+        know (made just before a kill -9, or after a corrupt database was moved aside) are
+        adopted. The engine learns the live blocks and offence counts."""
+        rep = Ledger(self.nft, self.store).restore()
+        for off in rep.offenders:
             self.engine.restore_offender(off["network"], off["offences"])
-        for b in self.store.blocks(now):
+        for b in rep.blocks:
             self.engine.mark_blocked(b["network"], b["expires"] or 0.0)
-        self.restored = len(db) + len(imported)
-        self.kernel_blocked = len(kernel) + len(missing)
+        self.restored = len(rep.blocks)
+        self.kernel_blocked = rep.kernel
 
     def bind_queues(self) -> None:
         from netfilterqueue import NetfilterQueue, COPY_PACKET
@@ -401,7 +391,7 @@ class Daemon:
             self.not_blocked(d, "blocks_capped", f"blocked-set cap ({r['max_blocked']}) reached", "alert (cap)")
             return
         try:
-            self.nft.block(net, int(d.duration))
+            self.ledger.block_detected(net, d.duration)
         except Exception as e:
             self.internal_error("nft block", e)
             return
@@ -661,26 +651,25 @@ class Daemon:
         if cmd == "block":
             net = normalize_block_target(req["network"], self.protected if not req.get("force") else [])
             duration = float(req.get("duration", self.cfg.durations["block_duration"]))
-            self.nft.block(net, int(duration))
-            self.engine.mark_blocked(net, time.time() + duration if duration else 0.0)
-            ev = manual_block_event(net, duration, req.get("reason") or "manual block")
-            self.counters["blocks"] += 1
-            self.enqueue("event", ev)
-            return {"ok": True, "blocked": net, "expires": ev["expires"]}
+            res = self.ledger.block(net, duration, req.get("reason"))
+            if res.status != "kept":
+                self.engine.mark_blocked(net, res.expires or 0.0)
+                self.counters["blocks"] += 1
+            return {"ok": True, "blocked": net, "status": res.status, "expires": res.expires, "by": res.by}
         if cmd == "unblock":
-            nets = [b["network"] for b in self.nft.list_blocked()] if req.get("all") else [normalize_network(n) for n in req.get("networks", [])]
-            removed = []
-            if nets:
-                self._narrowed.clear()  # an unblocked address scanning again is a new block, not a duplicate
-            for net in nets:
-                self.nft.unblock(net)
+            reason = req.get("reason") or "unblocked by admin"
+            self._narrowed.clear()  # an unblocked address scanning again is a new block, not a duplicate
+            if req.get("all"):
+                removed, covered, not_blocked = self.ledger.unblock_all(), {}, []
+            else:
+                res = self.ledger.unblock([normalize_network(n) for n in req.get("networks", [])],
+                                          covering=bool(req.get("covering")), reason=reason)
+                removed, covered, not_blocked = res.removed, res.covered, res.not_blocked
+            for net in removed:
                 self.engine.forget(net)
-                removed.append(net)
-                self.enqueue("event", {"ts": time.time(), "event": "unblock", "network": net, "src": net,
-                                       "reason": req.get("reason") or "unblocked by admin"})
                 if req.get("ignore"):
                     self.add_ignore(net)
-            return {"ok": True, "unblocked": removed}
+            return {"ok": True, "unblocked": removed, "covered": covered, "not_blocked": not_blocked}
         if cmd == "reload":
             ok, msg = self.reload()
             return {"ok": ok, "message": msg} if ok else {"ok": False, "error": msg}
@@ -789,6 +778,15 @@ class Daemon:
         if kind == "ftp_debug":
             log.debug(obj.describe())
             return
+        if kind == "ledger":  # block state changed through the ledger: its database part, then report
+            op, ev = obj
+            self.store_write(op, ev)
+            if op == "unblock_all":
+                for net in ev["networks"]:
+                    self.alerter.emit({"ts": ev["ts"], "event": "unblock", "network": net, "src": net, "reason": ev["reason"]})
+            elif op in ("block", "unblock"):
+                self.alerter.emit(ev)
+            return
         if kind == "ftp":  # an FTP tracker report: an event like the others
             kind, obj = "event", ftp_report_event(obj, extra.get("suppressed", 0))
         if kind in ("detection", "block"):
@@ -801,11 +799,7 @@ class Daemon:
         if ev.get("event") in ("detection", "block") and self.cfg["logging"]["resolve_hosts"]:
             ev["host"] = resolve(ev["src"])
         # storage first: a block is only reported once it is durable
-        if ev["event"] == "block":
-            self.store_write("add_block", ev)
-        elif ev["event"] == "unblock":
-            self.store_write("remove_block", ev)
-        self.store_write("add_history", ev)
+        self.store_write("block" if ev["event"] == "block" else "history", ev)
         self.alerter.emit(ev)
         if ev["event"] == "block" and ev.get("action") != "manual":
             self.extra_actions(ev)
@@ -879,15 +873,8 @@ class Daemon:
     def _store_op(self, op: str, ev: dict) -> None:
         if self.store is None:
             raise StoreError("no database open")
-        if op == "add_block":
-            self.store.add_block(ev)
-        elif op == "remove_block":
-            self.store.remove_block(ev["network"])
-            self.store.forget_offender(ev["network"])
-        elif op == "check":  # nothing to write: only (re)open the database
-            pass
-        else:
-            self.store.add_history(ev)
+        if op != "check":  # "check": nothing to write, only (re)open the database
+            Ledger.persist(self.store, op, ev)
 
     def flush_pending(self, force: bool = False) -> None:
         if not self.pending_store or (not force and time.monotonic() < self._store_retry_at):
@@ -914,13 +901,7 @@ class Daemon:
             dest = move_aside(self.cfg.db_path)
             log.error("%s; moved aside to %s", e, dest)
             self.store = Store(self.cfg.db_path)
-        now = time.time()
-        known = {b["network"] for b in self.store.blocks(now)}
-        evs = [{"ts": now, "event": "block", "network": b["network"], "src": b["network"], "reason": "re-imported from the kernel set",
-                "expires": (now + b["expires_in"]) if b.get("expires_in") else None, "offences": 1, "origin": "kernel"}
-               for b in self.nft.list_blocked() if b["network"] not in known]
-        if evs:
-            self.store.add_blocks(evs)
+        Ledger(self.nft, self.store).restore(put_back=False)
 
     def refresh_protected(self) -> None:
         self.counters["protected_refreshes"] += 1

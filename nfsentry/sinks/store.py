@@ -149,7 +149,7 @@ class Store:
         self._run(
             "INSERT INTO blocks(network, family, src, reason, labels, ports, first_seen, created, expires, offences, origin)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(network) DO UPDATE SET reason=excluded.reason, labels=excluded.labels, ports=excluded.ports,"
+            " ON CONFLICT(network) DO UPDATE SET reason=coalesce(excluded.reason, reason), labels=excluded.labels, ports=excluded.ports,"
             " created=excluded.created, expires=excluded.expires, offences=excluded.offences, origin=excluded.origin",
             (ev["network"], ev.get("family", 6 if ":" in ev["network"] else 4), ev.get("src"), ev.get("reason", ""),
              json.dumps(ev.get("labels", [])), json.dumps(ev.get("ports", [])), ev.get("first_seen", ev["ts"]),
@@ -179,6 +179,9 @@ class Store:
 
     def forget_offender(self, network: str) -> None:
         self._run("DELETE FROM offenders WHERE network = ?", (network,))
+
+    def forget_all_offenders(self) -> None:
+        self._run("DELETE FROM offenders")
 
     def blocks(self, now: float | None = None, include_expired: bool = False) -> list[dict[str, Any]]:
         now = time.time() if now is None else now

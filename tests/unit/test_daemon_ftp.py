@@ -142,7 +142,7 @@ def test_the_worker_turns_a_report_into_an_event_for_the_alerter_and_history(dae
     send(d, CLIENT, SERVER, 40000, 21, b"EPRT |1|198.51.100.66|40000|\r\n", 1)
     for kind, obj, extra in [d.events.get_nowait()]:
         d.handle_event(kind, obj, extra)
-    assert seen[0] == "add_history" and seen[1]["event"] == "ftp_bounce"
+    assert seen[0] == "history" and seen[1]["event"] == "ftp_bounce"
     assert seen[1]["reason"].startswith("ftp bounce refused: client 192.0.2.10 sent EPRT")
 
 

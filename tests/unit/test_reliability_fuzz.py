@@ -46,7 +46,7 @@ HARNESS = textwrap.dedent(r'''
     d = daemon.Daemon(cfg, foreground=False)
     d.protected = daemon.protected_networks(cfg)
     d.engine = engine.Engine(daemon.engine_config(cfg), ignore=PrefixSet(d.protected))
-    d.nft = Nft()
+    d.use_nft(Nft())
 
     class Pkt:
         __slots__ = ("payload", "n")

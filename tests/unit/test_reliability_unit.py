@@ -70,8 +70,24 @@ class FakeNft:
     def unblock(self, net: str) -> bool:
         return self.sets.pop(net, None) is not None
 
+    def bulk_block(self, items) -> int:
+        for net, timeout in items:
+            self.sets[net] = timeout
+        return len(items)
+
+    def unblock_all(self) -> int:
+        n = len(self.sets)
+        self.sets.clear()
+        return n
+
     def list_blocked(self) -> list[dict]:
         return [{"network": n, "timeout": t, "expires_in": t or None, "set": "blocked4"} for n, t in self.sets.items()]
+
+    def find_blocks(self, net: str) -> list[dict]:
+        return [b for b in self.list_blocked() if b["network"] == net]
+
+    def blocks_inside(self, net: str) -> list[dict]:
+        return self.find_blocks(net)
 
     def blocked_count(self) -> int:
         return len(self.sets)
@@ -95,7 +111,7 @@ def make_daemon(tmp_path, store: bool = False, **sections) -> D.Daemon:
     d = D.Daemon(cfg, foreground=False)
     d.protected = D.protected_networks(cfg)
     d.engine = Engine(D.engine_config(cfg), ignore=PrefixSet(d.protected))
-    d.nft = FakeNft()
+    d.use_nft(FakeNft())
     if store:
         d.store = Store(cfg.db_path)
     return d
@@ -326,8 +342,8 @@ def test_locked_database_queues_writes_and_recovers_in_order(tmp_path):
     d.store.db.execute("PRAGMA busy_timeout = 50")
     other = sqlite3.connect(d.cfg.db_path, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
-    d.store_write("add_block", block_event("198.18.0.2"))
-    d.store_write("add_history", block_event("198.18.0.2"))
+    d.store_write("block", block_event("198.18.0.2"))  # the block and its history row
+    d.store_write("history", dict(block_event("198.18.0.2"), event="detection"))
     assert d.counters["storage_errors"] == 1 and len(d.pending_store) == 2  # the 2nd did not even try
     d.flush_pending(force=True)
     assert len(d.pending_store) == 2
@@ -337,18 +353,18 @@ def test_locked_database_queues_writes_and_recovers_in_order(tmp_path):
     assert len(d.pending_store) == 2
     d.flush_pending(force=True)
     assert d.pending_store == [] and [b["network"] for b in d.store.blocks()] == ["198.18.0.2"]
-    assert len(d.store.history()) == 1
+    assert [h["event"] for h in d.store.history()] == ["block", "detection"]  # in order
 
 
 def test_database_deleted_while_running_is_recreated_with_the_kernel_set(tmp_path):
     d = make_daemon(tmp_path, store=True)
     d.nft.sets = {"198.18.0.2": 0, "2001:db8:1::/64": 3600}
-    d.store_write("add_block", block_event("198.18.0.2"))
+    d.store_write("block", block_event("198.18.0.2"))
     for suffix in ("", "-wal", "-shm"):
         p = f"{d.cfg.db_path}{suffix}"
         if os.path.exists(p):
             os.unlink(p)
-    d.store_write("add_block", block_event("198.18.0.3"))
+    d.store_write("block", block_event("198.18.0.3"))
     assert d.cfg.db_path.exists() and d.pending_store == []
     assert {b["network"] for b in Store(d.cfg.db_path).blocks()} == {"198.18.0.2", "2001:db8:1::/64", "198.18.0.3"}
     assert os.stat(d.cfg.db_path).st_mode & 0o777 == 0o600
@@ -358,13 +374,13 @@ def test_database_deleted_while_running_is_recreated_with_the_kernel_set(tmp_pat
 def test_database_overwritten_while_running_is_moved_aside_and_rebuilt(tmp_path, how):
     d = make_daemon(tmp_path, store=True)
     d.nft.sets = {"198.18.0.2": 0}
-    d.store_write("add_block", block_event("198.18.0.2"))
+    d.store_write("block", block_event("198.18.0.2"))
     with open(d.cfg.db_path, "r+b") as f:
         if how == "truncated":
             f.truncate(0)
         else:
             f.write(os.urandom(8192))
-    d.store_write("add_history", block_event("198.18.0.2"))
+    d.store_write("history", block_event("198.18.0.2"))
     aside = [p for p in os.listdir(d.cfg.db_path.parent) if ".corrupt-" in p and not p.endswith(("-wal", "-shm"))]
     assert len(aside) == 1
     s = Store(d.cfg.db_path)
@@ -380,7 +396,7 @@ def test_corrupt_database_reported_by_sqlite_is_moved_aside(tmp_path):
         raise StoreCorrupt("db: database is corrupt (database disk image is malformed)")
     real = d.store.add_history
     d.store.add_history = corrupt
-    d.store_write("add_history", block_event("198.18.0.9"))
+    d.store_write("history", block_event("198.18.0.9"))
     assert d.store.add_history != corrupt  # a new Store
     assert d.pending_store == [] and [b["network"] for b in d.store.blocks()] == ["198.18.0.9"]
     assert real is not None
@@ -393,7 +409,7 @@ def test_disk_full_is_a_storage_fault_not_a_crash(tmp_path):
         from nfsentry.sinks.store import StoreError
         raise StoreError("db: database or disk is full")
     d.store.add_block = full
-    d.store_write("add_block", block_event("198.18.0.2"))
+    d.store_write("block", block_event("198.18.0.2"))
     assert d.counters["storage_errors"] == 1 and len(d.pending_store) == 1
 
 
