@@ -15,7 +15,7 @@ filters from what the capture shows:
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Any
 
 from nfsentry.config import schema as C
@@ -61,7 +61,8 @@ def read_capture(path: str) -> list[tuple[float, bytes]]:
 
 def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dict[str, Any]]:
     from nfsentry.core.addrs import PrefixSet
-    from nfsentry.daemon.main import decision_event, engine_config, narrow_ipv6_block
+    from nfsentry.core.valves import Valves
+    from nfsentry.daemon.main import decision_event, engine_config
     from nfsentry.core.engine import Engine
     from nfsentry.core.packet import decode
 
@@ -84,13 +85,7 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
                 in_use.add((p.src, p.proto, p.sport))
     protected = [str(n) for n in cfg.ignore] + [str(ipaddress.ip_address(a)) for a in locals_]
     engine = Engine(engine_config(cfg), ignore=PrefixSet(protected))
-    protected_nets = [ipaddress.ip_network(n) for n in protected]
-
-    def covers(net: str) -> bool:
-        n = ipaddress.ip_network(net)
-        return any(pn.version == n.version and pn.overlaps(n) for pn in protected_nets)
-
-    narrowed: OrderedDict = OrderedDict()
+    engine.valves = Valves(never_block=protected)  # the daemon's narrowing (no rate limit or cap offline)
     kernel_blocked: list = []  # what the kernel set would hold: its packets never reach the queue
     established: set[tuple] = set()
     events: list[dict[str, Any]] = []
@@ -114,9 +109,6 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
         if a == 4:
             ev = decision_event(d, "detection", cfg)
             if ev["action"] == "block":
-                if narrow_ipv6_block(engine, d, covers, narrowed, ts) is None:
-                    continue
-                ev = decision_event(d, "detection", cfg)
                 events.append(ev)
                 events.append(decision_event(d, "block", cfg))
                 kernel_blocked.append(_PackedNet(d.network))

@@ -97,6 +97,8 @@ from .classify import FLAG_STRINGS as _FLAG_STRINGS
 from .classify import LABEL_BY_FLAGS as _LABEL_BY_FLAGS
 from .classify import _REPLY, _STREAM, classify, label_text, syn_hint
 from .packet import Packet, decode
+from .valves import DUPLICATE as _DUPLICATE
+from .valves import Admit as _Admit
 
 __all__ = ["Action", "Decision", "EngineConfig", "Engine", "RESPONSE_MODES", "DEFAULT_MAX_SOURCES"]
 
@@ -163,6 +165,8 @@ class Decision:
     why: object           # the reason: its text, or what it is made of (see ``reason``)
     duration: float       # block seconds; 0 = until unblocked (BLOCK only)
     offences: int         # blocks of this source so far, this one included
+    valve: object         # None, or what the safety valves did: a Refused (the block became an
+                          # alert) or an Admit with narrowed=True (the source address alone)
 
     @property
     def ports(self) -> tuple:
@@ -286,6 +290,7 @@ def _decision(action, ts, key, prefixlen, pkt, raw, proto, label, flags, labels,
     d.why = why
     d.duration = duration
     d.offences = offences
+    d.valve = None
     return d
 
 
@@ -375,6 +380,7 @@ class Engine:
         self._new_source = _fastpath.Source if self.compiled else _source
         self.ignore = ignore
         self.expectations = expectations
+        self.valves = None   # core.valves.Valves: consulted before a block is recorded (None: none)
         # Tracked sources: a plain dict plus a CLOCK (second-chance) queue of its keys in
         # insertion order. See _evict(); stale queue entries are skipped and compacted away.
         self._states: dict[bytes, _Source] = {}
@@ -663,6 +669,19 @@ class Engine:
                 port_keys = (ports,) if ports.__class__ is int else tuple(ports)
                 labels = st.labels
             action = react_udp if proto == 17 else react_tcp
+            valve = None
+            if action is _BLOCK and engine.valves is not None:   # before anything is recorded
+                valve = engine.valves.judge(key, plen, src, now)
+                if valve is _DUPLICATE:       # blocked alone moments ago: its kernel block is landing
+                    counts[5] += 1
+                    if lean:
+                        return 0x500 | proto
+                    return _decision(_DROP, now, key, plen, pkt, raw, proto, label,
+                                     flag_strings[flags] if proto == 6 else "", (), (), 0, "already blocked", 0.0, 0)
+                if valve.__class__ is _Admit:
+                    key, plen = valve.key, valve.prefixlen
+                else:
+                    action = _ALERT
             offences = offenders.get(key, 0)
             if action is _BLOCK:
                 offences += 1
@@ -675,7 +694,9 @@ class Engine:
                         counts[_OFFENDERS_EVICTED] += 1
                 duration = durations[offences] if offences < 65 else engine.duration_for(offences)
                 # the key is not in ``blocked`` here (an ended block was deleted above)
-                if duration > 0:
+                if valve is not None and valve.narrowed:
+                    pass   # looked up by prefix, never by this key: the kernel drops the address
+                elif duration > 0:
                     until = now + duration
                     blocked[key] = until
                     heappush(block_heap, (until, key))   # expire() pops ended blocks off this heap
@@ -695,9 +716,12 @@ class Engine:
             # on its worker thread: the verdict path only stores what the text is made of.
             why = (label in instant_labels if instant else None, trigger_text if triggered else None,
                    window_text if windowed else None, hits, labels, port_keys, block)
-            return _decision(action, now, key, plen, pkt, raw, proto, label,
-                             flag_strings[flags] if proto == 6 else "", labels, port_keys, hits, why,
-                             duration, offences)
+            d = _decision(action, now, key, plen, pkt, raw, proto, label,
+                          flag_strings[flags] if proto == 6 else "", labels, port_keys, hits, why,
+                          duration, offences)
+            if valve is not None and (valve.__class__ is not _Admit or valve.narrowed):
+                d.valve = valve
+            return d
 
         def process(pkt, now: float) -> Decision:
             return run(None, now, pkt)

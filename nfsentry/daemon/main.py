@@ -31,6 +31,7 @@ from nfsentry.config import schema as C
 from nfsentry.sinks.alerts import Alerter
 from nfsentry.config.schema import Config, ConfigError
 from nfsentry.ipc import ControlServer
+from nfsentry.core.valves import Admit, Valves
 from nfsentry.ledger.ledger import Ledger
 from nfsentry.sinks.store import Store, StoreCorrupt, StoreError, move_aside
 
@@ -133,6 +134,7 @@ class Daemon:
         self.started = time.time()
         self.events: queue.Queue = queue.Queue(maxsize=100_000)
         self.commands: queue.Queue = queue.Queue()
+        self.duties: queue.Queue = queue.Queue()  # callables other threads hand to the main thread
         self.pending = False  # main-thread duties waiting (commands, reload, ticks)
         self._last_tick = self._last_sweep = 0.0
         self.stop_flag = False
@@ -144,12 +146,10 @@ class Daemon:
                          "alerts_suppressed": 0, "storage_dropped": 0, "protected_refreshes": 0,
                          "blocks_narrowed": 0}
         self._last_error_log = 0.0
-        self._block_times: collections.deque = collections.deque()  # recent blocks (max_blocks_per_minute)
         self._valve_alerts: collections.deque = collections.deque()  # alerts reported for refused blocks
         self._valve_warned = -1e9
         self._valve_refused = 0
         self._store_retry_at = 0.0
-        self._narrowed: collections.OrderedDict = collections.OrderedDict()  # v6 sources blocked alone
         self.runtime_ignore: set[str] = set()  # `unblock --ignore` while running: kept across refreshes
         self.kernel_blocked = 0  # entries in the kernel's blocked sets (recounted by the worker)
         self.block_latency: collections.deque = collections.deque(maxlen=256)  # seconds, last blocks
@@ -223,6 +223,7 @@ class Daemon:
         self.counters.update(ftp_expectations=0, ftp_reports=0, ftp_reports_suppressed=0)
         self._ftp_report_budget, self._ftp_report_reset, self._ftp_suppressed = FTP_REPORTS_PER_WINDOW, 0.0, 0
         self.engine = Engine(engine_config(self.cfg), ignore=PrefixSet(self.protected), expectations=self.expectations)
+        self.engine.valves = self.valves = build_valves(self.cfg, self.protected, lambda: self.kernel_blocked)
 
     def start(self) -> None:
         self.prepare()
@@ -321,7 +322,7 @@ class Daemon:
         """A reaction (ALERT/BLOCK): the verdict, then the block and the reports."""
         verdict_done = False
         try:
-            if d.action == 4 and self.kernel_blocks(d.proto):
+            if (d.action == 4 or d.valve is not None) and self.kernel_blocks(d.proto):
                 p.drop()
                 verdict_done = True
                 self.block_now(d)
@@ -368,47 +369,26 @@ class Daemon:
         return mode == "block" and not r["dry_run"] and self.cfg["monitor"]["mode"] != "observe"
 
     def block_now(self, d) -> None:
-        """The source goes into the kernel set now (the verdict is already given)."""
-        now = time.time()
-        net = d.network
-        narrowed = narrow_ipv6_block(self.engine, d, self.covers_protected, self._narrowed, now)
-        if narrowed is None:
-            return
-        if narrowed:
-            net = d.network
-            self.counters["blocks_narrowed"] += 1
-        r = self.cfg["response"]
-        limit = r["max_blocks_per_minute"]
-        if limit:
-            times = self._block_times
-            while times and times[0] <= now - 60:
-                times.popleft()
-            if len(times) >= limit:
-                self.not_blocked(d, "blocks_rate_limited", f"block rate limit ({limit}/min) reached", "alert (rate-limited)")
-                return
-            times.append(now)
-        if r["max_blocked"] and self.kernel_blocked >= r["max_blocked"]:
-            self.not_blocked(d, "blocks_capped", f"blocked-set cap ({r['max_blocked']}) reached", "alert (cap)")
+        """The source goes into the kernel set now (the verdict is already given). The engine
+        consulted the safety valves before it recorded the block (core.valves): the decision is
+        already narrowed, or turned into an alert (``d.valve`` is a Refused)."""
+        if d.valve is not None and d.valve.__class__ is not Admit:
+            self.not_blocked(d, d.valve)
             return
         try:
-            self.ledger.block_detected(net, d.duration)
+            self.ledger.block_detected(d.network, d.duration)
         except Exception as e:
             self.internal_error("nft block", e)
             return
         # from the engine's decision (taken as the packet was dequeued) to the set element committed
         self.block_latency.append(time.time() - d.ts)
+        if d.valve is not None:
+            self.counters["blocks_narrowed"] += 1
         self.counters["blocks"] += 1
         self.kernel_blocked += 1
         self.counters["detections"] += 1
         self.enqueue("detection", d)
         self.enqueue("block", d)
-
-    def covers_protected(self, net: str) -> bool:
-        cache = getattr(self, "_protected_nets", None)
-        if cache is None or cache[0] is not self.protected:
-            cache = self._protected_nets = (self.protected, [ipaddress.ip_network(p) for p in self.protected])
-        n = ipaddress.ip_network(net)
-        return any(p.version == n.version and p.overlaps(n) for p in cache[1])
 
     def refresh_blocked_count(self) -> None:
         """Listing 100,000 blocks takes ~0.5 s: done in the worker, never on the packet thread.
@@ -418,14 +398,14 @@ class Daemon:
         except Exception as e:
             log.error("cannot count the blocked sets: %s", e)
 
-    def not_blocked(self, d, counter: str, why: str, action: str) -> None:
+    def not_blocked(self, d, refused) -> None:
         """A block refused by a safety valve (max_blocks_per_minute, max_blocked): counted, and the
         source is only alerted and forgotten. Under a spoofed flood this runs for every packet, so
         the warning is logged at most every 10 s (with how many were refused since) and at most
         60 such alerts a minute are reported one by one; the rest only count (alerts_suppressed)."""
+        counter, why, action = refused.counter, refused.why, refused.action
         self.counters[counter] += 1
         self.counters["detections"] += 1
-        self.engine.forget(d.network)
         self._valve_refused += 1
         mono = time.monotonic()
         if mono - self._valve_warned >= 10:
@@ -566,6 +546,8 @@ class Daemon:
         reload, periodic expiry."""
         self.pending = False
         self.run_commands()
+        while not self.duties.empty():
+            self.duties.get_nowait()()
         if self.reload_flag:
             self.reload_flag = False
             self.reload()
@@ -589,6 +571,18 @@ class Daemon:
 
     def _wake(self) -> None:
         self.pending = True
+
+    def in_main_thread(self, duty) -> None:
+        """Run ``duty`` on the main thread (the only one that touches the engine), soon."""
+        self.duties.put(duty)
+        self._wake()
+
+    def set_never_block(self, nets: list[str]) -> None:
+        """Main thread: the never-block list changed (engine ignore set and valves)."""
+        from nfsentry.core.addrs import PrefixSet
+        self.protected = nets
+        self.engine.ignore = PrefixSet(nets)
+        self.valves.set_never_block(nets)
 
     def shutdown(self) -> None:
         keep = self.cfg["response"]["keep_blocks_on_exit"]
@@ -658,7 +652,7 @@ class Daemon:
             return {"ok": True, "blocked": net, "status": res.status, "expires": res.expires, "by": res.by}
         if cmd == "unblock":
             reason = req.get("reason") or "unblocked by admin"
-            self._narrowed.clear()  # an unblocked address scanning again is a new block, not a duplicate
+            self.valves.forget_narrowed()  # an unblocked address scanning again is a new block
             if req.get("all"):
                 removed, covered, not_blocked = self.ledger.unblock_all(), {}, []
             else:
@@ -680,11 +674,9 @@ class Daemon:
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def add_ignore(self, net: str) -> None:
-        from nfsentry.core.addrs import PrefixSet
         self.nft.add_ignore(net)
         self.runtime_ignore.add(net)
-        self.protected = sorted(set(self.protected) | {net})
-        self.engine.ignore = PrefixSet(self.protected)
+        self.set_never_block(sorted(set(self.protected) | {net}))
 
     def engine_kind(self) -> str:
         """"compiled" when process_raw's common cases run in nfsentry._fastpath, else "python"."""
@@ -731,9 +723,9 @@ class Daemon:
             self.cfg = old
             log.error("reload refused, the running configuration stays: %s", e)
             return False, f"reload refused: {e}"
-        from nfsentry.core.addrs import PrefixSet
         self.engine.configure(engine_config(new))
-        self.engine.ignore = PrefixSet(self.protected)
+        self.engine.valves = self.valves = build_valves(new, self.protected, lambda: self.kernel_blocked)
+        self.set_never_block(self.protected)
         self.build_lean_verdicts()
         log.info("configuration reloaded from %s", path or "built-in defaults")
         return True, "reloaded"
@@ -914,9 +906,7 @@ class Daemon:
                 except Exception as e:
                     log.error("cannot add %s to the ignore set: %s", n, e)
             log.info("host addresses changed: %d never-block networks now", len(nets))
-            from nfsentry.core.addrs import PrefixSet
-            self.protected = nets
-            self.engine.ignore = PrefixSet(nets)
+            self.in_main_thread(lambda: self.set_never_block(nets))
 
 
 def latency_summary(samples) -> dict[str, Any]:
@@ -925,30 +915,6 @@ def latency_summary(samples) -> dict[str, Any]:
     if not xs:
         return {"n": 0}
     return {"n": len(xs), "median": round(xs[len(xs) // 2] * 1000, 3), "max": round(xs[-1] * 1000, 3)}
-
-
-def narrow_ipv6_block(engine, d, covers: Callable[[str], bool], narrowed, now: float) -> bool | None:
-    """An IPv6 block decision whose prefix (e.g. the /64) covers an address nfsentry never blocks
-    (this host, its gateway, the ignore list...): block the (possibly forged) source address
-    alone, never the prefix. The engine must not treat the prefix as blocked either: its other
-    addresses are judged one by one (the prefix keeps its offence count). Mutates ``d`` to the
-    /128 and returns True when narrowed, False when nothing to do, None when this address was
-    narrowed and blocked moments ago (a packet queued before its block landed: skip it).
-    ``narrowed`` is an OrderedDict remembering recent narrowings. Used by the daemon and replay."""
-    net = d.network
-    if not (d.prefixlen < 128 and len(d.key) == 16 and covers(net)):
-        return False
-    engine.forget(net)
-    seen = narrowed.get(d.src)
-    if seen and seen[0] > now - 10:
-        engine.restore_offender(net, seen[1])
-        return None
-    engine.restore_offender(net, d.offences)
-    narrowed[d.src] = (now, d.offences)
-    if len(narrowed) > 1024:
-        narrowed.popitem(last=False)
-    d.key, d.prefixlen = d.src, 128
-    return True
 
 
 class _Stop(BaseException):
@@ -1085,6 +1051,11 @@ def queue_drops() -> dict[str, int]:
     except OSError:
         pass
     return out
+
+
+def build_valves(cfg: Config, never_block: list[str], blocked_count) -> Valves:
+    r = cfg["response"]
+    return Valves(r["max_blocks_per_minute"], r["max_blocked"], never_block, blocked_count)
 
 
 def engine_config(cfg: Config):

@@ -111,6 +111,7 @@ def make_daemon(tmp_path, store: bool = False, **sections) -> D.Daemon:
     d = D.Daemon(cfg, foreground=False)
     d.protected = D.protected_networks(cfg)
     d.engine = Engine(D.engine_config(cfg), ignore=PrefixSet(d.protected))
+    d.engine.valves = d.valves = D.build_valves(cfg, d.protected, lambda: d.kernel_blocked)
     d.use_nft(FakeNft())
     if store:
         d.store = Store(cfg.db_path)
@@ -211,6 +212,9 @@ def test_refresh_picks_up_a_new_own_address_and_keeps_runtime_ignores(tmp_path, 
     addrs[0]["addr_info"].append({"family": "inet", "local": "198.18.0.77"})
     addrs[0]["addr_info"].append({"family": "inet6", "local": "2001:db8::77"})
     d.refresh_protected()
+    while not d.duties.empty():  # the worker hands the new list to the main thread (the engine's only thread)
+        d.duties.get_nowait()()
+    d.pending = False
     assert {"198.18.0.77/32", "2001:db8::77/128"} <= set(d.nft.ignored)
     assert "198.18.7.0/24" in d.protected and d.counters["protected_refreshes"] == 1
     for src in ("198.18.0.77", "2001:db8::77", "198.18.7.9"):
