@@ -1,16 +1,15 @@
-"""The nft renderer and the pure helpers of nfsentry.nft / nfsentry.inuse (no kernel, no root)."""
+"""nfsentry.nft.render: the ruleset model and text, the shipped files, the compat rules (no kernel,
+no root)."""
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
 
-from nfsentry.nft import inuse
-from nfsentry.nft import client as nft
-from nfsentry.nft.client import RulesetSpec, compat_rules, default_spec, render
+from nfsentry.nft import SHIPPED, RulesetSpec, compat_rules, default_spec, render, write_shipped
+from nfsentry.nft.__main__ import main
+from nfsentry.nft.spec import COUNTERS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,31 +35,23 @@ def index_of(rules: list[str], needle: str) -> int:
 
 
 # == the shipped files are the renderer's output ==================================================
-@pytest.mark.parametrize("variant,name", sorted(nft.SHIPPED.items()))
+@pytest.mark.parametrize("variant,name", sorted(SHIPPED.items()))
 def test_shipped_rules_equal_the_renderer(variant, name):
     path = REPO / "rules" / name
     assert path.read_text() == render(default_spec(variant), "native"), \
-        f"{path} is stale: run `make rules` (python -m nfsentry.nft.client --write-shipped rules)"
+        f"{path} is stale: run `make rules` (python -m nfsentry.nft --write-shipped rules)"
 
 
 def test_write_shipped_writes_exactly_the_three_files(tmp_path):
-    paths = nft.write_shipped(tmp_path)
+    paths = write_shipped(tmp_path)
     assert sorted(p.name for p in paths) == ["gateway.nft", "nfsentry.nft", "observe.nft"]
     for p in paths:
         assert p.read_text() == (REPO / "rules" / p.name).read_text()
 
 
 def test_cli_render_matches(capsys):
-    assert nft.main(["render", "--variant", "gateway", "--backend", "compat"]) == 0
+    assert main(["render", "--variant", "gateway", "--backend", "compat"]) == 0
     assert capsys.readouterr().out == render(default_spec("gateway"), "compat")
-
-
-def test_default_ports_match_the_configuration_defaults():
-    config = pytest.importorskip("nfsentry.config.schema")
-    assert tuple(config.TROJAN_TCP) == nft.TROJAN_TCP and tuple(config.TROJAN_UDP) == nft.TROJAN_UDP
-    cfg = config.defaults()
-    spec = RulesetSpec().normalized()
-    assert spec.tcp_ports == cfg.tcp_ports and spec.udp_ports == cfg.udp_ports
 
 
 # == structure and order ============================================================================
@@ -80,7 +71,7 @@ def test_ruleset_structure(variant, backend):
                  "tcp_ports", "udp_ports", "ftp_expect4", "ftp_expect6"):
         assert f"\tset {name} {{\n" in text
     assert ("set protect4" in text) == (variant == "gateway")
-    for counter in nft.COUNTERS:
+    for counter in COUNTERS:
         assert f"\tcounter {counter} {{\n" in text
     # 1. blocked sources at raw priority - 10, dropped unless observing.
     assert "type filter hook prerouting priority raw - 10; policy accept;" in text
@@ -182,20 +173,6 @@ def test_ipv6_prefix_sets():
     assert "blocked6_" not in t128 and len(chain(t128, "prerouting")) == 4
 
 
-@pytest.mark.parametrize("kw,msg", [
-    ({"variant": "router"}, "variant"), ({"inuse": "maybe"}, "inuse"), ({"backend": "fast"}, "backend"),
-    ({"queue": 1, "ftp_queue": 1}, "differ"), ({"queue": 70000}, "queue"), ({"queue": True}, "queue"),
-    ({"tcp_ports": [0]}, "tcp_ports"), ({"tcp_ports": ["5-2"]}, "tcp_ports"), ({"udp_ports": [70000]}, "udp_ports"),
-    ({"tcp_ports": ["http"]}, "tcp_ports"), ({"ignore": ["not-an-ip"]}, "ignore"), ({"protect": ["1.2.3.4/33"]}, "protect"),
-    ({"mark": 0x4E460001}, "mark"), ({"mark": 0x10}, "mark"), ({"mark_mask": 0xFFFF0000}, "mark_mask"),
-    ({"table": "bad-name"}, "table"), ({"ipv6_prefix": 0}, "ipv6_prefix")])
-def test_spec_validation(kw, msg):
-    with pytest.raises(ValueError, match=msg):
-        RulesetSpec(**kw).normalized()
-    with pytest.raises(ValueError):
-        render(RulesetSpec(**kw), "native")
-
-
 def test_render_needs_an_explicit_backend():
     with pytest.raises(ValueError, match="native or compat"):
         render(RulesetSpec(), "auto")
@@ -205,123 +182,3 @@ def test_custom_table_and_queues():
     text = render(RulesetSpec(table="scan_guard", queue=3, ftp_queue=4), "native")
     assert "table inet scan_guard {" in text and "nfsentry {" not in text
     assert "queue flags bypass to 3" in text and "queue flags bypass to 4" in text
-
-
-# == pure helpers ===================================================================================
-def test_plan_nets_keeps_the_broadest_and_replaces_covered():
-    N = ipaddress.ip_network
-    adds, deletes = nft._plan_nets({N("198.18.0.0/24"): 10, N("198.18.0.128/25"): 5, N("198.19.0.0/16"): 0},
-                                   [N("198.19.1.0/24"), N("10.0.0.0/8")])
-    assert adds == {N("198.18.0.0/24"): 10, N("198.19.0.0/16"): 0}
-    assert deletes == [N("198.19.1.0/24")]
-    adds, deletes = nft._plan_nets({N("10.1.0.0/16"): 1}, [N("10.0.0.0/8")])
-    assert adds == {} and deletes == []
-    adds, deletes = nft._plan_nets({N("10.0.0.0/8"): 1}, [N("10.0.0.0/8")])
-    assert adds == {} and deletes == []
-
-
-SET_TEXT = """table inet nfsentry {
-\tset blocked4net {
-\t\ttype ipv4_addr
-\t\tflags interval,timeout
-\t\telements = { 198.18.0.0/24 timeout 3600s expires 3590s, 198.18.5.1-198.18.5.2,
-\t\t\t     198.18.7.0/24 timeout 1500ms expires 900ms }
-\t}
-}
-"""
-
-
-def test_parse_set_text():
-    got = nft._parse_set_text("blocked4net", SET_TEXT)
-    assert got == [
-        {"network": "198.18.0.0/24", "timeout": 3600, "expires_in": 3590, "set": "blocked4net"},
-        {"network": "198.18.5.1", "timeout": 0, "expires_in": None, "set": "blocked4net"},
-        {"network": "198.18.5.2", "timeout": 0, "expires_in": None, "set": "blocked4net"},
-        {"network": "198.18.7.0/24", "timeout": 1.5, "expires_in": 0.9, "set": "blocked4net"}]
-    six = nft._parse_set_text("blocked6_64", "set blocked6_64 {\n elements = { 2001:db8:5:: timeout 30s expires 29s, 2001:db8:6:: }\n}")
-    assert [b["network"] for b in six] == ["2001:db8:5::/64", "2001:db8:6::/64"]
-    assert nft._parse_set_text("blocked4", "set blocked4 {\n type ipv4_addr\n}") == []
-
-
-def test_timeout_text():
-    assert nft._timeout_text(0) == "" and nft._timeout_text(None) == ""
-    assert nft._timeout_text(3600) == " timeout 3600s"
-    assert nft._timeout_text(1.5) == " timeout 1500ms"
-    with pytest.raises(ValueError):
-        nft._timeout_text(-1)
-
-
-def test_parse_network():
-    assert nft.network_text(nft.parse_network("198.18.0.5/24")) == "198.18.0.0/24"
-    assert nft.network_text(nft.parse_network(" 2001:db8::1 ")) == "2001:db8::1"
-    for bad in ("0.0.0.0/0", "::/0", "198.18.0.256", "host"):
-        with pytest.raises(ValueError):
-            nft.parse_network(bad)
-
-
-def test_nft_error_carries_nft_text():
-    err = "Error: Could not process rule: No such file or directory\nadd element inet x y { 1.2.3.4 }\n  ^^^^\n"
-    e = nft.NftError("blocking 1.2.3.4", err, "add element ...")
-    assert str(e) == "blocking 1.2.3.4: Error: Could not process rule: No such file or directory"
-    assert e.error.startswith("Error:") and e.command == "add element ..."
-
-
-def test_classify_picks_the_set_by_family_and_prefix():
-    if nft._nftables is None:
-        pytest.skip("python3-nftables missing")
-    n = nft.Nft()
-    n._v6p = 64  # as after a load with the default ipv6_prefix (no kernel needed)
-    assert n.classify("198.18.0.2")[:2] == ("blocked4", "198.18.0.2")
-    assert n.classify("198.18.0.2/32")[:2] == ("blocked4", "198.18.0.2")
-    assert n.classify("198.18.0.9/24")[:2] == ("blocked4net", "198.18.0.0/24")
-    assert n.classify("2001:DB8::0002")[:2] == ("blocked6", "2001:db8::2")
-    assert n.classify("2001:db8:1::5/64")[:2] == ("blocked6_64", "2001:db8:1::")
-    assert n.classify("2001:db8:1::/48")[:2] == ("blocked6net", "2001:db8:1::/48")
-    with pytest.raises(ValueError):
-        n.classify("198.18.0.0/0")
-
-
-# == inuse.py ========================================================================================
-PROC_TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
-   1: 0100007F:0277 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1
-   2: 010012C6:0016 020012C6:D431 01 00000000:00000000 00:00000000 00000000     0        0 3 1
-"""
-PROC_UDP = """   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
-  1: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4 2 0 0
-  2: 00000000:0000 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 5 2 0 0
-"""
-
-
-def test_proc_net_parsing(tmp_path):
-    assert inuse.parse_proc_net(PROC_TCP, True) == {22, 631}
-    assert inuse.parse_proc_net(PROC_TCP, False) == {22, 631}
-    assert inuse.parse_proc_net(PROC_UDP, False) == {53}
-    (tmp_path / "tcp").write_text(PROC_TCP)
-    (tmp_path / "udp6").write_text(PROC_UDP)  # tcp6 and udp missing: no IPv6 / vanished
-    assert inuse.listening_ports(tmp_path) == ({22, 631}, {53})
-
-
-def test_listening_ports_here_returns_sets():
-    tcp, udp = inuse.listening_ports()
-    assert isinstance(tcp, set) and isinstance(udp, set)
-
-
-@given(st.lists(st.tuples(st.integers(1, 2000), st.integers(0, 300)), max_size=8), st.sets(st.integers(1, 2400), max_size=30))
-def test_subtract_ports_is_set_difference(pairs, holes):
-    ranges = nft._ports([(lo, min(65535, lo + w)) for lo, w in pairs], "tcp_ports")
-    got = inuse.subtract_ports(ranges, holes)
-    expect = {p for lo, hi in ranges for p in range(lo, hi + 1)} - holes
-    assert {p for lo, hi in got for p in range(lo, hi + 1)} == expect
-    assert all(lo <= hi for lo, hi in got) and got == sorted(got)
-    assert inuse.ports_to_ranges(expect) == nft._ports(got, "x") if got else not expect
-
-
-@given(st.lists(st.one_of(st.integers(1, 65535), st.tuples(st.integers(1, 65535), st.integers(0, 500))), max_size=12))
-def test_rendered_port_set_is_the_union(items):
-    norm = [(i, i) if isinstance(i, int) else (i[0], min(65535, i[0] + i[1])) for i in items]
-    spec = RulesetSpec(tcp_ports=norm).normalized()
-    want = {p for lo, hi in norm for p in range(lo, hi + 1)}
-    assert {p for lo, hi in spec.tcp_ports for p in range(lo, hi + 1)} == want
-    # disjoint, non-adjacent, sorted: what an nft interval set without auto-merge accepts
-    assert all(a[1] + 1 < b[0] for a, b in zip(spec.tcp_ports, spec.tcp_ports[1:]))
