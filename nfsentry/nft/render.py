@@ -393,8 +393,8 @@ def render(spec: RulesetSpec | None = None, backend: str = "native", *, standalo
         "#   7 FTP control -> FTP tracker (checked first, as it is established traffic)",
         "#",
         (f"# Queues: {s.queue} = scan verdict loop, {s.ftp_queue} = FTP tracker, both with `bypass`"
-         if s.bypass else f"# Queues: {s.queue} = scan verdict loop without `bypass` (fail-closed: no daemon listening ="
-         f"\n# packets to closed monitored ports are dropped), {s.ftp_queue} = FTP tracker with `bypass`"),
+         if s.bypass else f"# Queues: {s.queue} = scan verdict loop without `bypass` (fail-closed: no daemon "
+         f"listening =\n# packets to closed monitored ports are dropped), {s.ftp_queue} = FTP tracker with `bypass`"),
         "# (no daemon listening = traffic passes). In-use ports: "
         + {"socket": "the `socket` expression.", "poll": "polled from /proc/net by the daemon.",
            "off": "not detected (FTP expectations only)."}[inuse],

@@ -11,6 +11,7 @@ from nfsentry.nft import SHIPPED, RulesetSpec, compat_rules, default_spec, rende
 from nfsentry.nft.__main__ import main
 from nfsentry.nft.spec import COUNTERS
 
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -82,7 +83,8 @@ def test_ruleset_structure(variant, backend):
     assert "ip6 saddr & ffff:ffff:ffff:ffff:: @blocked6_64" in " ".join(pre)
     # Input: FTP control (7) before established (2) < ignore (3) < socket (4) < FTP data (5) < queue (6).
     inp = chain(text, "input")
-    order = [index_of(inp, s) for s in ('iif "lo" accept', "tcp dport 21 jump ftp_control", "ct state established,related accept",
+    order = [index_of(inp, s) for s in ('iif "lo" accept', "tcp dport 21 jump ftp_control",
+                                        "ct state established,related accept",
                                         "fib daddr type != local accept", "@ignore4", "socket transparent 0 accept",
                                         "@ftp_expect4", "tcp dport @tcp_ports", "udp dport @udp_ports")]
     assert order == sorted(order)
@@ -119,7 +121,8 @@ def test_native_and_compat_statements():
 
 def test_compat_rules_per_variant():
     host = compat_rules(RulesetSpec())
-    assert {(b, c) for b, c, _ in host} == {(b, c) for b in ("iptables-nft", "ip6tables-nft") for c in ("INPUT", "OUTPUT")}
+    assert {(b, c) for b, c, _ in host} == {(b, c) for b in ("iptables-nft", "ip6tables-nft")
+                                            for c in ("INPUT", "OUTPUT")}
     assert len(host) == 6
     assert len(compat_rules(RulesetSpec(variant="gateway"))) == 10
     assert len(compat_rules(RulesetSpec(ftp=False))) == 2
@@ -182,3 +185,94 @@ def test_custom_table_and_queues():
     text = render(RulesetSpec(table="scan_guard", queue=3, ftp_queue=4), "native")
     assert "table inet scan_guard {" in text and "nfsentry {" not in text
     assert "queue flags bypass to 3" in text and "queue flags bypass to 4" in text
+
+
+# == the model and reloads ===========================================================================
+def test_model_sets_and_signatures():
+    from nfsentry.nft.render import model
+    m = model(RulesetSpec(variant="gateway", protect=["fd00::/8", "192.168.0.0/16"]), "compat")
+    assert m.backend == "compat" and m.spec.protect == ["192.168.0.0/16", "fd00::/8"]
+    assert m.set("blocked4net").signature == ("ipv4_addr", ("interval", "timeout"))
+    assert m.set("ftp_expect6").signature == ("ipv6_addr . ipv6_addr . inet_service", ("timeout",))
+    assert m.set("protect4").elements == ["192.168.0.0/16"] and m.set("protect6").elements == ["fd00::/8"]
+    assert m.set("nope") is None
+    assert [c.name for c in m.chains] == ["prerouting", "input", "forward", "output", "ftp_control"]
+
+
+def test_reload_plan_keeps_unchanged_blocked_sets_and_moves_changed_ones():
+    from nfsentry.nft.render import model, reload_plan
+    m = model(RulesetSpec(ipv6_prefix=56), "native")
+    assert reload_plan(m, None) == ([], [])
+    current = {"chains": ["prerouting", "input"],
+               "sets": {"blocked4": ("ipv4_addr", ("timeout",)),            # unchanged: kept
+                        "blocked6_64": ("ipv6_addr", ("timeout",)),         # gone: entries move
+                        "blocked4net": ("ipv4_addr", ("interval",)),        # changed: entries move
+                        "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",)),  # kept
+                        "tcp_ports": ("inet_service", ("interval",))}}      # config: always rewritten
+    cmds, moved = reload_plan(m, current)
+    assert cmds == ["flush chain inet nfsentry prerouting", "flush chain inet nfsentry input",
+                    "delete chain inet nfsentry prerouting", "delete chain inet nfsentry input",
+                    "delete set inet nfsentry blocked6_64", "delete set inet nfsentry blocked4net",
+                    "delete set inet nfsentry tcp_ports"]
+    assert moved == ["blocked6_64", "blocked4net"]
+
+
+def test_wrap_an_empty_list_is_no_lines():
+    from nfsentry.nft.render import _wrap
+    assert _wrap([], "\t") == []
+    assert _wrap(["a", "b"], "", 3) == ["a,", "b"]
+
+
+def test_write_shipped_leaves_current_files_untouched(tmp_path):
+    first = write_shipped(tmp_path)
+    stamps = {p: p.stat().st_mtime_ns for p in first}
+    (tmp_path / "gateway.nft").write_text("stale")
+    again = write_shipped(tmp_path)
+    assert again == first and (tmp_path / "gateway.nft").read_text() == render(default_spec("gateway"), "native")
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in first if p.name != "gateway.nft")
+
+
+def test_render_without_a_spec_is_the_host_default():
+    assert render() == render(default_spec("host"), "native")
+    assert render(standalone=False) == render(default_spec(), "native").split("delete table inet nfsentry\n\n", 1)[1]
+
+
+# == compat rule helpers =============================================================================
+def test_compat_key_ignores_how_iptables_prints_a_rule():
+    from nfsentry.nft.render import compat_key
+    ours = compat_rules(RulesetSpec())[0]
+    printed = ["-m", "mark", "--mark", "0x4E460001/0xFFFF0003", "-m", "comment", "--comment", "nfsentry",
+               "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"]
+    assert compat_key(*ours) == compat_key("iptables-nft", "INPUT", printed)
+    assert compat_key("iptables-nft", "INPUT", ["--mark"]) == ("iptables-nft", "INPUT", "", "", False)
+
+
+def test_compat_listed_finds_only_our_tag():
+    from nfsentry.nft.render import compat_listed
+    listing = "\n".join([
+        "-P INPUT ACCEPT",
+        "-A INPUT -m mark --mark 0x4e460001/0xffff0003 -m comment --comment nfsentry -j NFQUEUE --queue-num 0 "
+        "--queue-bypass",
+        "-A OUTPUT -m mark --mark 0x4e460002/0xffff0003 -m comment --comment nfsentry:other -j NFQUEUE --queue-num 1",
+        "-A INPUT -p tcp -j ACCEPT",
+        '-A FORWARD -m comment --comment "nfsentry" -j NFQUEUE --queue-num 5'])
+    found = compat_listed("ip6tables-nft", listing, "nfsentry")
+    assert [(b, c, a[a.index("--queue-num") + 1]) for b, c, a in found] == [
+        ("ip6tables-nft", "INPUT", "0"), ("ip6tables-nft", "FORWARD", "5")]
+    assert [c for _, c, _ in compat_listed("iptables-nft", listing, "nfsentry:other")] == ["OUTPUT"]
+    assert compat_listed("iptables-nft", "", "nfsentry") == []
+
+
+def test_filter_chains_and_cleanup_commands():
+    from nfsentry.nft.render import cleanup_commands, filter_chains
+    items = [{"metainfo": {}}, {"chain": {"family": "ip", "table": "filter", "name": "INPUT"}},
+             {"chain": {"family": "ip6", "table": "filter", "name": "OUTPUT"}},
+             {"chain": {"family": "inet", "table": "filter", "name": "input"}},
+             {"chain": {"family": "ip", "table": "nat", "name": "POSTROUTING"}}]
+    assert filter_chains(items) == {("ip", "INPUT"), ("ip6", "OUTPUT")}
+    before = {("ip", "FORWARD")}
+    created = {("ip", "INPUT"), ("ip6", "OUTPUT"), ("ip6", "INPUT")}
+    assert cleanup_commands(created, before) == [
+        "delete chain ip filter INPUT", "delete chain ip6 filter INPUT", "delete chain ip6 filter OUTPUT",
+        "delete table ip6 filter"]
+    assert cleanup_commands(set(), set()) == []
