@@ -485,16 +485,6 @@ class Nft(Session):
         self._cmd(E.replace_commands(self.table, setname, deletes, str(net)), f"ignoring {E.network_text(net)}")
         return True
 
-    def remove_ignore(self, network: Any) -> bool:
-        net = E.parse_network(network)
-        setname = "ignore4" if net.version == 4 else "ignore6"
-        try:
-            self._cmd(E.delete_command(self.table, setname, [net]), f"un-ignoring {net}")
-            return True
-        except NftError:
-            self._require_loaded()
-            return False
-
     def expect_ftp(self, peer: str, server: str, port: int, timeout: float,
                    remove: Iterable[tuple[str, str, int]] = ()) -> None:
         """Let one FTP data connection in: from ``peer`` to ``server``:``port``, for ``timeout`` s.
@@ -505,13 +495,6 @@ class Nft(Session):
         a, b, _, _ = E.ftp_element(peer, server, port)
         self._cmd(E.expect_ftp_commands(self.table, peer, server, port, timeout, remove),
                   f"adding an FTP expectation {a} -> {b}:{port}")
-
-    def unexpect_ftp(self, peer: str, server: str, port: int) -> None:
-        """Withdraw an FTP expectation (no error when the kernel no longer holds it)."""
-        _, _, setname, elem = E.ftp_element(peer, server, port)
-        self._cmd(f"add element inet {self.table} {setname} {{ {elem} timeout 1s }}\n"
-                  f"delete element inet {self.table} {setname} {{ {elem} }}",
-                  f"removing the FTP expectation {elem}")
 
     # -- in-use ports by polling -----------------------------------------------------------------
     def refresh_inuse(self) -> bool:

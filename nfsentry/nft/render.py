@@ -31,7 +31,6 @@ class SetDef:
     flags: tuple[str, ...]
     elements: list[str]
     doc: list[str]
-    typeexpr: str = ""
 
     @property
     def signature(self) -> tuple[str, tuple[str, ...]]:
