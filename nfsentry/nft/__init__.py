@@ -14,12 +14,13 @@
 * ``__main__``: ``python -m nfsentry.nft`` (render/load/check/..., ``--write-shipped`` for
   ``make rules``).
 
-The package re-exports the public API: ``from nfsentry.nft import Nft, RulesetSpec``. Importing it
-does not need the libnftables bindings (``Nft()`` raises :class:`NftUnavailable` without them).
+The package re-exports the public API: ``from nfsentry.nft import Nft, RulesetSpec``. The pure names
+are imported with the package; ``Nft`` and ``probe_backend`` on first use, so that importing
+``nfsentry.nft.spec`` (as ``nfsentry.config`` may) loads neither the libnftables bindings nor the
+subprocess code. ``Nft()`` raises :class:`NftUnavailable` when the bindings are missing.
 
 May import: the standard library, libnftables' bindings, ``nfsentry.core`` and ``nfsentry.nft``.
 """
-from nfsentry.nft.client import Nft, probe_backend
 from nfsentry.nft.elements import network_text, parse_network, set_for
 from nfsentry.nft.errors import NftError, NftInconsistent, NftUnavailable, SpecError
 from nfsentry.nft.render import SHIPPED, compat_rules, compat_tag, render, write_shipped
@@ -30,3 +31,12 @@ __all__ = ["Nft", "probe_backend", "NftError", "NftInconsistent", "NftUnavailabl
            "RulesetSpec", "default_spec", "render", "write_shipped", "compat_rules", "compat_tag", "SHIPPED",
            "set_for", "parse_network", "network_text",
            "VARIANTS", "BACKENDS", "INUSE_METHODS", "COUNTERS", "TROJAN_TCP", "TROJAN_UDP"]
+
+_SESSION = ("Nft", "probe_backend")  # in nfsentry.nft.client, imported on first use
+
+
+def __getattr__(name: str):
+    if name in _SESSION:
+        from nfsentry.nft import client
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
