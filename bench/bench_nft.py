@@ -32,7 +32,7 @@ FLOOD_MAX_PACKETS = 5_000_000
 SET_OPS = textwrap.dedent(f"""
     import json, statistics, sys, time
     sys.path.insert(0, {str(REPO)!r})
-    from nfsentry.nft.client import Nft, RulesetSpec
+    from nfsentry.nft import Nft, RulesetSpec
     n = Nft()
     st = n.load(RulesetSpec())
     res = {{"backend": st["backend"]}}
@@ -101,11 +101,11 @@ def main() -> int:
         empty_pps, empty_n, _ = flood(attacker, victim)
         # The attacker blocked: dropped at prerouting (raw - 10), before conntrack.
         victim.run([PYTHON, "-c", f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
-                                  "from nfsentry.nft.client import Nft, RulesetSpec\n"
+                                  "from nfsentry.nft import Nft, RulesetSpec\n"
                                   f"n = Nft(); n.load(RulesetSpec()); n.block({attacker.ip4!r}, 600)"])
         blocked_pps, blocked_n, _ = flood(attacker, victim)
         dropped = json.loads(victim.run([PYTHON, "-c", f"import sys, json; sys.path.insert(0, {str(REPO)!r})\n"
-                                                       "from nfsentry.nft.client import Nft\n"
+                                                       "from nfsentry.nft import Nft\n"
                                                        "print(json.dumps(Nft().counters()))"]).stdout)["blocked_pkts4"]
         victim.run([PYTHON, "-c", f"import sys; sys.path.insert(0, {str(REPO)!r})\nfrom nfsentry.nft import Nft\nNft().unload()"])
         print(f"SYN flood ({FLOOD_SECONDS} s, hping3 --flood, at most {FLOOD_MAX_PACKETS:,} packets):")

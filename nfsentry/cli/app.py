@@ -66,7 +66,7 @@ def parse_duration_opt(text: Optional[str], default: float) -> float:
 def get_nft(cfg):
     need_root("talking to nftables")
     try:
-        from nfsentry.nft import client as N
+        from nfsentry import nft as N
     except ImportError as e:
         fail(str(e), EXIT_RUNTIME)
     return N, N.Nft(table=cfg["nft"]["table"])
@@ -406,7 +406,7 @@ def history(since: Optional[str] = typer.Option(None, "--since", help="duration 
 @rules_app.command("show")
 def rules_show(config: Optional[str] = ConfigOpt, backend: str = typer.Option("native", "--backend", help="native or compat")):
     """Print the ruleset rendered from the configuration (what `load` would load)."""
-    from nfsentry.nft import client as N
+    from nfsentry import nft as N
     from nfsentry.daemon.main import ruleset_spec
     cfg = load_config(config)
     if backend not in ("native", "compat"):

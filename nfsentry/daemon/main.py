@@ -165,7 +165,7 @@ class Daemon:
     def prepare(self) -> None:
         """Everything that can fail before the kernel is touched."""
         require_root()
-        from nfsentry.nft import client as N  # a missing python3-nftables is one clear line here
+        from nfsentry import nft as N  # a missing python3-nftables is one clear line here
         self.N = N
         state_dir = Path(self.cfg["storage"]["state_dir"])
         try:
@@ -1070,7 +1070,7 @@ def engine_config(cfg: Config):
 
 
 def ruleset_spec(cfg: Config, protected: list[str]):
-    from nfsentry.nft.client import RulesetSpec
+    from nfsentry.nft import RulesetSpec
     m, n = cfg["monitor"], cfg["nft"]
     return RulesetSpec(bypass=n["fail_open"], variant=m["mode"], tcp_ports=list(cfg.tcp_ports), udp_ports=list(cfg.udp_ports), ignore=list(protected),
                        queue=n["queue"], ftp_queue=n["ftp_queue"], ftp=m["ftp"], inuse=m["inuse"], mark=n["mark"], table=n["table"],

@@ -138,9 +138,9 @@ def test_a_failed_transaction_changes_nothing(lab):
     victim = lab["victim"]
     sabotage = """
         import nfsentry.nft.client as N
-        orig = N._format_table
+        orig = N.format_table
         # deleting an element that does not exist passes nft's parser and fails in the kernel
-        N._format_table = lambda m: orig(m) + "delete element inet nfsentry blocked4 { 203.0.113.99 }\\n"
+        N.format_table = lambda m: orig(m) + "delete element inet nfsentry blocked4 { 203.0.113.99 }\\n"
         try:
             n.load(RulesetSpec(variant='gateway', tcp_ports=[(1, 100)]), backend=BACKEND)
             out = 'loaded?!'
@@ -210,7 +210,7 @@ def test_listing_a_big_set_while_the_kernel_changes_it_is_complete_or_says_so(la
     this kernel (printed, not asserted: it depends on timing)."""
     victim = lab["victim"]
     out = nft_py(victim, BULK_ADDRS + textwrap.dedent("""
-        from nfsentry.nft.client import NftInconsistent
+        from nfsentry.nft import NftInconsistent
         n.load(RulesetSpec())
         stable = set()
         complete = inconsistent = raw_bad = 0

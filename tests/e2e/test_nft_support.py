@@ -16,7 +16,7 @@ EXPECT_BACKEND = os.environ.get("NFSENTRY_EXPECT_BACKEND")  # "native" in the qe
 PRELUDE = f"""
 import json, sys, time
 sys.path.insert(0, {str(REPO)!r})
-from nfsentry.nft.client import *
+from nfsentry.nft import *
 n = Nft()
 out = None
 """

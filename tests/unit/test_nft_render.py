@@ -1,16 +1,16 @@
-"""The nft renderer and the pure helpers of nfsentry.nft / nfsentry.inuse (no kernel, no root)."""
+"""nfsentry.nft.render: the ruleset model and text, the shipped files, the compat rules (no kernel,
+no root)."""
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
 
-from nfsentry.nft import inuse
-from nfsentry.nft import client as nft
-from nfsentry.nft.client import RulesetSpec, compat_rules, default_spec, render
+from nfsentry.nft import SHIPPED, RulesetSpec, compat_rules, default_spec, render, write_shipped
+from nfsentry.nft.__main__ import main
+from nfsentry.nft.spec import COUNTERS
+
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,31 +36,23 @@ def index_of(rules: list[str], needle: str) -> int:
 
 
 # == the shipped files are the renderer's output ==================================================
-@pytest.mark.parametrize("variant,name", sorted(nft.SHIPPED.items()))
+@pytest.mark.parametrize("variant,name", sorted(SHIPPED.items()))
 def test_shipped_rules_equal_the_renderer(variant, name):
     path = REPO / "rules" / name
     assert path.read_text() == render(default_spec(variant), "native"), \
-        f"{path} is stale: run `make rules` (python -m nfsentry.nft.client --write-shipped rules)"
+        f"{path} is stale: run `make rules` (python -m nfsentry.nft --write-shipped rules)"
 
 
 def test_write_shipped_writes_exactly_the_three_files(tmp_path):
-    paths = nft.write_shipped(tmp_path)
+    paths = write_shipped(tmp_path)
     assert sorted(p.name for p in paths) == ["gateway.nft", "nfsentry.nft", "observe.nft"]
     for p in paths:
         assert p.read_text() == (REPO / "rules" / p.name).read_text()
 
 
 def test_cli_render_matches(capsys):
-    assert nft.main(["render", "--variant", "gateway", "--backend", "compat"]) == 0
+    assert main(["render", "--variant", "gateway", "--backend", "compat"]) == 0
     assert capsys.readouterr().out == render(default_spec("gateway"), "compat")
-
-
-def test_default_ports_match_the_configuration_defaults():
-    config = pytest.importorskip("nfsentry.config.schema")
-    assert tuple(config.TROJAN_TCP) == nft.TROJAN_TCP and tuple(config.TROJAN_UDP) == nft.TROJAN_UDP
-    cfg = config.defaults()
-    spec = RulesetSpec().normalized()
-    assert spec.tcp_ports == cfg.tcp_ports and spec.udp_ports == cfg.udp_ports
 
 
 # == structure and order ============================================================================
@@ -80,7 +72,7 @@ def test_ruleset_structure(variant, backend):
                  "tcp_ports", "udp_ports", "ftp_expect4", "ftp_expect6"):
         assert f"\tset {name} {{\n" in text
     assert ("set protect4" in text) == (variant == "gateway")
-    for counter in nft.COUNTERS:
+    for counter in COUNTERS:
         assert f"\tcounter {counter} {{\n" in text
     # 1. blocked sources at raw priority - 10, dropped unless observing.
     assert "type filter hook prerouting priority raw - 10; policy accept;" in text
@@ -91,7 +83,8 @@ def test_ruleset_structure(variant, backend):
     assert "ip6 saddr & ffff:ffff:ffff:ffff:: @blocked6_64" in " ".join(pre)
     # Input: FTP control (7) before established (2) < ignore (3) < socket (4) < FTP data (5) < queue (6).
     inp = chain(text, "input")
-    order = [index_of(inp, s) for s in ('iif "lo" accept', "tcp dport 21 jump ftp_control", "ct state established,related accept",
+    order = [index_of(inp, s) for s in ('iif "lo" accept', "tcp dport 21 jump ftp_control",
+                                        "ct state established,related accept",
                                         "fib daddr type != local accept", "@ignore4", "socket transparent 0 accept",
                                         "@ftp_expect4", "tcp dport @tcp_ports", "udp dport @udp_ports")]
     assert order == sorted(order)
@@ -128,7 +121,8 @@ def test_native_and_compat_statements():
 
 def test_compat_rules_per_variant():
     host = compat_rules(RulesetSpec())
-    assert {(b, c) for b, c, _ in host} == {(b, c) for b in ("iptables-nft", "ip6tables-nft") for c in ("INPUT", "OUTPUT")}
+    assert {(b, c) for b, c, _ in host} == {(b, c) for b in ("iptables-nft", "ip6tables-nft")
+                                            for c in ("INPUT", "OUTPUT")}
     assert len(host) == 6
     assert len(compat_rules(RulesetSpec(variant="gateway"))) == 10
     assert len(compat_rules(RulesetSpec(ftp=False))) == 2
@@ -182,20 +176,6 @@ def test_ipv6_prefix_sets():
     assert "blocked6_" not in t128 and len(chain(t128, "prerouting")) == 4
 
 
-@pytest.mark.parametrize("kw,msg", [
-    ({"variant": "router"}, "variant"), ({"inuse": "maybe"}, "inuse"), ({"backend": "fast"}, "backend"),
-    ({"queue": 1, "ftp_queue": 1}, "differ"), ({"queue": 70000}, "queue"), ({"queue": True}, "queue"),
-    ({"tcp_ports": [0]}, "tcp_ports"), ({"tcp_ports": ["5-2"]}, "tcp_ports"), ({"udp_ports": [70000]}, "udp_ports"),
-    ({"tcp_ports": ["http"]}, "tcp_ports"), ({"ignore": ["not-an-ip"]}, "ignore"), ({"protect": ["1.2.3.4/33"]}, "protect"),
-    ({"mark": 0x4E460001}, "mark"), ({"mark": 0x10}, "mark"), ({"mark_mask": 0xFFFF0000}, "mark_mask"),
-    ({"table": "bad-name"}, "table"), ({"ipv6_prefix": 0}, "ipv6_prefix")])
-def test_spec_validation(kw, msg):
-    with pytest.raises(ValueError, match=msg):
-        RulesetSpec(**kw).normalized()
-    with pytest.raises(ValueError):
-        render(RulesetSpec(**kw), "native")
-
-
 def test_render_needs_an_explicit_backend():
     with pytest.raises(ValueError, match="native or compat"):
         render(RulesetSpec(), "auto")
@@ -207,121 +187,92 @@ def test_custom_table_and_queues():
     assert "queue flags bypass to 3" in text and "queue flags bypass to 4" in text
 
 
-# == pure helpers ===================================================================================
-def test_plan_nets_keeps_the_broadest_and_replaces_covered():
-    N = ipaddress.ip_network
-    adds, deletes = nft._plan_nets({N("198.18.0.0/24"): 10, N("198.18.0.128/25"): 5, N("198.19.0.0/16"): 0},
-                                   [N("198.19.1.0/24"), N("10.0.0.0/8")])
-    assert adds == {N("198.18.0.0/24"): 10, N("198.19.0.0/16"): 0}
-    assert deletes == [N("198.19.1.0/24")]
-    adds, deletes = nft._plan_nets({N("10.1.0.0/16"): 1}, [N("10.0.0.0/8")])
-    assert adds == {} and deletes == []
-    adds, deletes = nft._plan_nets({N("10.0.0.0/8"): 1}, [N("10.0.0.0/8")])
-    assert adds == {} and deletes == []
+# == the model and reloads ===========================================================================
+def test_model_sets_and_signatures():
+    from nfsentry.nft.render import model
+    m = model(RulesetSpec(variant="gateway", protect=["fd00::/8", "192.168.0.0/16"]), "compat")
+    assert m.backend == "compat" and m.spec.protect == ["192.168.0.0/16", "fd00::/8"]
+    assert m.set("blocked4net").signature == ("ipv4_addr", ("interval", "timeout"))
+    assert m.set("ftp_expect6").signature == ("ipv6_addr . ipv6_addr . inet_service", ("timeout",))
+    assert m.set("protect4").elements == ["192.168.0.0/16"] and m.set("protect6").elements == ["fd00::/8"]
+    assert m.set("nope") is None
+    assert [c.name for c in m.chains] == ["prerouting", "input", "forward", "output", "ftp_control"]
 
 
-SET_TEXT = """table inet nfsentry {
-\tset blocked4net {
-\t\ttype ipv4_addr
-\t\tflags interval,timeout
-\t\telements = { 198.18.0.0/24 timeout 3600s expires 3590s, 198.18.5.1-198.18.5.2,
-\t\t\t     198.18.7.0/24 timeout 1500ms expires 900ms }
-\t}
-}
-"""
+def test_reload_plan_keeps_unchanged_blocked_sets_and_moves_changed_ones():
+    from nfsentry.nft.render import model, reload_plan
+    m = model(RulesetSpec(ipv6_prefix=56), "native")
+    assert reload_plan(m, None) == ([], [])
+    current = {"chains": ["prerouting", "input"],
+               "sets": {"blocked4": ("ipv4_addr", ("timeout",)),            # unchanged: kept
+                        "blocked6_64": ("ipv6_addr", ("timeout",)),         # gone: entries move
+                        "blocked4net": ("ipv4_addr", ("interval",)),        # changed: entries move
+                        "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",)),  # kept
+                        "tcp_ports": ("inet_service", ("interval",))}}      # config: always rewritten
+    cmds, moved = reload_plan(m, current)
+    assert cmds == ["flush chain inet nfsentry prerouting", "flush chain inet nfsentry input",
+                    "delete chain inet nfsentry prerouting", "delete chain inet nfsentry input",
+                    "delete set inet nfsentry blocked6_64", "delete set inet nfsentry blocked4net",
+                    "delete set inet nfsentry tcp_ports"]
+    assert moved == ["blocked6_64", "blocked4net"]
 
 
-def test_parse_set_text():
-    got = nft._parse_set_text("blocked4net", SET_TEXT)
-    assert got == [
-        {"network": "198.18.0.0/24", "timeout": 3600, "expires_in": 3590, "set": "blocked4net"},
-        {"network": "198.18.5.1", "timeout": 0, "expires_in": None, "set": "blocked4net"},
-        {"network": "198.18.5.2", "timeout": 0, "expires_in": None, "set": "blocked4net"},
-        {"network": "198.18.7.0/24", "timeout": 1.5, "expires_in": 0.9, "set": "blocked4net"}]
-    six = nft._parse_set_text("blocked6_64", "set blocked6_64 {\n elements = { 2001:db8:5:: timeout 30s expires 29s, 2001:db8:6:: }\n}")
-    assert [b["network"] for b in six] == ["2001:db8:5::/64", "2001:db8:6::/64"]
-    assert nft._parse_set_text("blocked4", "set blocked4 {\n type ipv4_addr\n}") == []
+def test_wrap_an_empty_list_is_no_lines():
+    from nfsentry.nft.render import _wrap
+    assert _wrap([], "\t") == []
+    assert _wrap(["a", "b"], "", 3) == ["a,", "b"]
 
 
-def test_timeout_text():
-    assert nft._timeout_text(0) == "" and nft._timeout_text(None) == ""
-    assert nft._timeout_text(3600) == " timeout 3600s"
-    assert nft._timeout_text(1.5) == " timeout 1500ms"
-    with pytest.raises(ValueError):
-        nft._timeout_text(-1)
+def test_write_shipped_leaves_current_files_untouched(tmp_path):
+    first = write_shipped(tmp_path)
+    stamps = {p: p.stat().st_mtime_ns for p in first}
+    (tmp_path / "gateway.nft").write_text("stale")
+    again = write_shipped(tmp_path)
+    assert again == first and (tmp_path / "gateway.nft").read_text() == render(default_spec("gateway"), "native")
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in first if p.name != "gateway.nft")
 
 
-def test_parse_network():
-    assert nft.network_text(nft.parse_network("198.18.0.5/24")) == "198.18.0.0/24"
-    assert nft.network_text(nft.parse_network(" 2001:db8::1 ")) == "2001:db8::1"
-    for bad in ("0.0.0.0/0", "::/0", "198.18.0.256", "host"):
-        with pytest.raises(ValueError):
-            nft.parse_network(bad)
+def test_render_without_a_spec_is_the_host_default():
+    assert render() == render(default_spec("host"), "native")
+    assert render(standalone=False) == render(default_spec(), "native").split("delete table inet nfsentry\n\n", 1)[1]
 
 
-def test_nft_error_carries_nft_text():
-    err = "Error: Could not process rule: No such file or directory\nadd element inet x y { 1.2.3.4 }\n  ^^^^\n"
-    e = nft.NftError("blocking 1.2.3.4", err, "add element ...")
-    assert str(e) == "blocking 1.2.3.4: Error: Could not process rule: No such file or directory"
-    assert e.error.startswith("Error:") and e.command == "add element ..."
+# == compat rule helpers =============================================================================
+def test_compat_key_ignores_how_iptables_prints_a_rule():
+    from nfsentry.nft.render import compat_key
+    ours = compat_rules(RulesetSpec())[0]
+    printed = ["-m", "mark", "--mark", "0x4E460001/0xFFFF0003", "-m", "comment", "--comment", "nfsentry",
+               "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"]
+    assert compat_key(*ours) == compat_key("iptables-nft", "INPUT", printed)
+    assert compat_key("iptables-nft", "INPUT", ["--mark"]) == ("iptables-nft", "INPUT", "", "", False)
 
 
-def test_classify_picks_the_set_by_family_and_prefix():
-    if nft._nftables is None:
-        pytest.skip("python3-nftables missing")
-    n = nft.Nft()
-    n._v6p = 64  # as after a load with the default ipv6_prefix (no kernel needed)
-    assert n.classify("198.18.0.2")[:2] == ("blocked4", "198.18.0.2")
-    assert n.classify("198.18.0.2/32")[:2] == ("blocked4", "198.18.0.2")
-    assert n.classify("198.18.0.9/24")[:2] == ("blocked4net", "198.18.0.0/24")
-    assert n.classify("2001:DB8::0002")[:2] == ("blocked6", "2001:db8::2")
-    assert n.classify("2001:db8:1::5/64")[:2] == ("blocked6_64", "2001:db8:1::")
-    assert n.classify("2001:db8:1::/48")[:2] == ("blocked6net", "2001:db8:1::/48")
-    with pytest.raises(ValueError):
-        n.classify("198.18.0.0/0")
+def test_compat_listed_finds_only_our_tag():
+    from nfsentry.nft.render import compat_listed
+    listing = "\n".join([
+        "-P INPUT ACCEPT",
+        "-A INPUT -m mark --mark 0x4e460001/0xffff0003 -m comment --comment nfsentry -j NFQUEUE --queue-num 0 "
+        "--queue-bypass",
+        "-A OUTPUT -m mark --mark 0x4e460002/0xffff0003 -m comment --comment nfsentry:other -j NFQUEUE --queue-num 1",
+        "-A INPUT -p tcp -j ACCEPT",
+        '-A FORWARD -m comment --comment "nfsentry" -j NFQUEUE --queue-num 5'])
+    found = compat_listed("ip6tables-nft", listing, "nfsentry")
+    assert [(b, c, a[a.index("--queue-num") + 1]) for b, c, a in found] == [
+        ("ip6tables-nft", "INPUT", "0"), ("ip6tables-nft", "FORWARD", "5")]
+    assert [c for _, c, _ in compat_listed("iptables-nft", listing, "nfsentry:other")] == ["OUTPUT"]
+    assert compat_listed("iptables-nft", "", "nfsentry") == []
 
 
-# == inuse.py ========================================================================================
-PROC_TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
-   1: 0100007F:0277 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1
-   2: 010012C6:0016 020012C6:D431 01 00000000:00000000 00:00000000 00000000     0        0 3 1
-"""
-PROC_UDP = """   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
-  1: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4 2 0 0
-  2: 00000000:0000 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 5 2 0 0
-"""
-
-
-def test_proc_net_parsing(tmp_path):
-    assert inuse.parse_proc_net(PROC_TCP, True) == {22, 631}
-    assert inuse.parse_proc_net(PROC_TCP, False) == {22, 631}
-    assert inuse.parse_proc_net(PROC_UDP, False) == {53}
-    (tmp_path / "tcp").write_text(PROC_TCP)
-    (tmp_path / "udp6").write_text(PROC_UDP)  # tcp6 and udp missing: no IPv6 / vanished
-    assert inuse.listening_ports(tmp_path) == ({22, 631}, {53})
-
-
-def test_listening_ports_here_returns_sets():
-    tcp, udp = inuse.listening_ports()
-    assert isinstance(tcp, set) and isinstance(udp, set)
-
-
-@given(st.lists(st.tuples(st.integers(1, 2000), st.integers(0, 300)), max_size=8), st.sets(st.integers(1, 2400), max_size=30))
-def test_subtract_ports_is_set_difference(pairs, holes):
-    ranges = nft._ports([(lo, min(65535, lo + w)) for lo, w in pairs], "tcp_ports")
-    got = inuse.subtract_ports(ranges, holes)
-    expect = {p for lo, hi in ranges for p in range(lo, hi + 1)} - holes
-    assert {p for lo, hi in got for p in range(lo, hi + 1)} == expect
-    assert all(lo <= hi for lo, hi in got) and got == sorted(got)
-    assert inuse.ports_to_ranges(expect) == nft._ports(got, "x") if got else not expect
-
-
-@given(st.lists(st.one_of(st.integers(1, 65535), st.tuples(st.integers(1, 65535), st.integers(0, 500))), max_size=12))
-def test_rendered_port_set_is_the_union(items):
-    norm = [(i, i) if isinstance(i, int) else (i[0], min(65535, i[0] + i[1])) for i in items]
-    spec = RulesetSpec(tcp_ports=norm).normalized()
-    want = {p for lo, hi in norm for p in range(lo, hi + 1)}
-    assert {p for lo, hi in spec.tcp_ports for p in range(lo, hi + 1)} == want
-    # disjoint, non-adjacent, sorted: what an nft interval set without auto-merge accepts
-    assert all(a[1] + 1 < b[0] for a, b in zip(spec.tcp_ports, spec.tcp_ports[1:]))
+def test_filter_chains_and_cleanup_commands():
+    from nfsentry.nft.render import cleanup_commands, filter_chains
+    items = [{"metainfo": {}}, {"chain": {"family": "ip", "table": "filter", "name": "INPUT"}},
+             {"chain": {"family": "ip6", "table": "filter", "name": "OUTPUT"}},
+             {"chain": {"family": "inet", "table": "filter", "name": "input"}},
+             {"chain": {"family": "ip", "table": "nat", "name": "POSTROUTING"}}]
+    assert filter_chains(items) == {("ip", "INPUT"), ("ip6", "OUTPUT")}
+    before = {("ip", "FORWARD")}
+    created = {("ip", "INPUT"), ("ip6", "OUTPUT"), ("ip6", "INPUT")}
+    assert cleanup_commands(created, before) == [
+        "delete chain ip filter INPUT", "delete chain ip6 filter INPUT", "delete chain ip6 filter OUTPUT",
+        "delete table ip6 filter"]
+    assert cleanup_commands(set(), set()) == []

@@ -482,7 +482,7 @@ def test_command_arguments_are_validated_values_only():
 
 
 def test_fail_open_renders_bypass_and_fail_closed_does_not():
-    from nfsentry.nft import client as N
+    from nfsentry import nft as N
     for fail_open in (True, False):
         cfg = C.validate({"nft": {"fail_open": fail_open}})
         spec = D.ruleset_spec(cfg, [])

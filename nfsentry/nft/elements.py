@@ -1,0 +1,327 @@
+"""Set elements: which set a blocked source goes to, the nft commands that add, replace and
+delete elements, and the parsers of nft's set, chain and counter listings.
+
+Pure: builds command text and reads listing text/JSON; :class:`nfsentry.nft.client.Nft` runs the
+commands. Blocked sources: single addresses in the hash sets ``blocked4`` / ``blocked6``, the
+daemon's IPv6 prefix in ``blocked6_<len>`` (stored as the network address), any other prefix in the
+interval sets ``blocked4net`` / ``blocked6net`` (whose entries may not overlap: see
+:func:`plan_nets`).
+
+Network parsing stays here rather than in ``nfsentry.core.addrs``: core's ``parse_network`` works on
+raw bytes (family, key, prefix length) and accepts ``/0``, which a block must refuse.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import socket
+from typing import Any, Iterable
+
+__all__ = [
+    "parse_network", "network_text", "set_for", "timeout_text", "port_elems",
+    "block_commands", "replace_commands", "delete_command", "flush_commands", "plan_nets", "block_items",
+    "bulk_commands", "ftp_element", "expect_ftp_commands", "port_set_commands",
+    "set_item_texts", "parse_set_text", "parse_set_items", "element_key", "element_expires", "elem_networks",
+    "parse_sets", "parse_chains", "parse_rules", "parse_counters", "ruleset_facts", "v6_prefix_of",
+]
+
+
+# == networks ===================================================================================
+def parse_network(network: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """'198.18.0.2', '198.18.0.0/24', '2001:db8:1::/64' -> network (host bits cleared). No /0."""
+    try:
+        net = ipaddress.ip_network(str(network).strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"bad address or prefix {network!r}") from None
+    if net.prefixlen == 0:
+        raise ValueError(f"refusing {network!r}: a /0 matches every address")
+    return net
+
+
+def network_text(net) -> str:
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def set_for(network: Any, v6_prefix: int | None) -> tuple[str, str, Any]:
+    """The blocked set for an address or prefix: (set name, element text, ip_network or None for a
+    single address). ``v6_prefix``: the table's ``blocked6_<len>`` (None: it has none, or unknown:
+    such a prefix then goes to ``blocked6net``). ValueError on a bad address or a /0."""
+    text = str(network).strip()
+    if "/" not in text:  # fast path for single addresses (bulk restores)
+        fam = socket.AF_INET6 if ":" in text else socket.AF_INET
+        try:
+            elem = socket.inet_ntop(fam, socket.inet_pton(fam, text))
+            return ("blocked6" if fam == socket.AF_INET6 else "blocked4"), elem, None
+        except OSError:
+            pass
+    net = parse_network(text)
+    if net.version == 4:
+        if net.prefixlen == 32:
+            return "blocked4", str(net.network_address), net
+        return "blocked4net", str(net), net
+    if net.prefixlen == 128:
+        return "blocked6", str(net.network_address), net
+    if net.prefixlen == v6_prefix:
+        return f"blocked6_{net.prefixlen}", str(net.network_address), net
+    return "blocked6net", str(net), net
+
+
+def v6_prefix_of(set_names: Iterable[str]) -> int:
+    """The daemon's IPv6 block prefix of a table with these sets (128: no ``blocked6_<len>``)."""
+    return next((int(n.split("_", 1)[1]) for n in set_names if re.fullmatch(r"blocked6_\d+", n)), 128)
+
+
+# == element texts and commands =================================================================
+def timeout_text(timeout: float | None) -> str:
+    if not timeout:
+        return ""
+    if timeout < 0:
+        raise ValueError(f"negative timeout {timeout!r}")
+    if float(timeout).is_integer():
+        return f" timeout {int(timeout)}s"
+    return f" timeout {max(1, int(round(timeout * 1000)))}ms"
+
+
+def port_elems(ranges) -> list[str]:
+    """[(lo, hi)] -> the elements of an inet_service interval set ("22", "1-1023")."""
+    return [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges]
+
+
+def block_commands(table: str, setname: str, elem: str, timeout: float | None) -> str:
+    """Block ``elem`` in a hash set with a new timeout: add (a no-op when present) + delete + add,
+    which replaces the timeout on every kernel."""
+    return (f"add element inet {table} {setname} {{ {elem} }}\ndelete element inet {table} {setname} {{ {elem} }}\n"
+            f"add element inet {table} {setname} {{ {elem}{timeout_text(timeout)} }}")
+
+
+def delete_command(table: str, setname: str, elems: Iterable[Any]) -> str:
+    return f"delete element inet {table} {setname} {{ {', '.join(str(e) for e in elems)} }}"
+
+
+def replace_commands(table: str, setname: str, deletes: list, add: str) -> str:
+    """Delete ``deletes`` (covered entries of an interval set) and add the element text ``add``."""
+    cmds = [delete_command(table, setname, deletes)] if deletes else []
+    cmds.append(f"add element inet {table} {setname} {{ {add} }}")
+    return "\n".join(cmds)
+
+
+def flush_commands(table: str, sets: Iterable[str]) -> str:
+    return "\n".join(f"flush set inet {table} {s}" for s in sets)
+
+
+def plan_nets(new: dict, existing: list) -> tuple[dict, list]:
+    """Non-overlapping interval-set content: (networks to add -> timeout, existing ones to delete).
+
+    New networks covered by a broader new or existing one are dropped (already blocked); existing
+    networks covered by a new one are replaced by it.
+    """
+    adds: dict = {}
+    for net in sorted(new, key=lambda n: (n.version, n.prefixlen)):
+        if any(net.version == o.version and net.subnet_of(o) for o in (*adds, *existing)):
+            continue
+        adds[net] = new[net]
+    deletes = [o for o in existing if any(o.version == n.version and o != n and o.subnet_of(n) for n in adds)]
+    adds = {n: t for n, t in adds.items() if n not in existing}
+    return adds, deletes
+
+
+def block_items(items: Iterable[Any]) -> list[tuple[Any, Any]]:
+    """Blocks as ``Nft.bulk_block`` takes them ("net", (net, timeout_s) or {"network": net,
+    "timeout"/"expires_in": s}) -> [(net, timeout_s)] (0 = permanent)."""
+    norm = []
+    for it in items:
+        if isinstance(it, dict):
+            norm.append((it["network"], it.get("expires_in") or it.get("timeout") or 0))
+        elif isinstance(it, (tuple, list)):
+            norm.append((it[0], it[1] if len(it) > 1 else 0))
+        else:
+            norm.append((it, 0))
+    return norm
+
+
+def bulk_commands(table: str, items: list, existing: dict, v6_prefix: int | None) -> str:
+    """One transaction adding [(network, timeout_s)]. ``existing``: {interval set: its networks},
+    merged with the new prefixes (see :func:`plan_nets`); hash sets take every element as is."""
+    per_set: dict[str, dict] = {}
+    nets: dict[str, dict] = {}
+    for network, timeout in items:
+        setname, elem, net = set_for(network, v6_prefix)
+        if setname.endswith("net"):
+            nets.setdefault(setname, {})[net] = timeout
+        else:
+            per_set.setdefault(setname, {})[elem] = timeout
+    cmds = []
+    for setname, new in nets.items():
+        adds, deletes = plan_nets(new, existing.get(setname, []))
+        if deletes:
+            cmds.append(delete_command(table, setname, deletes))
+        if adds:
+            per_set[setname] = {str(n): to for n, to in adds.items()}
+    for setname, elems in per_set.items():
+        body = ", ".join(f"{e}{timeout_text(to)}" for e, to in elems.items())
+        cmds.append(f"add element inet {table} {setname} {{ {body} }}")
+    return "\n".join(cmds)
+
+
+def ftp_element(peer: Any, server: Any, port: Any) -> tuple[Any, Any, str, str]:
+    """(peer, server, set name, ``peer . server . port``) of an FTP expectation; ValueError if bad."""
+    a, b = ipaddress.ip_address(str(peer)), ipaddress.ip_address(str(server))
+    if a.version != b.version:
+        raise ValueError(f"FTP expectation mixes address families: {peer} -> {server}")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"bad FTP data port {port!r}")
+    return a, b, "ftp_expect4" if a.version == 4 else "ftp_expect6", f"{a} . {b} . {int(port)}"
+
+
+def expect_ftp_commands(table: str, peer: Any, server: Any, port: Any, timeout: float,
+                        remove: Iterable[tuple[Any, Any, Any]] = ()) -> str:
+    """Add one FTP expectation for ``timeout`` s (at least 1 s); delete the ``remove`` ones in the
+    same transaction, each re-added for 1s first, as ``delete`` alone fails on a missing element."""
+    _, _, setname, elem = ftp_element(peer, server, port)
+    cmds = []
+    for old in remove:
+        _, _, oset, oelem = ftp_element(*old)
+        cmds += [f"add element inet {table} {oset} {{ {oelem} timeout 1s }}",
+                 f"delete element inet {table} {oset} {{ {oelem} }}"]
+    cmds.append(f"add element inet {table} {setname} {{ {elem}{timeout_text(max(1, timeout))} }}")
+    return "\n".join(cmds)
+
+
+def port_set_commands(table: str, ports: tuple) -> str:
+    """Rewrite tcp_ports and udp_ports: ``ports`` = (tcp ranges, udp ranges)."""
+    cmds = []
+    for name, ranges in zip(("tcp_ports", "udp_ports"), ports):
+        cmds.append(f"flush set inet {table} {name}")
+        if ranges:
+            cmds.append(f"add element inet {table} {name} {{ {', '.join(port_elems(ranges))} }}")
+    return "\n".join(cmds)
+
+
+# == set listings (`nft -T list set`, text) ======================================================
+_TEXT_ELEM = re.compile(r"\s*([0-9A-Fa-f.:]+(?:/\d+|-[0-9A-Fa-f.:]+)?)(?:\s+\.\s+\S+)*"
+                        r"(?:\s+timeout\s+(\d+)(ms|s))?(?:\s+expires\s+(\d+)(ms|s))?\s*")
+_EXPIRES = re.compile(r"\s+expires\s+(\d+)(ms|s)")
+
+
+def set_item_texts(text: str) -> list[str]:
+    """The element texts of one `list set` output (stripped; none when the set is empty)."""
+    start = text.find("elements = {")
+    if start < 0:
+        return []
+    body = text[start + len("elements = {"):text.index("}", start)]
+    return [item.strip() for item in body.split(",") if item.strip()]
+
+
+def parse_set_text(setname: str, text: str) -> list[dict]:
+    """Entries of `nft -T list set` text output (numeric times)."""
+    return parse_set_items(setname, set_item_texts(text))
+
+
+def element_key(item: str) -> str:
+    """An element's identity in a listing: its text without the time left."""
+    return _EXPIRES.sub("", item)
+
+
+def element_expires(item: str) -> float | None:
+    """Seconds an element has left (None: no timeout)."""
+    m = _EXPIRES.search(item)
+    return None if m is None else int(m.group(1)) / (1 if m.group(2) == "s" else 1000)
+
+
+def elem_networks(setname: str, val: Any) -> list:
+    """A set element value (JSON: a prefix or range object; text: an address, prefix or the
+    network address of ``blocked6_<len>``) -> list of networks."""
+    if isinstance(val, dict) and "prefix" in val:
+        return [ipaddress.ip_network(f"{val['prefix']['addr']}/{val['prefix']['len']}")]
+    if isinstance(val, dict) and "range" in val:
+        lo, hi = (ipaddress.ip_address(a) for a in val["range"])
+        return list(ipaddress.summarize_address_range(lo, hi))
+    m = re.fullmatch(r"blocked6_(\d+)", setname)
+    if m:
+        return [ipaddress.ip_network(f"{val}/{m.group(1)}", strict=False)]
+    return [ipaddress.ip_network(str(val))]
+
+
+def parse_set_items(setname: str, items: list[str]) -> list[dict]:
+    """Entries of the element texts of `nft -T list set`:
+    {"network", "timeout" (s, 0 = none), "expires_in" (s, None = no timeout), "set"}."""
+    out = []
+    for item in items:
+        m = _TEXT_ELEM.fullmatch(item)
+        if not m or not item.strip():
+            continue
+        val, to, to_u, ex, ex_u = m.groups()
+        timeout = (int(to) if to_u == "s" else int(to) / 1000) if to else 0
+        expires = (int(ex) if ex_u == "s" else int(ex) / 1000) if ex else 0
+        if setname in ("blocked4", "blocked6"):  # nft prints canonical addresses: skip ipaddress
+            out.append({"network": val, "timeout": timeout, "expires_in": expires if timeout else None, "set": setname})
+            continue
+        if "-" in val:
+            lo, hi = (ipaddress.ip_address(a) for a in val.split("-"))
+            nets = list(ipaddress.summarize_address_range(lo, hi))
+        else:
+            nets = elem_networks(setname, val)
+        for net in nets:
+            out.append({"network": network_text(net), "timeout": timeout,
+                        "expires_in": expires if timeout else None, "set": setname})
+    return out
+
+
+# == JSON listings (`nft -j`) ===================================================================
+def parse_sets(items: list[dict]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """`list sets table ...` -> {set name: (type, sorted flags)}."""
+    sets = {}
+    for i in items:
+        if "set" in i:
+            st = i["set"]
+            typ = st["type"] if isinstance(st["type"], str) else " . ".join(st["type"])
+            sets[st["name"]] = (typ, tuple(sorted(st.get("flags", []))))
+    return sets
+
+
+def parse_chains(items: list[dict], table: str, family: str | None = None) -> list[str]:
+    """`list chains` -> the names of the chains of ``table`` (in ``family``, when given)."""
+    return [c["name"] for i in items if (c := i.get("chain")) and c.get("table") == table
+            and (family is None or c.get("family") == family)]
+
+
+def parse_rules(items: list[dict]) -> dict[str, list[str]]:
+    """`list table` -> {chain: [each rule's expressions as JSON text]}."""
+    rules: dict[str, list[str]] = {}
+    for i in items:
+        if "rule" in i:
+            rules.setdefault(i["rule"]["chain"], []).append(json.dumps(i["rule"].get("expr", [])))
+    return rules
+
+
+def parse_counters(items: list[dict], names: Iterable[str]) -> dict[str, int]:
+    """`list counters table ...` -> packets per counter (``names`` start at 0), plus the sums
+    ``queued`` (tcp + udp) and ``blocked_pkts`` (4 + 6)."""
+    out = {name: 0 for name in names}
+    for i in items:
+        c = i.get("counter")
+        if c:
+            out[c["name"]] = c.get("packets", 0)
+    out["queued"] = out["queued_tcp"] + out["queued_udp"]
+    out["blocked_pkts"] = out["blocked_pkts4"] + out["blocked_pkts6"]
+    return out
+
+
+def ruleset_facts(chains: list[str], rules: dict[str, list[str]], inuse: str | None) -> dict[str, Any]:
+    """What a loaded table is, read from its chains and rules (``parse_rules``): backend (native,
+    compat or None), in-use method (``inuse``: what this session loaded, when the rules cannot
+    tell poll from off) and variant (host, gateway, observe, or blocks-only)."""
+    text = " ".join(r for rs in rules.values() for r in rs)
+    backend = "native" if '"queue"' in text else "compat" if '"mangle"' in text else None
+    if "socket" in text:
+        method = "socket"
+    else:
+        method = inuse if inuse in ("poll", "off") else "poll-or-off"
+    if "input" not in chains:
+        variant = "blocks-only"
+    elif "forward" in chains:
+        variant = "gateway"
+    else:
+        variant = "host" if '"drop"' in " ".join(rules.get("prerouting", [])) else "observe"
+    return {"backend": backend, "inuse": method, "variant": variant}

@@ -1,0 +1,161 @@
+"""The ruleset specification: what to render and load, its validation, and the constants the
+rest of the nft layer shares (variants, backends, in-use methods, counters, classic ports).
+
+Pure: no I/O, no libnftables. ``nfsentry.config`` builds a :class:`RulesetSpec` from the
+configuration (it may import this module alone).
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable
+
+from nfsentry.nft.errors import SpecError
+
+__all__ = ["VARIANTS", "BACKENDS", "INUSE_METHODS", "FTP_PORT", "TROJAN_TCP", "TROJAN_UDP", "COUNTERS",
+           "TABLE_NAME", "RulesetSpec", "SpecError", "default_spec"]
+
+VARIANTS = ("host", "gateway", "observe")
+BACKENDS = ("native", "compat")
+INUSE_METHODS = ("auto", "socket", "poll", "off")
+FTP_PORT = 21
+# What nft accepts as our table's name (and what a RulesetSpec and an Nft session check).
+TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
+
+# PortSentry's classic ports beyond 1-1023 (Debian's portsentry.conf); keep equal to config.py's
+# (a unit test checks they agree).
+TROJAN_TCP = (1080, 1524, 2000, 5742, 6667, 12345, 12346, 20034, 27665, 31337,
+              32771, 32772, 32773, 32774, 40421, 49724, 54320)
+TROJAN_UDP = (31335, 31337, 32770, 32771, 32772, 32773, 32774, 34555, 37444, 54321)
+
+# Named counters (nft objects: `nft list counters table inet nfsentry`).
+COUNTERS = {
+    "blocked_pkts4": "packets from blocked IPv4 sources (dropped, or only counted in observe mode)",
+    "blocked_pkts6": "packets from blocked IPv6 sources (dropped, or only counted in observe mode)",
+    "queued_tcp": "TCP packets handed to the scan verdict loop",
+    "queued_udp": "UDP packets handed to the scan verdict loop",
+    "queued_ftp": "FTP control packets handed to the FTP tracker",
+}
+
+
+def _ports(items: Iterable[Any], what: str) -> list[tuple[int, int]]:
+    out = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"{what}: bad port {item!r}")
+        if isinstance(item, int):
+            lo = hi = item
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            lo, hi = int(item[0]), int(item[1])
+        elif isinstance(item, str) and re.fullmatch(r"\s*\d+\s*(-\s*\d+\s*)?", item):
+            parts = [int(p) for p in item.split("-")]
+            lo, hi = parts[0], parts[-1]
+        else:
+            raise ValueError(f"{what}: bad port or range {item!r}")
+        if not (1 <= lo <= hi <= 65535):
+            raise ValueError(f"{what}: bad port range {item!r} (1-65535, start <= end)")
+        out.append((lo, hi))
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(out):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def _networks(items: Iterable[Any], what: str) -> tuple[list, list]:
+    """-> (collapsed IPv4 networks, collapsed IPv6 networks)."""
+    v4, v6 = [], []
+    for item in items:
+        try:
+            net = ipaddress.ip_network(str(item).strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{what}: bad address or prefix {item!r}") from None
+        (v4 if net.version == 4 else v6).append(net)
+    return list(ipaddress.collapse_addresses(v4)), list(ipaddress.collapse_addresses(v6))
+
+
+def check_backend(backend: str) -> None:
+    """``backend`` is one a spec may ask for ("auto" included); SpecError (a ValueError) if not."""
+    if backend not in ("auto", *BACKENDS):
+        raise SpecError(f"backend must be auto, native or compat, not {backend!r}")
+
+
+@dataclass
+class RulesetSpec:
+    """What to render and load. ``config.py`` builds it from the configuration.
+
+    Ports are lists of ``(lo, hi)`` (ints and "a-b" strings are accepted too); networks are
+    address/CIDR strings, IPv4 and IPv6 mixed.
+    """
+    variant: str = "host"                  # host | gateway | observe
+    tcp_ports: list = field(default_factory=lambda: [(1, 1023), *((p, p) for p in TROJAN_TCP)])
+    udp_ports: list = field(default_factory=lambda: [(1, 1023), *((p, p) for p in TROJAN_UDP)])
+    ignore: list = field(default_factory=list)    # sources never queued (own addresses, gateways, ...)
+    protect: list = field(default_factory=list)   # gateway: the networks behind it (forwarded traffic
+    #                                               to them is watched)
+    queue: int = 0                          # scan verdict loop
+    ftp_queue: int = 1                      # FTP control tracker
+    ftp: bool = True                        # queue FTP control packets to ftp_queue
+    inuse: str = "auto"                     # auto | socket | poll | off
+    mark: int = 0x4E460000                  # compat backend: value of nfsentry's mark bits (low 2 bits:
+    #                                         1 scan, 2 ftp)
+    mark_mask: int = 0xFFFF0003             # compat backend: the packet-mark bits nfsentry owns
+    table: str = "nfsentry"
+    ipv6_prefix: int = 64                   # the daemon's IPv6 block prefix (hash set blocked6_<len>)
+    backend: str = "auto"                   # auto | native | compat
+    bypass: bool = True                     # scan queue: no daemon listening -> packet passes (fail-open)
+
+    def normalized(self) -> "RulesetSpec":
+        """A validated copy (merged port ranges, collapsed networks). Raises SpecError (a ValueError)."""
+        try:
+            return self._normalized()
+        except SpecError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise SpecError(f"invalid ruleset specification: {e}") from None
+
+    def _normalized(self) -> "RulesetSpec":
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {self.variant!r}")
+        if self.inuse not in INUSE_METHODS:
+            raise ValueError(f"inuse must be one of {', '.join(INUSE_METHODS)}, not {self.inuse!r}")
+        if self.backend not in ("auto", *BACKENDS):
+            raise ValueError(f"backend must be auto, native or compat, not {self.backend!r}")
+        for name in ("queue", "ftp_queue"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 65535:
+                raise ValueError(f"{name} must be a queue number 0-65535, not {v!r}")
+        if self.queue == self.ftp_queue:
+            raise ValueError("queue and ftp_queue must differ")
+        if not TABLE_NAME.fullmatch(str(self.table)):
+            raise ValueError(f"bad table name {self.table!r}")
+        if not isinstance(self.ipv6_prefix, int) or not 1 <= self.ipv6_prefix <= 128:
+            raise ValueError(f"ipv6_prefix must be 1-128, not {self.ipv6_prefix!r}")
+        mask, mark = self.mark_mask & 0xFFFFFFFF, self.mark & 0xFFFFFFFF
+        if mask & 3 != 3:
+            raise ValueError(f"mark_mask {self.mark_mask:#x} must include the two lowest bits (0x3)")
+        if mark & 3 or mark & ~mask & 0xFFFFFFFF:
+            raise ValueError(f"mark {self.mark:#x} must lie inside mark_mask {self.mark_mask:#x} "
+                             "and leave its two lowest bits clear (they select the queue)")
+        i4, i6 = _networks(self.ignore, "ignore")
+        p4, p6 = _networks(self.protect, "protect")
+        return replace(self, tcp_ports=_ports(self.tcp_ports, "tcp_ports"),
+                       udp_ports=_ports(self.udp_ports, "udp_ports"),
+                       ignore=[str(n) for n in (*i4, *i6)], protect=[str(n) for n in (*p4, *p6)],
+                       ftp=bool(self.ftp), mark=mark, mark_mask=mask, bypass=bool(self.bypass))
+
+    @property
+    def scan_mark(self) -> int:
+        return self.mark | 1
+
+    @property
+    def ftp_mark(self) -> int:
+        return self.mark | 2
+
+
+def default_spec(variant: str = "host") -> RulesetSpec:
+    """The shipped rules/<variant> file's specification."""
+    return RulesetSpec(variant=variant, inuse="socket")

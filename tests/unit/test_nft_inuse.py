@@ -1,0 +1,47 @@
+"""nfsentry.nft.inuse: ports in use from /proc/net (no kernel changes, no root)."""
+from __future__ import annotations
+
+from hypothesis import given, strategies as st
+
+from nfsentry.nft import inuse
+from nfsentry.nft.spec import _ports
+
+
+PROC_TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 0100007F:0277 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1
+   2: 010012C6:0016 020012C6:D431 01 00000000:00000000 00:00000000 00000000     0        0 3 1
+"""
+
+
+PROC_UDP = """   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  1: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4 2 0 0
+  2: 00000000:0000 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 5 2 0 0
+"""
+
+
+def test_proc_net_parsing(tmp_path):
+    assert inuse.parse_proc_net(PROC_TCP, True) == {22, 631}
+    assert inuse.parse_proc_net(PROC_TCP, False) == {22, 631}
+    assert inuse.parse_proc_net(PROC_UDP, False) == {53}
+    (tmp_path / "tcp").write_text(PROC_TCP)
+    (tmp_path / "udp6").write_text(PROC_UDP)  # tcp6 and udp missing: no IPv6 / vanished
+    assert inuse.listening_ports(tmp_path) == ({22, 631}, {53})
+
+
+def test_listening_ports_here_returns_sets():
+    tcp, udp = inuse.listening_ports()
+    assert isinstance(tcp, set) and isinstance(udp, set)
+
+
+@given(st.lists(st.tuples(st.integers(1, 2000), st.integers(0, 300)), max_size=8),
+       st.sets(st.integers(1, 2400), max_size=30))
+
+
+def test_subtract_ports_is_set_difference(pairs, holes):
+    ranges = _ports([(lo, min(65535, lo + w)) for lo, w in pairs], "tcp_ports")
+    got = inuse.subtract_ports(ranges, holes)
+    expect = {p for lo, hi in ranges for p in range(lo, hi + 1)} - holes
+    assert {p for lo, hi in got for p in range(lo, hi + 1)} == expect
+    assert all(lo <= hi for lo, hi in got) and got == sorted(got)
+    assert inuse.ports_to_ranges(expect) == _ports(got, "x") if got else not expect
