@@ -486,13 +486,13 @@ class Nft(Session):
                 self._require_loaded()
                 return []
             raise NftError(f"looking up {elem} in {setname}", err)
-        return _parse_set_text(setname, out)
+        return E.parse_set_text(setname, out)
 
     def find_blocks(self, network: Any) -> list[dict]:
         """The blocks that are exactly ``network`` or cover it (a prefix holding the address), as
         list_blocked() entries, without listing whole sets (except an interval set's own entry
         for its time left: libnftables' `get element` omits it)."""
-        net = parse_network(network)
+        net = E.parse_network(network)
         found: list[dict] = []
         if net.prefixlen == net.max_prefixlen:
             found += self._get_element("blocked4" if net.version == 4 else "blocked6", str(net.network_address))
@@ -509,7 +509,7 @@ class Nft(Session):
 
     def blocks_inside(self, network: Any) -> list[dict]:
         """The blocks that lie inside ``network`` (itself included): lists every blocked set."""
-        net = parse_network(network)
+        net = E.parse_network(network)
         out = []
         for b in self.list_blocked():
             other = ipaddress.ip_network(b["network"])
