@@ -19,14 +19,12 @@ from collections import Counter, OrderedDict
 from typing import Any
 
 from nfsentry.config import schema as C
+from nfsentry.core.units import in_ranges
 
 
 class ReplayError(Exception):
     pass
 
-
-def _in_ranges(port: int, ranges: list[tuple[int, int]]) -> bool:
-    return any(lo <= port <= hi for lo, hi in ranges)
 
 
 class _PackedNet:
@@ -74,7 +72,7 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
             raise ReplayError(f"--local: {e}") from None
     else:
         cnt = Counter(p.dst for _, p in packets
-                      if (p.proto == 6 and _in_ranges(p.dport, cfg.tcp_ports)) or (p.proto == 17 and _in_ranges(p.dport, cfg.udp_ports)))
+                      if (p.proto == 6 and in_ranges(p.dport, cfg.tcp_ports)) or (p.proto == 17 and in_ranges(p.dport, cfg.udp_ports)))
         locals_ = {cnt.most_common(1)[0][0]} if cnt else set()
     # pass 1: ports in use, flows the local host answered or opened
     in_use: set[tuple[bytes, int, int]] = set()
@@ -103,7 +101,7 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
         if p.dst not in locals_:
             continue
         ranges = cfg.tcp_ports if p.proto == 6 else cfg.udp_ports
-        if not _in_ranges(p.dport, ranges) or (p.dst, p.proto, p.dport) in in_use:
+        if not in_ranges(p.dport, ranges) or (p.dst, p.proto, p.dport) in in_use:
             continue
         if (p.proto, p.src, p.sport, p.dst, p.dport) in established:
             continue

@@ -54,7 +54,7 @@ def load_config(path: Optional[str], portsentry: Optional[str] = None, defaults:
 
 
 def parse_duration_opt(text: Optional[str], default: float) -> float:
-    from nfsentry.config.schema import parse_duration
+    from nfsentry.core.units import parse_duration
     if text is None:
         return default
     try:
@@ -91,7 +91,7 @@ def fmt_ts(ts: Optional[float]) -> str:
 
 
 def fmt_left(seconds: Optional[float]) -> str:
-    from nfsentry.config.schema import format_duration
+    from nfsentry.core.units import format_duration
     if seconds is None:
         return "never"
     return format_duration(max(0, seconds)) or "0s"
@@ -343,7 +343,7 @@ def add_to_ignore_file(cfg, nets: list[str]) -> None:
 def parse_since(text: Optional[str]) -> Optional[float]:
     if text is None:
         return None
-    from nfsentry.config.schema import parse_duration
+    from nfsentry.core.units import parse_duration
     try:
         return time.time() - parse_duration(text)
     except ValueError:

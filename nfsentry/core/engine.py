@@ -97,6 +97,7 @@ from .classify import FLAG_STRINGS as _FLAG_STRINGS
 from .classify import LABEL_BY_FLAGS as _LABEL_BY_FLAGS
 from .classify import _REPLY, _STREAM, classify, label_text, syn_hint
 from .packet import Packet, decode
+from .units import format_duration
 
 __all__ = ["Action", "Decision", "EngineConfig", "Engine", "RESPONSE_MODES", "DEFAULT_MAX_SOURCES"]
 
@@ -263,7 +264,7 @@ def _format_reason(d: Decision, why: tuple) -> str:
         text += f"; malformed: {pkt.malformed}"
     if block is not None:
         offences, duration = block
-        text += f"; offence {offences}, block {_fmt_duration(duration) if duration else 'until unblocked'}"
+        text += f"; offence {offences}, block {format_duration(duration) if duration else 'until unblocked'}"
     return text
 
 
@@ -406,7 +407,7 @@ class Engine:
         self._guard = cfg.backscatter_guard
         self._durations = [0.0] + [self.duration_for(n) for n in range(1, 65)]   # by offences
         self._trigger_text = f"scan_trigger {cfg.scan_trigger} reached"
-        self._window_text = f"window {cfg.window_ports} ports in {_fmt_duration(self._window)} reached"
+        self._window_text = f"window {cfg.window_ports} ports in {format_duration(self._window)} reached"
         self.process, self.process_raw = self._build_process()
 
     # ------------------------------------------------------------------------------------------
@@ -945,18 +946,6 @@ class Engine:
             "compiled_handled": getattr(self.process_raw, "handled", 0),
             "compiled_fallbacks": getattr(self.process_raw, "fallbacks", 0),
         }
-
-
-def _fmt_duration(seconds: float) -> str:
-    s = int(round(seconds))
-    if s <= 0:
-        return f"{seconds:g}s"
-    out = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if s >= size:
-            out.append(f"{s // size}{unit}")
-            s %= size
-    return "".join(out)
 
 
 _PORT_TEXT: dict[int, str] = {}

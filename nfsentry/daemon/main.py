@@ -30,6 +30,7 @@ from nfsentry import __version__
 from nfsentry.config import schema as C
 from nfsentry.sinks.alerts import Alerter
 from nfsentry.config.schema import Config, ConfigError
+from nfsentry.core.units import count_ports, ranges_text
 from nfsentry.ipc import ControlServer
 from nfsentry.sinks.store import Store, StoreCorrupt, StoreError, move_aside
 
@@ -248,8 +249,8 @@ class Daemon:
         self.inuse = st.get("inuse")
         log.info("nfsentry %s is active: queue backend %s, in-use detection %s, engine %s, mode %s, monitoring tcp %s (%d ports) udp %s (%d ports), "
                  "%d never-block networks, %d blocks restored", __version__, self.backend, self.inuse, self.engine_kind(), self.cfg["monitor"]["mode"],
-                 C.ranges_text(self.cfg.tcp_ports), C.count_ports(self.cfg.tcp_ports), C.ranges_text(self.cfg.udp_ports),
-                 C.count_ports(self.cfg.udp_ports), len(self.protected), self.restored)
+                 ranges_text(self.cfg.tcp_ports), count_ports(self.cfg.tcp_ports), ranges_text(self.cfg.udp_ports),
+                 count_ports(self.cfg.udp_ports), len(self.protected), self.restored)
 
     def restore_blocks(self) -> None:
         """Kernel set and database agree after this: DB blocks still running are put back with
@@ -705,8 +706,8 @@ class Daemon:
         st = {"pid": os.getpid(), "version": __version__, "started": self.started, "uptime": time.time() - self.started,
               "backend": getattr(self, "backend", None), "inuse": getattr(self, "inuse", None), "engine_kind": self.engine_kind(),
               "mode": self.cfg["monitor"]["mode"], "dry_run": self.cfg["response"]["dry_run"],
-              "tcp_ports": C.ranges_text(self.cfg.tcp_ports), "udp_ports": C.ranges_text(self.cfg.udp_ports),
-              "tcp_port_count": C.count_ports(self.cfg.tcp_ports), "udp_port_count": C.count_ports(self.cfg.udp_ports),
+              "tcp_ports": ranges_text(self.cfg.tcp_ports), "udp_ports": ranges_text(self.cfg.udp_ports),
+              "tcp_port_count": count_ports(self.cfg.tcp_ports), "udp_port_count": count_ports(self.cfg.udp_ports),
               "never_block": len(self.protected), "config": self.cfg.path, "counters": dict(self.counters),
               "engine": dict(getattr(self.engine, "stats", {})), "event_backlog": self.events.qsize(),
               "pending_storage_writes": len(self.pending_store), "queue_drops": queue_drops(),
