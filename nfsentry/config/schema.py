@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nfsentry.core.classify import LABELS
 from nfsentry.core.units import (TROJAN_TCP, TROJAN_UDP, parse_duration, parse_ports, ranges_text,
                                   subtract_ranges)
 
 DEFAULT_PATH = "/etc/nfsentry/nfsentry.toml"
-
-LABELS = ("SYN", "FIN", "NULL", "XMAS", "FULL-XMAS", "ACK", "MAIMON", "UNKNOWN", "UDP", "MALFORMED", "IPOPTS")
 
 # The schema: section -> key -> default. Types are checked against the default's type
 # (with the explicit checkers below for durations, ports, networks, enums).

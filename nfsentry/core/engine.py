@@ -95,7 +95,7 @@ from enum import IntEnum
 from .addrs import PrefixSet, mask, masker, network_text, parse_network
 from .classify import FLAG_STRINGS as _FLAG_STRINGS
 from .classify import LABEL_BY_FLAGS as _LABEL_BY_FLAGS
-from .classify import _REPLY, _STREAM, classify, label_text, syn_hint
+from .classify import _REPLY, _STREAM, SCAN_LABELS, classify, label_text, syn_hint
 from .packet import Packet, decode
 from .units import format_duration
 
@@ -124,8 +124,7 @@ class Action(IntEnum):
 _PASS, _IGNORE, _COUNT, _ALERT, _BLOCK, _DROP = (Action.PASS, Action.IGNORE, Action.COUNT,
                                                  Action.ALERT, Action.BLOCK, Action.DROP)
 _PROTO_NAME = {6: "tcp", 17: "udp"}
-_ONE_LABEL = {label: (label,) for label in ("SYN", "FIN", "NULL", "XMAS", "FULL-XMAS", "ACK", "MAIMON",
-                                              "UNKNOWN", "UDP", "MALFORMED")}
+_ONE_LABEL = {label: (label,) for label in SCAN_LABELS}
 _new = object.__new__
 # process_raw's fast shapes (the checks are decode()'s fast path): only the fields a decision
 # needs.   IPv4: totlen frag src | dport doff flags (or ulen);  IPv6: plen src | dport doff flags
