@@ -237,7 +237,8 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
           reason: str = typer.Option("manual block", "--reason"), config: Optional[str] = ConfigOpt,
           force: bool = typer.Option(False, "--force", help="allow blocking a never-block address (not your SSH session)")):
     """Block a host or prefix by hand."""
-    from nfsentry.daemon.main import manual_block_event, normalize_block_target, ssh_client
+    from nfsentry.core.addrs import normalize_block_target
+    from nfsentry.daemon.main import manual_block_event, ssh_client
     cfg = load_config(config)
     duration = parse_duration_opt(for_, cfg.durations["block_duration"])
     ssh = ssh_client()
@@ -285,7 +286,7 @@ def unblock(addresses: List[str] = typer.Argument(None, help="ADDR or ADDR/PREFI
             ignore: bool = typer.Option(False, "--ignore", help="also add them to the ignore list"),
             config: Optional[str] = ConfigOpt):
     """Remove blocks from the kernel, the running engine and the database."""
-    from nfsentry.daemon.main import normalize_network
+    from nfsentry.core.addrs import normalize_network
     if not addresses and not all_:
         fail("name at least one address, or --all")
     if addresses and all_:
@@ -293,7 +294,7 @@ def unblock(addresses: List[str] = typer.Argument(None, help="ADDR or ADDR/PREFI
     nets = []
     for a in addresses or []:
         try:
-            nets.append(normalize_network(a))
+            nets.append(normalize_network(a, allow_everything=True))  # a /0: refused below, with a hint
         except ValueError as e:
             fail(str(e))
         if nets[-1].endswith("/0"):
@@ -360,7 +361,7 @@ def history(since: Optional[str] = typer.Option(None, "--since", help="duration 
             limit: int = typer.Option(200, "--limit"), config: Optional[str] = ConfigOpt,
             as_json: bool = typer.Option(False, "--json")):
     """Past detections, blocks and unblocks."""
-    from nfsentry.daemon.main import normalize_network
+    from nfsentry.core.addrs import normalize_network
     from nfsentry.sinks.store import Store, StoreError
     start = parse_since(since)
     if source:

@@ -8,13 +8,13 @@ daemon and the CLI turn that into exit code 2 with nothing loaded into the kerne
 from __future__ import annotations
 
 import copy
-import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nfsentry.core.addrs import parse_network
 from nfsentry.core.classify import LABELS
 from nfsentry.core.units import (TROJAN_TCP, TROJAN_UDP, parse_duration, parse_ports, ranges_text,
                                   subtract_ranges)
@@ -135,21 +135,6 @@ PLACEHOLDERS = ("$TARGET$", "$PORT$", "$MODE$")
 
 class ConfigError(ValueError):
     """A configuration problem; str() is one line naming the key."""
-
-
-def parse_network(text: Any, what: str = "address", allow_everything: bool = False):
-    """An address or CIDR -> ip_network (host bits are cleared). Refuses /0 unless allowed."""
-    if not isinstance(text, str):
-        raise ValueError(f"bad {what} {text!r}")
-    if "%" in text:
-        raise ValueError(f"bad {what} {text!r}: zone-scoped (%interface) addresses cannot be matched by nftables")
-    try:
-        net = ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        raise ValueError(f"bad {what} {text!r}: not an IPv4/IPv6 address or CIDR") from None
-    if net.prefixlen == 0 and not allow_everything:
-        raise ValueError(f"{what} {text!r} would match every address")
-    return net
 
 
 def check_command(argv: Any) -> list[str]:

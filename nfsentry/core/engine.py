@@ -92,7 +92,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from enum import IntEnum
 
-from .addrs import PrefixSet, mask, masker, network_text, parse_network
+from .addrs import PrefixSet, mask, masker, network_text, parse_key
 from .classify import FLAG_STRINGS as _FLAG_STRINGS
 from .classify import LABEL_BY_FLAGS as _LABEL_BY_FLAGS
 from .classify import _REPLY, _STREAM, SCAN_LABELS, classify, label_text, syn_hint
@@ -814,7 +814,7 @@ class Engine:
         """network text / raw bytes -> (key, prefixlen, exact). ``exact`` is False when the network
         is wider than one engine key (an IPv4 CIDR shorter than /32, an IPv6 prefix shorter than
         ``ipv6_prefix``)."""
-        family, netkey, plen = parse_network(network)
+        family, netkey, plen = parse_key(network)
         if family == 4:
             return netkey, plen, plen >= 32
         if plen >= self._v6len:

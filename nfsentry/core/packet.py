@@ -29,8 +29,9 @@ kernel has already validated the IP header before the hook.
 """
 from __future__ import annotations
 
-import socket
 import struct
+
+from .addrs import addr_text  # re-exported: Packet users format addresses with it
 
 __all__ = ["Packet", "decode", "addr_text", "MAX_EXT_HEADERS", "IP4_OPTION_NAMES"]
 
@@ -126,15 +127,6 @@ def _mk(family, src, dst, proto, sport, dport, flags, window, tcp_options, ip_op
     p.ttl = ttl
     p.malformed = malformed
     return p
-
-
-def addr_text(b: bytes) -> str:
-    """Raw 4/16 address bytes -> text (for logging; never on the hot path)."""
-    if len(b) == 4:
-        return socket.inet_ntop(socket.AF_INET, b)
-    if len(b) == 16:
-        return socket.inet_ntop(socket.AF_INET6, b)
-    return ""
 
 
 # Fast paths (one unpack for IP + transport header) for the shapes that make up nearly all queued

@@ -30,6 +30,7 @@ from nfsentry import __version__
 from nfsentry.config import schema as C
 from nfsentry.sinks.alerts import Alerter
 from nfsentry.config.schema import Config, ConfigError
+from nfsentry.core.addrs import normalize_block_target, normalize_network
 from nfsentry.core.units import count_ports, ranges_text
 from nfsentry.ipc import ControlServer
 from nfsentry.sinks.store import Store, StoreCorrupt, StoreError, move_aside
@@ -1025,27 +1026,6 @@ class LockedExpectations:
 
 
 # == helpers shared with the CLI ====================================================================
-def normalize_network(text: str) -> str:
-    try:
-        net = ipaddress.ip_network(str(text).strip(), strict=False)
-    except ValueError:
-        raise ValueError(f"bad address or prefix {text!r}") from None
-    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
-
-
-def normalize_block_target(text: str, protected: list[str]) -> str:
-    """Validate a block target: no /0 (or absurdly wide) prefixes, nothing on the never-block list."""
-    net_s = normalize_network(text)
-    net = ipaddress.ip_network(net_s)
-    if net.prefixlen < (8 if net.version == 4 else 16):
-        raise ValueError(f"refusing to block {net_s}: a /{net.prefixlen} would cut off most of the network")
-    for p in protected:
-        pn = ipaddress.ip_network(p)
-        if pn.version == net.version and (net.overlaps(pn)):
-            raise ValueError(f"refusing to block {net_s}: it covers {p}, which nfsentry never blocks (own address, gateway, resolver, ignore list or your SSH session)")
-    return net_s
-
-
 def manual_block_event(net: str, duration: float, reason: str) -> dict[str, Any]:
     now = time.time()
     return {"ts": now, "event": "block", "network": net, "src": net, "family": 6 if ":" in net else 4,

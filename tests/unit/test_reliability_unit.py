@@ -212,18 +212,6 @@ def test_refresh_interval_and_resolv_conf_are_validated():
             C.validate({"ignore": bad})
 
 
-def test_block_targets_never_cover_protected_networks_or_everything():
-    protected = ["198.18.0.1/32", "2001:db8::1/128", "198.18.0.22/32"]
-    for target, frag in (("0.0.0.0/0", "/0"), ("::/0", "/0"), ("10.0.0.0/4", "/4"), ("2001::/8", "/8"),
-                         ("198.18.0.0/24", "never blocks"), ("198.18.0.22", "never blocks"),
-                         ("2001:db8::/64", "never blocks"), ("1.2.3.4; rm -rf /", "bad address"),
-                         ("$(reboot)", "bad address"), ("", "bad address")):
-        with pytest.raises(ValueError, match=frag.replace("/", ".")):
-            D.normalize_block_target(target, protected)
-    assert D.normalize_block_target("198.18.0.2/32", protected) == "198.18.0.2"
-    assert D.normalize_block_target("2001:db8:1::5/64", protected) == "2001:db8:1::/64"
-
-
 # == the verdict loop survives anything ===============================================================
 def test_an_internal_error_on_a_packet_gives_accept_a_counter_and_a_rate_limited_log_line(tmp_path):
     d = make_daemon(tmp_path)
