@@ -59,7 +59,8 @@ def read_capture(path: str) -> list[tuple[float, bytes]]:
 
 def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dict[str, Any]]:
     from nfsentry.core.addrs import PrefixSet
-    from nfsentry.daemon.main import decision_event, engine_config, narrow_ipv6_block
+    from nfsentry.core.events import decision_event
+    from nfsentry.daemon.main import engine_config, narrow_ipv6_block
     from nfsentry.core.engine import Engine
     from nfsentry.core.packet import decode
 
@@ -88,6 +89,7 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
         n = ipaddress.ip_network(net)
         return any(pn.version == n.version and pn.overlaps(n) for pn in protected_nets)
 
+    policy = cfg.event_policy()
     narrowed: OrderedDict = OrderedDict()
     kernel_blocked: list = []  # what the kernel set would hold: its packets never reach the queue
     established: set[tuple] = set()
@@ -110,16 +112,16 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
         d = engine.process(p, ts)
         a = int(d.action)
         if a == 4:
-            ev = decision_event(d, "detection", cfg)
+            ev = decision_event(d, "detection", policy)
             if ev["action"] == "block":
                 if narrow_ipv6_block(engine, d, covers, narrowed, ts) is None:
                     continue
-                ev = decision_event(d, "detection", cfg)
+                ev = decision_event(d, "detection", policy)
                 events.append(ev)
-                events.append(decision_event(d, "block", cfg))
+                events.append(decision_event(d, "block", policy))
                 kernel_blocked.append(_PackedNet(d.network))
             else:
                 events.append(ev)
         elif a == 3:
-            events.append(decision_event(d, "detection", cfg))
+            events.append(decision_event(d, "detection", policy))
     return events

@@ -238,7 +238,8 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
           force: bool = typer.Option(False, "--force", help="allow blocking a never-block address (not your SSH session)")):
     """Block a host or prefix by hand."""
     from nfsentry.core.addrs import normalize_block_target
-    from nfsentry.daemon.main import manual_block_event, ssh_client
+    from nfsentry.core.events import manual_block_event
+    from nfsentry.daemon.main import ssh_client
     cfg = load_config(config)
     duration = parse_duration_opt(for_, cfg.durations["block_duration"])
     ssh = ssh_client()

@@ -16,6 +16,7 @@ from typing import Any
 
 from nfsentry.core.addrs import parse_network
 from nfsentry.core.classify import LABELS
+from nfsentry.core.events import EventPolicy
 from nfsentry.core.units import (TROJAN_TCP, TROJAN_UDP, parse_duration, parse_ports, ranges_text,
                                   subtract_ranges)
 
@@ -182,6 +183,12 @@ class Config:
         out["monitor"]["effective_udp_ports"] = ranges_text(self.udp_ports)
         out["ignore"]["effective_count"] = len(self.ignore)
         return out
+
+    def event_policy(self) -> EventPolicy:
+        """What decision events report as their action (core.events)."""
+        r = self.data["response"]
+        return EventPolicy(modes={"tcp": r["tcp"], "udp": r["udp"]}, dry_run=bool(r["dry_run"]),
+                           observe=self.data["monitor"]["mode"] == "observe")
 
 
 def read_ignore_file(path: str | Path) -> list:

@@ -31,13 +31,13 @@ from nfsentry.config import schema as C
 from nfsentry.sinks.alerts import Alerter
 from nfsentry.config.schema import Config, ConfigError
 from nfsentry.core.addrs import normalize_block_target, normalize_network
+from nfsentry.core.events import decision_event, ftp_report_event, latency_summary, manual_block_event
 from nfsentry.core.units import count_ports, ranges_text
 from nfsentry.ipc import ControlServer
 from nfsentry.sinks.store import Store, StoreCorrupt, StoreError, move_aside
 
 log = logging.getLogger("nfsentry")
 
-PROTO_NAMES = {6: "tcp", 17: "udp"}
 _U32 = struct.Struct("!I")
 FTP_REPORT_WINDOW = 10.0      # seconds
 FTP_REPORTS_PER_WINDOW = 20   # FTP tracker reports logged per window; the rest only counted
@@ -794,7 +794,7 @@ class Daemon:
         if kind == "ftp":  # an FTP tracker report: an event like the others
             kind, obj = "event", ftp_report_event(obj, extra.get("suppressed", 0))
         if kind in ("detection", "block"):
-            ev = decision_event(obj, kind, self.cfg)
+            ev = decision_event(obj, kind, self.cfg.event_policy())
             if extra.get("action"):
                 ev["action"] = extra["action"]
                 ev["blocked"] = False
@@ -940,14 +940,6 @@ class Daemon:
             self.engine.ignore = PrefixSet(nets)
 
 
-def latency_summary(samples) -> dict[str, Any]:
-    """Median and max of the last blocks' decision-to-kernel latency, in milliseconds."""
-    xs = sorted(samples)
-    if not xs:
-        return {"n": 0}
-    return {"n": len(xs), "median": round(xs[len(xs) // 2] * 1000, 3), "max": round(xs[-1] * 1000, 3)}
-
-
 def narrow_ipv6_block(engine, d, covers: Callable[[str], bool], narrowed, now: float) -> bool | None:
     """An IPv6 block decision whose prefix (e.g. the /64) covers an address nfsentry never blocks
     (this host, its gateway, the ignore list...): block the (possibly forged) source address
@@ -1026,47 +1018,6 @@ class LockedExpectations:
 
 
 # == helpers shared with the CLI ====================================================================
-def manual_block_event(net: str, duration: float, reason: str) -> dict[str, Any]:
-    now = time.time()
-    return {"ts": now, "event": "block", "network": net, "src": net, "family": 6 if ":" in net else 4,
-            "reason": reason, "duration": duration, "expires": now + duration if duration else None,
-            "offences": 1, "action": "manual", "origin": "manual", "labels": [], "ports": [], "blocked": True}
-
-
-def decision_event(d, kind: str, cfg: Config) -> dict[str, Any]:
-    from nfsentry.core.packet import addr_text
-    r = cfg["response"]
-    proto = PROTO_NAMES.get(d.proto, "other")
-    mode = r.get(proto, "block") if proto in ("tcp", "udp") else "block"
-    if r["dry_run"]:
-        action = "dry-run"
-    elif cfg["monitor"]["mode"] == "observe":
-        action = "log"
-    elif int(d.action) == 3 or mode == "log":
-        action = "alert"
-    else:
-        action = mode  # block | command
-    now = d.ts
-    ev = {"ts": now, "event": kind, "src": addr_text(d.src), "network": d.network, "family": 6 if len(d.src) == 16 else 4,
-          "proto": proto, "port": d.dport, "sport": d.sport, "dst": addr_text(d.dst) if d.dst else None,
-          "label": d.label, "flags": d.flags, "labels": list(d.labels), "ports": list(d.ports), "hits": d.hits,
-          "action": action, "reason": d.reason, "duration": d.duration, "offences": d.offences,
-          "expires": (now + d.duration) if (kind == "block" and d.duration) else None,
-          "ip_options": list(d.ip_options), "malformed": d.malformed, "host": None, "ignored": False,
-          "triggered": int(d.action) >= 3, "blocked": action == "block"}
-    return ev
-
-
-def ftp_report_event(rep, suppressed: int = 0) -> dict[str, Any]:
-    """An FTP tracker report (nfsentry.ftp Bounce, PasvMismatch, Malformed, Oversized) -> event dict
-    ("event": "ftp_bounce", ...; "reason": its escaped one-line description)."""
-    ev = rep.as_dict()
-    ev["reason"] = rep.describe()
-    if suppressed:
-        ev["suppressed_before"] = suppressed  # reports dropped by the rate limit since the last one
-    return ev
-
-
 def resolve(addr: str) -> str | None:
     try:
         return socket.gethostbyaddr(addr)[0]
