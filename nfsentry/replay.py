@@ -61,7 +61,7 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
     from nfsentry.core.addrs import PrefixSet
     from nfsentry.core.events import decision_event
     from nfsentry.daemon.main import engine_config, narrow_ipv6_block
-    from nfsentry.core.engine import Engine
+    from nfsentry.core.engine import Action, Engine
     from nfsentry.core.packet import decode
 
     packets = [(ts, decode(raw)) for ts, raw in read_capture(path)]
@@ -110,8 +110,7 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
         if kernel_blocked and any(p.src in net for net in kernel_blocked if len(p.src) == net.max_prefixlen // 8):
             continue
         d = engine.process(p, ts)
-        a = int(d.action)
-        if a == 4:
+        if d.action == Action.BLOCK:
             ev = decision_event(d, "detection", policy)
             if ev["action"] == "block":
                 if narrow_ipv6_block(engine, d, covers, narrowed, ts) is None:
@@ -122,6 +121,6 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
                 kernel_blocked.append(_PackedNet(d.network))
             else:
                 events.append(ev)
-        elif a == 3:
+        elif d.action == Action.ALERT:
             events.append(decision_event(d, "detection", policy))
     return events

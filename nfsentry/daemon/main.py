@@ -31,6 +31,7 @@ from nfsentry.config import schema as C
 from nfsentry.sinks.alerts import Alerter
 from nfsentry.config.schema import Config, ConfigError
 from nfsentry.core.addrs import normalize_block_target, normalize_network
+from nfsentry.core.engine import LEAN_CODES, Action, lean_code
 from nfsentry.core.events import decision_event, ftp_report_event, latency_summary, manual_block_event
 from nfsentry.core.units import count_ports, ranges_text
 from nfsentry.ipc import ControlServer
@@ -302,7 +303,7 @@ class Daemon:
         never returns then).
 
         Most packets take the lean path: the engine's process_raw answers PASS/IGNORE/COUNT/DROP
-        with a small int (``action << 8 | proto``), turned into the verdict by one table lookup
+        with a small int (``lean_code(action, proto)``), turned into the verdict by one table lookup
         (``lean_verdicts``, built from the configuration); only reactions come back as a Decision
         (``decided``). This is the per-packet cost: keep it flat."""
         self.counters["queued"] += 1
@@ -333,14 +334,14 @@ class Daemon:
         """A reaction (ALERT/BLOCK): the verdict, then the block and the reports."""
         verdict_done = False
         try:
-            if d.action == 4 and self.kernel_blocks(d.proto):
+            if d.action == Action.BLOCK and self.kernel_blocks(d.proto):
                 p.drop()
                 verdict_done = True
                 self.block_now(d)
                 return
             self.probe_verdict(p)
             verdict_done = True
-            if d.action >= 3:  # ALERT, or BLOCK in log/command/dry-run/observe modes
+            if d.action >= Action.ALERT:  # ALERT, or BLOCK in log/command/dry-run/observe modes
                 self.counters["detections"] += 1
                 self.enqueue("detection", d)
         except Exception as e:
@@ -357,15 +358,15 @@ class Daemon:
         self.internal_error("packet", e)
 
     def build_lean_verdicts(self) -> None:
-        """The verdict for each lean result of ``Engine.process_raw`` (index ``action << 8 |
-        proto``): 0 accept, 1 drop, 2 drop and count it in ``dropped_by_verdict``. PASS and
+        """The verdict for each lean result of ``Engine.process_raw`` (index ``lean_code(action,
+        proto)``): 0 accept, 1 drop, 2 drop and count it in ``dropped_by_verdict``. PASS and
         IGNORE accept; COUNT gets ``probe_verdict``; DROP (a source already blocked, still in the
         queue) is dropped when the kernel blocks that protocol, else gets ``probe_verdict``."""
         probe = 1 if self.cfg["response"]["probe_verdict"] == "drop" else 0
-        table = bytearray(6 << 8)
+        table = bytearray(LEAN_CODES)
         for proto in range(256):
-            table[2 << 8 | proto] = probe
-            table[5 << 8 | proto] = 2 if self.kernel_blocks(proto) else probe
+            table[lean_code(Action.COUNT, proto)] = probe
+            table[lean_code(Action.DROP, proto)] = 2 if self.kernel_blocks(proto) else probe
         self.lean_verdicts = bytes(table)
 
     def probe_verdict(self, p) -> None:
