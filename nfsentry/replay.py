@@ -73,7 +73,8 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
             raise ReplayError(f"--local: {e}") from None
     else:
         cnt = Counter(p.dst for _, p in packets
-                      if (p.proto == 6 and in_ranges(p.dport, cfg.tcp_ports)) or (p.proto == 17 and in_ranges(p.dport, cfg.udp_ports)))
+                      if (p.proto == 6 and in_ranges(p.dport, cfg.tcp_ports))
+                      or (p.proto == 17 and in_ranges(p.dport, cfg.udp_ports)))
         locals_ = {cnt.most_common(1)[0][0]} if cnt else set()
     # pass 1: ports in use, flows the local host answered or opened
     in_use: set[tuple[bytes, int, int]] = set()
@@ -81,13 +82,13 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
         if p.src in locals_ and p.proto in (6, 17) and not p.malformed:
             if p.proto == 17 or (p.flags & 0x12) == 0x12 or (p.flags & 0x10 and not p.flags & 0x04):
                 in_use.add((p.src, p.proto, p.sport))
-    protected = [str(n) for n in cfg.ignore] + [str(ipaddress.ip_address(a)) for a in locals_]
-    engine = Engine(engine_config(cfg), ignore=PrefixSet(protected))
-    protected_nets = [ipaddress.ip_network(n) for n in protected]
+    never_block = [str(n) for n in cfg.ignore] + [str(ipaddress.ip_address(a)) for a in locals_]
+    engine = Engine(engine_config(cfg), ignore=PrefixSet(never_block))
+    never_block_nets = [ipaddress.ip_network(n) for n in never_block]
 
     def covers(net: str) -> bool:
         n = ipaddress.ip_network(net)
-        return any(pn.version == n.version and pn.overlaps(n) for pn in protected_nets)
+        return any(pn.version == n.version and pn.overlaps(n) for pn in never_block_nets)
 
     policy = cfg.event_policy()
     narrowed: OrderedDict = OrderedDict()

@@ -250,10 +250,10 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
     need_root("block")
     reply = daemon_request(cfg, "block", network=net, duration=duration, reason=reason, force=force)
     if reply is None:
-        from nfsentry.daemon.main import protected_networks
+        from nfsentry.daemon.main import never_block_networks
         if not force:
             try:
-                net = normalize_block_target(net, protected_networks(cfg))
+                net = normalize_block_target(net, never_block_networks(cfg))
             except ValueError as e:
                 fail(str(e))
         N, nft = get_nft(cfg)
@@ -427,13 +427,13 @@ def _rules_apply(file: Optional[str], config: Optional[str], check: bool) -> Non
     cfg = load_config(config)
     path = rules_file(file)
     N, nft = get_nft(cfg)
-    from nfsentry.daemon.main import protected_networks, ruleset_spec
+    from nfsentry.daemon.main import never_block_networks, ruleset_spec
     try:
         if path:
             (nft.check_file if check else nft.load_file)(str(path))
             typer.echo(f"{path}: ok" if check else f"loaded {path}")
         else:
-            spec, backend = ruleset_spec(cfg, protected_networks(cfg)), cfg["nft"]["backend"]
+            spec, backend = ruleset_spec(cfg, never_block_networks(cfg)), cfg["nft"]["backend"]
             if check:
                 nft.check(spec, backend=backend)
                 typer.echo("rendered ruleset: ok")

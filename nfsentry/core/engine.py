@@ -71,7 +71,8 @@ Cheap paths: PASS / IGNORE / DROP / COUNT decisions carry the packet, label and 
 reaction's reason text is formatted when first read (on the daemon's worker thread).
 
 The daemon calls :meth:`Engine.process_raw` on the queued bytes: no Packet and no Decision
-unless something reacted (a small int ``action << LEAN_SHIFT | proto`` otherwise, see :func:`lean_code`). Its common cases (a
+unless something reacted (a small int ``action << LEAN_SHIFT | proto`` otherwise, see
+:func:`lean_code`). Its common cases (a
 blocked source; a hit no policy can react to) run compiled in ``nfsentry/core/_fastpath.c`` when it is
 built; the rules above stay here, in one Python body that both entry points run, and the C part
 hands every other packet to it before touching any state (docs/DESIGN.md, "The hot path").
@@ -516,7 +517,8 @@ class Engine:
                         if proto == 6:
                             if n >= v4tcp_min:
                                 tot, frag, src, dport, doff, flags = v4tcp(raw)
-                                if v4tcp_min <= tot <= n and not frag & frag_bits and tcp_hdr <= (doff >> 4) << 2 <= tot - ip4_hdr:
+                                if v4tcp_min <= tot <= n and not frag & frag_bits and \
+                                        tcp_hdr <= (doff >> 4) << 2 <= tot - ip4_hdr:
                                     key = src
                                     plen = 32
                                 else:

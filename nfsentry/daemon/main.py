@@ -1,13 +1,18 @@
 """The daemon: NFQUEUE verdict loop + worker thread, joining the engine and the nft layer.
 
 Threads:
-- main: ``select`` over the scan queue, the FTP queue and a wake-up pipe. Each queued packet is
-  decoded, run through the engine and given its verdict at once; a block goes into the kernel set
-  right after the verdict. Control requests (block/unblock/reload) are executed here too, between
-  packets, so the engine is only ever touched by this thread (no locks on the packet path).
+- main: the scan queue's blocking receive loop (``NetfilterQueue.run``; SO_RCVTIMEO makes an idle
+  queue return every 0.2 s, see :meth:`Daemon.run`). Each queued packet is run through the engine
+  in the queue's callback and given its verdict at once; a block goes into the kernel set right
+  after the verdict. Control requests (block/unblock/reload), reloads and periodic expiry run here
+  too (:meth:`Daemon.service`, from the callback when the ticker or a request asks, or between
+  receives), so the engine is only ever touched by this thread (no locks on the packet path).
+- ftp: the FTP control queue's receive loop (the tracker; it only adds FTP expectations, under a
+  lock, see :class:`LockedExpectations`).
+- ticker: sets the "duties pending" flag once a second.
 - worker: everything slow (SQLite, syslog/JSON/files, DNS, external commands, hosts.deny,
   refreshing the host's own addresses), fed by a bounded queue.
-- control: the UNIX control socket (nfsentry.control) forwarding requests to the main thread.
+- control: the UNIX control socket (nfsentry.ipc) forwarding requests to the main thread.
 """
 from __future__ import annotations
 
@@ -107,7 +112,7 @@ def ssh_client() -> str | None:
     return None
 
 
-def protected_networks(cfg: Config) -> list[str]:
+def never_block_networks(cfg: Config) -> list[str]:
     """Everything nfsentry must never block: config ignore list + host facts."""
     nets = {str(n) for n in cfg.ignore}
     ig = cfg["ignore"]
@@ -143,7 +148,7 @@ class Daemon:
         self.counters = {"queued": 0, "ftp_packets": 0, "detections": 0, "blocks": 0, "dropped_by_verdict": 0,
                          "errors": 0, "events_lost": 0, "blocks_rate_limited": 0, "blocks_capped": 0,
                          "never_block_refused": 0, "storage_errors": 0,
-                         "alerts_suppressed": 0, "storage_dropped": 0, "protected_refreshes": 0,
+                         "alerts_suppressed": 0, "storage_dropped": 0, "never_block_refreshes": 0,
                          "blocks_narrowed": 0}
         self._last_error_log = 0.0
         self._block_times: collections.deque = collections.deque()  # recent blocks (max_blocks_per_minute)
@@ -204,14 +209,12 @@ class Daemon:
         self.alerter = Alerter(self.cfg, self.foreground)
         if self.alerter.syslog_problem:
             log.warning(self.alerter.syslog_problem)
-        self.reimport = False
         try:
             self.store = Store(self.cfg.db_path)
         except StoreCorrupt as e:
             dest = move_aside(self.cfg.db_path)
             log.error("%s; moved aside to %s, re-importing the kernel's blocked set", e, dest)
             self.store = Store(self.cfg.db_path)
-            self.reimport = True
         except StoreError as e:
             raise StartupError(f"nfsentry: {e}", 1) from None
 
@@ -219,12 +222,13 @@ class Daemon:
         from nfsentry.core.engine import Engine
         from nfsentry.core.addrs import PrefixSet
         from nfsentry.core.ftp import ExpectationTable, FtpTracker
-        self.protected = protected_networks(self.cfg)
+        self.never_block = never_block_networks(self.cfg)
         self.expectations = LockedExpectations(ExpectationTable())
         self.ftp = FtpTracker()
         self.counters.update(ftp_expectations=0, ftp_reports=0, ftp_reports_suppressed=0)
         self._ftp_report_budget, self._ftp_report_reset, self._ftp_suppressed = FTP_REPORTS_PER_WINDOW, 0.0, 0
-        self.engine = Engine(engine_config(self.cfg), ignore=PrefixSet(self.protected), expectations=self.expectations)
+        self.engine = Engine(engine_config(self.cfg), ignore=PrefixSet(self.never_block),
+                             expectations=self.expectations)
 
     def start(self) -> None:
         self.prepare()
@@ -232,7 +236,7 @@ class Daemon:
         N = self.N
         try:
             self.nft = N.Nft(table=self.cfg["nft"]["table"])
-            spec = ruleset_spec(self.cfg, self.protected)
+            spec = ruleset_spec(self.cfg, self.never_block)
             self.nft.load(spec, backend=self.cfg["nft"]["backend"])
         except N.NftError as e:
             raise StartupError(f"nfsentry: loading the ruleset failed, nothing changed: {e}", 1) from None
@@ -252,7 +256,7 @@ class Daemon:
         log.info("nfsentry %s is active: queue backend %s, in-use detection %s, engine %s, mode %s, monitoring tcp %s (%d ports) udp %s (%d ports), "
                  "%d never-block networks, %d blocks restored", __version__, self.backend, self.inuse, self.engine_kind(), self.cfg["monitor"]["mode"],
                  ranges_text(self.cfg.tcp_ports), count_ports(self.cfg.tcp_ports), ranges_text(self.cfg.udp_ports),
-                 count_ports(self.cfg.udp_ports), len(self.protected), self.restored)
+                 count_ports(self.cfg.udp_ports), len(self.never_block), self.restored)
 
     def restore_blocks(self) -> None:
         """Kernel set and database agree after this: DB blocks still running are put back with
@@ -384,7 +388,7 @@ class Daemon:
         """The source goes into the kernel set now (the verdict is already given)."""
         now = time.time()
         net = d.network
-        narrowed = narrow_ipv6_block(self.engine, d, self.covers_protected, self._narrowed, now)
+        narrowed = narrow_ipv6_block(self.engine, d, self.covers_never_block, self._narrowed, now)
         if narrowed is None:
             return
         if narrowed:
@@ -416,10 +420,10 @@ class Daemon:
         self.enqueue("detection", d)
         self.enqueue("block", d)
 
-    def covers_protected(self, net: str) -> bool:
-        cache = getattr(self, "_protected_nets", None)
-        if cache is None or cache[0] is not self.protected:
-            cache = self._protected_nets = (self.protected, [ipaddress.ip_network(p) for p in self.protected])
+    def covers_never_block(self, net: str) -> bool:
+        cache = getattr(self, "_never_block_nets", None)
+        if cache is None or cache[0] is not self.never_block:
+            cache = self._never_block_nets = (self.never_block, [ipaddress.ip_network(p) for p in self.never_block])
         n = ipaddress.ip_network(net)
         return any(p.version == n.version and p.overlaps(n) for p in cache[1])
 
@@ -662,7 +666,7 @@ class Daemon:
     def execute(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req["cmd"]
         if cmd == "block":
-            net = normalize_block_target(req["network"], self.protected if not req.get("force") else [])
+            net = normalize_block_target(req["network"], self.never_block if not req.get("force") else [])
             duration = float(req.get("duration", self.cfg.durations["block_duration"]))
             self.nft.block(net, int(duration))
             self.engine.mark_blocked(net, time.time() + duration if duration else 0.0)
@@ -697,8 +701,8 @@ class Daemon:
         from nfsentry.core.addrs import PrefixSet
         self.nft.add_ignore(net)
         self.runtime_ignore.add(net)
-        self.protected = sorted(set(self.protected) | {net})
-        self.engine.ignore = PrefixSet(self.protected)
+        self.never_block = sorted(set(self.never_block) | {net})
+        self.engine.ignore = PrefixSet(self.never_block)
 
     def engine_kind(self) -> str:
         """"compiled" when process_raw's common cases run in nfsentry._fastpath, else "python"."""
@@ -710,7 +714,7 @@ class Daemon:
               "mode": self.cfg["monitor"]["mode"], "dry_run": self.cfg["response"]["dry_run"],
               "tcp_ports": ranges_text(self.cfg.tcp_ports), "udp_ports": ranges_text(self.cfg.udp_ports),
               "tcp_port_count": count_ports(self.cfg.tcp_ports), "udp_port_count": count_ports(self.cfg.udp_ports),
-              "never_block": len(self.protected), "config": self.cfg.path, "counters": dict(self.counters),
+              "never_block": len(self.never_block), "config": self.cfg.path, "counters": dict(self.counters),
               "engine": dict(getattr(self.engine, "stats", {})), "event_backlog": self.events.qsize(),
               "pending_storage_writes": len(self.pending_store), "queue_drops": queue_drops(),
               "block_latency_ms": latency_summary(self.block_latency)}
@@ -738,16 +742,16 @@ class Daemon:
         old = self.cfg
         self.cfg = new
         try:
-            protected = sorted(set(protected_networks(new)) | self.runtime_ignore)
-            self.nft.load(ruleset_spec(new, protected), backend=new["nft"]["backend"])
-            self.protected = protected
+            never_block = sorted(set(never_block_networks(new)) | self.runtime_ignore)
+            self.nft.load(ruleset_spec(new, never_block), backend=new["nft"]["backend"])
+            self.never_block = never_block
         except Exception as e:
             self.cfg = old
             log.error("reload refused, the running configuration stays: %s", e)
             return False, f"reload refused: {e}"
         from nfsentry.core.addrs import PrefixSet
         self.engine.configure(engine_config(new))
-        self.engine.ignore = PrefixSet(self.protected)
+        self.engine.ignore = PrefixSet(self.never_block)
         self.build_lean_verdicts()
         log.info("configuration reloaded from %s", path or "built-in defaults")
         return True, "reloaded"
@@ -778,7 +782,7 @@ class Daemon:
                         self.storage_fault(e)
                 if time.monotonic() - last_refresh >= self.cfg.durations["refresh_interval"]:
                     last_refresh = time.monotonic()
-                    self.refresh_protected()
+                    self.refresh_never_block()
                     if self.cfg["response"]["max_blocked"]:
                         self.refresh_blocked_count()
             except Exception as e:  # the worker must survive anything
@@ -925,11 +929,11 @@ class Daemon:
         if evs:
             self.store.add_blocks(evs)
 
-    def refresh_protected(self) -> None:
-        self.counters["protected_refreshes"] += 1
-        nets = sorted(set(protected_networks(self.cfg)) | self.runtime_ignore)
-        if nets != self.protected:
-            added = set(nets) - set(self.protected)
+    def refresh_never_block(self) -> None:
+        self.counters["never_block_refreshes"] += 1
+        nets = sorted(set(never_block_networks(self.cfg)) | self.runtime_ignore)
+        if nets != self.never_block:
+            added = set(nets) - set(self.never_block)
             for n in added:
                 try:
                     self.nft.add_ignore(n)
@@ -937,7 +941,7 @@ class Daemon:
                     log.error("cannot add %s to the ignore set: %s", n, e)
             log.info("host addresses changed: %d never-block networks now", len(nets))
             from nfsentry.core.addrs import PrefixSet
-            self.protected = nets
+            self.never_block = nets
             self.engine.ignore = PrefixSet(nets)
 
 
@@ -1050,15 +1054,11 @@ def engine_config(cfg: Config):
         max_ports_per_source=d["max_ports_per_source"])
 
 
-def ruleset_spec(cfg: Config, protected: list[str]):
+def ruleset_spec(cfg: Config, never_block: list[str]):
     from nfsentry.nft.client import RulesetSpec
     m, n = cfg["monitor"], cfg["nft"]
-    return RulesetSpec(bypass=n["fail_open"], variant=m["mode"], tcp_ports=list(cfg.tcp_ports), udp_ports=list(cfg.udp_ports), ignore=list(protected),
+    return RulesetSpec(bypass=n["fail_open"], variant=m["mode"], tcp_ports=list(cfg.tcp_ports),
+                       udp_ports=list(cfg.udp_ports), ignore=list(never_block),
                        queue=n["queue"], ftp_queue=n["ftp_queue"], ftp=m["ftp"], inuse=m["inuse"], mark=n["mark"], table=n["table"],
                        ipv6_prefix=cfg["detection"]["ipv6_prefix"], protect=list(m["protect"]))
 
-
-def main_run(cfg: Config, foreground: bool) -> int:
-    d = Daemon(cfg, foreground)
-    d.start()
-    return d.run()

@@ -50,7 +50,7 @@ class FakeNft:
 
 @pytest.fixture
 def daemon(monkeypatch):
-    monkeypatch.setattr(D, "protected_networks", lambda cfg: [])
+    monkeypatch.setattr(D, "never_block_networks", lambda cfg: [])
     d = D.Daemon(C.defaults())
     d.build_core()
     d.nft = FakeNft()
