@@ -45,7 +45,7 @@ $(PY): | deps-run
 	@mkdir -p $(STAMPS)
 
 # (re)installs, and compiles nfsentry/core/_fastpath.c in place, when the build inputs change
-$(STAMPS)/pkg: pyproject.toml setup.py nfsentry/core/_fastpath.c | $(PY)
+$(STAMPS)/pkg: pyproject.toml setup.py nfsentry/core/_fastpath.c nfsentry/core/_fastpath_defs.h | $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check -e .
 	@mkdir -p $(STAMPS) && touch $@
 

@@ -19,14 +19,12 @@ from collections import Counter
 from typing import Any
 
 from nfsentry.config import schema as C
+from nfsentry.core.units import in_ranges
 
 
 class ReplayError(Exception):
     pass
 
-
-def _in_ranges(port: int, ranges: list[tuple[int, int]]) -> bool:
-    return any(lo <= port <= hi for lo, hi in ranges)
 
 
 class _PackedNet:
@@ -61,9 +59,10 @@ def read_capture(path: str) -> list[tuple[float, bytes]]:
 
 def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dict[str, Any]]:
     from nfsentry.core.addrs import PrefixSet
+    from nfsentry.core.engine import Action, Engine
+    from nfsentry.core.events import decision_event
     from nfsentry.core.valves import Valves
-    from nfsentry.daemon.main import decision_event, engine_config
-    from nfsentry.core.engine import Engine
+    from nfsentry.daemon.main import engine_config
     from nfsentry.core.packet import decode
 
     packets = [(ts, decode(raw)) for ts, raw in read_capture(path)]
@@ -75,7 +74,8 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
             raise ReplayError(f"--local: {e}") from None
     else:
         cnt = Counter(p.dst for _, p in packets
-                      if (p.proto == 6 and _in_ranges(p.dport, cfg.tcp_ports)) or (p.proto == 17 and _in_ranges(p.dport, cfg.udp_ports)))
+                      if (p.proto == 6 and in_ranges(p.dport, cfg.tcp_ports))
+                      or (p.proto == 17 and in_ranges(p.dport, cfg.udp_ports)))
         locals_ = {cnt.most_common(1)[0][0]} if cnt else set()
     # pass 1: ports in use, flows the local host answered or opened
     in_use: set[tuple[bytes, int, int]] = set()
@@ -83,9 +83,10 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
         if p.src in locals_ and p.proto in (6, 17) and not p.malformed:
             if p.proto == 17 or (p.flags & 0x12) == 0x12 or (p.flags & 0x10 and not p.flags & 0x04):
                 in_use.add((p.src, p.proto, p.sport))
-    protected = [str(n) for n in cfg.ignore] + [str(ipaddress.ip_address(a)) for a in locals_]
-    engine = Engine(engine_config(cfg), ignore=PrefixSet(protected))
-    engine.valves = Valves(never_block=protected)  # the daemon's narrowing (no rate limit or cap offline)
+    never_block = [str(n) for n in cfg.ignore] + [str(ipaddress.ip_address(a)) for a in locals_]
+    engine = Engine(engine_config(cfg), ignore=PrefixSet(never_block))
+    engine.valves = Valves(never_block=never_block)  # the daemon's narrowing (no rate limit or cap offline)
+    policy = cfg.event_policy()
     kernel_blocked: list = []  # what the kernel set would hold: its packets never reach the queue
     established: set[tuple] = set()
     events: list[dict[str, Any]] = []
@@ -98,22 +99,21 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
         if p.dst not in locals_:
             continue
         ranges = cfg.tcp_ports if p.proto == 6 else cfg.udp_ports
-        if not _in_ranges(p.dport, ranges) or (p.dst, p.proto, p.dport) in in_use:
+        if not in_ranges(p.dport, ranges) or (p.dst, p.proto, p.dport) in in_use:
             continue
         if (p.proto, p.src, p.sport, p.dst, p.dport) in established:
             continue
         if kernel_blocked and any(p.src in net for net in kernel_blocked if len(p.src) == net.max_prefixlen // 8):
             continue
         d = engine.process(p, ts)
-        a = int(d.action)
-        if a == 4:
-            ev = decision_event(d, "detection", cfg)
+        if d.action == Action.BLOCK:
+            ev = decision_event(d, "detection", policy)
             if ev["action"] == "block":
                 events.append(ev)
-                events.append(decision_event(d, "block", cfg))
+                events.append(decision_event(d, "block", policy))
                 kernel_blocked.append(_PackedNet(d.network))
             else:
                 events.append(ev)
-        elif a == 3:
-            events.append(decision_event(d, "detection", cfg))
+        elif d.action == Action.ALERT:
+            events.append(decision_event(d, "detection", policy))
     return events

@@ -54,7 +54,7 @@ def load_config(path: Optional[str], portsentry: Optional[str] = None, defaults:
 
 
 def parse_duration_opt(text: Optional[str], default: float) -> float:
-    from nfsentry.config.schema import parse_duration
+    from nfsentry.core.units import parse_duration
     if text is None:
         return default
     try:
@@ -91,7 +91,7 @@ def fmt_ts(ts: Optional[float]) -> str:
 
 
 def fmt_left(seconds: Optional[float]) -> str:
-    from nfsentry.config.schema import format_duration
+    from nfsentry.core.units import format_duration
     if seconds is None:
         return "never"
     return format_duration(max(0, seconds)) or "0s"
@@ -241,7 +241,8 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
           config: Optional[str] = ConfigOpt,
           force: bool = typer.Option(False, "--force", help="allow blocking a never-block address (not your SSH session)")):
     """Block a host or prefix by hand. A block already in force is never shortened."""
-    from nfsentry.daemon.main import normalize_block_target, ssh_client
+    from nfsentry.core.addrs import normalize_block_target
+    from nfsentry.daemon.main import ssh_client
     from nfsentry.ledger.rule import kernel_timeout
     cfg = load_config(config)
     duration = parse_duration_opt(for_, cfg.durations["block_duration"])
@@ -257,10 +258,10 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
     need_root("block")
     reply = daemon_request(cfg, "block", network=net, duration=duration, reason=reason, force=force)
     if reply is None:
-        from nfsentry.daemon.main import protected_networks
+        from nfsentry.daemon.main import never_block_networks
         if not force:
             try:
-                net = normalize_block_target(net, protected_networks(cfg))
+                net = normalize_block_target(net, never_block_networks(cfg))
             except ValueError as e:
                 fail(str(e))
         N, ledger = open_ledger(cfg)
@@ -287,7 +288,7 @@ def unblock(addresses: List[str] = typer.Argument(None, help="ADDR or ADDR/PREFI
 
     A prefix lifts every block inside it. An address inside a broader block (an IPv6 /64, a
     prefix) is lifted only with --covering; otherwise the block that covers it is named."""
-    from nfsentry.daemon.main import normalize_network
+    from nfsentry.core.addrs import normalize_network
     if not addresses and not all_:
         fail("name at least one address, or --all")
     if addresses and all_:
@@ -295,7 +296,7 @@ def unblock(addresses: List[str] = typer.Argument(None, help="ADDR or ADDR/PREFI
     nets = []
     for a in addresses or []:
         try:
-            nets.append(normalize_network(a))
+            nets.append(normalize_network(a, allow_everything=True))  # a /0: refused below, with a hint
         except ValueError as e:
             fail(str(e))
         if nets[-1].endswith("/0"):
@@ -350,7 +351,7 @@ def add_to_ignore_file(cfg, nets: list[str]) -> None:
 def parse_since(text: Optional[str]) -> Optional[float]:
     if text is None:
         return None
-    from nfsentry.config.schema import parse_duration
+    from nfsentry.core.units import parse_duration
     try:
         return time.time() - parse_duration(text)
     except ValueError:
@@ -367,7 +368,7 @@ def history(since: Optional[str] = typer.Option(None, "--since", help="duration 
             limit: int = typer.Option(200, "--limit"), config: Optional[str] = ConfigOpt,
             as_json: bool = typer.Option(False, "--json")):
     """Past detections, blocks and unblocks."""
-    from nfsentry.daemon.main import normalize_network
+    from nfsentry.core.addrs import normalize_network
     from nfsentry.sinks.store import Store, StoreError
     start = parse_since(since)
     if source:
@@ -432,13 +433,13 @@ def _rules_apply(file: Optional[str], config: Optional[str], check: bool) -> Non
     cfg = load_config(config)
     path = rules_file(file)
     N, nft = get_nft(cfg)
-    from nfsentry.daemon.main import protected_networks, ruleset_spec
+    from nfsentry.daemon.main import never_block_networks, ruleset_spec
     try:
         if path:
             (nft.check_file if check else nft.load_file)(str(path))
             typer.echo(f"{path}: ok" if check else f"loaded {path}")
         else:
-            spec, backend = ruleset_spec(cfg, protected_networks(cfg)), cfg["nft"]["backend"]
+            spec, backend = ruleset_spec(cfg, never_block_networks(cfg)), cfg["nft"]["backend"]
             if check:
                 nft.check(spec, backend=backend)
                 typer.echo("rendered ruleset: ok")

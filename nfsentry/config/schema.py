@@ -8,21 +8,19 @@ daemon and the CLI turn that into exit code 2 with nothing loaded into the kerne
 from __future__ import annotations
 
 import copy
-import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nfsentry.core.addrs import parse_network
+from nfsentry.core.classify import LABELS
+from nfsentry.core.events import EventPolicy
+from nfsentry.core.units import (TROJAN_TCP, TROJAN_UDP, parse_duration, parse_ports, ranges_text,
+                                  subtract_ranges)
+
 DEFAULT_PATH = "/etc/nfsentry/nfsentry.toml"
-
-# PortSentry's classic high "trojan" ports (Debian's portsentry.conf), beyond 1-1023.
-TROJAN_TCP = [1080, 1524, 2000, 5742, 6667, 12345, 12346, 20034, 27665, 31337,
-              32771, 32772, 32773, 32774, 40421, 49724, 54320]
-TROJAN_UDP = [31335, 31337, 32770, 32771, 32772, 32773, 32774, 34555, 37444, 54321]
-
-LABELS = ("SYN", "FIN", "NULL", "XMAS", "FULL-XMAS", "ACK", "MAIMON", "UNKNOWN", "UDP", "MALFORMED", "IPOPTS")
 
 # The schema: section -> key -> default. Types are checked against the default's type
 # (with the explicit checkers below for durations, ports, networks, enums).
@@ -134,123 +132,10 @@ RANGES = {
 # list without a shell, but a template that looks like shell code is a configuration mistake.
 SHELL_META = set(";|&`$<>(){}\\\n\r*?!~'\"")
 PLACEHOLDERS = ("$TARGET$", "$PORT$", "$MODE$")
-_DUR_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
-_DUR_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class ConfigError(ValueError):
     """A configuration problem; str() is one line naming the key."""
-
-
-def parse_duration(value: Any, what: str = "duration") -> float:
-    """'1h30m', '45s', '7d', '250ms', 3600, 0 -> seconds (float). Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"bad {what} {value!r}")
-    if isinstance(value, (int, float)):
-        if value < 0 or value != value or value == float("inf"):
-            raise ValueError(f"bad {what} {value!r}: must be >= 0")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError(f"bad {what} {value!r}")
-    text = value.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    pos, total = 0, 0.0
-    for m in _DUR_RE.finditer(text):
-        if m.start() != pos and text[pos:m.start()].strip():
-            raise ValueError(f"bad {what} {value!r}")
-        total += float(m.group(1)) * _DUR_UNITS[m.group(2)]
-        pos = m.end()
-    if pos == 0 or text[pos:].strip():
-        raise ValueError(f"bad {what} {value!r} (use e.g. 30s, 15m, 1h, 7d)")
-    if total > 10 * 365 * 86400:
-        raise ValueError(f"bad {what} {value!r}: longer than 10 years")
-    return total
-
-
-def format_duration(seconds: float) -> str:
-    if not seconds:
-        return "0"
-    s = int(round(seconds))
-    out = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if s >= size:
-            out.append(f"{s // size}{unit}")
-            s %= size
-    return "".join(out) or f"{seconds:g}s"
-
-
-def parse_ports(items: Any, what: str = "ports") -> list[tuple[int, int]]:
-    """[22, "1-1023", "8080"] -> merged sorted [(lo, hi)]. Raises ValueError."""
-    if not isinstance(items, list):
-        raise ValueError(f"{what} must be a list of ports and 'a-b' ranges")
-    ranges = []
-    for item in items:
-        if isinstance(item, bool):
-            raise ValueError(f"bad port {item!r}")
-        if isinstance(item, int):
-            lo = hi = item
-        elif isinstance(item, str) and re.fullmatch(r"\s*\d{1,6}\s*(-\s*\d{1,6}\s*)?", item):
-            parts = [int(p) for p in item.split("-")]
-            lo, hi = parts[0], parts[-1]
-        else:
-            raise ValueError(f"bad port or range {item!r}")
-        if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
-            raise ValueError(f"port {item!r} outside 1-65535")
-        if lo > hi:
-            raise ValueError(f"bad range {item!r}: start after end")
-        ranges.append((lo, hi))
-    return merge_ranges(ranges)
-
-
-def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
-
-
-def subtract_ranges(ranges: list[tuple[int, int]], minus: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out = []
-    for lo, hi in ranges:
-        cur = lo
-        for mlo, mhi in minus:
-            if mhi < cur or mlo > hi:
-                continue
-            if mlo > cur:
-                out.append((cur, mlo - 1))
-            cur = max(cur, mhi + 1)
-            if cur > hi:
-                break
-        if cur <= hi:
-            out.append((cur, hi))
-    return out
-
-
-def ranges_text(ranges: list[tuple[int, int]]) -> str:
-    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges) or "(none)"
-
-
-def count_ports(ranges: list[tuple[int, int]]) -> int:
-    return sum(hi - lo + 1 for lo, hi in ranges)
-
-
-def parse_network(text: Any, what: str = "address", allow_everything: bool = False):
-    """An address or CIDR -> ip_network (host bits are cleared). Refuses /0 unless allowed."""
-    if not isinstance(text, str):
-        raise ValueError(f"bad {what} {text!r}")
-    if "%" in text:
-        raise ValueError(f"bad {what} {text!r}: zone-scoped (%interface) addresses cannot be matched by nftables")
-    try:
-        net = ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        raise ValueError(f"bad {what} {text!r}: not an IPv4/IPv6 address or CIDR") from None
-    if net.prefixlen == 0 and not allow_everything:
-        raise ValueError(f"{what} {text!r} would match every address")
-    return net
 
 
 def check_command(argv: Any) -> list[str]:
@@ -298,6 +183,12 @@ class Config:
         out["monitor"]["effective_udp_ports"] = ranges_text(self.udp_ports)
         out["ignore"]["effective_count"] = len(self.ignore)
         return out
+
+    def event_policy(self) -> EventPolicy:
+        """What decision events report as their action (core.events)."""
+        r = self.data["response"]
+        return EventPolicy(modes={"tcp": r["tcp"], "udp": r["udp"]}, dry_run=bool(r["dry_run"]),
+                           observe=self.data["monitor"]["mode"] == "observe")
 
 
 def read_ignore_file(path: str | Path) -> list:

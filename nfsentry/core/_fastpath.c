@@ -1,6 +1,6 @@
 /* nfsentry._fastpath: the common cases of Engine.process_raw, compiled.
  *
- * The rules live in nfsentry/engine.py (Engine._build_process, ``run``): that Python body is the
+ * The rules live in nfsentry/core/engine.py (Engine._build_process, ``run``): that Python body is the
  * reference and decides every packet this code does not. FastPath is a conservative shortcut for
  * the packets that make up nearly all of a flood or a scan, and it only decides a packet when
  * the Python body would certainly give the same answer and the same state:
@@ -25,6 +25,10 @@
 #include <Python.h>
 #include <structmember.h>
 #include <string.h>
+
+/* Action values, the lean result code and the fast shapes' checks: generated from the Python
+ * definitions (core/engine.py, core/packet.py) by core/cdefs.py */
+#include "_fastpath_defs.h"
 
 /* ---- Source: one tracked source (engine._Source) ------------------------------------------- */
 
@@ -140,7 +144,7 @@ static int FastPath_init(FastPath *f, PyObject *args, PyObject *kw) {
                                      &trigger, &window_ports, &port_cap, &max_sources, &v6len))
         return -1;
     if (instant.len != 257 || PyTuple_GET_SIZE(labels) != 257 || PyTuple_GET_SIZE(one_labels) != 257 ||
-        PyList_GET_SIZE(counts) < 6 || v6len < 0 || v6len > 128 || !PyCallable_Check(fallback)) {
+        PyList_GET_SIZE(counts) < NFS_N_ACTIONS || v6len < 0 || v6len > 128 || !PyCallable_Check(fallback)) {
         PyBuffer_Release(&instant);
         PyErr_SetString(PyExc_ValueError, "FastPath: bad tables");
         return -1;
@@ -352,56 +356,58 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
     const unsigned char *src;
     unsigned proto, dport, flags = 0;
     int v4;
-    if (n < 28)
+    if (n < NFS_V4UDP_MIN)
         return call_fallback(f, raw, nowobj);
-    if (p[0] == 0x45) {
-        unsigned tot = be16(p + 2), frag = be16(p + 6);
-        proto = p[9];
-        if (frag & 0x3FFF || tot > n)
+    if (p[0] == NFS_IP4_NO_OPTIONS) {
+        const unsigned char *t = p + NFS_IP4_HDR;      /* the transport header */
+        unsigned tot = be16(p + NFS_IP4_TOTLEN_AT), frag = be16(p + NFS_IP4_FRAG_AT);
+        proto = p[NFS_IP4_PROTO_AT];
+        if (frag & NFS_IP4_FRAG_BITS || tot > n)
             return call_fallback(f, raw, nowobj);
-        if (proto == 6) {
-            if (n < 40 || tot < 40)
+        if (proto == NFS_PROTO_TCP) {
+            if (n < NFS_V4TCP_MIN || tot < NFS_V4TCP_MIN)
                 return call_fallback(f, raw, nowobj);
-            unsigned doff = (p[32] >> 4) << 2;
-            if (doff < 20 || doff > tot - 20)
+            unsigned doff = (t[NFS_TCP_DOFF_AT] >> 4) << 2;
+            if (doff < NFS_TCP_HDR || doff > tot - NFS_IP4_HDR)
                 return call_fallback(f, raw, nowobj);
-            flags = p[33];
-        } else if (proto == 17) {
-            unsigned ulen = be16(p + 24);
-            if (tot < 28 || ulen < 8 || ulen > tot - 20)
+            flags = t[NFS_TCP_FLAGS_AT];
+        } else if (proto == NFS_PROTO_UDP) {
+            unsigned ulen = be16(t + NFS_UDP_LEN_AT);
+            if (tot < NFS_V4UDP_MIN || ulen < NFS_UDP_HDR || ulen > tot - NFS_IP4_HDR)
                 return call_fallback(f, raw, nowobj);
         } else {
             return call_fallback(f, raw, nowobj);
         }
-        src = p + 12;
-        dport = be16(p + 22);
+        src = p + NFS_IP4_SRC_AT;
+        dport = be16(t + NFS_TCP_DPORT_AT);     /* == NFS_UDP_DPORT_AT */
         v4 = 1;
-    } else if ((p[0] >> 4) == 6 && n >= 48) {
-        unsigned pl = be16(p + 4);
-        proto = p[6];
-        if (pl > n - 40)
+    } else if ((p[0] >> 4) == 6 && n >= NFS_V6UDP_MIN) {
+        const unsigned char *t = p + NFS_IP6_HDR;
+        unsigned pl = be16(p + NFS_IP6_PLEN_AT);
+        proto = p[NFS_IP6_NEXT_AT];
+        if (pl > n - NFS_IP6_HDR)
             return call_fallback(f, raw, nowobj);
-        if (proto == 6) {
-            if (n < 60 || pl < 20)
+        if (proto == NFS_PROTO_TCP) {
+            if (n < NFS_V6TCP_MIN || pl < NFS_TCP_HDR)
                 return call_fallback(f, raw, nowobj);
-            unsigned doff = (p[52] >> 4) << 2;
-            if (doff < 20 || doff > pl)
+            unsigned doff = (t[NFS_TCP_DOFF_AT] >> 4) << 2;
+            if (doff < NFS_TCP_HDR || doff > pl)
                 return call_fallback(f, raw, nowobj);
-            flags = p[53];
-        } else if (proto == 17) {
-            unsigned ulen = be16(p + 44);
-            if (pl < 8 || ulen < 8 || ulen > pl)
+            flags = t[NFS_TCP_FLAGS_AT];
+        } else if (proto == NFS_PROTO_UDP) {
+            unsigned ulen = be16(t + NFS_UDP_LEN_AT);
+            if (pl < NFS_UDP_HDR || ulen < NFS_UDP_HDR || ulen > pl)
                 return call_fallback(f, raw, nowobj);
         } else {
             return call_fallback(f, raw, nowobj);
         }
-        src = p + 8;
-        dport = be16(p + 42);
+        src = p + NFS_IP6_SRC_AT;
+        dport = be16(t + NFS_TCP_DPORT_AT);
         v4 = 0;
     } else {
         return call_fallback(f, raw, nowobj);
     }
-    unsigned li = proto == 6 ? flags : 256;   /* index into the label tables */
+    unsigned li = proto == NFS_PROTO_TCP ? flags : 256;   /* index into the label tables */
 
     /* the key: the IPv4 address, or the IPv6 address masked to the configured prefix */
     unsigned char kb[16];
@@ -420,7 +426,7 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
 
     /* -- 2. the ignore set (exact addresses, the prefilter of the rest), FTP expectations */
     int r = maybe_ignored(f->engine, src, v4, key);
-    if (!r && proto == 6)
+    if (!r && proto == NFS_PROTO_TCP)
         r = expectations_pending(f->engine);
     if (r) {
         result = r < 0 ? NULL : call_fallback(f, raw, nowobj);
@@ -434,10 +440,10 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
         if (u == -1.0 && PyErr_Occurred())
             goto done;
         if (now < u) {
-            if (bump(f->counts, 5) < 0)
+            if (bump(f->counts, NFS_ACTION_DROP) < 0)
                 goto done;
             f->handled++;
-            result = PyLong_FromLong(5 << 8 | proto);
+            result = PyLong_FromLong(NFS_LEAN(NFS_ACTION_DROP, proto));
         } else {
             result = call_fallback(f, raw, nowobj);
         }
@@ -477,7 +483,7 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
             st->ports = pko;
             Py_INCREF(one);
             st->labels = one;
-            st->protos = proto == 6 ? 1 : 2;
+            st->protos = proto == NFS_PROTO_TCP ? 1 : 2;
             st->first = st->last = now;
             int err = PyDict_SetItem(f->states, key, (PyObject *)st);
             Py_DECREF(st);          /* the dict holds it now */
@@ -505,7 +511,7 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
             Py_SETREF(st->ports, pko);
             Py_INCREF(one);
             Py_SETREF(st->labels, one);
-            st->protos = proto == 6 ? 1 : 2;
+            st->protos = proto == NFS_PROTO_TCP ? 1 : 2;
             st->first = st->last = now;
         }
     } else {
@@ -568,7 +574,7 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
         }
         st->seen = 1;
         st->hits = hits;
-        st->protos |= proto == 6 ? 1 : 2;
+        st->protos |= proto == NFS_PROTO_TCP ? 1 : 2;
         if (single) {
             if (!same) {
                 if (f->port_cap > 1) {
@@ -614,10 +620,10 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
         goto done;
     }
 counted:
-    if (bump(f->counts, 2) < 0)
+    if (bump(f->counts, NFS_ACTION_COUNT) < 0)
         goto done;
     f->handled++;
-    result = PyLong_FromLong(2 << 8 | proto);
+    result = PyLong_FromLong(NFS_LEAN(NFS_ACTION_COUNT, proto));
 done:
     Py_DECREF(key);
     return result;

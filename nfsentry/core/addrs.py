@@ -1,4 +1,5 @@
-"""Address helpers on raw bytes: prefix sets for the ignore list, per-source keys, network text.
+"""THE network/address API: parsing and text of addresses and networks, block-target checks,
+and the raw-byte helpers of the hot path (prefix sets for the ignore list, per-source keys).
 
 Everything on the per-packet path works on the raw 4/16-byte addresses the decoder returns.
 ``ipaddress`` is used only to parse text at set-up time.
@@ -9,8 +10,15 @@ Everything on the per-packet path works on the raw 4/16-byte addresses the decod
   every prefix length /0 .. /32 and /0 .. /128 (refusing /0 is the configuration's job).
 * :func:`key_for`: the per-source key the engine tracks and blocks: the IPv4 address itself, or
   the IPv6 address masked to the configured prefix (default /64).
-* :func:`network_text` / :func:`parse_network`: key + prefix length <-> ``"198.18.0.2"``,
-  ``"2001:db8:1::/64"`` (the form used by nft, logs and the control socket).
+* :func:`network_text` / :func:`parse_key`: key + prefix length <-> ``"198.18.0.2"``,
+  ``"2001:db8:1::/64"`` (the form used by nft, logs and the control socket; a whole address has
+  no ``/32`` or ``/128``). :func:`addr_text`: raw address bytes -> text.
+* :func:`parse_network`: text -> ``ipaddress`` network (host bits cleared); refuses a /0 and
+  zone-scoped addresses with a one-line message naming what was parsed (``what``).
+* :func:`normalize_network` / :func:`normalize_block_target`: what the control socket and the CLI
+  accept as a network to unblock / ignore / block (IPv4-mapped IPv6 becomes the IPv4 address; a
+  block target is refused when too wide, multicast, link-local, loopback, unspecified, or
+  covering a never-block network).
 """
 from __future__ import annotations
 
@@ -18,7 +26,8 @@ import ipaddress
 import socket
 from typing import Iterable, Iterator
 
-__all__ = ["PrefixSet", "key_for", "mask", "masker", "network_text", "parse_network", "family_of"]
+__all__ = ["PrefixSet", "key_for", "mask", "masker", "network_text", "parse_key", "parse_network", "family_of",
+           "addr_text", "normalize_network", "normalize_block_target", "MIN_BLOCK_PREFIX"]
 
 _ZEROS = bytes(16)
 
@@ -61,9 +70,27 @@ def key_for(src: bytes, v6_prefixlen: int = 64) -> bytes:
     return src
 
 
-def network_text(key: bytes, prefixlen: int | None = None) -> str:
+def addr_text(b: bytes) -> str:
+    """Raw 4/16 address bytes -> text. Never raises: b"" -> "", other lengths -> "0x<hex>"."""
+    n = len(b)
+    if n == 4:
+        return socket.inet_ntop(socket.AF_INET, b)
+    if n == 16:
+        return socket.inet_ntop(socket.AF_INET6, b)
+    return "0x" + bytes(b).hex() if n else ""
+
+
+def network_text(key, prefixlen: int | None = None) -> str:
     """``"198.18.0.2"`` (a whole IPv4 address), ``"198.18.0.0/24"``, ``"2001:db8:1::/64"``,
-    ``"2001:db8::1"`` (/128). ``prefixlen`` None means the full address."""
+    ``"2001:db8::1"`` (/128). ``key``: raw network bytes (``prefixlen`` None means the full
+    address), or an ``ipaddress`` network or address."""
+    if key.__class__ is not bytes:
+        if isinstance(key, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            key, prefixlen = key.network_address.packed, key.prefixlen
+        elif isinstance(key, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            key = key.packed
+        else:
+            key = bytes(key)
     n = len(key)
     if n == 4:
         text = socket.inet_ntop(socket.AF_INET, key)
@@ -78,10 +105,11 @@ def network_text(key: bytes, prefixlen: int | None = None) -> str:
     return f"{text}/{prefixlen}"
 
 
-def parse_network(text) -> tuple[int, bytes, int]:
+def parse_key(text) -> tuple[int, bytes, int]:
     """``"198.18.0.2"`` / ``"10.0.0.0/8"`` / ``"2001:db8::/32"`` / an ipaddress object / raw
     4/16 bytes -> ``(family, network key bytes, prefixlen)``. Host bits are cleared.
-    Raises ValueError on text that is not an address or CIDR."""
+    Raises ValueError on text that is not an address or CIDR. A /0 is accepted (refusing it is
+    :func:`parse_network`'s job)."""
     if isinstance(text, (bytes, bytearray)):
         if len(text) not in (4, 16):
             raise ValueError(f"bad raw address of {len(text)} bytes")
@@ -98,6 +126,76 @@ def parse_network(text) -> tuple[int, bytes, int]:
         except ValueError:
             raise ValueError(f"bad network {text!r}: not an IPv4/IPv6 address or CIDR") from None
     return net.version, net.network_address.packed, net.prefixlen
+
+
+def parse_network(text, what: str = "address", allow_everything: bool = False):
+    """An address or CIDR (text or an ``ipaddress`` object) -> ``ipaddress`` network, host bits
+    cleared. Raises ValueError, one line starting with ``bad <what>``: not an address, a
+    zone-scoped address (``fe80::1%eth0``: nftables cannot match the zone), or a /0 (it would match
+    every address) unless ``allow_everything``."""
+    if isinstance(text, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        net = text
+    elif isinstance(text, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        net = ipaddress.ip_network(text)
+    elif not isinstance(text, str):
+        raise ValueError(f"bad {what} {text!r}")
+    elif "%" in text:
+        raise ValueError(f"bad {what} {text!r}: zone-scoped (%interface) addresses cannot be matched by nftables")
+    else:
+        try:
+            net = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"bad {what} {text!r}: not an IPv4/IPv6 address or CIDR") from None
+    if net.prefixlen == 0 and not allow_everything:
+        raise ValueError(f"bad {what} {text!r}: a /0 would match every address")
+    return net
+
+
+def _unmapped(net):
+    """``::ffff:198.18.0.2`` -> ``198.18.0.2`` (an IPv4-mapped IPv6 network of /96 or longer is
+    its IPv4 network); anything else unchanged."""
+    if net.version == 6 and net.prefixlen >= 96 and net.network_address.ipv4_mapped is not None:
+        return ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+    return net
+
+
+def normalize_network(text, allow_everything: bool = False) -> str:
+    """A network as the control socket, the CLI and the nft sets write it: ``"198.18.0.2"``,
+    ``"198.18.0.0/24"``, ``"2001:db8:1::/64"`` (host bits cleared; an IPv4-mapped IPv6 address
+    becomes the IPv4 address). Raises ValueError ("bad address or prefix ...", or a /0 unless
+    ``allow_everything``)."""
+    net = _unmapped(parse_network(str(text), "address or prefix", allow_everything=True))
+    if net.prefixlen == 0 and not allow_everything:
+        raise ValueError(f"bad address or prefix {text!r}: a /0 would match every address")
+    return network_text(net)
+
+
+# The widest prefix a block may have: a shorter one would cut off most of the network.
+MIN_BLOCK_PREFIX = {4: 8, 6: 16}
+# Addresses that are never a scanner's (routable) source: refused as block targets.
+_NEVER_SOURCES = (("is_multicast", "a multicast"), ("is_loopback", "a loopback"),
+                  ("is_link_local", "a link-local"), ("is_unspecified", "the unspecified"))
+
+
+def normalize_block_target(text, never_block=()) -> str:
+    """Validate a block target; returns its :func:`normalize_network` text. Raises ValueError
+    (one line, ``refusing to block ...``) for a prefix wider than :data:`MIN_BLOCK_PREFIX` (a /0
+    included), a multicast, link-local, loopback or unspecified address or network, or one that
+    overlaps a network of ``never_block`` (own addresses, gateways, resolvers, the ignore list,
+    the admin's SSH session)."""
+    net_s = normalize_network(text, allow_everything=True)
+    net = ipaddress.ip_network(net_s)
+    if net.prefixlen < MIN_BLOCK_PREFIX[net.version]:
+        raise ValueError(f"refusing to block {net_s}: a /{net.prefixlen} would cut off most of the network")
+    for attr, kind in _NEVER_SOURCES:
+        if getattr(net, attr):
+            raise ValueError(f"refusing to block {net_s}: {kind} address is never a scanner's source")
+    for p in never_block:
+        pn = ipaddress.ip_network(p)
+        if pn.version == net.version and net.overlaps(pn):
+            raise ValueError(f"refusing to block {net_s}: it covers {p}, which nfsentry never blocks "
+                             "(own address, gateway, resolver, ignore list or your SSH session)")
+    return net_s
 
 
 class PrefixSet:
@@ -136,7 +234,7 @@ class PrefixSet:
         self._rebuild()
 
     def _add(self, item, prefixlen: int | None) -> None:
-        family, key, plen = parse_network(item)
+        family, key, plen = parse_key(item)
         if prefixlen is not None:
             plen = max(0, min(prefixlen, len(key) * 8))
         width = 32 if family == 4 else 128

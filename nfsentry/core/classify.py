@@ -49,10 +49,12 @@ FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
 CLASSIC = FIN | SYN | RST | PSH | ACK | URG   # 0x3F
 _LETTERS = "FSRPAUEC"
 
-LABELS = ("SYN", "FIN", "NULL", "XMAS", "FULL-XMAS", "ACK", "MAIMON", "UNKNOWN", "UDP", "IPOPTS",
-          "MALFORMED")
+# The one definition of the label vocabulary (the configuration's instant_labels are checked
+# against LABELS). SCAN_LABELS: what one packet can be labelled; IPOPTS is a property of the packet
+# (IP options present) that instant_labels may name too.
 SCAN_LABELS = ("SYN", "FIN", "NULL", "XMAS", "FULL-XMAS", "ACK", "MAIMON", "UNKNOWN", "UDP",
                "MALFORMED")
+LABELS = SCAN_LABELS[:-1] + ("IPOPTS", "MALFORMED")
 
 # The flag table, on the six classic flags (ECE/CWR masked off, see the module docstring).
 # Exact combinations only; everything else is UNKNOWN.

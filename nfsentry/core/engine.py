@@ -71,7 +71,8 @@ Cheap paths: PASS / IGNORE / DROP / COUNT decisions carry the packet, label and 
 reaction's reason text is formatted when first read (on the daemon's worker thread).
 
 The daemon calls :meth:`Engine.process_raw` on the queued bytes: no Packet and no Decision
-unless something reacted (a small int ``action << 8 | proto`` otherwise). Its common cases (a
+unless something reacted (a small int ``action << LEAN_SHIFT | proto`` otherwise, see
+:func:`lean_code`). Its common cases (a
 blocked source; a hit no policy can react to) run compiled in ``nfsentry/core/_fastpath.c`` when it is
 built; the rules above stay here, in one Python body that both entry points run, and the C part
 hands every other packet to it before touching any state (docs/DESIGN.md, "The hot path").
@@ -92,15 +93,18 @@ from dataclasses import dataclass, field
 from functools import partial
 from enum import IntEnum
 
-from .addrs import PrefixSet, mask, masker, network_text, parse_network
+from .addrs import PrefixSet, mask, masker, network_text, parse_key
 from .classify import FLAG_STRINGS as _FLAG_STRINGS
 from .classify import LABEL_BY_FLAGS as _LABEL_BY_FLAGS
-from .classify import _REPLY, _STREAM, classify, label_text, syn_hint
+from .classify import _REPLY, _STREAM, SCAN_LABELS, classify, label_text, syn_hint
+from . import packet as P
 from .packet import Packet, decode
+from .units import format_duration
 from .valves import DUPLICATE as _DUPLICATE
 from .valves import Admit as _Admit
 
-__all__ = ["Action", "Decision", "EngineConfig", "Engine", "RESPONSE_MODES", "DEFAULT_MAX_SOURCES"]
+__all__ = ["Action", "Decision", "EngineConfig", "Engine", "RESPONSE_MODES", "DEFAULT_MAX_SOURCES", "LEAN_SHIFT",
+           "LEAN_CODES", "lean_code", "lean_action", "lean_proto"]
 
 INF = math.inf
 RESPONSE_MODES = ("log", "block", "command")
@@ -122,14 +126,36 @@ class Action(IntEnum):
     DROP = 5      # source already blocked: drop by verdict
 
 
+# The lean result of Engine.process_raw (no Decision): ``action << LEAN_SHIFT | proto``, an int the
+# daemon turns into a verdict with one table lookup. The one definition: the compiled fast path
+# takes these values from _fastpath_defs.h, generated from here (core/cdefs.py).
+LEAN_SHIFT = 8
+LEAN_PROTO_MASK = (1 << LEAN_SHIFT) - 1
+LEAN_CODES = len(Action) << LEAN_SHIFT     # size of a table indexed by lean codes
+
+
+def lean_code(action: Action | int, proto: int) -> int:
+    """(action, protocol number) -> the lean result ``action << LEAN_SHIFT | proto``."""
+    return int(action) << LEAN_SHIFT | proto
+
+
+def lean_action(code: int) -> Action:
+    """The action of a lean result."""
+    return Action(code >> LEAN_SHIFT)
+
+
+def lean_proto(code: int) -> int:
+    """The transport protocol number of a lean result."""
+    return code & LEAN_PROTO_MASK
+
+
 _PASS, _IGNORE, _COUNT, _ALERT, _BLOCK, _DROP = (Action.PASS, Action.IGNORE, Action.COUNT,
                                                  Action.ALERT, Action.BLOCK, Action.DROP)
 _PROTO_NAME = {6: "tcp", 17: "udp"}
-_ONE_LABEL = {label: (label,) for label in ("SYN", "FIN", "NULL", "XMAS", "FULL-XMAS", "ACK", "MAIMON",
-                                              "UNKNOWN", "UDP", "MALFORMED")}
+_ONE_LABEL = {label: (label,) for label in SCAN_LABELS}
 _new = object.__new__
-# process_raw's fast shapes (the checks are decode()'s fast path): only the fields a decision
-# needs.   IPv4: totlen frag src | dport doff flags (or ulen);  IPv6: plen src | dport doff flags
+# process_raw's fast shapes (core/packet.py names their checks; decode() makes the same ones): only
+# the fields a decision needs.   IPv4: totlen frag src | dport doff flags (or ulen);  IPv6: plen src | dport doff flags
 _LEAN_V4TCP = struct.Struct("!xxHxxH4x4s4x2xH8xBB").unpack_from
 _LEAN_V4UDP = struct.Struct("!xxHxxH4x4s4x2xHH").unpack_from
 _LEAN_V6TCP = struct.Struct("!4xH2x16s16x2xH8xBB").unpack_from
@@ -267,7 +293,7 @@ def _format_reason(d: Decision, why: tuple) -> str:
         text += f"; malformed: {pkt.malformed}"
     if block is not None:
         offences, duration = block
-        text += f"; offence {offences}, block {_fmt_duration(duration) if duration else 'until unblocked'}"
+        text += f"; offence {offences}, block {format_duration(duration) if duration else 'until unblocked'}"
     return text
 
 
@@ -412,7 +438,7 @@ class Engine:
         self._guard = cfg.backscatter_guard
         self._durations = [0.0] + [self.duration_for(n) for n in range(1, 65)]   # by offences
         self._trigger_text = f"scan_trigger {cfg.scan_trigger} reached"
-        self._window_text = f"window {cfg.window_ports} ports in {_fmt_duration(self._window)} reached"
+        self._window_text = f"window {cfg.window_ports} ports in {format_duration(self._window)} reached"
         self.process, self.process_raw = self._build_process()
 
     # ------------------------------------------------------------------------------------------
@@ -432,7 +458,7 @@ class Engine:
         :class:`Decision` when nothing reacted.
 
         Returns a :class:`Decision` for reactions (ALERT, BLOCK); for PASS, IGNORE, COUNT and
-        DROP it returns a small int, ``action << 8 | proto`` (see :func:`lean_action`), which is
+        DROP it returns a small int, ``action << LEAN_SHIFT | proto`` (see :func:`lean_code`), which is
         all a verdict needs. The common shapes (IPv4 without options, IPv6 without extension
         headers, unfragmented TCP or UDP) are read straight from the bytes with the same checks
         as :func:`~nfsentry.packet.decode`'s fast path; anything else goes through ``decode``.
@@ -475,6 +501,14 @@ class Engine:
         max_sources = self._max_sources
         new_source = self._new_source
         v4tcp, v4udp, v6tcp, v6udp = _LEAN_V4TCP, _LEAN_V4UDP, _LEAN_V6TCP, _LEAN_V6UDP
+        # the fast shapes' checks, by the names core/packet.py defines (decode() uses the same)
+        ip4_no_options, frag_bits, ip4_hdr, ip6_hdr, tcp_hdr, udp_hdr = (P.IP4_NO_OPTIONS, P.IP4_FRAG_BITS, P.IP4_HDR,
+                                                                   P.IP6_HDR, P.TCP_HDR, P.UDP_HDR)
+        v4tcp_min, v4udp_min, v6tcp_min, v6udp_min = P.V4TCP_MIN, P.V4UDP_MIN, P.V6TCP_MIN, P.V6UDP_MIN
+        ip4_proto_at, ip6_next_at = P.IP4_PROTO_AT, P.IP6_NEXT_AT
+        # lean results and per-action counter indexes as plain ints (see lean_code)
+        lean_pass, lean_ignore, lean_count, lean_drop = (lean_code(a, 0) for a in (_PASS, _IGNORE, _COUNT, _DROP))
+        i_pass, i_ignore, i_count, i_drop = int(_PASS), int(_IGNORE), int(_COUNT), int(_DROP)
         label_by_flags, stream, reply, flag_strings = _LABEL_BY_FLAGS, _STREAM, _REPLY, _FLAG_STRINGS
 
         def run(raw, now, pkt=None):
@@ -482,14 +516,15 @@ class Engine:
             #    Decision needs it), everything else through the reference decoder
             if pkt is None:
                 n = len(raw)
-                if n >= 28:
+                if n >= v4udp_min:
                     b0 = raw[0]
-                    if b0 == 0x45:
-                        proto = raw[9]
+                    if b0 == ip4_no_options:
+                        proto = raw[ip4_proto_at]
                         if proto == 6:
-                            if n >= 40:
+                            if n >= v4tcp_min:
                                 tot, frag, src, dport, doff, flags = v4tcp(raw)
-                                if 40 <= tot <= n and not frag & 0x3FFF and 20 <= (doff >> 4) << 2 <= tot - 20:
+                                if v4tcp_min <= tot <= n and not frag & frag_bits and \
+                                        tcp_hdr <= (doff >> 4) << 2 <= tot - ip4_hdr:
                                     key = src
                                     plen = 32
                                 else:
@@ -498,7 +533,7 @@ class Engine:
                                 pkt = decode(raw)
                         elif proto == 17:
                             tot, frag, src, dport, ulen = v4udp(raw)
-                            if 28 <= tot <= n and not frag & 0x3FFF and 8 <= ulen <= tot - 20:
+                            if v4udp_min <= tot <= n and not frag & frag_bits and udp_hdr <= ulen <= tot - ip4_hdr:
                                 key = src
                                 plen = 32
                                 flags = 0
@@ -506,12 +541,12 @@ class Engine:
                                 pkt = decode(raw)
                         else:
                             pkt = decode(raw)
-                    elif b0 >> 4 == 6 and n >= 48:
-                        proto = raw[6]
+                    elif b0 >> 4 == 6 and n >= v6udp_min:
+                        proto = raw[ip6_next_at]
                         if proto == 6:
-                            if n >= 60:
+                            if n >= v6tcp_min:
                                 pl, src, dport, doff, flags = v6tcp(raw)
-                                if 20 <= pl <= n - 40 and 20 <= (doff >> 4) << 2 <= pl:
+                                if tcp_hdr <= pl <= n - ip6_hdr and tcp_hdr <= (doff >> 4) << 2 <= pl:
                                     key = mask6(src)
                                     plen = v6len
                                 else:
@@ -520,7 +555,7 @@ class Engine:
                                 pkt = decode(raw)
                         elif proto == 17:
                             pl, src, dport, ulen = v6udp(raw)
-                            if 8 <= pl <= n - 40 and 8 <= ulen <= pl:
+                            if udp_hdr <= pl <= n - ip6_hdr and udp_hdr <= ulen <= pl:
                                 key = mask6(src)
                                 plen = v6len
                                 flags = 0
@@ -556,9 +591,9 @@ class Engine:
                     plen = v6len
                 else:
                     counts[_UNDECODABLE] += 1
-                    counts[2] += 1
+                    counts[i_count] += 1
                     if lean:
-                        return 0x200 | proto
+                        return lean_count | proto
                     return _decision(_COUNT, now, b"", 0, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
                                      (), (), 0, "undecodable packet: no source address", 0.0, 0)
 
@@ -568,9 +603,9 @@ class Engine:
             if ignore is not None and (src in ignore.exact or (
                     src[0] in ignore.pre4 if len(src) == 4
                     else ignore.pre6 is None or src[:ignore.pre6_bytes] in ignore.pre6)) and ignore.contains(src):
-                counts[1] += 1
+                counts[i_ignore] += 1
                 if lean:
-                    return 0x100 | proto
+                    return lean_ignore | proto
                 return _decision(_IGNORE, now, key, plen, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
                                  (), (), 0, "source in the ignore list", 0.0, 0)
             expectations = engine.expectations
@@ -578,17 +613,17 @@ class Engine:
                 if pkt is None:
                     pkt = decode(raw)
                 if expectations.match(src, pkt.dst, dport, now, pkt.sport):
-                    counts[0] += 1
+                    counts[i_pass] += 1
                     if lean:
-                        return proto
+                        return lean_pass | proto
                     return _decision(_PASS, now, key, plen, pkt, raw, proto, label, flag_strings[flags], (), (), 0,
                                      "expected FTP data connection", 0.0, 0)
             until = blocked.get(key)
             if until is not None:
                 if now < until:
-                    counts[5] += 1
+                    counts[i_drop] += 1
                     if lean:
-                        return 0x500 | proto
+                        return lean_drop | proto
                     return _decision(_DROP, now, key, plen, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
                                      (), (), 0, "already blocked", 0.0, 0)
                 del blocked[key]
@@ -652,9 +687,9 @@ class Engine:
                     st.labels = _ONE_LABEL.get(label) or (label,)
                     st.protos = 1 if proto == 6 else 2 if proto == 17 else 4
                     st.first = st.last = now
-                counts[2] += 1
+                counts[i_count] += 1
                 if lean:
-                    return 0x200 | proto
+                    return lean_count | proto
                 return _decision(_COUNT, now, key, plen, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
                                  (), (), hits, "counted", 0.0, 0)
             # -- 5. a reaction (once per reacting source): resets the source's counts
@@ -673,9 +708,9 @@ class Engine:
             if action is _BLOCK and engine.valves is not None:   # before anything is recorded
                 valve = engine.valves.judge(key, plen, src, now)
                 if valve is _DUPLICATE:       # blocked alone moments ago: its kernel block is landing
-                    counts[5] += 1
+                    counts[i_drop] += 1
                     if lean:
-                        return 0x500 | proto
+                        return lean_drop | proto
                     return _decision(_DROP, now, key, plen, pkt, raw, proto, label,
                                      flag_strings[flags] if proto == 6 else "", (), (), 0, "already blocked", 0.0, 0)
                 if valve.__class__ is _Admit:
@@ -838,7 +873,7 @@ class Engine:
         """network text / raw bytes -> (key, prefixlen, exact). ``exact`` is False when the network
         is wider than one engine key (an IPv4 CIDR shorter than /32, an IPv6 prefix shorter than
         ``ipv6_prefix``)."""
-        family, netkey, plen = parse_network(network)
+        family, netkey, plen = parse_key(network)
         if family == 4:
             return netkey, plen, plen >= 32
         if plen >= self._v6len:
@@ -969,18 +1004,6 @@ class Engine:
             "compiled_handled": getattr(self.process_raw, "handled", 0),
             "compiled_fallbacks": getattr(self.process_raw, "fallbacks", 0),
         }
-
-
-def _fmt_duration(seconds: float) -> str:
-    s = int(round(seconds))
-    if s <= 0:
-        return f"{seconds:g}s"
-    out = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if s >= size:
-            out.append(f"{s // size}{unit}")
-            s %= size
-    return "".join(out)
 
 
 _PORT_TEXT: dict[int, str] = {}

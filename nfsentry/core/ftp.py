@@ -75,6 +75,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Iterator, Union
 
+from .addrs import addr_text
+
 FTP_CONTROL_PORT = 21
 DEFAULT_EXPECT_TIMEOUT = 60.0
 DEFAULT_MAX_LINE = 2048
@@ -98,16 +100,7 @@ _RE_229 = re.compile(rb"([!-'*-/:-~])\1\1([0-9]{1,5})\1")
 
 # --- address text -------------------------------------------------------------------------------
 
-def addr_text(b: bytes) -> str:
-    """Text form of a raw 4- or 16-byte address (never raises; other lengths render as hex)."""
-    try:
-        if len(b) == 4:
-            return socket.inet_ntop(socket.AF_INET, b)
-        if len(b) == 16:
-            return socket.inet_ntop(socket.AF_INET6, b)
-    except (OSError, ValueError, TypeError):
-        pass
-    return "0x" + bytes(b).hex()
+# addr_text (core.addrs): raw 4/16-byte address -> text; never raises, other lengths as hex
 
 
 def safe_text(line: bytes, limit: int = _REPORT_LINE) -> str:

@@ -1,13 +1,18 @@
 """The daemon: NFQUEUE verdict loop + worker thread, joining the engine and the nft layer.
 
 Threads:
-- main: ``select`` over the scan queue, the FTP queue and a wake-up pipe. Each queued packet is
-  decoded, run through the engine and given its verdict at once; a block goes into the kernel set
-  right after the verdict. Control requests (block/unblock/reload) are executed here too, between
-  packets, so the engine is only ever touched by this thread (no locks on the packet path).
+- main: the scan queue's blocking receive loop (``NetfilterQueue.run``; SO_RCVTIMEO makes an idle
+  queue return every 0.2 s, see :meth:`Daemon.run`). Each queued packet is run through the engine
+  in the queue's callback and given its verdict at once; a block goes into the kernel set right
+  after the verdict. Control requests (block/unblock/reload), reloads and periodic expiry run here
+  too (:meth:`Daemon.service`, from the callback when the ticker or a request asks, or between
+  receives), so the engine is only ever touched by this thread (no locks on the packet path).
+- ftp: the FTP control queue's receive loop (the tracker; it only adds FTP expectations, under a
+  lock, see :class:`LockedExpectations`).
+- ticker: sets the "duties pending" flag once a second.
 - worker: everything slow (SQLite, syslog/JSON/files, DNS, external commands, hosts.deny,
   refreshing the host's own addresses), fed by a bounded queue.
-- control: the UNIX control socket (nfsentry.control) forwarding requests to the main thread.
+- control: the UNIX control socket (nfsentry.ipc) forwarding requests to the main thread.
 """
 from __future__ import annotations
 
@@ -24,12 +29,16 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from nfsentry import __version__
 from nfsentry.config import schema as C
 from nfsentry.sinks.alerts import Alerter
 from nfsentry.config.schema import Config, ConfigError
+from nfsentry.core.addrs import normalize_block_target, normalize_network
+from nfsentry.core.engine import LEAN_CODES, Action, lean_code
+from nfsentry.core.events import decision_event, ftp_report_event, latency_summary
+from nfsentry.core.units import count_ports, ranges_text
 from nfsentry.ipc import ControlServer
 from nfsentry.core.valves import Admit, Valves
 from nfsentry.ledger.ledger import Ledger
@@ -37,7 +46,6 @@ from nfsentry.sinks.store import Store, StoreCorrupt, StoreError, move_aside
 
 log = logging.getLogger("nfsentry")
 
-PROTO_NAMES = {6: "tcp", 17: "udp"}
 _U32 = struct.Struct("!I")
 FTP_REPORT_WINDOW = 10.0      # seconds
 FTP_REPORTS_PER_WINDOW = 20   # FTP tracker reports logged per window; the rest only counted
@@ -106,7 +114,7 @@ def ssh_client() -> str | None:
     return None
 
 
-def protected_networks(cfg: Config) -> list[str]:
+def never_block_networks(cfg: Config) -> list[str]:
     """Everything nfsentry must never block: config ignore list + host facts."""
     nets = {str(n) for n in cfg.ignore}
     ig = cfg["ignore"]
@@ -143,7 +151,7 @@ class Daemon:
         self.counters = {"queued": 0, "ftp_packets": 0, "detections": 0, "blocks": 0, "dropped_by_verdict": 0,
                          "errors": 0, "events_lost": 0, "blocks_rate_limited": 0, "blocks_capped": 0,
                          "never_block_refused": 0, "storage_errors": 0,
-                         "alerts_suppressed": 0, "storage_dropped": 0, "protected_refreshes": 0,
+                         "alerts_suppressed": 0, "storage_dropped": 0, "never_block_refreshes": 0,
                          "blocks_narrowed": 0}
         self._last_error_log = 0.0
         self._valve_alerts: collections.deque = collections.deque()  # alerts reported for refused blocks
@@ -202,14 +210,12 @@ class Daemon:
         self.alerter = Alerter(self.cfg, self.foreground)
         if self.alerter.syslog_problem:
             log.warning(self.alerter.syslog_problem)
-        self.reimport = False
         try:
             self.store = Store(self.cfg.db_path)
         except StoreCorrupt as e:
             dest = move_aside(self.cfg.db_path)
             log.error("%s; moved aside to %s, re-importing the kernel's blocked set", e, dest)
             self.store = Store(self.cfg.db_path)
-            self.reimport = True
         except StoreError as e:
             raise StartupError(f"nfsentry: {e}", 1) from None
 
@@ -217,13 +223,13 @@ class Daemon:
         from nfsentry.core.engine import Engine
         from nfsentry.core.addrs import PrefixSet
         from nfsentry.core.ftp import ExpectationTable, FtpTracker
-        self.protected = protected_networks(self.cfg)
+        self.never_block = never_block_networks(self.cfg)
         self.expectations = LockedExpectations(ExpectationTable())
         self.ftp = FtpTracker()
         self.counters.update(ftp_expectations=0, ftp_reports=0, ftp_reports_suppressed=0)
         self._ftp_report_budget, self._ftp_report_reset, self._ftp_suppressed = FTP_REPORTS_PER_WINDOW, 0.0, 0
-        self.engine = Engine(engine_config(self.cfg), ignore=PrefixSet(self.protected), expectations=self.expectations)
-        self.engine.valves = self.valves = build_valves(self.cfg, self.protected, lambda: self.kernel_blocked)
+        self.engine = Engine(engine_config(self.cfg), ignore=PrefixSet(self.never_block), expectations=self.expectations)
+        self.engine.valves = self.valves = build_valves(self.cfg, self.never_block, lambda: self.kernel_blocked)
 
     def start(self) -> None:
         self.prepare()
@@ -231,7 +237,7 @@ class Daemon:
         N = self.N
         try:
             self.nft = N.Nft(table=self.cfg["nft"]["table"])
-            spec = ruleset_spec(self.cfg, self.protected)
+            spec = ruleset_spec(self.cfg, self.never_block)
             self.nft.load(spec, backend=self.cfg["nft"]["backend"])
             self.use_nft(self.nft)
         except N.NftError as e:
@@ -251,8 +257,8 @@ class Daemon:
         self.inuse = st.get("inuse")
         log.info("nfsentry %s is active: queue backend %s, in-use detection %s, engine %s, mode %s, monitoring tcp %s (%d ports) udp %s (%d ports), "
                  "%d never-block networks, %d blocks restored", __version__, self.backend, self.inuse, self.engine_kind(), self.cfg["monitor"]["mode"],
-                 C.ranges_text(self.cfg.tcp_ports), C.count_ports(self.cfg.tcp_ports), C.ranges_text(self.cfg.udp_ports),
-                 C.count_ports(self.cfg.udp_ports), len(self.protected), self.restored)
+                 ranges_text(self.cfg.tcp_ports), count_ports(self.cfg.tcp_ports), ranges_text(self.cfg.udp_ports),
+                 count_ports(self.cfg.udp_ports), len(self.never_block), self.restored)
 
     def use_nft(self, nft) -> None:
         """Block state goes through the ledger: its kernel part on the calling thread, its
@@ -291,7 +297,7 @@ class Daemon:
         never returns then).
 
         Most packets take the lean path: the engine's process_raw answers PASS/IGNORE/COUNT/DROP
-        with a small int (``action << 8 | proto``), turned into the verdict by one table lookup
+        with a small int (``lean_code(action, proto)``), turned into the verdict by one table lookup
         (``lean_verdicts``, built from the configuration); only reactions come back as a Decision
         (``decided``). This is the per-packet cost: keep it flat."""
         self.counters["queued"] += 1
@@ -322,14 +328,14 @@ class Daemon:
         """A reaction (ALERT/BLOCK): the verdict, then the block and the reports."""
         verdict_done = False
         try:
-            if (d.action == 4 or d.valve is not None) and self.kernel_blocks(d.proto):
+            if (d.action == Action.BLOCK or d.valve is not None) and self.kernel_blocks(d.proto):
                 p.drop()
                 verdict_done = True
                 self.block_now(d)
                 return
             self.probe_verdict(p)
             verdict_done = True
-            if d.action >= 3:  # ALERT, or BLOCK in log/command/dry-run/observe modes
+            if d.action >= Action.ALERT:  # ALERT, or BLOCK in log/command/dry-run/observe modes
                 self.counters["detections"] += 1
                 self.enqueue("detection", d)
         except Exception as e:
@@ -346,15 +352,15 @@ class Daemon:
         self.internal_error("packet", e)
 
     def build_lean_verdicts(self) -> None:
-        """The verdict for each lean result of ``Engine.process_raw`` (index ``action << 8 |
-        proto``): 0 accept, 1 drop, 2 drop and count it in ``dropped_by_verdict``. PASS and
+        """The verdict for each lean result of ``Engine.process_raw`` (index ``lean_code(action,
+        proto)``): 0 accept, 1 drop, 2 drop and count it in ``dropped_by_verdict``. PASS and
         IGNORE accept; COUNT gets ``probe_verdict``; DROP (a source already blocked, still in the
         queue) is dropped when the kernel blocks that protocol, else gets ``probe_verdict``."""
         probe = 1 if self.cfg["response"]["probe_verdict"] == "drop" else 0
-        table = bytearray(6 << 8)
+        table = bytearray(LEAN_CODES)
         for proto in range(256):
-            table[2 << 8 | proto] = probe
-            table[5 << 8 | proto] = 2 if self.kernel_blocks(proto) else probe
+            table[lean_code(Action.COUNT, proto)] = probe
+            table[lean_code(Action.DROP, proto)] = 2 if self.kernel_blocks(proto) else probe
         self.lean_verdicts = bytes(table)
 
     def probe_verdict(self, p) -> None:
@@ -580,7 +586,7 @@ class Daemon:
     def set_never_block(self, nets: list[str]) -> None:
         """Main thread: the never-block list changed (engine ignore set and valves)."""
         from nfsentry.core.addrs import PrefixSet
-        self.protected = nets
+        self.never_block = nets
         self.engine.ignore = PrefixSet(nets)
         self.valves.set_never_block(nets)
 
@@ -643,7 +649,7 @@ class Daemon:
     def execute(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req["cmd"]
         if cmd == "block":
-            net = normalize_block_target(req["network"], self.protected if not req.get("force") else [])
+            net = normalize_block_target(req["network"], self.never_block if not req.get("force") else [])
             duration = float(req.get("duration", self.cfg.durations["block_duration"]))
             res = self.ledger.block(net, duration, req.get("reason"))
             if res.status != "kept":
@@ -676,7 +682,7 @@ class Daemon:
     def add_ignore(self, net: str) -> None:
         self.nft.add_ignore(net)
         self.runtime_ignore.add(net)
-        self.set_never_block(sorted(set(self.protected) | {net}))
+        self.set_never_block(sorted(set(self.never_block) | {net}))
 
     def engine_kind(self) -> str:
         """"compiled" when process_raw's common cases run in nfsentry._fastpath, else "python"."""
@@ -686,9 +692,9 @@ class Daemon:
         st = {"pid": os.getpid(), "version": __version__, "started": self.started, "uptime": time.time() - self.started,
               "backend": getattr(self, "backend", None), "inuse": getattr(self, "inuse", None), "engine_kind": self.engine_kind(),
               "mode": self.cfg["monitor"]["mode"], "dry_run": self.cfg["response"]["dry_run"],
-              "tcp_ports": C.ranges_text(self.cfg.tcp_ports), "udp_ports": C.ranges_text(self.cfg.udp_ports),
-              "tcp_port_count": C.count_ports(self.cfg.tcp_ports), "udp_port_count": C.count_ports(self.cfg.udp_ports),
-              "never_block": len(self.protected), "config": self.cfg.path, "counters": dict(self.counters),
+              "tcp_ports": ranges_text(self.cfg.tcp_ports), "udp_ports": ranges_text(self.cfg.udp_ports),
+              "tcp_port_count": count_ports(self.cfg.tcp_ports), "udp_port_count": count_ports(self.cfg.udp_ports),
+              "never_block": len(self.never_block), "config": self.cfg.path, "counters": dict(self.counters),
               "engine": dict(getattr(self.engine, "stats", {})), "event_backlog": self.events.qsize(),
               "pending_storage_writes": len(self.pending_store), "queue_drops": queue_drops(),
               "block_latency_ms": latency_summary(self.block_latency)}
@@ -716,16 +722,16 @@ class Daemon:
         old = self.cfg
         self.cfg = new
         try:
-            protected = sorted(set(protected_networks(new)) | self.runtime_ignore)
-            self.nft.load(ruleset_spec(new, protected), backend=new["nft"]["backend"])
-            self.protected = protected
+            never_block = sorted(set(never_block_networks(new)) | self.runtime_ignore)
+            self.nft.load(ruleset_spec(new, never_block), backend=new["nft"]["backend"])
+            self.never_block = never_block
         except Exception as e:
             self.cfg = old
             log.error("reload refused, the running configuration stays: %s", e)
             return False, f"reload refused: {e}"
         self.engine.configure(engine_config(new))
-        self.engine.valves = self.valves = build_valves(new, self.protected, lambda: self.kernel_blocked)
-        self.set_never_block(self.protected)
+        self.engine.valves = self.valves = build_valves(new, self.never_block, lambda: self.kernel_blocked)
+        self.set_never_block(self.never_block)
         self.build_lean_verdicts()
         log.info("configuration reloaded from %s", path or "built-in defaults")
         return True, "reloaded"
@@ -756,7 +762,7 @@ class Daemon:
                         self.storage_fault(e)
                 if time.monotonic() - last_refresh >= self.cfg.durations["refresh_interval"]:
                     last_refresh = time.monotonic()
-                    self.refresh_protected()
+                    self.refresh_never_block()
                     if self.cfg["response"]["max_blocked"]:
                         self.refresh_blocked_count()
             except Exception as e:  # the worker must survive anything
@@ -782,7 +788,7 @@ class Daemon:
         if kind == "ftp":  # an FTP tracker report: an event like the others
             kind, obj = "event", ftp_report_event(obj, extra.get("suppressed", 0))
         if kind in ("detection", "block"):
-            ev = decision_event(obj, kind, self.cfg)
+            ev = decision_event(obj, kind, self.cfg.event_policy())
             if extra.get("action"):
                 ev["action"] = extra["action"]
                 ev["blocked"] = False
@@ -895,11 +901,11 @@ class Daemon:
             self.store = Store(self.cfg.db_path)
         Ledger(self.nft, self.store).restore(put_back=False)
 
-    def refresh_protected(self) -> None:
-        self.counters["protected_refreshes"] += 1
-        nets = sorted(set(protected_networks(self.cfg)) | self.runtime_ignore)
-        if nets != self.protected:
-            added = set(nets) - set(self.protected)
+    def refresh_never_block(self) -> None:
+        self.counters["never_block_refreshes"] += 1
+        nets = sorted(set(never_block_networks(self.cfg)) | self.runtime_ignore)
+        if nets != self.never_block:
+            added = set(nets) - set(self.never_block)
             for n in added:
                 try:
                     self.nft.add_ignore(n)
@@ -907,14 +913,6 @@ class Daemon:
                     log.error("cannot add %s to the ignore set: %s", n, e)
             log.info("host addresses changed: %d never-block networks now", len(nets))
             self.in_main_thread(lambda: self.set_never_block(nets))
-
-
-def latency_summary(samples) -> dict[str, Any]:
-    """Median and max of the last blocks' decision-to-kernel latency, in milliseconds."""
-    xs = sorted(samples)
-    if not xs:
-        return {"n": 0}
-    return {"n": len(xs), "median": round(xs[len(xs) // 2] * 1000, 3), "max": round(xs[-1] * 1000, 3)}
 
 
 class _Stop(BaseException):
@@ -971,68 +969,6 @@ class LockedExpectations:
 
 
 # == helpers shared with the CLI ====================================================================
-def normalize_network(text: str) -> str:
-    try:
-        net = ipaddress.ip_network(str(text).strip(), strict=False)
-    except ValueError:
-        raise ValueError(f"bad address or prefix {text!r}") from None
-    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
-
-
-def normalize_block_target(text: str, protected: list[str]) -> str:
-    """Validate a block target: no /0 (or absurdly wide) prefixes, nothing on the never-block list."""
-    net_s = normalize_network(text)
-    net = ipaddress.ip_network(net_s)
-    if net.prefixlen < (8 if net.version == 4 else 16):
-        raise ValueError(f"refusing to block {net_s}: a /{net.prefixlen} would cut off most of the network")
-    for p in protected:
-        pn = ipaddress.ip_network(p)
-        if pn.version == net.version and (net.overlaps(pn)):
-            raise ValueError(f"refusing to block {net_s}: it covers {p}, which nfsentry never blocks (own address, gateway, resolver, ignore list or your SSH session)")
-    return net_s
-
-
-def manual_block_event(net: str, duration: float, reason: str) -> dict[str, Any]:
-    now = time.time()
-    return {"ts": now, "event": "block", "network": net, "src": net, "family": 6 if ":" in net else 4,
-            "reason": reason, "duration": duration, "expires": now + duration if duration else None,
-            "offences": 1, "action": "manual", "origin": "manual", "labels": [], "ports": [], "blocked": True}
-
-
-def decision_event(d, kind: str, cfg: Config) -> dict[str, Any]:
-    from nfsentry.core.packet import addr_text
-    r = cfg["response"]
-    proto = PROTO_NAMES.get(d.proto, "other")
-    mode = r.get(proto, "block") if proto in ("tcp", "udp") else "block"
-    if r["dry_run"]:
-        action = "dry-run"
-    elif cfg["monitor"]["mode"] == "observe":
-        action = "log"
-    elif int(d.action) == 3 or mode == "log":
-        action = "alert"
-    else:
-        action = mode  # block | command
-    now = d.ts
-    ev = {"ts": now, "event": kind, "src": addr_text(d.src), "network": d.network, "family": 6 if len(d.src) == 16 else 4,
-          "proto": proto, "port": d.dport, "sport": d.sport, "dst": addr_text(d.dst) if d.dst else None,
-          "label": d.label, "flags": d.flags, "labels": list(d.labels), "ports": list(d.ports), "hits": d.hits,
-          "action": action, "reason": d.reason, "duration": d.duration, "offences": d.offences,
-          "expires": (now + d.duration) if (kind == "block" and d.duration) else None,
-          "ip_options": list(d.ip_options), "malformed": d.malformed, "host": None, "ignored": False,
-          "triggered": int(d.action) >= 3, "blocked": action == "block"}
-    return ev
-
-
-def ftp_report_event(rep, suppressed: int = 0) -> dict[str, Any]:
-    """An FTP tracker report (nfsentry.ftp Bounce, PasvMismatch, Malformed, Oversized) -> event dict
-    ("event": "ftp_bounce", ...; "reason": its escaped one-line description)."""
-    ev = rep.as_dict()
-    ev["reason"] = rep.describe()
-    if suppressed:
-        ev["suppressed_before"] = suppressed  # reports dropped by the rate limit since the last one
-    return ev
-
-
 def resolve(addr: str) -> str | None:
     try:
         return socket.gethostbyaddr(addr)[0]
@@ -1069,15 +1005,11 @@ def engine_config(cfg: Config):
         max_ports_per_source=d["max_ports_per_source"])
 
 
-def ruleset_spec(cfg: Config, protected: list[str]):
+def ruleset_spec(cfg: Config, never_block: list[str]):
     from nfsentry.nft import RulesetSpec
     m, n = cfg["monitor"], cfg["nft"]
-    return RulesetSpec(bypass=n["fail_open"], variant=m["mode"], tcp_ports=list(cfg.tcp_ports), udp_ports=list(cfg.udp_ports), ignore=list(protected),
+    return RulesetSpec(bypass=n["fail_open"], variant=m["mode"], tcp_ports=list(cfg.tcp_ports),
+                       udp_ports=list(cfg.udp_ports), ignore=list(never_block),
                        queue=n["queue"], ftp_queue=n["ftp_queue"], ftp=m["ftp"], inuse=m["inuse"], mark=n["mark"], table=n["table"],
                        ipv6_prefix=cfg["detection"]["ipv6_prefix"], protect=list(m["protect"]))
 
-
-def main_run(cfg: Config, foreground: bool) -> int:
-    d = Daemon(cfg, foreground)
-    d.start()
-    return d.run()

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from nfsentry.config.schema import format_duration
+from nfsentry.core.units import format_duration
 
 log = logging.getLogger("nfsentry")
 

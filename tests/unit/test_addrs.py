@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfsentry.core.addrs import PrefixSet, family_of, key_for, mask, masker, network_text, parse_network
+from nfsentry.core.addrs import (PrefixSet, addr_text, family_of, key_for, mask, masker, network_text,
+                                 normalize_block_target, normalize_network, parse_key, parse_network)
 
 
 def n(a: str) -> bytes:
@@ -170,18 +171,101 @@ def test_network_text():
     assert network_text(b"") == ""
 
 
-def test_parse_network_round_trips():
-    assert parse_network("198.18.0.2") == (4, n("198.18.0.2"), 32)
-    assert parse_network(" 10.9.8.7/8 ") == (4, n("10.0.0.0"), 8)
-    assert parse_network("2001:db8:1::/64") == (6, n("2001:db8:1::"), 64)
-    assert parse_network("2001:db8:1::5") == (6, n("2001:db8:1::5"), 128)
-    assert parse_network(n("2001:db8:1::5")) == (6, n("2001:db8:1::5"), 128)
-    assert parse_network(ipaddress.ip_address("192.0.2.1")) == (4, n("192.0.2.1"), 32)
-    assert parse_network("0.0.0.0/0") == (4, bytes(4), 0)          # refusing /0 is config's job
+def test_parse_key_round_trips():
+    assert parse_key("198.18.0.2") == (4, n("198.18.0.2"), 32)
+    assert parse_key(" 10.9.8.7/8 ") == (4, n("10.0.0.0"), 8)
+    assert parse_key("2001:db8:1::/64") == (6, n("2001:db8:1::"), 64)
+    assert parse_key("2001:db8:1::5") == (6, n("2001:db8:1::5"), 128)
+    assert parse_key(n("2001:db8:1::5")) == (6, n("2001:db8:1::5"), 128)
+    assert parse_key(ipaddress.ip_address("192.0.2.1")) == (4, n("192.0.2.1"), 32)
+    assert parse_key("0.0.0.0/0") == (4, bytes(4), 0)          # refusing /0 is parse_network's job
     for text in ("2001:db8:1::/64", "198.18.0.2", "10.0.0.0/8"):
-        fam, key, plen = parse_network(text)
+        fam, key, plen = parse_key(text)
         assert network_text(key, plen) == text and family_of(key) == fam
     for bad in ("nope", "10.0.0.0/33", "", None, b"\x01\x02"):
         with pytest.raises(ValueError):
-            parse_network(bad)
-    assert socket.inet_ntop(socket.AF_INET6, parse_network("2001:db8::/32")[1]) == "2001:db8::"
+            parse_key(bad)
+    assert socket.inet_ntop(socket.AF_INET6, parse_key("2001:db8::/32")[1]) == "2001:db8::"
+
+
+def test_block_targets_never_cover_never_block_networks_or_everything():
+    never_block = ["198.18.0.1/32", "2001:db8::1/128", "198.18.0.22/32"]
+    for target, frag in (("0.0.0.0/0", "/0"), ("::/0", "/0"), ("10.0.0.0/4", "/4"), ("2001::/8", "/8"),
+                         ("198.18.0.0/24", "never blocks"), ("198.18.0.22", "never blocks"),
+                         ("2001:db8::/64", "never blocks"), ("1.2.3.4; rm -rf /", "bad address"),
+                         ("$(reboot)", "bad address"), ("", "bad address")):
+        with pytest.raises(ValueError, match=frag.replace("/", ".")):
+            normalize_block_target(target, never_block)
+    assert normalize_block_target("198.18.0.2/32", never_block) == "198.18.0.2"
+    assert normalize_block_target("2001:db8:1::5/64", never_block) == "2001:db8:1::/64"
+
+
+@pytest.mark.parametrize("target, expect", [
+    ("::ffff:198.18.0.2", "198.18.0.2"), ("::FFFF:198.18.0.2/128", "198.18.0.2"),
+    ("::ffff:198.18.0.0/120", "198.18.0.0/24"), ("::ffff:c612:2", "198.18.0.2"),
+    ("198.18.0.2", "198.18.0.2"), ("2001:db8::ffff:198.18.0.2", "2001:db8::ffff:c612:2"),
+])
+def test_ipv4_mapped_ipv6_targets_become_the_ipv4_address(target, expect):
+    assert normalize_network(target) == expect
+    assert normalize_block_target(target) == expect
+
+
+def test_a_mapped_target_is_checked_as_the_ipv4_address_it_is():
+    with pytest.raises(ValueError, match="covers 198.18.0.1/32"):
+        normalize_block_target("::ffff:198.18.0.1", ["198.18.0.1/32"])
+    with pytest.raises(ValueError, match="refusing to block 127.0.0.1: a loopback"):
+        normalize_block_target("::ffff:127.0.0.1")
+    with pytest.raises(ValueError, match="refusing to block 0.0.0.0/0"):
+        normalize_block_target("::ffff:0.0.0.0/96")
+
+
+@pytest.mark.parametrize("target, kind", [
+    ("224.0.0.1", "multicast"), ("239.1.2.0/24", "multicast"), ("ff02::1", "multicast"), ("ff0e::/16", "multicast"),
+    ("169.254.1.1", "link-local"), ("169.254.0.0/16", "link-local"), ("fe80::1", "link-local"),
+    ("fe80::/64", "link-local"), ("127.0.0.1", "loopback"), ("127.0.0.0/8", "loopback"), ("::1", "loopback"),
+    ("0.0.0.0", "unspecified"), ("::", "unspecified"),
+])
+def test_targets_that_are_never_a_source_are_refused_in_one_line(target, kind):
+    for force in ((), ["198.18.0.0/24"]):
+        with pytest.raises(ValueError) as e:
+            normalize_block_target(target, force)
+        msg = str(e.value)
+        assert msg.startswith(f"refusing to block {normalize_network(target)}: ") and kind in msg and "\n" not in msg
+
+
+def test_normalize_network():
+    assert normalize_network(" 198.18.0.5/24 ") == "198.18.0.0/24"
+    assert normalize_network("2001:db8:1::5/64") == "2001:db8:1::/64"
+    assert normalize_network("2001:db8::1/128") == "2001:db8::1"
+    assert normalize_network("0.0.0.0/0", allow_everything=True) == "0.0.0.0/0"
+    for bad, frag in (("0.0.0.0/0", "would match every address"), ("::/0", "would match every address"),
+                      ("not-an-ip", "bad address or prefix"), ("198.18.0.300", "bad address or prefix"),
+                      ("fe80::1%eth0", "zone-scoped"), ("", "bad address or prefix")):
+        with pytest.raises(ValueError, match=frag):
+            normalize_network(bad)
+
+
+def test_parse_network_refuses_everything_and_zones_with_one_clear_line():
+    assert parse_network(" 198.18.0.5/24 ") == ipaddress.ip_network("198.18.0.0/24")
+    assert parse_network(ipaddress.ip_address("2001:db8::1")) == ipaddress.ip_network("2001:db8::1/128")
+    assert parse_network(ipaddress.ip_network("10.0.0.0/8")) == ipaddress.ip_network("10.0.0.0/8")
+    assert parse_network("::/0", allow_everything=True).prefixlen == 0
+    for bad, frag in (("0.0.0.0/0", "bad network '0.0.0.0/0': a /0 would match every address"),
+                      ("::/0", "a /0 would match every address"), ("x", "bad network 'x': not an IPv4/IPv6"),
+                      ("fe80::1%eth0", "zone-scoped"), (None, "bad network None"), (22, "bad network 22")):
+        with pytest.raises(ValueError, match=frag.replace("/", ".").replace("(", ".")) as e:
+            parse_network(bad, "network")
+        assert "\n" not in str(e.value)
+
+
+def test_addr_text_and_network_text_agree_on_every_form():
+    assert addr_text(n("198.18.0.2")) == "198.18.0.2" and addr_text(n("2001:db8::1")) == "2001:db8::1"
+    assert addr_text(b"") == "" and addr_text(b"\x01\x02") == "0x0102" and addr_text(bytearray(b"\x01")) == "0x01"
+    assert network_text(ipaddress.ip_network("198.18.0.0/24")) == "198.18.0.0/24"
+    assert network_text(ipaddress.ip_network("2001:db8::1/128")) == "2001:db8::1"
+    assert network_text(ipaddress.ip_address("198.18.0.2")) == "198.18.0.2"
+    assert network_text(bytearray(n("198.18.0.2"))) == "198.18.0.2"
+    for text in ("198.18.0.2", "198.18.0.0/24", "2001:db8:1::/64", "2001:db8::1"):
+        assert network_text(parse_network(text)) == normalize_network(text) == text
+    from nfsentry.core import ftp, packet
+    assert packet.addr_text is addr_text and ftp.addr_text is addr_text    # one implementation

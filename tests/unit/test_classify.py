@@ -99,6 +99,7 @@ def test_label_text_and_descriptions():
 def test_labels_cover_the_configuration_vocabulary():
     from nfsentry.config.schema import LABELS as CONFIG_LABELS
     assert set(CONFIG_LABELS) <= set(C.LABELS)
+    assert CONFIG_LABELS is C.LABELS        # one definition (core.classify), config imports it
 
 
 # --- SYN hints --------------------------------------------------------------------------------------

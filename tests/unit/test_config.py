@@ -83,18 +83,6 @@ def test_ignore_file_portsentry_format(tmp_path):
         C.validate({"ignore": {"files": [str(f)]}})
 
 
-@pytest.mark.parametrize("text, seconds", [("45s", 45), ("15m", 900), ("1h30m", 5400), ("7d", 604800), (0, 0), (90, 90), ("250ms", 0.25), ("1w", 604800)])
-def test_durations(text, seconds):
-    assert C.parse_duration(text) == seconds
-
-
-def test_range_arithmetic():
-    assert C.parse_ports([1, 2, "3-5", "10-20", 15]) == [(1, 5), (10, 20)]
-    assert C.subtract_ranges([(1, 1023)], [(22, 22), (80, 80)]) == [(1, 21), (23, 79), (81, 1023)]
-    assert C.ranges_text([(1, 21), (23, 23)]) == "1-21,23"
-    assert C.count_ports([(1, 1023), (31337, 31337)]) == 1024
-
-
 def test_example_config_lists_every_key_with_its_default():
     """examples/nfsentry.toml documents every key, and its values are the built-in defaults."""
     import tomllib

@@ -8,6 +8,7 @@ import struct
 import pytest
 
 from nfsentry.config import schema as C
+from nfsentry.core.events import ftp_report_event
 from nfsentry.daemon import main as D
 
 CLIENT, SERVER, THIRD = "192.0.2.10", "192.0.2.1", "198.51.100.66"
@@ -49,7 +50,7 @@ class FakeNft:
 
 @pytest.fixture
 def daemon(monkeypatch):
-    monkeypatch.setattr(D, "protected_networks", lambda cfg: [])
+    monkeypatch.setattr(D, "never_block_networks", lambda cfg: [])
     d = D.Daemon(C.defaults())
     d.build_core()
     d.nft = FakeNft()
@@ -109,7 +110,7 @@ def test_reports_become_events_with_describe_and_are_rate_limited(daemon, monkey
     d = daemon
     send(d, CLIENT, SERVER, 40000, 21, b"PORT 198,51,100,66,156,65\r\n", 1)
     [(rep, extra)] = queued(d, "ftp")
-    ev = D.ftp_report_event(rep, extra["suppressed"])
+    ev = ftp_report_event(rep, extra["suppressed"])
     assert ev["event"] == "ftp_bounce" and ev["src"] == CLIENT and ev["announced"] == THIRD
     assert ev["reason"] == rep.describe() and "suppressed_before" not in ev
     assert d.nft.calls == [] and len(d.expectations) == 0
@@ -124,7 +125,7 @@ def test_reports_become_events_with_describe_and_are_rate_limited(daemon, monkey
     clock[0] += D.FTP_REPORT_WINDOW
     send(d, CLIENT, SERVER, 40001, 21, b"PORT 999,1,1,1,1,1\r\n", 1 + len(lines))
     [(rep, extra)] = queued(d, "ftp")
-    ev = D.ftp_report_event(rep, extra["suppressed"])
+    ev = ftp_report_event(rep, extra["suppressed"])
     assert ev["event"] == "ftp_malformed" and ev["suppressed_before"] == 50 - D.FTP_REPORTS_PER_WINDOW
     assert "\x1b" not in str(got[0][0].describe())
 

@@ -44,8 +44,8 @@ HARNESS = textwrap.dedent(r'''
             return True
 
     d = daemon.Daemon(cfg, foreground=False)
-    d.protected = daemon.protected_networks(cfg)
-    d.engine = engine.Engine(daemon.engine_config(cfg), ignore=PrefixSet(d.protected))
+    d.never_block = daemon.never_block_networks(cfg)
+    d.engine = engine.Engine(daemon.engine_config(cfg), ignore=PrefixSet(d.never_block))
     d.use_nft(Nft())
 
     class Pkt:
