@@ -81,7 +81,7 @@ def _one_range(item: Any) -> tuple[int, int]:
         raise ValueError(f"bad port {item!r}")
     if isinstance(item, int):
         lo = hi = item
-    elif isinstance(item, tuple) and len(item) == 2 and all(type(v) is int for v in item):
+    elif isinstance(item, (tuple, list)) and len(item) == 2 and all(type(v) is int for v in item):
         lo, hi = item
     elif isinstance(item, str) and (m := _RANGE_RE.fullmatch(item)):
         lo = int(m.group(1))

@@ -18,6 +18,8 @@ import re
 import socket
 from typing import Any, Iterable
 
+from nfsentry.core import addrs as _addrs
+
 __all__ = [
     "parse_network", "network_text", "set_for", "timeout_text", "port_elems",
     "block_commands", "replace_commands", "delete_command", "flush_commands", "plan_nets", "block_items",
@@ -29,18 +31,12 @@ __all__ = [
 
 # == networks ===================================================================================
 def parse_network(network: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """'198.18.0.2', '198.18.0.0/24', '2001:db8:1::/64' -> network (host bits cleared). No /0."""
-    try:
-        net = ipaddress.ip_network(str(network).strip(), strict=False)
-    except ValueError:
-        raise ValueError(f"bad address or prefix {network!r}") from None
-    if net.prefixlen == 0:
-        raise ValueError(f"refusing {network!r}: a /0 matches every address")
-    return net
+    """'198.18.0.2', '198.18.0.0/24', '2001:db8:1::/64' -> network (host bits cleared). No /0.
+    (core.addrs is the one implementation.)"""
+    return _addrs.parse_network(str(network).strip(), "address or prefix")
 
 
-def network_text(net) -> str:
-    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+network_text = _addrs.network_text
 
 
 def set_for(network: Any, v6_prefix: int | None) -> tuple[str, str, Any]:

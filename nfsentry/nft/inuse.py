@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nfsentry.core import units as _units
+
 TCP_LISTEN = "0A"
 
 __all__ = ["listening_ports", "parse_proc_net", "subtract_ports", "ports_to_ranges"]
@@ -53,28 +55,10 @@ def listening_ports(proc_net: str | Path = "/proc/net") -> tuple[set[int], set[i
 
 
 def ports_to_ranges(ports) -> list[tuple[int, int]]:
-    """{22, 23, 24, 80} -> [(22, 24), (80, 80)]."""
-    out: list[tuple[int, int]] = []
-    for p in sorted(set(ports)):
-        if out and p == out[-1][1] + 1:
-            out[-1] = (out[-1][0], p)
-        else:
-            out.append((p, p))
-    return out
+    """{22, 23, 24, 80} -> [(22, 24), (80, 80)] (core.units)."""
+    return _units.ports_to_ranges(ports)
 
 
 def subtract_ports(ranges: list[tuple[int, int]], ports) -> list[tuple[int, int]]:
-    """Ranges minus single ports: [(1, 1023)] - {22} -> [(1, 21), (23, 1023)]."""
-    out: list[tuple[int, int]] = []
-    holes = sorted(set(ports))
-    for lo, hi in sorted(ranges):
-        cur = lo
-        for p in holes:
-            if p < cur or p > hi:
-                continue
-            if p > cur:
-                out.append((cur, p - 1))
-            cur = p + 1
-        if cur <= hi:
-            out.append((cur, hi))
-    return out
+    """Ranges minus single ports: [(1, 1023)] - {22} -> [(1, 21), (23, 1023)] (core.units)."""
+    return _units.subtract_ranges(ranges, _units.ports_to_ranges(ports))

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
+from nfsentry.core.addrs import parse_network
+from nfsentry.core.units import TROJAN_TCP, TROJAN_UDP, parse_ports
 from nfsentry.nft.errors import SpecError
 
 __all__ = ["VARIANTS", "BACKENDS", "INUSE_METHODS", "FTP_PORT", "TROJAN_TCP", "TROJAN_UDP", "COUNTERS",
@@ -23,11 +25,6 @@ FTP_PORT = 21
 # What nft accepts as our table's name (and what a RulesetSpec and an Nft session check).
 TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
 
-# PortSentry's classic ports beyond 1-1023 (Debian's portsentry.conf); keep equal to config.py's
-# (a unit test checks they agree).
-TROJAN_TCP = (1080, 1524, 2000, 5742, 6667, 12345, 12346, 20034, 27665, 31337,
-              32771, 32772, 32773, 32774, 40421, 49724, 54320)
-TROJAN_UDP = (31335, 31337, 32770, 32771, 32772, 32773, 32774, 34555, 37444, 54321)
 
 # Named counters (nft objects: `nft list counters table inet nfsentry`).
 COUNTERS = {
@@ -40,29 +37,11 @@ COUNTERS = {
 
 
 def _ports(items: Iterable[Any], what: str) -> list[tuple[int, int]]:
-    out = []
-    for item in items:
-        if isinstance(item, bool):
-            raise ValueError(f"{what}: bad port {item!r}")
-        if isinstance(item, int):
-            lo = hi = item
-        elif isinstance(item, (tuple, list)) and len(item) == 2:
-            lo, hi = int(item[0]), int(item[1])
-        elif isinstance(item, str) and re.fullmatch(r"\s*\d+\s*(-\s*\d+\s*)?", item):
-            parts = [int(p) for p in item.split("-")]
-            lo, hi = parts[0], parts[-1]
-        else:
-            raise ValueError(f"{what}: bad port or range {item!r}")
-        if not (1 <= lo <= hi <= 65535):
-            raise ValueError(f"{what}: bad port range {item!r} (1-65535, start <= end)")
-        out.append((lo, hi))
-    merged: list[tuple[int, int]] = []
-    for lo, hi in sorted(out):
-        if merged and lo <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-        else:
-            merged.append((lo, hi))
-    return merged
+    """Port ranges, merged (core.units is the one implementation); errors name the spec field."""
+    try:
+        return parse_ports(list(items), what)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: {e}") from None
 
 
 def _networks(items: Iterable[Any], what: str) -> tuple[list, list]:
@@ -70,9 +49,9 @@ def _networks(items: Iterable[Any], what: str) -> tuple[list, list]:
     v4, v6 = [], []
     for item in items:
         try:
-            net = ipaddress.ip_network(str(item).strip(), strict=False)
-        except ValueError:
-            raise ValueError(f"{what}: bad address or prefix {item!r}") from None
+            net = parse_network(item, "address or prefix", allow_everything=True)
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
         (v4 if net.version == 4 else v6).append(net)
     return list(ipaddress.collapse_addresses(v4)), list(ipaddress.collapse_addresses(v6))
 

@@ -101,8 +101,8 @@ def test_normalized_is_a_validated_copy():
 def test_normalized_wraps_type_errors_in_spec_error():
     with pytest.raises(S.SpecError, match="invalid ruleset specification"):
         RulesetSpec(ipv6_prefix="64").normalized()
-    with pytest.raises(S.SpecError, match="invalid ruleset specification: invalid literal"):
-        RulesetSpec(tcp_ports=[("a", 2)]).normalized()  # ValueError of int()
+    with pytest.raises(S.SpecError, match="invalid ruleset specification: tcp_ports: bad port or range"):
+        RulesetSpec(tcp_ports=[("a", 2)]).normalized()  # not a port (core.units' message)
     with pytest.raises(S.SpecError, match="invalid ruleset specification"):
         RulesetSpec(tcp_ports=[(None, 2)]).normalized()  # TypeError of int()
     with pytest.raises(S.SpecError, match="invalid ruleset specification: backend must be"):
