@@ -114,17 +114,7 @@ def parse_key(text) -> tuple[int, bytes, int]:
         if len(text) not in (4, 16):
             raise ValueError(f"bad raw address of {len(text)} bytes")
         return (4 if len(text) == 4 else 6), bytes(text), len(text) * 8
-    if isinstance(text, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        return text.version, text.packed, text.max_prefixlen
-    if isinstance(text, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        net = text
-    else:
-        if not isinstance(text, str):
-            raise ValueError(f"bad network {text!r}")
-        try:
-            net = ipaddress.ip_network(text.strip(), strict=False)
-        except ValueError:
-            raise ValueError(f"bad network {text!r}: not an IPv4/IPv6 address or CIDR") from None
+    net = parse_network(text, "network", allow_everything=True)
     return net.version, net.network_address.packed, net.prefixlen
 
 

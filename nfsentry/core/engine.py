@@ -224,29 +224,13 @@ class Decision:
             p = self.pkt = decode(self.raw)
         return p
 
-    @property
-    def src(self) -> bytes:
-        return self.packet.src
-
-    @property
-    def dst(self) -> bytes:
-        return self.packet.dst
-
-    @property
-    def sport(self) -> int:
-        return self.packet.sport
-
-    @property
-    def dport(self) -> int:
-        return self.packet.dport
-
-    @property
-    def ip_options(self) -> tuple:
-        return self.packet.ip_options
-
-    @property
-    def malformed(self) -> str | None:
-        return self.packet.malformed
+    # the packet's own fields, read through ``packet`` (decoded on first use)
+    src = property(lambda self: self.packet.src, doc="source address, raw bytes")
+    dst = property(lambda self: self.packet.dst, doc="destination address, raw bytes")
+    sport = property(lambda self: self.packet.sport)
+    dport = property(lambda self: self.packet.dport)
+    ip_options = property(lambda self: self.packet.ip_options)
+    malformed = property(lambda self: self.packet.malformed, doc="why the packet is malformed, or None")
 
     @property
     def network(self) -> str:

@@ -166,16 +166,20 @@ class Session:
             raise NftError(f"checking {path}", err)
 
     # -- set listings ---------------------------------------------------------------------------
-    def _set_items_once(self, name: str) -> list[str]:
-        """One `list set` dump of a set: its element texts (numeric times)."""
+    def _text(self, command: str) -> tuple[int, str, str]:
+        """A command with nft's text output and numeric times (big listings: twice as fast as JSON)."""
         with self._lock:
             self._n.set_json_output(False)
             self._n.set_numeric_time_output(True)
             try:
-                rc, out, err = self._n.cmd(f"list set inet {self.table} {name}")
+                return self._n.cmd(command)
             finally:
                 self._n.set_numeric_time_output(False)
                 self._n.set_json_output(True)
+
+    def _set_items_once(self, name: str) -> list[str]:
+        """One `list set` dump of a set: its element texts (numeric times)."""
+        rc, out, err = self._text(f"list set inet {self.table} {name}")
         if rc != 0:
             raise NftError(f"reading set {name}", err)
         return E.set_item_texts(out)
@@ -473,14 +477,7 @@ class Nft(Session):
     def _get_element(self, setname: str, elem: str) -> list[dict]:
         """`get element`: the entries of ``setname`` matching ``elem`` (an interval set answers
         with the interval that contains it); [] when none does."""
-        with self._lock:
-            self._n.set_json_output(False)
-            self._n.set_numeric_time_output(True)
-            try:
-                rc, out, err = self._n.cmd(f"get element inet {self.table} {setname} {{ {elem} }}")
-            finally:
-                self._n.set_numeric_time_output(False)
-                self._n.set_json_output(True)
+        rc, out, err = self._text(f"get element inet {self.table} {setname} {{ {elem} }}")
         if rc != 0:
             if "No such file or directory" in err:
                 self._require_loaded()
