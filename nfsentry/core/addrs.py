@@ -235,7 +235,9 @@ class PrefixSet:
         self._count += len(members) - before
 
     def _rebuild(self) -> None:
-        v4, v6, exact = [], [], set()
+        v4: list = []
+        v6: list = []
+        exact: set = set()
         # Whole addresses (/32, /128: own addresses, gateways, resolvers) are one bytes-set
         # lookup; every other prefix length is one mask-and-lookup. Most specific first.
         for (family, plen), members in sorted(self._by_len.items(), key=lambda kv: -kv[0][1]):

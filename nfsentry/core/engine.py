@@ -92,6 +92,7 @@ from heapq import heapify, heappop, heappush
 from dataclasses import dataclass, field
 from functools import partial
 from enum import IntEnum
+from typing import Any
 
 from .addrs import PrefixSet, mask, masker, network_text, parse_key
 from .classify import FLAG_STRINGS as _FLAG_STRINGS
@@ -207,8 +208,8 @@ class Decision:
         """Why: ``"scan_trigger 0 reached: SYN to tcp/22; hits 1; labels SYN; ports tcp/22;
         offence 1, block 1h"``. Formatted on first access (not on the verdict path)."""
         why = self.why
-        if why.__class__ is not str:
-            why = self.why = _format_reason(self, why)
+        if not isinstance(why, str):
+            why = self.why = _format_reason(self, why)  # type: ignore[arg-type]  # its parts
         return why
 
     @property
@@ -221,7 +222,7 @@ class Decision:
         """The decoded packet (decoded from ``raw`` on first access)."""
         p = self.pkt
         if p is None:
-            p = self.pkt = decode(self.raw)
+            p = self.pkt = decode(self.raw or b"")
         return p
 
     # the packet's own fields, read through ``packet`` (decoded on first use)
@@ -352,12 +353,20 @@ class _Source:
     -> last hit time in last-hit order (oldest first), at most the per-source port cap."""
 
     __slots__ = ("hits", "ports", "labels", "protos", "first", "last", "seen")
+    hits: int
+    ports: Any              # int (one port key) or dict port key -> last hit
+    labels: tuple
+    protos: int
+    first: float
+    last: float
+    seen: bool
 
 
 _source = partial(_new, _Source)     # a new, empty _Source (no __init__ call)
 
+_fastpath: Any
 try:        # the compiled common cases of process_raw (nfsentry/core/_fastpath.c); optional
-    from . import _fastpath
+    from . import _fastpath  # type: ignore[attr-defined, no-redef]
 except ImportError:      # pragma: no cover - the package build always compiles it
     _fastpath = None
 
@@ -423,7 +432,7 @@ class Engine:
         self._durations = [0.0] + [self.duration_for(n) for n in range(1, 65)]   # by offences
         self._trigger_text = f"scan_trigger {cfg.scan_trigger} reached"
         self._window_text = f"window {cfg.window_ports} ports in {format_duration(self._window)} reached"
-        self.process, self.process_raw = self._build_process()
+        self.process, self.process_raw = self._build_process()  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------------------------------
     # the hot path

@@ -257,7 +257,7 @@ def _decode4(raw: bytes, n: int) -> Packet:
 
 
 def _ip4_options(raw: bytes, i: int, end: int) -> tuple[tuple, str | None]:
-    names = []
+    names: list[str] = []
     while i < end:
         t = raw[i]
         if t == 0:          # end of option list
@@ -289,8 +289,8 @@ def _decode6(raw: bytes, n: int) -> Packet:
     if nh not in _EXT:
         return _transport(raw, 40, end, 6, src, dst, nh, (), (), 0, False, hlim)
     off = 40
-    exts = []
-    opts = []
+    exts: list[int] = []
+    opts: list[str] = []
     frag_offset = 0
     more = False
     for _ in range(MAX_EXT_HEADERS):

@@ -79,6 +79,7 @@ def plan_restore(kernel: dict[str, float | None], db: dict[str, float | None], n
         if net not in kernel:
             plan.put_back.append((net, 0 if end is None else kernel_timeout(end - now)))
     for net, left in kernel.items():
-        if net not in db or (db[net] is not None and db[net] <= now):
+        end = db.get(net, now)
+        if net not in db or (end is not None and end <= now):
             plan.adopt.append((net, None if left is None else now + left))
     return plan
