@@ -122,6 +122,9 @@ class Ledger:
             store.forget_all_offenders()
             for net in ev.get("networks", []):
                 store.add_history(unblock_event(net, ev["reason"], ev["ts"]))
+        elif op == "expire":  # the kernel timed it out: the record goes too (rule 6), reported once
+            if store.remove_block(ev["network"]):
+                store.add_history(ev)
         elif op == "history":
             store.add_history(ev)
         else:
@@ -187,6 +190,22 @@ class Ledger:
         self.nft.unblock_all()
         self.record("unblock_all", {"ts": self.clock(), "networks": nets, "reason": reason})
         return nets
+
+    def expire_due(self) -> list[dict[str, Any]]:
+        """Database blocks whose time is up and that the kernel no longer holds (it timed them
+        out): each leaves the database with an ``expire`` history row (rule 6). Returns the
+        events, for the alerts. Needs the database here (the CLI, or the daemon's worker)."""
+        now = self.clock()
+        out = []
+        for b in self.store.expired_blocks(now):
+            net = b["network"]
+            if any(k["network"] == net for k in self.nft.find_blocks(net)):
+                continue  # the kernel still holds it (a clock step): its time is not up there
+            ev = {"ts": now, "event": "expire", "network": net, "src": net, "reason": "block timed out",
+                  "expired": b["expires"], "origin": b.get("origin")}
+            self.persist(self.store, "expire", ev)
+            out.append(ev)
+        return out
 
     # -- reading -----------------------------------------------------------------------------------
     def entries(self, family: int | None = None) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_ts ON history(ts);
 CREATE INDEX IF NOT EXISTS history_src ON history(src);
+CREATE INDEX IF NOT EXISTS blocks_expires ON blocks(expires);
 """
 
 

@@ -206,3 +206,16 @@ class LedgerModel(RuleBasedStateMachine):
 
 TestLedgerModel = LedgerModel.TestCase
 TestLedgerModel.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+
+
+def test_expired_blocks_leave_the_database_with_one_expire_row(ledger):
+    lg, clock, store = ledger
+    lg.block("198.18.0.5", 2)
+    lg.block("198.18.0.6", 3600)
+    assert lg.expire_due() == []
+    clock.now += 3
+    evs = lg.expire_due()
+    assert [e["network"] for e in evs] == ["198.18.0.5"] and evs[0]["event"] == "expire"
+    assert lg.expire_due() == []  # reported once
+    assert [b["network"] for b in store.blocks(clock.now)] == ["198.18.0.6"]
+    assert [h["network"] for h in store.history() if h["event"] == "expire"] == ["198.18.0.5"]
