@@ -102,10 +102,11 @@ class Daemon:
         self.ftpq = FtpQueue(self)
         self.engine = Engine(engine_config(self.cfg), ignore=PrefixSet(self.never_block),
                              expectations=self.ftpq.expectations)
-        self.engine.valves = self.valves = self.build_valves(self.cfg)
+        self.engine.valves = self.valves = self.make_valves(self.cfg)
         self.verdicts.engine = self.engine
 
-    def build_valves(self, cfg: Config):
+    def make_valves(self, cfg: Config):
+        """The engine's safety valves; the blocked count they read is the main thread's (Verdicts)."""
         verdicts = self.verdicts
         return build_valves(cfg, self.never_block, lambda: verdicts.kernel_blocked)
 
@@ -305,7 +306,7 @@ class Daemon:
             log.error("reload refused, the running configuration stays: %s", e)
             return False, f"reload refused: {e}"
         self.engine.configure(engine_config(new))
-        self.engine.valves = self.valves = self.build_valves(new)
+        self.engine.valves = self.valves = self.make_valves(new)
         self.set_never_block(self.never_block)
         self.verdicts.build_lean_verdicts()
         log.info("configuration reloaded from %s", path or "built-in defaults")
