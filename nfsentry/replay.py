@@ -62,7 +62,7 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
     from nfsentry.core.engine import Action, Engine
     from nfsentry.core.events import decision_event
     from nfsentry.core.valves import Valves
-    from nfsentry.daemon.main import engine_config
+    from nfsentry.config.derive import engine_config
     from nfsentry.core.packet import decode
 
     packets = [(ts, decode(raw)) for ts, raw in read_capture(path)]

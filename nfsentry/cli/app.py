@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -110,31 +109,6 @@ def print_table(title: str, columns: list[str], rows: list[list]) -> None:
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="configuration file (default /etc/nfsentry/nfsentry.toml if present)")
-
-
-# == run ============================================================================================
-@app.command()
-def run(config: Optional[str] = ConfigOpt,
-        foreground: bool = typer.Option(False, "--foreground", "-f", help="also log to stderr"),
-        portsentry_config: Optional[str] = typer.Option(None, "--portsentry-config", help="run from a PortSentry portsentry.conf"),
-        portsentry_defaults: Optional[str] = typer.Option(None, "--portsentry-defaults", help="PortSentry /etc/default/portsentry (TCP_MODE/UDP_MODE)")):
-    """Run the daemon (in the foreground of this process; systemd keeps it running)."""
-    from nfsentry.daemon.main import Daemon, StartupError, require_root
-    try:
-        require_root()
-    except StartupError as e:
-        fail(str(e), e.exit_code)
-    cfg = load_config(config, portsentry_config, portsentry_defaults)
-    d = Daemon(cfg, foreground=True if foreground or sys.stderr.isatty() else foreground)
-    try:
-        d.start()
-    except StartupError as e:
-        fail(str(e), e.exit_code)
-    except ImportError as e:
-        fail(str(e), EXIT_RUNTIME)
-    except Exception as e:
-        fail(f"start-up failed: {type(e).__name__}: {e}", EXIT_RUNTIME)
-    raise typer.Exit(d.run())
 
 
 # == status =========================================================================================
@@ -242,7 +216,7 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
           force: bool = typer.Option(False, "--force", help="allow blocking a never-block address (not your SSH session)")):
     """Block a host or prefix by hand. A block already in force is never shortened."""
     from nfsentry.core.addrs import normalize_block_target
-    from nfsentry.daemon.main import ssh_client
+    from nfsentry.ledger.neverblock import ssh_client
     from nfsentry.ledger.rule import kernel_timeout
     cfg = load_config(config)
     duration = parse_duration_opt(for_, cfg.durations["block_duration"])
@@ -258,7 +232,7 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
     need_root("block")
     reply = daemon_request(cfg, "block", network=net, duration=duration, reason=reason, force=force)
     if reply is None:
-        from nfsentry.daemon.main import never_block_networks
+        from nfsentry.ledger.neverblock import never_block_networks
         if not force:
             try:
                 net = normalize_block_target(net, never_block_networks(cfg))
@@ -408,7 +382,7 @@ def history(since: Optional[str] = typer.Option(None, "--since", help="duration 
 def rules_show(config: Optional[str] = ConfigOpt, backend: str = typer.Option("native", "--backend", help="native or compat")):
     """Print the ruleset rendered from the configuration (what `load` would load)."""
     from nfsentry import nft as N
-    from nfsentry.daemon.main import ruleset_spec
+    from nfsentry.config.derive import ruleset_spec
     cfg = load_config(config)
     if backend not in ("native", "compat"):
         fail("--backend must be native or compat")
@@ -433,7 +407,8 @@ def _rules_apply(file: Optional[str], config: Optional[str], check: bool) -> Non
     cfg = load_config(config)
     path = rules_file(file)
     N, nft = get_nft(cfg)
-    from nfsentry.daemon.main import never_block_networks, ruleset_spec
+    from nfsentry.config.derive import ruleset_spec
+    from nfsentry.ledger.neverblock import never_block_networks
     try:
         if path:
             (nft.check_file if check else nft.load_file)(str(path))
@@ -526,7 +501,9 @@ def version():
 
 
 from nfsentry.cli import portsentry as cli_portsentry  # noqa: E402  (import-portsentry)
+from nfsentry.cli import run as cli_run  # noqa: E402  (run: the one module importing the daemon)
 
+cli_run.register(app)
 cli_portsentry.register(app)
 
 

@@ -213,22 +213,7 @@ def read_ignore_file(path: str | Path) -> list:
 
 def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = True) -> Config:
     """Merge `raw` over the defaults and validate every key. Raises ConfigError."""
-    data = copy.deepcopy(DEFAULTS)
-    if not isinstance(raw, dict):
-        raise ConfigError("configuration must be a TOML table")
-    for section, values in raw.items():
-        if section not in DEFAULTS:
-            raise ConfigError(f"unknown section [{section}] (known: {', '.join(DEFAULTS)})")
-        if not isinstance(values, dict):
-            raise ConfigError(f"[{section}] must be a table")
-        for key, value in values.items():
-            if key not in DEFAULTS[section]:
-                raise ConfigError(f"[{section}] unknown key '{key}'")
-            default = DEFAULTS[section][key]
-            if isinstance(default, bool) != isinstance(value, bool) or (
-                    not isinstance(default, bool) and not _type_ok(default, value, (section, key))):
-                raise ConfigError(f"[{section}] {key}: expected {_type_name(default, (section, key))}, got {value!r}")
-            data[section][key] = value
+    data = _merged(raw)
     cfg = Config(data=data, path=path)
     for (section, key), choices in ENUMS.items():
         if data[section][key] not in choices:
@@ -265,6 +250,51 @@ def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = Tr
         raise ConfigError(f"[response] command: {e}") from None
     if "command" in (data["response"]["tcp"], data["response"]["udp"]) and not data["response"]["command"]:
         raise ConfigError("[response] command: tcp/udp = \"command\" needs a command")
+    _check_names_and_paths(data, cfg)
+    for entry in data["monitor"]["protect"]:
+        try:
+            parse_network(entry, "network")
+        except ValueError as e:
+            raise ConfigError(f"[monitor] protect: {e}") from None
+    if data["monitor"]["mode"] == "gateway" and not data["monitor"]["protect"]:
+        raise ConfigError("[monitor] protect: gateway mode needs the networks behind this host (e.g. [\"198.18.1.0/24\"])")
+    for i, entry in enumerate(data["ignore"]["addresses"]):
+        try:
+            cfg.ignore.append(parse_network(entry, "address"))
+        except ValueError as e:
+            raise ConfigError(f"[ignore] addresses: {e}") from None
+    if read_files:
+        for f in data["ignore"]["files"]:
+            try:
+                cfg.ignore.extend(read_ignore_file(f))
+            except ValueError as e:
+                raise ConfigError(f"[ignore] files: {e}") from None
+    return cfg
+
+
+def _merged(raw: dict[str, Any]) -> dict[str, Any]:
+    """The defaults with `raw` over them: known sections and keys, each of the default's type."""
+    data = copy.deepcopy(DEFAULTS)
+    if not isinstance(raw, dict):
+        raise ConfigError("configuration must be a TOML table")
+    for section, values in raw.items():
+        if section not in DEFAULTS:
+            raise ConfigError(f"unknown section [{section}] (known: {', '.join(DEFAULTS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        for key, value in values.items():
+            if key not in DEFAULTS[section]:
+                raise ConfigError(f"[{section}] unknown key '{key}'")
+            default = DEFAULTS[section][key]
+            if isinstance(default, bool) != isinstance(value, bool) or (
+                    not isinstance(default, bool) and not _type_ok(default, value, (section, key))):
+                raise ConfigError(f"[{section}] {key}: expected {_type_name(default, (section, key))}, got {value!r}")
+            data[section][key] = value
+    return data
+
+
+def _check_names_and_paths(data: dict[str, Any], cfg: Config) -> None:
+    """Absolute paths, identifiers, the refresh interval, distinct queues."""
     for key in ("hosts_deny",):
         v = data["response"][key]
         if v and not v.startswith("/"):
@@ -289,25 +319,6 @@ def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = Tr
         raise ConfigError("[nft] ftp_queue: must differ from queue")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", data["nft"]["table"]):
         raise ConfigError(f"[nft] table: bad table name {data['nft']['table']!r}")
-    for entry in data["monitor"]["protect"]:
-        try:
-            parse_network(entry, "network")
-        except ValueError as e:
-            raise ConfigError(f"[monitor] protect: {e}") from None
-    if data["monitor"]["mode"] == "gateway" and not data["monitor"]["protect"]:
-        raise ConfigError("[monitor] protect: gateway mode needs the networks behind this host (e.g. [\"198.18.1.0/24\"])")
-    for i, entry in enumerate(data["ignore"]["addresses"]):
-        try:
-            cfg.ignore.append(parse_network(entry, "address"))
-        except ValueError as e:
-            raise ConfigError(f"[ignore] addresses: {e}") from None
-    if read_files:
-        for f in data["ignore"]["files"]:
-            try:
-                cfg.ignore.extend(read_ignore_file(f))
-            except ValueError as e:
-                raise ConfigError(f"[ignore] files: {e}") from None
-    return cfg
 
 
 def _type_ok(default: Any, value: Any, where: tuple[str, str]) -> bool:

@@ -1,5 +1,12 @@
-"""daemon: wiring and lifecycle of the running daemon only. The queue callbacks, the FTP queue,
-the worker, the control server, host facts (own addresses, gateways, resolvers, SSH client).
+"""daemon: wiring and lifecycle of the running daemon only; what it runs lives in the layers.
 
-May import: anything in nfsentry except ``nfsentry.cli``. Imported only by ``nfsentry cli run``.
+- ``daemon``: class Daemon: start-up, the main thread's loop and duties, signals, reload, status,
+  shutdown (the main thread; the ticker).
+- ``verdict``: the scan queue's callback and the packet path (main thread).
+- ``ftpqueue``: the FTP control queue (the ``nfsentry-ftp`` thread).
+- ``worker``: storage, reports, external actions, periodic refreshes (the ``nfsentry-worker`` thread).
+- ``control``: the control socket's server and the requests it hands to the main thread.
+- ``counters``: one counters dict per writing thread.
+
+May import: anything in nfsentry except ``nfsentry.cli``. Imported only by ``nfsentry.cli.run``.
 """

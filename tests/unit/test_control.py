@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from nfsentry.ipc import ControlError, ControlServer, DaemonNotRunning, request
+from nfsentry.daemon.control import ControlServer
+from nfsentry.ipc import ControlError, DaemonNotRunning, request
 
 
 def test_request_reply_and_errors(tmp_path):

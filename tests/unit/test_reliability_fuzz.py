@@ -27,7 +27,9 @@ HARNESS = textwrap.dedent(r'''
         from nfsentry.core import packet
         from nfsentry.core import classify
         from nfsentry.core import engine
-        from nfsentry.daemon import main as daemon
+        from nfsentry.daemon import daemon
+        from nfsentry.config.derive import engine_config
+        from nfsentry.ledger.neverblock import never_block_networks
         from nfsentry.config import schema as config
         from nfsentry.core.addrs import PrefixSet
 
@@ -44,8 +46,8 @@ HARNESS = textwrap.dedent(r'''
             return True
 
     d = daemon.Daemon(cfg, foreground=False)
-    d.never_block = daemon.never_block_networks(cfg)
-    d.engine = engine.Engine(daemon.engine_config(cfg), ignore=PrefixSet(d.never_block))
+    d.never_block = never_block_networks(cfg)
+    d.engine = d.verdicts.engine = engine.Engine(engine_config(cfg), ignore=PrefixSet(d.never_block))
     d.use_nft(Nft())
 
     class Pkt:
@@ -67,7 +69,7 @@ HARNESS = textwrap.dedent(r'''
         d.engine.process(p, clock[0])
         clock[0] += 0.01
         q = Pkt(data)
-        d.on_packet(q)
+        d.verdicts.on_packet(q)
         if q.n != 1:
             raise AssertionError(f"{q.n} verdicts for {data.hex()}")
         if d.counters["errors"]:

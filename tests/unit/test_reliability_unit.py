@@ -22,7 +22,10 @@ import pytest
 from scapy.all import IP, IPv6, TCP, UDP, raw
 
 from nfsentry.config import schema as C
-from nfsentry.daemon import main as D
+from nfsentry.config.derive import ruleset_spec
+from nfsentry.daemon import daemon as D
+from nfsentry.daemon import verdict as V
+from nfsentry.ledger import neverblock as NB
 from nfsentry.sinks.actions import substitute
 from nfsentry.core.addrs import PrefixSet
 from nfsentry.core.engine import Engine
@@ -109,12 +112,10 @@ def make_cfg(tmp_path, **sections) -> C.Config:
 def make_daemon(tmp_path, store: bool = False, **sections) -> D.Daemon:
     cfg = make_cfg(tmp_path, **sections)
     d = D.Daemon(cfg, foreground=False)
-    d.never_block = D.never_block_networks(cfg)
-    d.engine = Engine(D.engine_config(cfg), ignore=PrefixSet(d.never_block))
-    d.engine.valves = d.valves = D.build_valves(cfg, d.never_block, lambda: d.kernel_blocked)
+    d.build_core()
     d.use_nft(FakeNft())
     if store:
-        d.store = Store(cfg.db_path)
+        d.worker.store = Store(cfg.db_path)
     return d
 
 
@@ -155,7 +156,7 @@ def fake_ip(monkeypatch, addrs=IP_ADDR, route4=IP_ROUTE4, route6=IP_ROUTE6):
         if args[:1] == ["-6"]:
             return route6
         return []
-    monkeypatch.setattr(D, "_ip_json", _ip_json)
+    monkeypatch.setattr(NB, "_ip_json", _ip_json)
     return calls
 
 
@@ -166,7 +167,7 @@ def test_never_block_list_has_own_addresses_gateways_resolvers_ignore_list_and_s
     monkeypatch.setenv("SSH_CONNECTION", "198.18.0.22 50522 198.18.0.1 22")
     cfg = make_cfg(tmp_path, ignore={"own_addresses": True, "gateways": True, "resolvers": True,
                                      "resolv_conf": str(resolv), "addresses": ["198.18.9.0/24"]})
-    nets = D.never_block_networks(cfg)
+    nets = NB.never_block_networks(cfg)
     for n in ("127.0.0.0/8", "::1/128", "198.18.0.1/32", "2001:db8::1/128",   # own (loopback and eth0)
               "198.18.0.254/32", "2001:db8::fffe/128",                          # default gateways
               "198.18.0.53/32", "2001:db8::53/128",                             # resolvers (zone dropped)
@@ -185,7 +186,7 @@ def test_each_fact_can_be_turned_off_and_a_missing_resolv_conf_is_no_error(tmp_p
     monkeypatch.delenv("SSH_CLIENT", raising=False)
     cfg = make_cfg(tmp_path, ignore={"own_addresses": False, "gateways": True, "resolvers": True,
                                      "resolv_conf": str(tmp_path / "missing")})
-    assert D.never_block_networks(cfg) == ["198.18.0.254/32", "2001:db8::fffe/128"]
+    assert NB.never_block_networks(cfg) == ["198.18.0.254/32", "2001:db8::fffe/128"]
 
 
 def test_spoofed_syns_from_protected_addresses_are_ignored_by_the_engine(tmp_path, monkeypatch):
@@ -194,11 +195,11 @@ def test_spoofed_syns_from_protected_addresses_are_ignored_by_the_engine(tmp_pat
     d = make_daemon(tmp_path, ignore={"own_addresses": True, "gateways": True})
     for src in ("198.18.0.1", "2001:db8::1", "198.18.0.254", "2001:db8::fffe", "2001:db8::22", "127.0.0.1"):
         p = FakePkt(syn(src))
-        d.on_packet(p)
+        d.verdicts.on_packet(p)
         assert p.verdicts == ["accept"], src
     assert d.nft.sets == {} and d.counters["blocks"] == 0
     p = FakePkt(syn("198.18.0.2"))  # not protected: blocked (a spoofed one would be too)
-    d.on_packet(p)
+    d.verdicts.on_packet(p)
     assert p.verdicts == ["drop"] and list(d.nft.sets) == ["198.18.0.2"]
 
 
@@ -208,18 +209,18 @@ def test_refresh_picks_up_a_new_own_address_and_keeps_runtime_ignores(tmp_path, 
     monkeypatch.delenv("SSH_CONNECTION", raising=False)
     monkeypatch.delenv("SSH_CLIENT", raising=False)
     d = make_daemon(tmp_path, ignore={"own_addresses": True})
-    d.add_ignore("198.18.7.0/24")  # `unblock --ignore` while running
+    d.commands.add_ignore("198.18.7.0/24")  # `unblock --ignore` while running
     addrs[0]["addr_info"].append({"family": "inet", "local": "198.18.0.77"})
     addrs[0]["addr_info"].append({"family": "inet6", "local": "2001:db8::77"})
-    d.refresh_never_block()
+    d.worker.refresh_never_block()
     while not d.duties.empty():  # the worker hands the new list to the main thread (the engine's only thread)
         d.duties.get_nowait()()
-    d.pending = False
+    d.verdicts.pending = False
     assert {"198.18.0.77/32", "2001:db8::77/128"} <= set(d.nft.ignored)
     assert "198.18.7.0/24" in d.never_block and d.counters["never_block_refreshes"] == 1
     for src in ("198.18.0.77", "2001:db8::77", "198.18.7.9"):
         p = FakePkt(syn(src))
-        d.on_packet(p)
+        d.verdicts.on_packet(p)
         assert p.verdicts == ["accept"], src
     assert d.nft.sets == {}
 
@@ -239,10 +240,10 @@ def test_an_internal_error_on_a_packet_gives_accept_a_counter_and_a_rate_limited
     class Broken:
         def process_raw(self, raw, now):
             raise RuntimeError("engine bug")
-    d.engine = Broken()
+    d.verdicts.engine = Broken()
     pkts = [FakePkt(syn(f"198.18.3.{i}")) for i in range(200)]
     for p in pkts:
-        d.on_packet(p)
+        d.verdicts.on_packet(p)
     assert all(p.verdicts == ["accept"] for p in pkts)
     assert d.counters["errors"] == 200 and d.counters["queued"] == 200
     warnings = [o["message"] for k, o, _ in drain(d) if k == "warning"]
@@ -259,7 +260,7 @@ def test_failures_around_the_engine_still_give_exactly_one_verdict(tmp_path, cas
         def boom(*a, **k):
             raise OSError("netlink: no buffer space")
         d.nft.block = boom
-    d.on_packet(p)
+    d.verdicts.on_packet(p)
     if case == "verdict":
         assert p.verdicts == ["drop", "accept"]  # the verdict that failed to go out is replaced by accept
     elif case == "nft":
@@ -280,7 +281,7 @@ def test_garbage_packets_never_raise_out_of_the_verdict_loop(tmp_path):
             b[rnd.randrange(len(b))] = rnd.randrange(256)
         b = bytes(b[: rnd.randint(0, len(b))])
         p = FakePkt(b)
-        d.on_packet(p)
+        d.verdicts.on_packet(p)
         assert len(p.verdicts) == 1, b.hex()
     assert d.counters["errors"] == 0
 
@@ -289,7 +290,7 @@ def test_garbage_packets_never_raise_out_of_the_verdict_loop(tmp_path):
 def test_block_rate_limit_counts_warns_once_and_bounds_alerts(tmp_path):
     d = make_daemon(tmp_path, response={"max_blocks_per_minute": 5})
     for i in range(500):
-        d.on_packet(FakePkt(syn(f"198.19.{i // 256}.{i % 256}")))
+        d.verdicts.on_packet(FakePkt(syn(f"198.19.{i // 256}.{i % 256}")))
     assert len(d.nft.sets) == 5 and d.counters["blocks"] == 5
     assert d.counters["blocks_rate_limited"] == 495 and d.counters["detections"] == 500
     evs = drain(d)
@@ -305,19 +306,19 @@ def test_block_rate_limit_counts_warns_once_and_bounds_alerts(tmp_path):
 def test_rate_limit_window_slides(tmp_path, monkeypatch):
     d = make_daemon(tmp_path, response={"max_blocks_per_minute": 2})
     now = [1000.0]
-    monkeypatch.setattr(D.time, "time", lambda: now[0])
+    monkeypatch.setattr(V.time, "time", lambda: now[0])
     for i in range(4):
-        d.on_packet(FakePkt(syn(f"198.19.0.{i}")))
+        d.verdicts.on_packet(FakePkt(syn(f"198.19.0.{i}")))
     assert len(d.nft.sets) == 2
     now[0] += 61
-    d.on_packet(FakePkt(syn("198.19.1.1")))
+    d.verdicts.on_packet(FakePkt(syn("198.19.1.1")))
     assert len(d.nft.sets) == 3
 
 
 def test_blocked_set_cap_counts_and_warns(tmp_path):
     d = make_daemon(tmp_path, response={"max_blocked": 3})
     for i in range(40):
-        d.on_packet(FakePkt(syn(f"198.19.0.{i}")))
+        d.verdicts.on_packet(FakePkt(syn(f"198.19.0.{i}")))
     assert len(d.nft.sets) == 3 and d.counters["blocks_capped"] == 37
     warnings = [o["message"] for k, o, _ in drain(d) if k == "warning"]
     assert len(warnings) == 1 and "blocked-set cap (3) reached" in warnings[0]
@@ -331,33 +332,33 @@ def block_event(net: str) -> dict:
 
 def test_locked_database_queues_writes_and_recovers_in_order(tmp_path):
     d = make_daemon(tmp_path, store=True)
-    d.store.db.execute("PRAGMA busy_timeout = 50")
+    d.worker.store.db.execute("PRAGMA busy_timeout = 50")
     other = sqlite3.connect(d.cfg.db_path, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
-    d.store_write("block", block_event("198.18.0.2"))  # the block and its history row
-    d.store_write("history", dict(block_event("198.18.0.2"), event="detection"))
-    assert d.counters["storage_errors"] == 1 and len(d.pending_store) == 2  # the 2nd did not even try
-    d.flush_pending(force=True)
-    assert len(d.pending_store) == 2
+    d.worker.store_write("block", block_event("198.18.0.2"))  # the block and its history row
+    d.worker.store_write("history", dict(block_event("198.18.0.2"), event="detection"))
+    assert d.counters["storage_errors"] == 1 and len(d.worker.pending_store) == 2  # the 2nd did not even try
+    d.worker.flush_pending(force=True)
+    assert len(d.worker.pending_store) == 2
     other.execute("COMMIT")
     other.close()
-    d.flush_pending()               # paced: not yet due
-    assert len(d.pending_store) == 2
-    d.flush_pending(force=True)
-    assert d.pending_store == [] and [b["network"] for b in d.store.blocks()] == ["198.18.0.2"]
-    assert [h["event"] for h in d.store.history()] == ["block", "detection"]  # in order
+    d.worker.flush_pending()               # paced: not yet due
+    assert len(d.worker.pending_store) == 2
+    d.worker.flush_pending(force=True)
+    assert d.worker.pending_store == [] and [b["network"] for b in d.worker.store.blocks()] == ["198.18.0.2"]
+    assert [h["event"] for h in d.worker.store.history()] == ["block", "detection"]  # in order
 
 
 def test_database_deleted_while_running_is_recreated_with_the_kernel_set(tmp_path):
     d = make_daemon(tmp_path, store=True)
     d.nft.sets = {"198.18.0.2": 0, "2001:db8:1::/64": 3600}
-    d.store_write("block", block_event("198.18.0.2"))
+    d.worker.store_write("block", block_event("198.18.0.2"))
     for suffix in ("", "-wal", "-shm"):
         p = f"{d.cfg.db_path}{suffix}"
         if os.path.exists(p):
             os.unlink(p)
-    d.store_write("block", block_event("198.18.0.3"))
-    assert d.cfg.db_path.exists() and d.pending_store == []
+    d.worker.store_write("block", block_event("198.18.0.3"))
+    assert d.cfg.db_path.exists() and d.worker.pending_store == []
     assert {b["network"] for b in Store(d.cfg.db_path).blocks()} == {"198.18.0.2", "2001:db8:1::/64", "198.18.0.3"}
     assert os.stat(d.cfg.db_path).st_mode & 0o777 == 0o600
 
@@ -366,13 +367,13 @@ def test_database_deleted_while_running_is_recreated_with_the_kernel_set(tmp_pat
 def test_database_overwritten_while_running_is_moved_aside_and_rebuilt(tmp_path, how):
     d = make_daemon(tmp_path, store=True)
     d.nft.sets = {"198.18.0.2": 0}
-    d.store_write("block", block_event("198.18.0.2"))
+    d.worker.store_write("block", block_event("198.18.0.2"))
     with open(d.cfg.db_path, "r+b") as f:
         if how == "truncated":
             f.truncate(0)
         else:
             f.write(os.urandom(8192))
-    d.store_write("history", block_event("198.18.0.2"))
+    d.worker.store_write("history", block_event("198.18.0.2"))
     aside = [p for p in os.listdir(d.cfg.db_path.parent) if ".corrupt-" in p and not p.endswith(("-wal", "-shm"))]
     assert len(aside) == 1
     s = Store(d.cfg.db_path)
@@ -386,11 +387,11 @@ def test_corrupt_database_reported_by_sqlite_is_moved_aside(tmp_path):
     def corrupt(*a, **k):
         from nfsentry.sinks.store import StoreCorrupt
         raise StoreCorrupt("db: database is corrupt (database disk image is malformed)")
-    real = d.store.add_history
-    d.store.add_history = corrupt
-    d.store_write("history", block_event("198.18.0.9"))
-    assert d.store.add_history != corrupt  # a new Store
-    assert d.pending_store == [] and [b["network"] for b in d.store.blocks()] == ["198.18.0.9"]
+    real = d.worker.store.add_history
+    d.worker.store.add_history = corrupt
+    d.worker.store_write("history", block_event("198.18.0.9"))
+    assert d.worker.store.add_history != corrupt  # a new Store
+    assert d.worker.pending_store == [] and [b["network"] for b in d.worker.store.blocks()] == ["198.18.0.9"]
     assert real is not None
 
 
@@ -400,9 +401,9 @@ def test_disk_full_is_a_storage_fault_not_a_crash(tmp_path):
     def full(*a, **k):
         from nfsentry.sinks.store import StoreError
         raise StoreError("db: database or disk is full")
-    d.store.add_block = full
-    d.store_write("block", block_event("198.18.0.2"))
-    assert d.counters["storage_errors"] == 1 and len(d.pending_store) == 1
+    d.worker.store.add_block = full
+    d.worker.store_write("block", block_event("198.18.0.2"))
+    assert d.counters["storage_errors"] == 1 and len(d.worker.pending_store) == 1
 
 
 def test_store_open_failures_are_one_line_store_errors(tmp_path):
@@ -473,7 +474,7 @@ def test_fail_open_renders_bypass_and_fail_closed_does_not():
     from nfsentry import nft as N
     for fail_open in (True, False):
         cfg = C.validate({"nft": {"fail_open": fail_open}})
-        spec = D.ruleset_spec(cfg, [])
+        spec = ruleset_spec(cfg, [])
         native = N.render(spec, "native")
         rules = [l.strip() for l in native.splitlines() if not l.strip().startswith(("#", "counter "))]
         scan_rules = [l for l in rules if "name queued_tcp" in l or "name queued_udp" in l]
@@ -493,16 +494,16 @@ def test_a_v6_source_next_to_a_protected_address_is_blocked_alone_not_its_prefix
     monkeypatch.delenv("SSH_CLIENT", raising=False)
     d = make_daemon(tmp_path, ignore={"own_addresses": True, "gateways": True})
     p = FakePkt(syn("2001:db8::99"))
-    d.on_packet(p)
+    d.verdicts.on_packet(p)
     assert p.verdicts == ["drop"] and list(d.nft.sets) == ["2001:db8::99"]
     assert d.counters["blocks_narrowed"] == 1
     (_, dec, _), = [e for e in drain(d) if e[0] == "block"]
     assert dec.network == "2001:db8::99"
     p = FakePkt(syn("2001:db8::99", dport=9))  # queued before the block took effect: no second block
-    d.on_packet(p)
+    d.verdicts.on_packet(p)
     assert p.verdicts == ["drop"] and d.counters["blocks"] == 1
     p = FakePkt(syn("2001:db8::98"))  # its neighbour is judged on its own, and blocked alone too
-    d.on_packet(p)
+    d.verdicts.on_packet(p)
     assert p.verdicts == ["drop"] and set(d.nft.sets) == {"2001:db8::99", "2001:db8::98"}
-    d.on_packet(FakePkt(syn("2001:db8:5::99")))  # a /64 holding nothing protected: the whole /64
+    d.verdicts.on_packet(FakePkt(syn("2001:db8:5::99")))  # a /64 holding nothing protected: the whole /64
     assert "2001:db8:5::/64" in d.nft.sets

@@ -1,0 +1,203 @@
+"""The daemon's side of the control socket (protocol: ``nfsentry.ipc``).
+
+- :class:`ControlServer`: the root-only UNIX socket; its accept loop runs in the
+  ``nfsentry-control`` thread, one short-lived thread per connection.
+- :class:`Commands`: requests cross to the main thread (the only one that touches the engine):
+  ``control_request`` runs in a connection's thread, queues the request and waits; ``run`` (called
+  by ``Daemon.service``) executes them in the main thread. ``status`` is answered in place (it only
+  reads). Counters written: ``Counters.main`` (from the main thread).
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import struct
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from nfsentry.config.schema import ConfigError
+from nfsentry.core.addrs import normalize_block_target, normalize_network
+from nfsentry.ipc import ControlError, DaemonNotRunning, request
+
+MAX_REQUEST = 64 * 1024
+
+
+class ControlServer:
+    """Accepts connections in a thread and hands each request to `handler` (returns a dict)."""
+
+    def __init__(self, path: str, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.path = Path(path)
+        self.handler = handler
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.path.parent, 0o700)
+        if self.path.exists() or self.path.is_symlink():
+            # A live daemon answers; a stale socket from a killed one is replaced.
+            try:
+                request(str(self.path), "ping", timeout=1)
+            except DaemonNotRunning:
+                self.path.unlink()
+            else:
+                raise ControlError(f"another nfsentry daemon is running (control socket {self.path} answers)")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        self.sock.listen(16)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, name="nfsentry-control", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stopping = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def _serve(self) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                if self.stopping:
+                    return
+                continue
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                _pid, uid, _gid = struct.unpack("3i", creds)
+                if uid != 0:
+                    conn.settimeout(1)
+                    try:  # take the request first, so the caller is not hung up on mid-send (EPIPE)
+                        conn.recv(MAX_REQUEST)
+                    except OSError:
+                        pass
+                    self._reply(conn, {"ok": False, "error": "permission denied: the control socket is for root only"})
+                    return
+                data = b""
+                while b"\n" not in data and len(data) < MAX_REQUEST:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                try:
+                    req = json.loads(data.split(b"\n", 1)[0] or b"{}")
+                    if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                        raise ValueError("request must be a JSON object with a 'cmd'")
+                except ValueError as e:
+                    self._reply(conn, {"ok": False, "error": f"bad request: {e}"})
+                    return
+                if req["cmd"] == "ping":
+                    self._reply(conn, {"ok": True, "pong": True})
+                    return
+                try:
+                    reply = self.handler(req)
+                except Exception as e:  # never kill the control thread
+                    reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+                self._reply(conn, reply)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _reply(conn: socket.socket, reply: dict[str, Any]) -> None:
+        conn.sendall(json.dumps(reply, default=str).encode() + b"\n")
+
+
+class Commands:
+    """Control requests, executed by the main thread."""
+
+    def __init__(self, daemon: Any) -> None:
+        self.d = daemon
+        self.queue: queue.Queue = queue.Queue()
+
+    def control_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Called in the control thread: hand over to the main thread and wait for the answer."""
+        if req["cmd"] == "status":
+            return {"ok": True, **self.d.status()}
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        self.queue.put((req, box, done))
+        self.d.wake()
+        if not done.wait(30):
+            return {"ok": False, "error": "the daemon did not execute the request within 30s"}
+        return box["reply"]
+
+    def run(self) -> None:
+        """Main thread: execute the requests waiting."""
+        while True:
+            try:
+                req, box, done = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                box["reply"] = self.execute(req)
+            except (ValueError, ConfigError) as e:  # bad input from the CLI: its exit code 2
+                box["reply"] = {"ok": False, "error": str(e), "code": 2}
+            except Exception as e:
+                box["reply"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            done.set()
+
+    def execute(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req["cmd"]
+        if cmd == "block":
+            return self.block(req)
+        if cmd == "unblock":
+            return self.unblock(req)
+        if cmd == "reload":
+            ok, msg = self.d.reload()
+            return {"ok": ok, "message": msg} if ok else {"ok": False, "error": msg}
+        if cmd == "ignore":
+            net = normalize_network(req["network"])
+            self.add_ignore(net)
+            return {"ok": True, "ignored": net}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def block(self, req: dict[str, Any]) -> dict[str, Any]:
+        d = self.d
+        net = normalize_block_target(req["network"], d.never_block if not req.get("force") else [])
+        duration = float(req.get("duration", d.cfg.durations["block_duration"]))
+        res = d.ledger.block(net, duration, req.get("reason"))
+        if res.status != "kept":
+            d.engine.mark_blocked(net, res.expires or 0.0)
+            d.counters.main["blocks"] += 1
+        return {"ok": True, "blocked": net, "status": res.status, "expires": res.expires, "by": res.by}
+
+    def unblock(self, req: dict[str, Any]) -> dict[str, Any]:
+        d = self.d
+        reason = req.get("reason") or "unblocked by admin"
+        d.valves.forget_narrowed()  # an unblocked address scanning again is a new block
+        if req.get("all"):
+            removed, covered, not_blocked = d.ledger.unblock_all(), {}, []
+        else:
+            res = d.ledger.unblock([normalize_network(n) for n in req.get("networks", [])],
+                                   covering=bool(req.get("covering")), reason=reason)
+            removed, covered, not_blocked = res.removed, res.covered, res.not_blocked
+        for net in removed:
+            d.engine.forget(net)
+            if req.get("ignore"):
+                self.add_ignore(net)
+        return {"ok": True, "unblocked": removed, "covered": covered, "not_blocked": not_blocked}
+
+    def add_ignore(self, net: str) -> None:
+        """`unblock --ignore` / `ignore` while running: kept across never-block refreshes."""
+        d = self.d
+        d.nft.add_ignore(net)
+        d.runtime_ignore.add(net)
+        d.set_never_block(sorted(set(d.never_block) | {net}))

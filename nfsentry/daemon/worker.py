@@ -1,0 +1,256 @@
+"""The worker thread (``nfsentry-worker``): everything slow, fed by the bounded event queue
+(``Daemon.events``): SQLite (the database part of the ledger's block changes, history), the
+alerter (syslog/JSON/files), reverse DNS, external commands, hosts.deny; and, periodically,
+refreshing the never-block list and recounting the kernel's blocked sets.
+
+It never touches the engine: what the main thread must apply (a new never-block list, the blocked
+count) is handed over with ``Daemon.in_main_thread``. Through any storage fault the kernel set
+stays authoritative: failed writes wait in order and are retried; a database deleted, replaced or
+corrupted while running is moved aside, recreated and re-imported from the kernel. Counters
+written: ``Counters.worker``.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from typing import Any
+
+from nfsentry.core.events import decision_event, ftp_report_event
+from nfsentry.daemon.counters import Part
+from nfsentry.ledger.ledger import Ledger
+from nfsentry.ledger.neverblock import never_block_networks
+from nfsentry.sinks.alerts import Alerter
+from nfsentry.sinks.store import Store, StoreCorrupt, StoreError, move_aside
+
+log = logging.getLogger("nfsentry")
+
+MAX_PENDING = 100_000  # storage writes kept through a fault; beyond, counted in storage_dropped
+
+
+def resolve(addr: str) -> str | None:
+    try:
+        return socket.gethostbyaddr(addr)[0]
+    except (OSError, UnicodeError):
+        return None
+
+
+class Worker(Part):
+    def __init__(self, daemon: Any) -> None:
+        super().__init__(daemon, daemon.counters.worker)
+        self.store: Store | None = None      # opened by Daemon.prepare (open_store)
+        self.alerter: Alerter | None = None
+        self.pending_store: list[tuple[str, dict]] = []  # writes to retry after a storage fault
+        self._store_retry_at = 0.0
+        self.thread = threading.Thread(target=self.loop, name="nfsentry-worker", daemon=True)
+
+    def open_store(self) -> None:
+        """At start-up (main thread, before the worker runs): a corrupt database is moved aside."""
+        db_path = self.d.cfg.db_path
+        try:
+            self.store = Store(db_path)
+        except StoreCorrupt as e:
+            dest = move_aside(db_path)
+            log.error("%s; moved aside to %s, re-importing the kernel's blocked set", e, dest)
+            self.store = Store(db_path)
+
+    def loop(self) -> None:
+        last_refresh = time.monotonic()
+        while True:
+            try:
+                kind, obj, extra = self.events.get(timeout=1.0)
+            except queue.Empty:
+                kind = None
+            try:
+                if kind == "stop":
+                    self.flush_pending(force=True)
+                    return
+                if kind is not None:
+                    self.handle_event(kind, obj, extra)
+                if self.pending_store:
+                    self.flush_pending()
+                elif time.monotonic() >= self._store_retry_at:
+                    self._store_retry_at = time.monotonic() + 5
+                    try:  # a database deleted or overwritten while nothing happens is redone within seconds
+                        self._check_store()
+                    except StoreCorrupt:
+                        self.store_write("check", {})
+                    except (StoreError, OSError) as e:
+                        self.storage_fault(e)
+                if time.monotonic() - last_refresh >= self.d.cfg.durations["refresh_interval"]:
+                    last_refresh = time.monotonic()
+                    self.refresh_never_block()
+                    if self.d.cfg["response"]["max_blocked"]:
+                        self.refresh_blocked_count()
+            except Exception as e:  # the worker must survive anything
+                self.counts["errors"] += 1
+                log.error("worker: %s: %s", type(e).__name__, e)
+
+    def handle_event(self, kind: str, obj: Any, extra: dict) -> None:
+        if kind == "warning":
+            log.warning(obj["message"])
+            return
+        if kind == "ftp_debug":
+            log.debug(obj.describe())
+            return
+        if kind == "ledger":  # block state changed through the ledger: its database part, then report
+            self.ledger_event(*obj)
+            return
+        cfg = self.d.cfg
+        if kind == "ftp":  # an FTP tracker report: an event like the others
+            kind, obj = "event", ftp_report_event(obj, extra.get("suppressed", 0))
+        if kind in ("detection", "block"):
+            ev = decision_event(obj, kind, cfg.event_policy())
+            if extra.get("action"):
+                ev["action"] = extra["action"]
+                ev["blocked"] = False
+        else:
+            ev = obj
+        if ev.get("event") in ("detection", "block") and cfg["logging"]["resolve_hosts"]:
+            ev["host"] = resolve(ev["src"])
+        # storage first: a block is only reported once it is durable
+        self.store_write("block" if ev["event"] == "block" else "history", ev)
+        self.alerter.emit(ev)
+        if ev["event"] == "block" and ev.get("action") != "manual":
+            self.extra_actions(ev)
+        elif ev["event"] == "detection" and ev.get("action") == "command":
+            self.extra_actions(ev)
+
+    def ledger_event(self, op: str, ev: dict) -> None:
+        self.store_write(op, ev)
+        if op == "unblock_all":
+            for net in ev["networks"]:
+                self.alerter.emit({"ts": ev["ts"], "event": "unblock", "network": net, "src": net,
+                                   "reason": ev["reason"]})
+        elif op in ("block", "unblock"):
+            self.alerter.emit(ev)
+
+    def extra_actions(self, ev: dict) -> None:
+        from nfsentry.sinks import actions
+        r = self.d.cfg["response"]
+        if r["command"] and ev.get("action") in ("block", "command"):
+            rc, out = actions.run_command(r["command"], ev["network"], ev.get("port") or 0, ev.get("label") or "scan")
+            log.info("command for %s exited %d%s", ev["network"], rc, f": {out}" if out else "")
+        if r["hosts_deny"] and ev.get("action") == "block":
+            try:
+                actions.append_hosts_deny(r["hosts_deny"], ev["network"])
+            except OSError as e:
+                log.error("cannot append to %s: %s", r["hosts_deny"], e.strerror or e)
+
+    # == storage ====================================================================================
+    def store_write(self, op: str, ev: dict) -> None:
+        """Persist one event. Through any storage fault the kernel set stays authoritative: failed
+        writes wait in order (bounded) and the worker retries them at most once a second."""
+        if self.pending_store:  # storage is faulty: queue behind what already waits
+            self._keep_pending(op, ev)
+            return
+        try:
+            self._persist(op, ev)
+        except (StoreError, OSError) as e:
+            self.storage_fault(e)
+            self._keep_pending(op, ev)
+
+    def _keep_pending(self, op: str, ev: dict) -> None:
+        if len(self.pending_store) < MAX_PENDING:
+            self.pending_store.append((op, ev))
+        else:
+            self.counts["storage_dropped"] += 1
+
+    def storage_fault(self, e: Exception) -> None:
+        self.counts["storage_errors"] += 1
+        self._store_retry_at = time.monotonic() + 1.0
+        n = self.counts["storage_errors"]
+        if n <= 3 or n % 100 == 0:
+            log.error("storage fault (kernel set stays authoritative, will retry): %s", e)
+
+    def _check_store(self) -> None:
+        """(Re)open the database when it is not open or its file was deleted or replaced; raise
+        StoreCorrupt when it was overwritten in place."""
+        db_path = self.d.cfg.db_path
+        if self.store is not None and not self.store.replaced():
+            if self.store.damaged():
+                raise StoreCorrupt(f"{db_path}: database is corrupt (overwritten while open: no SQLite header)")
+            return
+        if self.store is not None:
+            log.error("the database %s was deleted or replaced while running: starting a new one, "
+                      "re-importing the kernel's blocked set", db_path)
+        self.reopen_store()
+
+    def _persist(self, op: str, ev: dict) -> None:
+        try:
+            self._check_store()
+            self._store_op(op, ev)
+        except StoreCorrupt as e:
+            self.counts["storage_errors"] += 1
+            try:
+                dest = move_aside(self.d.cfg.db_path)
+            except FileNotFoundError:
+                dest = None
+            log.error("%s; %s, starting a new one and re-importing the kernel's blocked set", e,
+                      f"moved aside to {dest}" if dest else "it is gone")
+            self.reopen_store()
+            self._store_op(op, ev)
+
+    def _store_op(self, op: str, ev: dict) -> None:
+        if self.store is None:
+            raise StoreError("no database open")
+        if op != "check":  # "check": nothing to write, only (re)open the database
+            Ledger.persist(self.store, op, ev)
+
+    def flush_pending(self, force: bool = False) -> None:
+        if not self.pending_store or (not force and time.monotonic() < self._store_retry_at):
+            return
+        pending, self.pending_store = self.pending_store, []
+        for i, (op, ev) in enumerate(pending):
+            try:
+                self._persist(op, ev)
+            except (StoreError, OSError) as e:
+                self.pending_store = pending[i:] + self.pending_store
+                self.storage_fault(e)
+                return
+        log.info("storage recovered: %d pending writes done", len(pending))
+
+    def reopen_store(self) -> None:
+        """The database file vanished or broke while running: start a fresh one and re-import
+        the kernel set (authoritative) so nothing is forgotten."""
+        if self.store:
+            self.store.close()
+            self.store = None
+        db_path = self.d.cfg.db_path
+        try:
+            self.store = Store(db_path)
+        except StoreCorrupt as e:
+            dest = move_aside(db_path)
+            log.error("%s; moved aside to %s", e, dest)
+            self.store = Store(db_path)
+        Ledger(self.d.nft, self.store).restore(put_back=False)
+
+    # == periodic refreshes =========================================================================
+    def refresh_never_block(self) -> None:
+        """Host addresses may change while running: new ones join the kernel's ignore set here, and
+        the main thread's never-block list (engine and valves) through a duty."""
+        d = self.d
+        self.counts["never_block_refreshes"] += 1
+        nets = sorted(set(never_block_networks(d.cfg)) | d.runtime_ignore)
+        if nets != d.never_block:
+            added = set(nets) - set(d.never_block)
+            for n in added:
+                try:
+                    d.nft.add_ignore(n)
+                except Exception as e:
+                    log.error("cannot add %s to the ignore set: %s", n, e)
+            log.info("host addresses changed: %d never-block networks now", len(nets))
+            d.in_main_thread(lambda: d.set_never_block(nets))
+
+    def refresh_blocked_count(self) -> None:
+        """Listing 100,000 blocks takes ~0.5 s: done here, never on the packet thread; the main
+        thread takes the count (blocks made since are added as they happen, Verdicts.block_now)."""
+        try:
+            n = self.d.nft.blocked_count()
+        except Exception as e:
+            log.error("cannot count the blocked sets: %s", e)
+            return
+        verdicts = self.d.verdicts
+        self.d.in_main_thread(lambda: setattr(verdicts, "kernel_blocked", n))
