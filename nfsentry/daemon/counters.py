@@ -12,7 +12,8 @@ Who writes what:
   alerts_suppressed, errors, events_lost.
 - ``ftp`` (the FTP queue's thread): ftp_packets, ftp_expectations, ftp_reports,
   ftp_reports_suppressed, errors, events_lost.
-- ``worker`` (the worker thread): storage_errors, storage_dropped, never_block_refreshes, errors.
+- ``worker`` (the worker thread): storage_errors, storage_dropped, never_block_refreshes,
+  ruleset_restored, blocks_expired, errors.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from typing import Any
 MAIN = ("queued", "dropped_by_verdict", "detections", "blocks", "blocks_narrowed", "blocks_rate_limited",
         "blocks_capped", "never_block_refused", "alerts_suppressed", "errors", "events_lost")
 FTP = ("ftp_packets", "ftp_expectations", "ftp_reports", "ftp_reports_suppressed", "errors", "events_lost")
-WORKER = ("storage_errors", "storage_dropped", "never_block_refreshes", "errors")
+WORKER = ("storage_errors", "storage_dropped", "never_block_refreshes", "ruleset_restored", "blocks_expired",
+          "errors")
 
 
 class Counters:

@@ -81,6 +81,7 @@ class Daemon:
         self.commands = Commands(self)
         self.worker = Worker(self)
         self.ftpq: FtpQueue | None = None
+        self.degraded: str | None = None  # why protection is not what it should be (status: DEGRADED)
 
     # == start-up ===================================================================================
     def prepare(self) -> None:
@@ -295,6 +296,12 @@ class Daemon:
         except (ConfigError, OSError, ValueError) as e:
             log.error("reload refused, the running configuration stays: %s", e)
             return False, f"reload refused: {e}"
+        restart = restart_only_changes(self.cfg, new)
+        if restart:
+            msg = (f"reload refused, the running configuration stays: {', '.join(restart)} changed, which needs a "
+                   "restart (systemctl restart nfsentry)")
+            log.error(msg)
+            return False, msg
         old = self.cfg
         self.cfg = new
         try:
@@ -309,6 +316,7 @@ class Daemon:
         self.engine.valves = self.valves = self.make_valves(new)
         self.set_never_block(self.never_block)
         self.verdicts.build_lean_verdicts()
+        self.verdicts.enqueue("reconfigure", new)  # [logging]: the worker rebuilds its alerter
         log.info("configuration reloaded from %s", path or "built-in defaults")
         return True, "reloaded"
 
@@ -334,7 +342,20 @@ class Daemon:
             st["blocked"] = self.nft.blocked_count()
         except Exception as e:
             st["kernel_error"] = str(e)
+        st["state"] = "degraded" if self.degraded else "running"
+        if self.degraded:
+            st["degraded"] = self.degraded
         return st
+
+
+# keys a reload cannot apply (sockets, queues, files opened once at start): a change is refused by name
+RESTART_ONLY = (("daemon", "control_socket"), ("daemon", "queue_maxlen"), ("storage", "state_dir"),
+                ("storage", "database"), ("nft", "table"), ("nft", "queue"), ("nft", "ftp_queue"), ("monitor", "ftp"))
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """The restart-only keys whose value differs between two configurations ("daemon.control_socket")."""
+    return [f"{sec}.{key}" for sec, key in RESTART_ONLY if old[sec].get(key) != new[sec].get(key)]
 
 
 def check_paths(cfg: Config) -> None:

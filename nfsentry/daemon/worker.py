@@ -3,6 +3,11 @@
 alerter (syslog/JSON/files), reverse DNS, external commands, hosts.deny; and, periodically,
 refreshing the never-block list and recounting the kernel's blocked sets.
 
+Every second it also checks that nfsentry's table is still in the kernel (a `nft flush ruleset`,
+as restarting Debian's nftables service does, removes it): if not, it loads the ruleset again and
+puts every block back with its remaining time (the ledger's rule 4), or marks the daemon DEGRADED;
+and it reports the blocks the kernel timed out (``expire`` events, rule 6).
+
 It never touches the engine: what the main thread must apply (a new never-block list, the blocked
 count) is handed over with ``Daemon.in_main_thread``. Through any storage fault the kernel set
 stays authoritative: failed writes wait in order and are retried; a database deleted, replaced or
@@ -18,6 +23,7 @@ import threading
 import time
 from typing import Any
 
+from nfsentry.config.derive import ruleset_spec
 from nfsentry.core.events import decision_event, ftp_report_event
 from nfsentry.daemon.counters import Part
 from nfsentry.ledger.ledger import Ledger
@@ -27,6 +33,7 @@ from nfsentry.sinks.store import Store, StoreCorrupt, StoreError, move_aside
 
 log = logging.getLogger("nfsentry")
 
+WATCH_INTERVAL = 1.0  # seconds between checks that the table is still there and expiry reports
 MAX_PENDING = 100_000  # storage writes kept through a fault; beyond, counted in storage_dropped
 
 
@@ -44,6 +51,7 @@ class Worker(Part):
         self.alerter: Alerter | None = None
         self.pending_store: list[tuple[str, dict]] = []  # writes to retry after a storage fault
         self._store_retry_at = 0.0
+        self._next_watch = 0.0
         self.thread = threading.Thread(target=self.loop, name="nfsentry-worker", daemon=True)
 
     def open_store(self) -> None:
@@ -79,6 +87,10 @@ class Worker(Part):
                         self.store_write("check", {})
                     except (StoreError, OSError) as e:
                         self.storage_fault(e)
+                if time.monotonic() >= self._next_watch:
+                    self._next_watch = time.monotonic() + WATCH_INTERVAL
+                    self.watch_ruleset()
+                    self.report_expired()
                 if time.monotonic() - last_refresh >= self.d.cfg.durations["refresh_interval"]:
                     last_refresh = time.monotonic()
                     self.refresh_never_block()
@@ -97,6 +109,11 @@ class Worker(Part):
             return
         if kind == "ledger":  # block state changed through the ledger: its database part, then report
             self.ledger_event(*obj)
+            return
+        if kind == "reconfigure":  # a reload: the alerter is rebuilt from the new [logging] section
+            old, self.alerter = self.alerter, Alerter(obj, self.d.foreground)
+            if old is not None:
+                old.close()
             return
         cfg = self.d.cfg
         if kind == "ftp":  # an FTP tracker report: an event like the others
@@ -254,3 +271,40 @@ class Worker(Part):
             return
         verdicts = self.d.verdicts
         self.d.in_main_thread(lambda: setattr(verdicts, "kernel_blocked", n))
+
+    def watch_ruleset(self) -> None:
+        """Is nfsentry's table still in the kernel? If it was flushed or deleted outside
+        nfsentry, load the ruleset again and put every block back with its remaining time."""
+        d = self.d
+        try:
+            if d.nft.loaded():
+                return
+        except Exception as e:
+            d.degraded = f"cannot read the ruleset: {e}"
+            return
+        log.warning("the table inet %s is gone from the kernel (flushed or deleted outside nfsentry): "
+                    "loading it again with every block", d.nft.table)
+        try:
+            d.nft.load(ruleset_spec(d.cfg, d.never_block), backend=d.cfg["nft"]["backend"])
+            rep = Ledger(d.nft, self.store).restore() if self.store is not None else None
+        except Exception as e:
+            d.degraded = f"the ruleset was removed and could not be loaded again: {e}"
+            log.error("DEGRADED: %s", d.degraded)
+            return
+        d.degraded = None
+        self.counts["ruleset_restored"] += 1
+        log.warning("ruleset restored: table inet %s loaded again, %d blocks put back with their remaining time",
+                    d.nft.table, rep.put_back if rep else 0)
+
+    def report_expired(self) -> None:
+        """Blocks the kernel timed out: an ``expire`` event each (JSON, syslog, history), once."""
+        if self.store is None or self.pending_store:
+            return
+        try:
+            expired = Ledger(self.d.nft, self.store).expire_due()
+        except (StoreError, OSError) as e:
+            self.storage_fault(e)
+            return
+        for ev in expired:
+            self.counts["blocks_expired"] += 1
+            self.alerter.emit(ev)
