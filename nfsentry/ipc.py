@@ -30,6 +30,18 @@ class ControlError(Exception):
         self.code = code
 
 
+def read_line(sock: socket.socket, limit: int) -> bytes:
+    """Bytes up to and including the first newline (or what came before the peer closed, or
+    ``limit`` bytes): one JSON message of the protocol."""
+    data = b""
+    while b"\n" not in data and len(data) < limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def request(path: str, cmd: str, timeout: float = 10, **args: Any) -> dict[str, Any]:
     """Send one request; raises DaemonNotRunning when nothing listens, ControlError on refusal."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -45,12 +57,7 @@ def request(path: str, cmd: str, timeout: float = 10, **args: Any) -> dict[str, 
             s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the daemon may refuse (not root) and hang up before reading: its answer is still there
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_line(s, 1 << 30)
     except socket.timeout:
         raise ControlError(f"the daemon did not answer within {timeout:g}s") from None
     finally:

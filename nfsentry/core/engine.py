@@ -839,19 +839,19 @@ class Engine:
             if len(heap) > 2 * len(blocked) + 64:
                 self._rebuild_block_heap()
 
+    def _trim(self, table: OrderedDict, cap: int, counter: int) -> None:
+        """Forget the oldest entries beyond ``cap`` (counted at ``counter``)."""
+        while len(table) > cap:
+            table.popitem(last=False)
+            self._counts[counter] += 1
+
     def _trim_blocked(self) -> None:
         """Forget the oldest blocks beyond ``max_sources``."""
-        blocked = self._blocked
-        while len(blocked) > self._max_sources:
-            blocked.popitem(last=False)
-            self._counts[_BLOCKED_EVICTED] += 1
+        self._trim(self._blocked, self._max_sources, _BLOCKED_EVICTED)
 
     def _trim_offenders(self) -> None:
         """Forget the least recently offending sources beyond ``max_offenders``."""
-        off = self._offenders
-        while len(off) > self._max_offenders:
-            off.popitem(last=False)
-            self._counts[_OFFENDERS_EVICTED] += 1
+        self._trim(self._offenders, self._max_offenders, _OFFENDERS_EVICTED)
 
     def _rebuild_block_heap(self) -> None:
         """Drop heap entries of replaced, forgotten or evicted blocks."""

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from nfsentry.config.schema import ConfigError
 from nfsentry.core.addrs import normalize_block_target, normalize_network
-from nfsentry.ipc import ControlError, DaemonNotRunning, request
+from nfsentry.ipc import ControlError, DaemonNotRunning, read_line, request
 
 MAX_REQUEST = 64 * 1024
 
@@ -91,12 +91,7 @@ class ControlServer:
                         pass
                     self._reply(conn, {"ok": False, "error": "permission denied: the control socket is for root only"})
                     return
-                data = b""
-                while b"\n" not in data and len(data) < MAX_REQUEST:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
+                data = read_line(conn, MAX_REQUEST)
                 try:
                     req = json.loads(data.split(b"\n", 1)[0] or b"{}")
                     if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):

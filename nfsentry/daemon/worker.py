@@ -55,7 +55,8 @@ class Worker(Part):
         self.thread = threading.Thread(target=self.loop, name="nfsentry-worker", daemon=True)
 
     def open_store(self) -> None:
-        """At start-up (main thread, before the worker runs): a corrupt database is moved aside."""
+        """At start-up (main thread, before the worker runs) and after a storage fault: a corrupt
+        database is moved aside and a new one started (the kernel's blocked set is re-imported)."""
         db_path = self.d.cfg.db_path
         try:
             self.store = Store(db_path)
@@ -235,13 +236,7 @@ class Worker(Part):
         if self.store:
             self.store.close()
             self.store = None
-        db_path = self.d.cfg.db_path
-        try:
-            self.store = Store(db_path)
-        except StoreCorrupt as e:
-            dest = move_aside(db_path)
-            log.error("%s; moved aside to %s", e, dest)
-            self.store = Store(db_path)
+        self.open_store()
         Ledger(self.d.nft, self.store).restore(put_back=False)
 
     # == periodic refreshes =========================================================================

@@ -6,9 +6,10 @@ Only validated values are substituted: the target is an address/prefix text prod
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import subprocess
+
+from nfsentry.sinks import files
 
 _MODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
@@ -52,8 +53,4 @@ def append_hosts_deny(path: str, target: str) -> None:
                 return
     except FileNotFoundError:
         pass
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    files.append(path, line, 0o644)

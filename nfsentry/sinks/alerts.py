@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nfsentry.core.units import format_duration
+from nfsentry.sinks import files
 
 log = logging.getLogger("nfsentry")
 
@@ -127,11 +128,7 @@ class Alerter:
     def _append(self, path: str, text: str) -> None:
         try:
             with self.lock:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-                try:
-                    os.write(fd, text.encode())
-                finally:
-                    os.close(fd)
+                files.append(path, text, 0o640)
         except OSError as e:
             self.errors += 1
             if self.errors <= 3 or self.errors % 1000 == 0:

@@ -259,10 +259,14 @@ def _admin_line(ev: dict[str, Any]) -> str:
     return f"adminalert: {kind}: {reason or net}".rstrip(": ")
 
 
+def _check_style(style: str, what: str) -> None:
+    if style not in STYLES:
+        raise ValueError(f"unknown PortSentry {what} {style!r} (use {' or '.join(STYLES)})")
+
+
 def syslog_lines(ev: dict[str, Any], style: str, table: str = "nfsentry") -> list[str]:
     """Every syslog line PortSentry would have written for this event (1.x adds an IP-options line)."""
-    if style not in STYLES:
-        raise ValueError(f"unknown PortSentry style {style!r} (use {' or '.join(STYLES)})")
+    _check_style(style, "style")
     kind = ev.get("event")
     if kind == "detection":
         if style == "portsentry2":
@@ -297,8 +301,7 @@ def record_1x(ev: dict[str, Any]) -> str:
 
 def history_line(ev: dict[str, Any], style: str = "portsentry1") -> str | None:
     """The history-file line for the event in the given style, or None when PortSentry writes none."""
-    if style not in STYLES:
-        raise ValueError(f"unknown PortSentry history style {style!r} (use {' or '.join(STYLES)})")
+    _check_style(style, "history style")
     kind = ev.get("event")
     if style == "portsentry2":
         if kind != "detection" or not _writes_history(ev):
