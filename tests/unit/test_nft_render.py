@@ -306,6 +306,12 @@ def test_listening_ports_here_returns_sets():
     assert isinstance(tcp, set) and isinstance(udp, set)
 
 
+# (imported here, not in the header, to keep this change local) no hypothesis deadline: timing is
+# not the point, and a busy machine can stall one cheap example past the default 200 ms
+from hypothesis import settings  # noqa: E402
+
+
+@settings(deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 2000), st.integers(0, 300)), max_size=8), st.sets(st.integers(1, 2400), max_size=30))
 def test_subtract_ports_is_set_difference(pairs, holes):
     ranges = nft._ports([(lo, min(65535, lo + w)) for lo, w in pairs], "tcp_ports")
@@ -316,6 +322,7 @@ def test_subtract_ports_is_set_difference(pairs, holes):
     assert inuse.ports_to_ranges(expect) == nft._ports(got, "x") if got else not expect
 
 
+@settings(deadline=None)
 @given(st.lists(st.one_of(st.integers(1, 65535), st.tuples(st.integers(1, 65535), st.integers(0, 500))), max_size=12))
 def test_rendered_port_set_is_the_union(items):
     norm = [(i, i) if isinstance(i, int) else (i[0], min(65535, i[0] + i[1])) for i in items]
