@@ -251,7 +251,7 @@ def expectations(host: Host) -> set[tuple]:
     return out
 
 
-def wait_expectation(host: Host, key: tuple, timeout: float = 3) -> None:
+def wait_expectation(host: Host, key: tuple, timeout: float = 30) -> None:
     """The daemon writes the kernel element right after it accepted the announcing packet."""
     deadline = time.monotonic() + timeout
     while key not in expectations(host):
