@@ -88,7 +88,8 @@ class Nfsentry:
         self.stderr_lines: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self, timeout: float = 30, extra_args: list[str] | None = None) -> "Nfsentry":
+    def start(self, timeout: float = 120, extra_args: list[str] | None = None) -> "Nfsentry":
+        # (deadlines in here return as soon as the condition holds: generous for a busy machine)
         self.stderr_lines = []  # a restart must wait for its own "is active" line
         self.proc = self.host.popen([NFSENTRY, "run", "--foreground", "--config", str(self.config), *(extra_args or [])],
                                     stdout=subprocess.DEVNULL)
@@ -145,7 +146,7 @@ class Nfsentry:
             out.append(ev)
         return out
 
-    def wait_event(self, kind: str, src: str | None = None, timeout: float = 10, where=None) -> dict[str, Any]:
+    def wait_event(self, kind: str, src: str | None = None, timeout: float = 60, where=None) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for ev in self.events(kind, src):

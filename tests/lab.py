@@ -319,7 +319,7 @@ class Lab:
         self.wait_ready()
         return hosts
 
-    def wait_ready(self, timeout: float = 10) -> None:
+    def wait_ready(self, timeout: float = 60) -> None:   # returns as soon as every address answers
         """Wait until every host's IPv4 and IPv6 addresses answer from the victim (bridge learning, NDP)."""
         victim = self.hosts.get("victim")
         if victim is None:

@@ -60,7 +60,9 @@ PROBE_TABLE = "nfsentry_probe"
 LIST_ATTEMPTS = 8
 # Fewer elements than this come in one netlink message, dumped at once: no second listing needed.
 ONE_MESSAGE = 32
-# An element whose time left was below (time between two listings + this) may vanish between them.
+# An element whose time left was below (start of one listing to the end of the next + this) may
+# vanish between them (the end, not the start: where in a listing an element is read depends on how
+# fast the dump ran, and a busy machine can make one listing seconds slower than the one before).
 EXPIRY_SLACK = 1.5
 
 
@@ -200,13 +202,14 @@ class Session:
         for _ in range(LIST_ATTEMPTS):
             t = time.monotonic()
             items = self._set_items_once(name)
+            t_end = time.monotonic()
             keys = {E.element_key(i): E.element_expires(i) for i in items}
             if len(keys) == len(items):  # no repeated element
                 if prev is None and len(items) < ONE_MESSAGE:
                     return items
                 if prev is not None:
                     lost = [k for k, exp in prev.items() if k not in keys
-                            and (exp is None or exp > t - t_prev + EXPIRY_SLACK)]
+                            and (exp is None or exp > t_end - t_prev + EXPIRY_SLACK)]
                     if not lost:
                         return items
                 prev, t_prev = keys, t

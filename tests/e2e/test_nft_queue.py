@@ -43,15 +43,18 @@ def test_open_services_are_never_queued_and_unused_monitored_ports_are(lab):
     # Probes of unused monitored ports are queued (and pass: nobody listens, `bypass`).
     assert set(connect_many(attacker, [(victim.ip4, UNUSED_TCP), (victim.ip6, UNUSED_TCP)]).values()) == {"refused"}
     udp_send(attacker, [(victim.ip4, UNUSED_UDP), (victim.ip6, UNUSED_UDP)])
-    time.sleep(0.2)
-    c = nft_py(victim, "out = n.counters()")
+    deadline = time.monotonic() + 30   # the datagrams are counted when the victim's side runs
+    while (c := nft_py(victim, "out = n.counters()"))["queued_udp"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert c["queued_tcp"] == 2 and c["queued_udp"] == 2, c
     # Broadcasts, multicast and unmonitored ports never are (a witness table proves the
     # broadcast and the multicast datagram did arrive).
     victim.nft(["-f", "-"], stdin=f"table inet witness {{\n\tchain c {{\n\t\ttype filter hook input priority 0;\n"
                                    f"\t\tudp dport {UNUSED_UDP} fib daddr type {{ broadcast, multicast }} counter\n\t}}\n}}\n")
     attacker.run([PYTHON, "-c", BROADCAST, str(UNUSED_UDP)])
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while "packets 2 " not in victim.nft("list chain inet witness c").stdout and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert "packets 2 " in victim.nft("list chain inet witness c").stdout
     assert set(connect_many(attacker, [(victim.ip4, 40000)]).values()) == {"refused"}
     time.sleep(0.2)
@@ -135,12 +138,18 @@ def test_polled_in_use_ports_are_left_out_of_the_monitored_sets(lab):
         first = n.status()
         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(('0.0.0.0', {UNUSED_TCP})); s.listen(4)      # a service started after load
-        time.sleep(0.6)
         import subprocess
-        listing = subprocess.run(['nft', 'list', 'set', 'inet', 'nfsentry', 'tcp_ports'], capture_output=True, text=True).stdout
+        def tcp_set(want, seconds=25):   # the poller (every 0.2 s) gets there; a busy machine takes longer
+            end = time.monotonic() + seconds
+            while True:
+                text = subprocess.run(['nft', 'list', 'set', 'inet', 'nfsentry', 'tcp_ports'], capture_output=True, text=True).stdout
+                if want in text or time.monotonic() > end:
+                    return text
+                time.sleep(0.1)
+        listing = tcp_set("1-{OPEN_TCP - 1}, {UNUSED_TCP + 1}-1023")
         udp = subprocess.run(['nft', 'list', 'set', 'inet', 'nfsentry', 'udp_ports'], capture_output=True, text=True).stdout
-        s.close(); time.sleep(0.6)
-        again = subprocess.run(['nft', 'list', 'set', 'inet', 'nfsentry', 'tcp_ports'], capture_output=True, text=True).stdout
+        s.close()
+        again = tcp_set("1-{OPEN_TCP - 1}, {OPEN_TCP + 1}-1023")
         out = dict(inuse=first['inuse'], tcp=listing, udp=udp, again=again)
     """)
     assert out["inuse"] == "poll"

@@ -53,8 +53,11 @@ def test_kill9_during_a_flood_then_restart(lab, tmp_path, fail_open):
     try:
         attacker.nmap("-sS -Pn --max-retries 0 -p 7", victim.ip6)   # a real scanner, blocked first
         d.wait_event("block", attacker.ip6)   # alone: its /64 holds the victim too
-        f = flood(attacker, victim, count=45_000, seconds=15, rate=5_000)
-        wait_for(lambda: d.status()["counters"]["blocks"] >= 10, timeout=10, what="blocks during the flood")
+        # the flood must outlast the checks of the dead daemon below (a few seconds quiet, far more on a
+        # busy machine): it may run 60 s and is ended once they are done
+        f = flood(attacker, victim, count=300_000, seconds=60, rate=5_000)
+        t_flood = time.monotonic()
+        wait_for(lambda: d.status()["counters"]["blocks"] >= 10, timeout=30, what="blocks during the flood")
         d.kill9()
         kernel_at_death = {b["network"] for b in d.blocked()}
         assert len(kernel_at_death) >= 10
@@ -68,6 +71,9 @@ def test_kill9_during_a_flood_then_restart(lab, tmp_path, fail_open):
         assert attacker.connect(victim.ip6, OPEN_PORT, timeout=1.5) == "timeout"  # still blocked
         probe = legit.connect(victim.ip4, CLOSED_MONITORED, timeout=1.5)
         assert probe == ("refused" if fail_open else "timeout")               # bypass vs fail-closed
+        assert f.poll() is None, "the flood ended before the checks"
+        time.sleep(max(0.0, t_flood + 9 - time.monotonic()))                # at least the 45,000 packets of old
+        f.terminate()
         sent = flood_result(f)
         assert sent["sent"] > 20_000
 

@@ -255,7 +255,12 @@ def test_malformed_packets_get_verdicts_and_the_loop_keeps_working(lab, tmp_path
         pkts = malformed_packets(victim.ip4, victim.ip6)
         for _ in range(3):  # three rounds: blocked sources are dropped in the kernel from round 2 on
             send_frames(attacker, victim, [p for _, _, p in pkts])
-        time.sleep(1)
+        # until the named packets' detections are logged (a busy machine needs longer than 1 s)
+        named = {src for name, src, _ in pkts if name in ("tcp data offset 2", "tcp options past the end",
+                 "tcp header cut at 10 bytes", "ipv6 tcp data offset 0", "ipv6 16 destination options")}
+        wait_for(lambda: named <= {e["src"] for e in d.events("detection")} or d.proc.poll() is not None,
+                 timeout=60, what="the detections of the malformed packets")
+        time.sleep(1)   # and whatever else was queued
         assert d.proc.poll() is None
         st = d.status()
         assert st["counters"]["errors"] == 0 and st["queue_drops"]["queue0"]["waiting"] == 0

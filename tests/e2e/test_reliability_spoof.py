@@ -143,7 +143,7 @@ def test_an_address_added_while_running_is_protected_after_the_refresh(lab, tmp_
         new4, new6 = "198.18.0.77", "2001:db8::77"
         victim.run(["ip", "addr", "add", f"{new4}/24", "dev", "eth0"])
         victim.run(["ip", "addr", "add", f"{new6}/64", "dev", "eth0", "nodad"])
-        wait_for(lambda: d.status()["never_block"] == before["never_block"] + 2, timeout=10, what="the address refresh")
+        wait_for(lambda: d.status()["never_block"] == before["never_block"] + 2, timeout=60, what="the address refresh")
         assert new4 in victim.nft("list set inet nfsentry ignore4").stdout
         assert new6 in victim.nft("list set inet nfsentry ignore6").stdout
         forge(attacker, victim, [new4, new6, CONTROL4])
@@ -170,7 +170,7 @@ def test_safety_valves_bound_what_a_spoofed_scan_can_block(lab, tmp_path, key, v
         sources = [f"198.19.50.{i}" for i in range(1, 31)] + [f"2001:db8:50:{i:x}::1" for i in range(1, 11)]
         forge(attacker, victim, sources, ports=(7,))  # one SYN per source
         st = wait_for(lambda: (s := d.status())["counters"][counter] + s["counters"]["blocks"] >= len(sources) and s,
-                      timeout=15, what="every forged source handled")
+                      timeout=60, what="every forged source handled")
         assert st["counters"]["blocks"] == value and st["blocked"] == value
         assert st["counters"][counter] == len(sources) - value
         assert len(d.blocked()) == value

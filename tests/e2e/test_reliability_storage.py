@@ -31,7 +31,7 @@ class NfsentryOnTmpfs(Nfsentry):
 
     size = "1m"
 
-    def start(self, timeout: float = 30, extra_args=None) -> "NfsentryOnTmpfs":
+    def start(self, timeout: float = 120, extra_args=None) -> "NfsentryOnTmpfs":
         self.stderr_lines = []
         state = self.sections["storage"]["state_dir"]
         os.makedirs(state, exist_ok=True)
@@ -81,17 +81,17 @@ def test_locked_database_keeps_protecting_and_catches_up(lab, tmp_path):
         db = str(d.tmp / "state" / "nfsentry.db")
         holder = victim.popen([PYTHON, "-u", "-c",
                                "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
-                               "c.execute('BEGIN EXCLUSIVE'); print('LOCKED', flush=True); time.sleep(60)", db])
+                               "c.execute('BEGIN EXCLUSIVE'); print('LOCKED', flush=True); time.sleep(600)", db])
         assert holder.stdout.readline().strip() == "LOCKED"
         d.cli("block", "198.19.3.3", "--reason", "while locked")
         attacker.nmap("-sS -Pn --max-retries 0 -p 7", victim.ip4)
         assert attacker.connect(victim.ip4, OPEN_PORT, timeout=1.5) == "timeout"     # blocked in the kernel at once
-        st = wait_for(lambda: (s := d.status())["counters"]["storage_errors"] and s, timeout=20, what="the storage fault")
+        st = wait_for(lambda: (s := d.status())["counters"]["storage_errors"] and s, timeout=60, what="the storage fault")
         assert st["blocked"] == 2
-        wait_for(lambda: storage_log(d, "storage fault"), timeout=15, what="the fault logged")
-        holder.kill()
+        wait_for(lambda: storage_log(d, "storage fault"), timeout=60, what="the fault logged")
+        holder.kill()   # (it holds the lock for up to 10 minutes: longer than any wait above)
         holder.wait()
-        wait_for(lambda: d.status()["pending_storage_writes"] == 0, timeout=20, what="the pending writes")
+        wait_for(lambda: d.status()["pending_storage_writes"] == 0, timeout=60, what="the pending writes")
         assert db_blocks(d) == {"198.19.3.3", attacker.ip4}
         assert storage_log(d, "storage recovered")
         assert len(storage_log(d, "storage fault")) <= 3
@@ -117,10 +117,10 @@ def test_disk_full_keeps_protecting_and_catches_up_when_space_is_back(lab, tmp_p
         assert attacker.connect(victim.ip4, OPEN_PORT, timeout=1.5) == "timeout"
         st = d.status()
         assert st["counters"]["storage_errors"] >= 1 and st["pending_storage_writes"] >= 1
-        assert wait_for(lambda: storage_log(d, "disk is full"), timeout=10, what="the fault logged")
+        assert wait_for(lambda: storage_log(d, "disk is full"), timeout=60, what="the fault logged")
         kernel = {b["network"] for b in d.blocked()}
         d.in_mount_ns(["rm", fill])
-        wait_for(lambda: d.status()["pending_storage_writes"] == 0, timeout=20, what="the pending writes")
+        wait_for(lambda: d.status()["pending_storage_writes"] == 0, timeout=60, what="the pending writes")
         assert d.db_blocks() == kernel
     finally:
         d.close()
@@ -139,16 +139,16 @@ def test_database_deleted_then_overwritten_while_running_is_rebuilt_from_the_ker
         for suffix in ("", "-wal", "-shm"):
             (state / f"nfsentry.db{suffix}").unlink(missing_ok=True)
         # no new event needed: the worker notices within seconds and re-imports the kernel set
-        wait_for(lambda: (state / "nfsentry.db").exists(), timeout=15, what="the database recreated")
-        wait_for(lambda: db_blocks(d) == {"198.19.5.5", attacker.ip4}, timeout=10, what="the kernel set re-imported")
+        wait_for(lambda: (state / "nfsentry.db").exists(), timeout=60, what="the database recreated")
+        wait_for(lambda: db_blocks(d) == {"198.19.5.5", attacker.ip4}, timeout=60, what="the kernel set re-imported")
         assert storage_log(d, "was deleted or replaced while running")
         assert (state / "nfsentry.db").stat().st_mode & 0o777 == 0o600
         # overwritten in place (same inode): moved aside, rebuilt
         with open(state / "nfsentry.db", "r+b") as f:
             f.write(os.urandom(4096))
         d.cli("block", "198.19.6.6")
-        wait_for(lambda: any(".corrupt-" in p.name for p in state.iterdir()), timeout=15, what="the corrupt file moved aside")
-        wait_for(lambda: db_blocks(d) == {"198.19.5.5", "198.19.6.6", attacker.ip4}, timeout=10, what="the rebuilt database")
+        wait_for(lambda: any(".corrupt-" in p.name for p in state.iterdir()), timeout=60, what="the corrupt file moved aside")
+        wait_for(lambda: db_blocks(d) == {"198.19.5.5", "198.19.6.6", attacker.ip4}, timeout=60, what="the rebuilt database")
         assert storage_log(d, "database is corrupt")
         assert d.status()["counters"]["errors"] == 0
     finally:

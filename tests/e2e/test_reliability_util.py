@@ -59,11 +59,14 @@ def frame6(i, dport):
     ip = struct.pack("!IHBB16s16s", 6 << 28, 20, 6, 64, src, dst6)
     return dmac + smac + b"\x86\xdd" + ip + tcp
 
+import signal
+stopped = []
+signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))   # p.terminate(): end early, still report
 sent = 0
 start = time.monotonic()
 deadline = start + seconds
 batch = max(1, rate // 200) if rate else 256
-while sent < count and time.monotonic() < deadline:
+while sent < count and time.monotonic() < deadline and not stopped:
     t0 = time.monotonic()
     for _ in range(min(batch, count - sent)):
         dport = ports[sent % len(ports)]
@@ -95,6 +98,7 @@ def flood(src: Host, dst: Host, *, count: int, seconds: float, rate: int = 0, po
     IPv4 sources 198.19.x.y (the packet number picks x.y), IPv6 sources 2001:db8:fXXX:YYYY::1
     (one /64 per packet number). ``rate`` = packets/s (0 = as fast as the sender goes). The
     process prints one JSON line {"sent": N, "seconds": S} when it ends; see :func:`flood_result`.
+    ``p.terminate()`` ends it early (SIGTERM), and it still prints that line.
     """
     assert count > 0 and 0 < seconds <= 120, "floods are bounded by count and time"
     args = {"iface": "eth0", "dmac": mac_of(dst), "count": count, "seconds": seconds, "rate": rate,
@@ -157,10 +161,12 @@ print(json.dumps({"ok": ok, "fail": fail, "errors": errors, "seconds": a["second
 """
 
 
-def legit_rate_start(client: Host, addr: str, port: int, seconds: float, timeout: float = 3.0,
+def legit_rate_start(client: Host, addr: str, port: int, seconds: float, timeout: float = 30.0,
                      interval: float = 0.0) -> subprocess.Popen:
     """Start the client loop; ``interval`` paces it (a long loop at full speed would run out of
-    ephemeral ports: every session leaves a TIME_WAIT socket for a minute)."""
+    ephemeral ports: every session leaves a TIME_WAIT socket for a minute). ``timeout`` per session:
+    long enough for a SYN lost under load to be retransmitted (1 s, then 2 s) -- a failed session
+    is one that does not happen, not a slow one."""
     return client.popen([PYTHON, "-c", _CLIENT, json.dumps({"addr": addr, "port": port, "seconds": seconds,
                                                              "timeout": timeout, "interval": interval})])
 
