@@ -129,8 +129,9 @@ def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dic
     else:
         # per family: a dual-stack host receives scans on both of its addresses
         counts: dict[int, Counter] = {4: Counter(), 16: Counter()}
+        monitored = {6: cfg.tcp_ports, 17: cfg.udp_ports}
         for _, p in packets:
-            if (p.proto == 6 and in_ranges(p.dport, cfg.tcp_ports)) or (p.proto == 17 and in_ranges(p.dport, cfg.udp_ports)):
+            if p.proto in monitored and in_ranges(p.dport, monitored[p.proto]):
                 if len(p.dst) in counts:
                     counts[len(p.dst)][p.dst] += 1
         locals_ = {cnt.most_common(1)[0][0] for cnt in counts.values() if cnt}
