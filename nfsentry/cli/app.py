@@ -52,7 +52,7 @@ def load_config(path: Optional[str], portsentry: Optional[str] = None, defaults:
         fail(str(e), EXIT_USAGE)
 
 
-def parse_duration_opt(text: Optional[str], default: float) -> float:
+def parse_duration_opt(text: Optional[str], default: Optional[float]) -> Optional[float]:
     from nfsentry.core.units import parse_duration
     if text is None:
         return default
@@ -72,15 +72,71 @@ def get_nft(cfg):
 
 
 def daemon_request(cfg, cmd: str, **args):
-    """Returns the reply, or None when the daemon is not running."""
+    """Returns the reply, or None when the daemon is not running. ``cfg``: a configuration, or
+    a :class:`DaemonConf` (the control socket even when the file on disk does not load)."""
     from nfsentry.ipc import ControlError, DaemonNotRunning, request
+    sock = cfg.socket if isinstance(cfg, DaemonConf) else cfg["daemon"]["control_socket"]
     try:
-        return request(cfg["daemon"]["control_socket"], cmd, **args)
+        reply = request(sock, cmd, **args)
     except DaemonNotRunning:
         return None
     except ControlError as e:
         msg = str(e)
         fail(msg, EXIT_NOPERM if "permission denied" in msg else e.code)
+    if isinstance(cfg, DaemonConf) and cfg.error:
+        typer.echo(f"nfsentry: warning: {cfg.error} (the file on disk does not load; the running daemon "
+                   "keeps the configuration it loaded)", err=True)
+    return reply
+
+
+class DaemonConf:
+    """What a command that talks to the running daemon needs: the configuration, or, when the file
+    on disk does not load (a typo made after the daemon started), the control socket read from it
+    best effort and the error. The admin can then still reach the daemon (to unblock themself);
+    local work without a daemon (:meth:`need`) fails with the error, exit 2."""
+
+    def __init__(self, path: Optional[str]) -> None:
+        from nfsentry.config import schema as C
+        self.path, self.cfg, self.error = path, None, None
+        try:
+            self.cfg = C.load(path, read_files=os.geteuid() == 0)
+            self.socket = self.cfg["daemon"]["control_socket"]
+        except (OSError, ValueError) as e:  # ConfigError is a ValueError
+            self.error = str(e)
+            self.socket = control_socket_of(path) or C.DEFAULTS["daemon"]["control_socket"]
+
+    def need(self):
+        """The configuration, for local work; a file that does not load: its one-line error, exit 2."""
+        if self.cfg is None:
+            fail(self.error or "the configuration does not load", EXIT_USAGE)
+        return self.cfg
+
+
+def control_socket_of(path: Optional[str]) -> Optional[str]:
+    """[daemon] control_socket of a configuration file that does not validate, best effort: from
+    its TOML if that parses, else from the line in its [daemon] section; None when unknown."""
+    import re
+    import tomllib
+    from nfsentry.config import schema as C
+    try:
+        text = Path(path or C.DEFAULT_PATH).read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return None
+    try:
+        sock = tomllib.loads(text).get("daemon", {}).get("control_socket")
+        return sock if isinstance(sock, str) and sock.startswith("/") else None
+    except (tomllib.TOMLDecodeError, AttributeError):
+        pass
+    section = None
+    for line in text.splitlines():
+        head = re.match(r"\s*\[\s*([A-Za-z0-9_.-]+)\s*\]", line)
+        if head:
+            section = head.group(1)
+            continue
+        m = re.match(r"""\s*control_socket\s*=\s*(["'])(/[^"']*)\1""", line)
+        if m and section == "daemon":
+            return m.group(2)
+    return None
 
 
 def fmt_ts(ts: Optional[float]) -> str:
@@ -115,9 +171,10 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="configuration file (defau
 @app.command()
 def status(config: Optional[str] = ConfigOpt, as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Is the daemon running; backend, ports and counters."""
-    cfg = load_config(config)
-    reply = daemon_request(cfg, "status")
+    conf = DaemonConf(config)
+    reply = daemon_request(conf, "status")
     if reply is None:
+        conf.need()  # not running: a file that does not load is the error to report
         if as_json:
             typer.echo(json.dumps({"running": False}))
         else:
@@ -125,8 +182,11 @@ def status(config: Optional[str] = ConfigOpt, as_json: bool = typer.Option(False
         raise typer.Exit(EXIT_NOT_RUNNING)
     reply.pop("ok", None)
     reply["running"] = True
+    degraded = reply.get("state") == "degraded"
     if as_json:
         typer.echo(json.dumps(reply, sort_keys=True, default=str))
+        if degraded:
+            raise typer.Exit(EXIT_RUNTIME)
         return
     c = reply.get("counters", {})
     e = reply.get("engine", {})
@@ -145,8 +205,13 @@ def status(config: Optional[str] = ConfigOpt, as_json: bool = typer.Option(False
         f"  queue drops:       {sum(q.get('queue_dropped', 0) + q.get('user_dropped', 0) for q in reply.get('queue_drops', {}).values())}",
         f"  errors:            {c.get('errors', 0)} internal, {c.get('storage_errors', 0)} storage",
         f"  blocks refused:    {c.get('blocks_rate_limited', 0)} by max_blocks_per_minute, {c.get('blocks_capped', 0)} by max_blocked",
+        f"  ruleset restored:  {c.get('ruleset_restored', 0)} times (removed outside nfsentry)   expired: {c.get('blocks_expired', 0)}",
     ]
+    if degraded:
+        lines.insert(1, f"  DEGRADED: {reply.get('degraded')}")
     typer.echo("\n".join(lines))
+    if degraded:
+        raise typer.Exit(EXIT_RUNTIME)
 
 
 # == blocked / list =================================================================================
@@ -218,10 +283,12 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
     from nfsentry.core.addrs import normalize_block_target
     from nfsentry.ledger.neverblock import ssh_client
     from nfsentry.ledger.rule import kernel_timeout
-    cfg = load_config(config)
-    duration = parse_duration_opt(for_, cfg.durations["block_duration"])
+    conf = DaemonConf(config)
+    # without a loadable file the running daemon's own default duration applies (None: not sent)
+    duration = parse_duration_opt(for_, conf.cfg.durations["block_duration"] if conf.cfg else None)
     try:
-        kernel_timeout(duration)
+        if duration is not None:
+            kernel_timeout(duration)
     except ValueError as e:
         fail(str(e))
     ssh = ssh_client()
@@ -230,8 +297,12 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
     except ValueError as e:
         fail(str(e))
     need_root("block")
-    reply = daemon_request(cfg, "block", network=net, duration=duration, reason=reason, force=force)
+    asked = {"duration": duration} if duration is not None else {}
+    reply = daemon_request(conf, "block", network=net, reason=reason, force=force, **asked)
     if reply is None:
+        cfg = conf.need()
+        if duration is None:
+            duration = cfg.durations["block_duration"]
         from nfsentry.ledger.neverblock import never_block_networks
         if not force:
             try:
@@ -249,7 +320,8 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
         inside = f" by {by}" if by != net else ""
         typer.echo(f"{net} is already blocked{inside} {fmt_until(expires)}: kept (blocks are never shortened)")
     else:
-        typer.echo(f"{'extended' if status == 'extended' else 'blocked'} {net} {fmt_until(expires, kernel_timeout(duration))}")
+        seconds = None if duration is None else kernel_timeout(duration)
+        typer.echo(f"{'extended' if status == 'extended' else 'blocked'} {net} {fmt_until(expires, seconds)}")
 
 
 @app.command()
@@ -275,11 +347,11 @@ def unblock(addresses: List[str] = typer.Argument(None, help="ADDR or ADDR/PREFI
             fail(str(e))
         if nets[-1].endswith("/0"):
             fail(f"refusing {a!r}: a /0 matches every address (use --all to remove every block)")
-    cfg = load_config(config)
+    conf = DaemonConf(config)
     need_root("unblock")
-    reply = daemon_request(cfg, "unblock", networks=nets, all=all_, ignore=ignore, covering=covering)
+    reply = daemon_request(conf, "unblock", networks=nets, all=all_, ignore=ignore, covering=covering)
     if reply is None:
-        N, ledger = open_ledger(cfg)
+        N, ledger = open_ledger(conf.need())
         try:
             if all_:
                 reply = {"unblocked": ledger.unblock_all()}
@@ -292,8 +364,11 @@ def unblock(addresses: List[str] = typer.Argument(None, help="ADDR or ADDR/PREFI
         except N.NftError as e:
             fail(f"unblock failed: {e}", EXIT_RUNTIME)
     removed = reply.get("unblocked", [])
-    if ignore and removed:
-        add_to_ignore_file(cfg, removed)
+    if ignore and removed and conf.cfg is not None:
+        add_to_ignore_file(conf.cfg, removed)
+    elif ignore and removed:
+        typer.echo("nfsentry: warning: ignored by the running daemon, but not recorded in an ignore file "
+                   "(the configuration does not load)", err=True)
     if removed or all_:
         typer.echo(f"unblocked {len(removed)}: {', '.join(removed) if removed else '(nothing was blocked)'}")
     for target, by in (reply.get("covered") or {}).items():
@@ -389,17 +464,32 @@ def rules_show(config: Optional[str] = ConfigOpt, backend: str = typer.Option("n
     typer.echo(N.render(ruleset_spec(cfg, [str(n) for n in cfg.ignore]), backend), nl=False)
 
 
+# the package's own folder, a source checkout's rules/ (next to the package), the installed copy
+_HERE = Path(__file__).resolve()
+RULE_DIRS = (_HERE.parents[1] / "rules", _HERE.parents[2] / "rules", Path("/usr/share/nfsentry/rules"))
+
+
 def rules_file(name: Optional[str]) -> Optional[Path]:
+    """A built-in ruleset name or a path, never confused: a name without a slash is a built-in
+    ruleset if there is one by that name (even when the current directory holds a folder or file
+    of that name); otherwise it is a path, used only if it is a regular file."""
     if name is None:
         return None
+    builtin = sorted({f.stem for base in RULE_DIRS if base.is_dir() for f in base.glob("*.nft")})
+    if "/" not in name:
+        for base in RULE_DIRS:
+            for cand in (base / f"{name}.nft", base / name):
+                if cand.is_file():
+                    return cand
     p = Path(name)
-    if p.exists():
+    if p.is_file():
         return p
-    for base in (Path(__file__).resolve().parent.parent / "rules", Path("/usr/share/nfsentry/rules")):
-        for cand in (base / name, base / f"{name}.nft"):
-            if cand.exists():
-                return cand
-    fail(f"unknown rule file {name!r} (give a path or a name from rules/: nfsentry, gateway, observe)")
+    names = ", ".join(builtin) or "none installed"
+    if p.is_dir():
+        fail(f"{name}: is a directory, not a rule file (give a file, or a built-in name: {names})")
+    if p.exists():
+        fail(f"{name}: not a regular file (give a file, or a built-in name: {names})")
+    fail(f"unknown rule file {name!r} (give a path or a built-in name: {names})")
 
 
 def _rules_apply(file: Optional[str], config: Optional[str], check: bool) -> None:
@@ -433,9 +523,17 @@ def rules_load(file: Optional[str] = typer.Option(None, "--file", "-f", help="a 
 
 
 @rules_app.command("unload")
-def rules_unload(config: Optional[str] = ConfigOpt):
-    """Remove nfsentry's table and compat rules (nothing else)."""
-    cfg = load_config(config)
+def rules_unload(config: Optional[str] = ConfigOpt,
+                 force: bool = typer.Option(False, "--force", help="unload even while the daemon runs")):
+    """Remove nfsentry's table and compat rules (nothing else). Refused while the daemon runs."""
+    conf = DaemonConf(config)
+    if not force:
+        need_root("rules unload")
+        reply = daemon_request(conf, "status")
+        if reply is not None:
+            fail(f"the nfsentry daemon is running (pid {reply.get('pid', '?')}) and would lose its rules: "
+                 "stop it first (systemctl stop nfsentry), or repeat with --force", EXIT_RUNTIME)
+    cfg = conf.need()
     N, nft = get_nft(cfg)
     try:
         nft.unload()

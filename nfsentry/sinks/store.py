@@ -6,12 +6,13 @@ state directory is created 0700 and the database file 0600.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -215,17 +216,76 @@ class Store:
                    ev.get("label"), ev.get("action"), json.dumps(ev, default=str)))
 
     def history(self, since: float | None = None, source: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        sql, args = "SELECT detail FROM history WHERE 1=1", []
+        """The last ``limit`` history rows (oldest first). ``source``: an address matches rows whose
+        src or network is exactly it (indexed); a prefix matches every row whose source address or
+        network lies inside it (SQLite has no CIDR type: a text prefilter, then ipaddress)."""
+        inside = _prefix_matcher(source) if source else None
+        sql, args = "SELECT src, network, detail FROM history WHERE 1=1", []
         if since is not None:
             sql += " AND ts >= ?"
             args.append(since)
-        if source:
+        if source and inside is None:
             sql += " AND (src = ? OR network = ?)"
             args += [source, source]
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
-        rows = self._run(sql, args).fetchall()
+        elif inside is not None:
+            pattern, family_char = _prefix_prefilter(source)
+            if pattern:
+                sql += " AND (src GLOB ? OR network GLOB ?)"
+                args += [pattern, pattern]
+            else:
+                sql += " AND (instr(coalesce(src, ''), ?) > 0 OR instr(coalesce(network, ''), ?) > 0)"
+                args += [family_char, family_char]
+        sql += " ORDER BY id DESC"
+        if inside is None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = []
+        for r in self._run(sql, args):
+            if inside is not None and not (inside(r["src"]) or inside(r["network"])):
+                continue
+            rows.append(r)
+            if len(rows) >= limit:
+                break
         return [json.loads(r["detail"]) for r in reversed(rows)]
+
+
+def _prefix_matcher(source: str) -> Callable[[str | None], bool] | None:
+    """For a prefix (not a single address): a test "is this address or network inside it"."""
+    try:
+        net = ipaddress.ip_network(source, strict=False)
+    except ValueError:
+        return None
+    if net.prefixlen == net.max_prefixlen:
+        return None
+    seen: dict[str, bool] = {}
+
+    def inside(text: str | None) -> bool:
+        if not text:
+            return False
+        hit = seen.get(text)
+        if hit is None:
+            try:
+                other = ipaddress.ip_network(text, strict=False)
+                hit = other.version == net.version and other.subnet_of(net)  # type: ignore[arg-type]
+            except ValueError:
+                hit = False
+            if len(seen) < 100_000:
+                seen[text] = hit
+        return hit
+
+    return inside
+
+
+def _prefix_prefilter(source: str) -> tuple[str | None, str]:
+    """A GLOB every IPv4 text inside the prefix matches (its whole octets: "198.18.50.*"), or
+    None, and a character every text of its family holds (IPv6 ":", IPv4 ".")."""
+    net = ipaddress.ip_network(source, strict=False)
+    if net.version == 6:
+        return None, ":"
+    octets = net.prefixlen // 8
+    if octets == 0:
+        return None, "."
+    return ".".join(str(net.network_address).split(".")[:octets]) + ".*", "."
 
 
 def _is_corruption(msg: str) -> bool:
