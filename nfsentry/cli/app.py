@@ -527,12 +527,16 @@ def rules_unload(config: Optional[str] = ConfigOpt,
                  force: bool = typer.Option(False, "--force", help="unload even while the daemon runs")):
     """Remove nfsentry's table and compat rules (nothing else). Refused while the daemon runs."""
     conf = DaemonConf(config)
-    if not force:
-        need_root("rules unload")
-        reply = daemon_request(conf, "status")
-        if reply is not None:
-            fail(f"the nfsentry daemon is running (pid {reply.get('pid', '?')}) and would lose its rules: "
-                 "stop it first (systemctl stop nfsentry), or repeat with --force", EXIT_RUNTIME)
+    need_root("rules unload")
+    reply = daemon_request(conf, "status")
+    if reply is not None and not force:
+        fail(f"the nfsentry daemon is running (pid {reply.get('pid', '?')}) and would lose its rules: "
+             "stop it first (systemctl stop nfsentry), or repeat with --force", EXIT_RUNTIME)
+    if reply is not None:  # --force: through the daemon, which stops detecting and says so in status
+        done = daemon_request(conf, "unload")
+        typer.echo(f"removed table inet {done['table']}; the daemon keeps running without detecting or blocking "
+                   "(status: DEGRADED) until `nfsentry rules load`")
+        return
     cfg = conf.need()
     N, nft = get_nft(cfg)
     try:

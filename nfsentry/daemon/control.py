@@ -158,6 +158,13 @@ class Commands:
         if cmd == "reload":
             ok, msg = self.d.reload()
             return {"ok": ok, "message": msg} if ok else {"ok": False, "error": msg}
+        if cmd == "unload":  # `rules unload --force`: the daemon stops detecting and says so
+            d = self.d
+            d.nft.unload()
+            d.unloaded_by_admin = True
+            d.degraded = ("the ruleset was unloaded by `nfsentry rules unload --force`: nothing is detected or "
+                          "blocked until `nfsentry rules load`")
+            return {"ok": True, "table": d.nft.table}
         if cmd == "ignore":
             net = normalize_network(req["network"])
             self.add_ignore(net)

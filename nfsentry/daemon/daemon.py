@@ -82,6 +82,7 @@ class Daemon:
         self.worker = Worker(self)
         self.ftpq: FtpQueue | None = None
         self.degraded: str | None = None  # why protection is not what it should be (status: DEGRADED)
+        self.unloaded_by_admin = False  # `rules unload --force`: not put back until loaded again by hand
 
     # == start-up ===================================================================================
     def prepare(self) -> None:

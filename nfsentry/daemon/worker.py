@@ -272,10 +272,17 @@ class Worker(Part):
         nfsentry, load the ruleset again and put every block back with its remaining time."""
         d = self.d
         try:
-            if d.nft.loaded():
-                return
+            loaded = d.nft.loaded()
         except Exception as e:
             d.degraded = f"cannot read the ruleset: {e}"
+            return
+        if d.unloaded_by_admin:  # unloaded on purpose: back only when the admin loads it again
+            if loaded:
+                rep = Ledger(d.nft, self.store).restore() if self.store is not None else None
+                d.unloaded_by_admin, d.degraded = False, None
+                log.warning("ruleset loaded again: detecting, %d blocks put back", rep.put_back if rep else 0)
+            return
+        if loaded:
             return
         log.warning("the table inet %s is gone from the kernel (flushed or deleted outside nfsentry): "
                     "loading it again with every block", d.nft.table)

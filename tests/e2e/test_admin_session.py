@@ -344,6 +344,16 @@ def test_row8_rules_unload_is_refused_while_the_daemon_runs(lab, tmp_path):
         res = run(d, "rules", "unload", "--force")
         assert "removed table inet nfsentry" in res.stdout
         assert "nfsentry" not in victim.nft("list tables").stdout
+        # through the daemon: it says it is not protecting (exit 1), and does not put the table back
+        st = run(d, "status", "--json", code=1)
+        assert json.loads(st.stdout)["state"] == "degraded"
+        time.sleep(3)  # the daemon checks its table every second: it must leave it unloaded
+        assert "nfsentry" not in victim.nft("list tables").stdout
+        run(d, "rules", "load")
+        deadline = time.monotonic() + 60
+        while json.loads(d.cli("status", "--json", check=False).stdout or "{}").get("state") != "running":
+            assert time.monotonic() < deadline, "the daemon did not resume after rules load"
+            time.sleep(0.2)
     finally:
         d.close()
     d.cli("rules", "load")
