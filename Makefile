@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 # every run lists its 15 slowest tests, so a creeping suite shows in each CI log
 PYTEST_FLAGS := --durations=15
 
-.PHONY: run test test-host test-kernel bench deps-run deps-test venv rules clean
+.PHONY: run test test-host test-kernel lint bench deps-run deps-test venv rules clean
 
 # --- bootstrap -------------------------------------------------------------------------------
 # Install only the Debian packages that are missing; `apt-get update` only when something is.
@@ -61,8 +61,14 @@ run: deps-run $(STAMPS)/pkg
 
 # One pytest session: the host tier (this kernel, compat backend) and the stock-kernel tier
 # (tests/kernel boots Debian's kernel under qemu and runs the native-marked tests in it).
-test: deps-test $(STAMPS)/test
+test: deps-test $(STAMPS)/test lint
 	$(PY) -m pytest tests $(PYTEST_FLAGS) $(PYTEST_ARGS)
+
+# ruff (lint + format check) on the package, tests and benches; mypy on the pure core and the ledger
+lint: $(STAMPS)/test
+	$(VENV)/bin/ruff check nfsentry tests bench
+	$(VENV)/bin/ruff format --check nfsentry tests bench
+	$(VENV)/bin/mypy nfsentry/core nfsentry/ledger
 
 test-host: deps-test $(STAMPS)/test
 	$(PY) -m pytest tests --ignore=tests/kernel $(PYTEST_FLAGS) $(PYTEST_ARGS)

@@ -26,6 +26,7 @@ figures; timings are never asserted anywhere. Takes about 30-60 s.
   an engine with the default cap, in a fresh child process per configuration, with RSS read at
   100k/250k/500k/750k/1M sources; plus bytes per tracked source measured with tracemalloc.
 """
+
 from __future__ import annotations
 
 import gc
@@ -102,7 +103,7 @@ class Mix:
                 net = struct.pack("!HHHH", 0x3FFF, rng.randrange(0x1000), rng.randrange(1 << 16), rng.randrange(64))
                 self.sources.append((6, net + struct.pack("!Q", rng.randrange(1, 8))))
         self.scanners = [[src, rng.randrange(1, 1024)] for src in rng.sample(self.sources, 500)]
-        sport = 40000      # the engine never looks at source ports; one per kind keeps generation cheap
+        sport = 40000  # the engine never looks at source ports; one per kind keeps generation cheap
         self.l4 = [
             [None] + [struct.pack("!HHHH", sport, d, 12, 0) + b"prob" for d in range(1, 1024)],
             [None] + [tcp_header(sport, d, 0x01, 1024, b"") for d in range(1, 1024)],
@@ -124,7 +125,7 @@ class Mix:
                 fam, src = sources[int(r() * nsources)]
                 dport = 1 + int(r() * 1023)
             k = r()
-            kind = 0 if k < 0.3 else 1 if k < 0.4 else 2 if k < 0.7 else 3   # UDP, FIN, nmap SYN, connect SYN
+            kind = 0 if k < 0.3 else 1 if k < 0.4 else 2 if k < 0.7 else 3  # UDP, FIN, nmap SYN, connect SYN
             l4 = l4cache[kind][dport]
             proto = 17 if kind == 0 else 6
             out.append(ip4(src, proto, l4) if fam == 4 else ip6(src, proto, l4))
@@ -133,13 +134,24 @@ class Mix:
 
 def ignore_set() -> PrefixSet:
     # what the daemon protects: own addresses, gateway, resolvers, a few configured CIDRs
-    return PrefixSet(["198.18.0.1", "198.18.0.254", "127.0.0.0/8", "192.0.2.0/24", "2001:db8::1",
-                      "fe80::/10", "::1", "2001:db8:ffff::/48"])
+    return PrefixSet(
+        [
+            "198.18.0.1",
+            "198.18.0.254",
+            "127.0.0.0/8",
+            "192.0.2.0/24",
+            "2001:db8::1",
+            "fe80::/10",
+            "::1",
+            "2001:db8:ffff::/48",
+        ]
+    )
 
 
 def expectations():
     try:
         from nfsentry.core.ftp import ExpectationTable
+
         return ExpectationTable()
     except Exception:
         return None
@@ -148,9 +160,9 @@ def expectations():
 def time_engine(cfg: EngineConfig, label: str, kind: str, two_step: bool = False) -> None:
     mix = Mix(kind=kind)
     engine = Engine(cfg, ignore=ignore_set(), expectations=expectations())
-    if two_step:        # decode() to a Packet, then Engine.process: a full Decision for every packet
+    if two_step:  # decode() to a Packet, then Engine.process: a full Decision for every packet
         proc, dec = engine.process, decode
-    else:               # the daemon's path: Engine.process_raw on the bytes
+    else:  # the daemon's path: Engine.process_raw on the bytes
         proc, dec = engine.process_raw, None
     wall, cpu = time.perf_counter_ns, time.thread_time_ns
     per_wall, per_cpu = [], []
@@ -170,13 +182,17 @@ def time_engine(cfg: EngineConfig, label: str, kind: str, two_step: bool = False
         c1, t1 = cpu(), wall()
         per_wall.append((t1 - t0) / BATCH)
         per_cpu.append((c1 - c0) / BATCH)
-        if len(per_cpu) % EXPIRE_EVERY == 0:       # once per engine second, like the daemon
+        if len(per_cpu) % EXPIRE_EVERY == 0:  # once per engine second, like the daemon
             engine.expire(now)
     s = engine.stats
-    mixout = ", ".join(f"{a.name} {s[a.name.lower()] / s['packets']:.0%}" for a in Action if s[a.name.lower()] >= s["packets"] / 200)
-    print(f"  {label:<40} median {statistics.median(per_wall) / 1000:5.2f} us  mean {statistics.fmean(per_wall) / 1000:5.2f}"
-          f"  p99 {_pct(per_wall, 99) / 1000:5.2f}  | cpu median {statistics.median(per_cpu) / 1000:5.2f} us"
-          f"  mean {statistics.fmean(per_cpu) / 1000:5.2f}")
+    mixout = ", ".join(
+        f"{a.name} {s[a.name.lower()] / s['packets']:.0%}" for a in Action if s[a.name.lower()] >= s["packets"] / 200
+    )
+    print(
+        f"  {label:<40} median {statistics.median(per_wall) / 1000:5.2f} us  mean {statistics.fmean(per_wall) / 1000:5.2f}"
+        f"  p99 {_pct(per_wall, 99) / 1000:5.2f}  | cpu median {statistics.median(per_cpu) / 1000:5.2f} us"
+        f"  mean {statistics.fmean(per_cpu) / 1000:5.2f}"
+    )
     print(f"  {'':<40} ({mixout}; {s['evicted']:,} evicted)")
 
 
@@ -187,6 +203,7 @@ def _pct(values, p):
 
 class FakeNfqPacket:
     """The shape of netfilterqueue.Packet the daemon's callback touches."""
+
     __slots__ = ("payload", "verdict")
 
     def __init__(self, payload: bytes):
@@ -216,7 +233,7 @@ def time_callbacks() -> None:
     def full(pkt):
         r = proc(pkt.get_payload(), now())
         if r.__class__ is int:
-            if r >> 8 == 5:     # DROP
+            if r >> 8 == 5:  # DROP
                 pkt.drop()
             else:
                 pkt.accept()
@@ -226,8 +243,10 @@ def time_callbacks() -> None:
             pkt.accept()
 
     wall, cpu = time.perf_counter_ns, time.thread_time_ns
-    for name, cb in (("bare callback: get_payload(); accept()", bare),
-                     ("full callback: payload, decode, process, verdict", full)):
+    for name, cb in (
+        ("bare callback: get_payload(); accept()", bare),
+        ("full callback: payload, decode, process, verdict", full),
+    ):
         per_wall, per_cpu = [], []
         for _ in range(CALLBACKS // BATCH):
             pkts = [FakeNfqPacket(r) for r in mix.batch()]
@@ -237,11 +256,14 @@ def time_callbacks() -> None:
             c1, t1 = cpu(), wall()
             per_wall.append((t1 - t0) / BATCH)
             per_cpu.append((c1 - c0) / BATCH)
-        print(f"  {name:<50} median {statistics.median(per_wall) / 1000:5.3f} us  mean "
-              f"{statistics.fmean(per_wall) / 1000:5.3f}  | cpu median {statistics.median(per_cpu) / 1000:5.3f} us")
+        print(
+            f"  {name:<50} median {statistics.median(per_wall) / 1000:5.3f} us  mean "
+            f"{statistics.fmean(per_wall) / 1000:5.3f}  | cpu median {statistics.median(per_cpu) / 1000:5.3f} us"
+        )
 
 
 # --- memory (child processes) ---------------------------------------------------------------------
+
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
@@ -269,22 +291,27 @@ def memory_child(mode: str) -> None:
     now = 1_700_000_000.0
     for i in range(1, 1_000_001):
         proc(decode(spoofed(i)), now)
-        now += 0.00002                    # 50,000 spoofed packets/s: nothing expires
+        now += 0.00002  # 50,000 spoofed packets/s: nothing expires
         if i in (100_000, 250_000, 500_000, 750_000, 1_000_000):
             marks.append((i, rss_mb()))
     took = time.perf_counter() - t0
     s = engine.stats
     line = ", ".join(f"{i // 1000}k: {mb:.0f} MB" for i, mb in marks)
     print(f"  {mode:<9} RSS before {before:.0f} MB; {line}  ({took:.1f} s, {took:.1f} us/packet)")
-    print(f"  {'':<9} tracked {s['tracked']}, evicted {s['evicted']}; blocked {s['blocked']}, "
-          f"evicted {s['blocked_evicted']}; offenders {s['offenders']}, evicted {s['offenders_evicted']}")
+    print(
+        f"  {'':<9} tracked {s['tracked']}, evicted {s['evicted']}; blocked {s['blocked']}, "
+        f"evicted {s['blocked_evicted']}; offenders {s['offenders']}, evicted {s['offenders_evicted']}"
+    )
 
 
 def bytes_per_source() -> None:
     import tracemalloc
+
     n = 20_000
-    for mode, cfg in (("tracked source (COUNT)", EngineConfig(scan_trigger=3)),
-                      ("blocked source + offender (BLOCK)", EngineConfig())):
+    for mode, cfg in (
+        ("tracked source (COUNT)", EngineConfig(scan_trigger=3)),
+        ("blocked source + offender (BLOCK)", EngineConfig()),
+    ):
         engine = Engine(cfg)
         pkts = [decode(spoofed(i)) for i in range(n)]
         gc.collect()
@@ -302,8 +329,10 @@ TIMING_CONFIGS = {
     "defaults": ("defaults (scan_trigger 0)", dict()),
     "counting": ("scan_trigger 3 + window 5/60s", dict(scan_trigger=3, window_ports=5, window_seconds=60.0)),
     # 2,000 sources: short, non-escalating blocks so that the decision mix stays mostly COUNT
-    "short-blocks": ("scan_trigger 3 + window, 0.2 s blocks",
-                     dict(scan_trigger=3, window_ports=5, block_duration=0.2, escalation_factor=1.0)),
+    "short-blocks": (
+        "scan_trigger 3 + window, 0.2 s blocks",
+        dict(scan_trigger=3, window_ports=5, block_duration=0.2, escalation_factor=1.0),
+    ),
 }
 
 
@@ -311,20 +340,24 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--memory":
         memory_child(sys.argv[2])
         return
-    if len(sys.argv) in (4, 5) and sys.argv[1] == "--time":     # one line, in a fresh process
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "--time":  # one line, in a fresh process
         kind, (text, kw) = sys.argv[2], TIMING_CONFIGS[sys.argv[3]]
         two_step = sys.argv[4:] == ["two-step"]
         tag = " [two-step]" if two_step else " [pure Python]" if os.environ.get("NFSENTRY_PURE_PYTHON") else ""
         time_engine(EngineConfig(**kw), f"{kind}, {text}{tag}", kind, two_step)
         return
-    sys.stdout.reconfigure(line_buffering=True)    # keep our lines in order with the children's
+    sys.stdout.reconfigure(line_buffering=True)  # keep our lines in order with the children's
     t_start = time.monotonic()
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}"
-          " (figures from a busy machine are noisy: compare the cpu columns)")
-    print(f"\nper queued packet: decode + classify + engine (Engine.process_raw on the raw bytes, as the daemon"
-          f" calls it),\n{PACKETS:,} packets per line, timed in batches"
-          f" of {BATCH}, each line in a fresh process\n(wall = elapsed, cpu = this thread's CPU time: the same unless"
-          " other processes compete)")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}"
+        " (figures from a busy machine are noisy: compare the cpu columns)"
+    )
+    print(
+        f"\nper queued packet: decode + classify + engine (Engine.process_raw on the raw bytes, as the daemon"
+        f" calls it),\n{PACKETS:,} packets per line, timed in batches"
+        f" of {BATCH}, each line in a fresh process\n(wall = elapsed, cpu = this thread's CPU time: the same unless"
+        " other processes compete)"
+    )
     for kind in ("uniform", "scanners"):
         for config in ("defaults", "counting"):
             subprocess.run([sys.executable, __file__, "--time", kind, config], check=True)
@@ -333,12 +366,16 @@ def main() -> None:
     pure = dict(os.environ, NFSENTRY_PURE_PYTHON="1")
     for kind, config in (("uniform", "counting"), ("scanners", "defaults")):
         subprocess.run([sys.executable, __file__, "--time", kind, config], check=True, env=pure)
-    print("and the two-step path (decode() -> Packet, Engine.process -> Decision for every packet)"
-          " that replay and the unit tests use:")
+    print(
+        "and the two-step path (decode() -> Packet, Engine.process -> Decision for every packet)"
+        " that replay and the unit tests use:"
+    )
     for kind, config in (("uniform", "counting"), ("scanners", "defaults")):
         subprocess.run([sys.executable, __file__, "--time", kind, config, "two-step"], check=True)
-    print(f"\nNetfilterQueue callback shape ({CALLBACKS:,} calls each on a fake packet object, uniform mix,"
-          " scan_trigger 3;\nthe C-to-Python crossing of the real binding comes on top of both)")
+    print(
+        f"\nNetfilterQueue callback shape ({CALLBACKS:,} calls each on a fake packet object, uniform mix,"
+        " scan_trigger 3;\nthe C-to-Python crossing of the real binding comes on top of both)"
+    )
     time_callbacks()
     print(f"\nmemory: 1,000,000 distinct spoofed sources, default cap max_sources={DEFAULT_MAX_SOURCES:,}")
     for mode in ("default", "counting"):

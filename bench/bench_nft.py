@@ -10,6 +10,7 @@
 Targets (issue 4): median block <= 0.2 ms, bulk 100,000 <= 1 s. Exits non-zero only when it could
 not measure.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,25 @@ def flood(attacker, victim) -> tuple[float, int, float]:
     """(received packets per second at the victim, packets sent by hping3's count, seconds)."""
     before = rx_packets(victim)
     t = time.monotonic()
-    attacker.run(["timeout", "-s", "INT", str(FLOOD_SECONDS), "hping3", "--flood", "-q", "-S", "-p", "9",
-                  "-c", str(FLOOD_MAX_PACKETS), victim.ip4], check=False, timeout=FLOOD_SECONDS + 20)
+    attacker.run(
+        [
+            "timeout",
+            "-s",
+            "INT",
+            str(FLOOD_SECONDS),
+            "hping3",
+            "--flood",
+            "-q",
+            "-S",
+            "-p",
+            "9",
+            "-c",
+            str(FLOOD_MAX_PACKETS),
+            victim.ip4,
+        ],
+        check=False,
+        timeout=FLOOD_SECONDS + 20,
+    )
     took = time.monotonic() - t
     time.sleep(0.2)
     got = rx_packets(victim) - before
@@ -86,12 +104,16 @@ def main() -> int:
         victim, attacker = lab["victim"], lab["attacker"]
         res = json.loads(victim.run([PYTHON, "-c", SET_OPS], timeout=300).stdout.strip().splitlines()[-1])
         print(f"queue backend: {res['backend']}")
-        print(f"block one source (bindings), median: {res['single_empty_ms']:.3f} ms (p95 {res['single_empty_p95_ms']:.3f}) "
-              f"with an empty set; {res['single_full_ms']:.3f} ms (p95 {res['single_full_p95_ms']:.3f}) "
-              f"with {N_BULK:,} blocks   [target <= 0.2 ms]")
+        print(
+            f"block one source (bindings), median: {res['single_empty_ms']:.3f} ms (p95 {res['single_empty_p95_ms']:.3f}) "
+            f"with an empty set; {res['single_full_ms']:.3f} ms (p95 {res['single_full_p95_ms']:.3f}) "
+            f"with {N_BULK:,} blocks   [target <= 0.2 ms]"
+        )
         print(f"bulk restore of {N_BULK:,} blocks, one transaction: {res['bulk_s']:.3f} s   [target <= 1 s]")
-        print(f"list {res['listed']:,} blocks: {res['list_s']:.2f} s; reload keeping them: {res['reload_s']:.3f} s; "
-              f"read counters: {res['counters_s']:.3f} s")
+        print(
+            f"list {res['listed']:,} blocks: {res['list_s']:.2f} s; reload keeping them: {res['reload_s']:.3f} s; "
+            f"read counters: {res['counters_s']:.3f} s"
+        )
 
         if shutil.which("hping3") is None:
             print("drop rate: hping3 missing, not measured")
@@ -100,18 +122,40 @@ def main() -> int:
         victim.nft("flush ruleset")
         empty_pps, empty_n, _ = flood(attacker, victim)
         # The attacker blocked: dropped at prerouting (raw - 10), before conntrack.
-        victim.run([PYTHON, "-c", f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
-                                  "from nfsentry.nft import Nft, RulesetSpec\n"
-                                  f"n = Nft(); n.load(RulesetSpec()); n.block({attacker.ip4!r}, 600)"])
+        victim.run(
+            [
+                PYTHON,
+                "-c",
+                f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+                "from nfsentry.nft import Nft, RulesetSpec\n"
+                f"n = Nft(); n.load(RulesetSpec()); n.block({attacker.ip4!r}, 600)",
+            ]
+        )
         blocked_pps, blocked_n, _ = flood(attacker, victim)
-        dropped = json.loads(victim.run([PYTHON, "-c", f"import sys, json; sys.path.insert(0, {str(REPO)!r})\n"
-                                                       "from nfsentry.nft import Nft\n"
-                                                       "print(json.dumps(Nft().counters()))"]).stdout)["blocked_pkts4"]
-        victim.run([PYTHON, "-c", f"import sys; sys.path.insert(0, {str(REPO)!r})\nfrom nfsentry.nft import Nft\nNft().unload()"])
+        dropped = json.loads(
+            victim.run(
+                [
+                    PYTHON,
+                    "-c",
+                    f"import sys, json; sys.path.insert(0, {str(REPO)!r})\n"
+                    "from nfsentry.nft import Nft\n"
+                    "print(json.dumps(Nft().counters()))",
+                ]
+            ).stdout
+        )["blocked_pkts4"]
+        victim.run(
+            [
+                PYTHON,
+                "-c",
+                f"import sys; sys.path.insert(0, {str(REPO)!r})\nfrom nfsentry.nft import Nft\nNft().unload()",
+            ]
+        )
         print(f"SYN flood ({FLOOD_SECONDS} s, hping3 --flood, at most {FLOOD_MAX_PACKETS:,} packets):")
         print(f"  empty ruleset:          {empty_pps:,.0f} packets/s received ({empty_n:,} packets, each answered)")
-        print(f"  source in blocked4:     {blocked_pps:,.0f} packets/s received ({blocked_n:,} packets, "
-              f"{dropped:,} dropped by the blocked set = {dropped / max(1, blocked_n):.1%})")
+        print(
+            f"  source in blocked4:     {blocked_pps:,.0f} packets/s received ({blocked_n:,} packets, "
+            f"{dropped:,} dropped by the blocked set = {dropped / max(1, blocked_n):.1%})"
+        )
         print(f"  drop-rate ratio blocked/empty: {blocked_pps / max(1.0, empty_pps):.2f}")
     print(f"bench_nft: {time.monotonic() - t0:.1f} s")
     return 0

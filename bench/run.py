@@ -3,6 +3,7 @@
 Each script is standalone, prints its own figures (ratios measured side by side in one run), and
 exits non-zero only when it could not measure. Timings are never asserted by the test suite.
 """
+
 from __future__ import annotations
 
 import os

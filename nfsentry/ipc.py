@@ -11,6 +11,7 @@ listens on the network.
 This module is the protocol and the client the CLI uses; the server is
 ``nfsentry.daemon.control.ControlServer``.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,7 @@ def request(path: str, cmd: str, timeout: float = 10, **args: Any) -> dict[str, 
         except (BrokenPipeError, ConnectionResetError):
             pass  # the daemon may refuse (not root) and hang up before reading: its answer is still there
         data = read_line(s, 1 << 30)
-    except socket.timeout:
+    except TimeoutError:
         raise ControlError(f"the daemon did not answer within {timeout:g}s") from None
     finally:
         s.close()

@@ -12,6 +12,7 @@ filters from what the capture shows:
 - packets of a flow the protected host already answered or opened are established;
 - ignored sources (the config's ignore list) are skipped.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -24,7 +25,6 @@ from nfsentry.core.units import in_ranges
 
 class ReplayError(Exception):
     pass
-
 
 
 class _Blocked:
@@ -65,7 +65,7 @@ def _ip_bytes(linktype: int, frame: bytes) -> bytes | None:
     if linktype == _ETHERNET:
         off, ethertype = 14, int.from_bytes(frame[12:14], "big")
         while ethertype in _ETH_VLAN and len(frame) >= off + 4:
-            ethertype, off = int.from_bytes(frame[off + 2:off + 4], "big"), off + 4
+            ethertype, off = int.from_bytes(frame[off + 2 : off + 4], "big"), off + 4
         return frame[off:] if ethertype in _ETH_IP else None
     if linktype in _RAW_IP:
         return frame if frame and frame[0] >> 4 in (4, 6) else None
@@ -112,12 +112,12 @@ def read_capture(path: str) -> list[tuple[float, bytes]]:
 
 
 def replay(path: str, cfg: C.Config, local: list[str] | None = None) -> list[dict[str, Any]]:
+    from nfsentry.config.derive import engine_config
     from nfsentry.core.addrs import PrefixSet
     from nfsentry.core.engine import Action, Engine
     from nfsentry.core.events import decision_event
-    from nfsentry.core.valves import Valves
-    from nfsentry.config.derive import engine_config
     from nfsentry.core.packet import decode
+    from nfsentry.core.valves import Valves
 
     packets = [(ts, decode(raw)) for ts, raw in read_capture(path)]
     packets = [(ts, p) for ts, p in packets if not p.malformed or p.src]

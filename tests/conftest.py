@@ -1,4 +1,5 @@
 """Shared pytest fixtures: the namespace lab and skip rules for tests that need root."""
+
 from __future__ import annotations
 
 import sys

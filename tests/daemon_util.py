@@ -1,4 +1,5 @@
 """Run the real nfsentry daemon inside a lab namespace, with every path in the test's tmp dir."""
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,7 @@ class SyslogSink:
         while not self.stop:
             try:
                 self.lines.append(self.sock.recv(65536).decode(errors="replace"))
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
 
     def close(self) -> None:
@@ -67,7 +68,9 @@ class SyslogSink:
 class Nfsentry:
     """The daemon in `host`'s namespace. `overrides` are config sections merged over test defaults."""
 
-    def __init__(self, host: Host, tmp: Path, overrides: dict[str, dict[str, Any]] | None = None, ignore: list[str] | None = None) -> None:
+    def __init__(
+        self, host: Host, tmp: Path, overrides: dict[str, dict[str, Any]] | None = None, ignore: list[str] | None = None
+    ) -> None:
         self.host = host
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
@@ -79,7 +82,12 @@ class Nfsentry:
             "daemon": {"control_socket": str(tmp / "run" / "control.sock")},
             "logging": {"json_file": str(self.json_file), "syslog_address": str(tmp / "log.sock"), "level": "debug"},
             # an ignore file of the test's own: `unblock --ignore` appends there, never to /etc
-            "ignore": {"addresses": ignore or [], "files": [str(tmp / "ignore")], "resolvers": False, "gateways": False},
+            "ignore": {
+                "addresses": ignore or [],
+                "files": [str(tmp / "ignore")],
+                "resolvers": False,
+                "gateways": False,
+            },
         }
         for sec, vals in (overrides or {}).items():
             self.sections.setdefault(sec, {}).update(vals)
@@ -88,11 +96,13 @@ class Nfsentry:
         self.stderr_lines: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self, timeout: float = 120, extra_args: list[str] | None = None) -> "Nfsentry":
+    def start(self, timeout: float = 120, extra_args: list[str] | None = None) -> Nfsentry:
         # (deadlines in here return as soon as the condition holds: generous for a busy machine)
         self.stderr_lines = []  # a restart must wait for its own "is active" line
-        self.proc = self.host.popen([NFSENTRY, "run", "--foreground", "--config", str(self.config), *(extra_args or [])],
-                                    stdout=subprocess.DEVNULL)
+        self.proc = self.host.popen(
+            [NFSENTRY, "run", "--foreground", "--config", str(self.config), *(extra_args or [])],
+            stdout=subprocess.DEVNULL,
+        )
         reader = threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True)
         reader.start()
         deadline = time.monotonic() + timeout
@@ -153,7 +163,9 @@ class Nfsentry:
                 if where is None or where(ev):
                     return ev
             time.sleep(0.05)
-        raise AssertionError(f"no {kind} event for {src} within {timeout}s; events: {self.events()}\nstderr:\n{''.join(self.stderr_lines[-30:])}")
+        raise AssertionError(
+            f"no {kind} event for {src} within {timeout}s; events: {self.events()}\nstderr:\n{''.join(self.stderr_lines[-30:])}"
+        )
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         return self.host.run([NFSENTRY, *args, "--config", str(self.config)], check=check, timeout=timeout)
@@ -161,6 +173,7 @@ class Nfsentry:
     def control(self, cmd: str, **args: Any) -> dict[str, Any]:
         """A request over the control socket from this process (no program start: cheap under qemu)."""
         from nfsentry.ipc import request
+
         return request(str(self.sections["daemon"]["control_socket"]), cmd, **args)
 
     def blocked(self) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ only, never a default route.
 Teardown kills every process the lab started or that still runs inside its namespaces, then
 deletes the namespaces; it runs from the fixture finaliser, from ``atexit`` and on SIGTERM.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("NFSENTRY_VENV", REPO / ".venv")) / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 
-_live_labs: list["Lab"] = []
+_live_labs: list[Lab] = []
 
 
 def sh(cmd: list[str] | str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
@@ -75,7 +76,7 @@ def sweep_stale() -> None:
     for ns in list_lab_namespaces():
         # names are nfslab<pid>x<n>-<role>
         try:
-            pid = int(ns[len(PREFIX):].split("x", 1)[0])
+            pid = int(ns[len(PREFIX) :].split("x", 1)[0])
         except ValueError:
             continue
         if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
@@ -101,7 +102,7 @@ def _kill_ns_pids(ns: str) -> None:
 
 @dataclass
 class Host:
-    lab: "Lab"
+    lab: Lab
     role: str
     ns: str
     ip4: str = ""
@@ -181,13 +182,16 @@ class Host:
         p = self.popen([PYTHON, "-u", "-c", code])
         line = p.stdout.readline()
         if "READY" not in line:
-            raise RuntimeError(f"{proto} service on {self.role}:{port} did not start: {line}{p.stderr.read() if p.poll() is not None else ''}")
+            raise RuntimeError(
+                f"{proto} service on {self.role}:{port} did not start: {line}{p.stderr.read() if p.poll() is not None else ''}"
+            )
         return p
 
     # -- clients ---------------------------------------------------------------------------------
     def connect(self, addr: str, port: int, timeout: float = 2.0) -> str:
         """Try a TCP connect from this host: 'connected', 'refused' or 'timeout'."""
-        res = self.python(f"""
+        res = self.python(
+            f"""
             import socket
             fam = socket.AF_INET6 if ':' in {addr!r} else socket.AF_INET
             s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout({timeout})
@@ -199,11 +203,14 @@ class Host:
                 print('timeout')
             except OSError as e:
                 print('error', e.errno)
-        """, timeout=timeout + 15)
+        """,
+            timeout=timeout + 15,
+        )
         return res.stdout.strip()
 
     def udp_query(self, addr: str, port: int, payload: bytes = b"ping", timeout: float = 2.0) -> bytes | None:
-        res = self.python(f"""
+        res = self.python(
+            f"""
             import socket, sys
             fam = socket.AF_INET6 if ':' in {addr!r} else socket.AF_INET
             s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout({timeout})
@@ -212,7 +219,9 @@ class Host:
                 d, _ = s.recvfrom(65535); sys.stdout.write(d.hex())
             except (socket.timeout, TimeoutError, OSError):
                 pass
-        """, timeout=timeout + 15)
+        """,
+            timeout=timeout + 15,
+        )
         out = res.stdout.strip()
         return bytes.fromhex(out) if out else None
 
@@ -254,8 +263,21 @@ class Lab:
         sh(["ip", "-n", ns, "link", "set", "lo", "up"])
         # No DAD delay for the documentation addresses; no router solicitations leaving.
         # one program start per namespace (they are slow under qemu's TCG in the stock-kernel tier)
-        sh(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
-            "net.ipv6.conf.all.accept_ra=0", "net.ipv6.conf.default.accept_ra=0"], check=False)
+        sh(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+                "net.ipv6.conf.all.accept_ra=0",
+                "net.ipv6.conf.default.accept_ra=0",
+            ],
+            check=False,
+        )
         return ns
 
     def add_segment(self, name: str, net4: str, net6: str) -> None:
@@ -278,16 +300,21 @@ class Lab:
         port = f"p{len(self.hosts)}{segment[:6]}{len(host.ifaces)}"[:15]
         ip4 = str(net4.network_address + hostnum)
         ip6 = str(net6.network_address + hostnum)
-        sh(["ip", "-n", swns, "-batch", "-"], input=f"link add {port} type veth peer name {ifname} netns {host.ns}\n"
-           f"link set {port} master br0 up\n")
-        sh(["ip", "-n", host.ns, "-batch", "-"], input=f"addr add {ip4}/{net4.prefixlen} dev {ifname}\n"
-           f"addr add {ip6}/{net6.prefixlen} dev {ifname} nodad\nlink set {ifname} up\n")
+        sh(
+            ["ip", "-n", swns, "-batch", "-"],
+            input=f"link add {port} type veth peer name {ifname} netns {host.ns}\nlink set {port} master br0 up\n",
+        )
+        sh(
+            ["ip", "-n", host.ns, "-batch", "-"],
+            input=f"addr add {ip4}/{net4.prefixlen} dev {ifname}\n"
+            f"addr add {ip6}/{net6.prefixlen} dev {ifname} nodad\nlink set {ifname} up\n",
+        )
         host.ifaces[segment] = (ifname, ip4, ip6)
         if not host.ip4:
             host.ip4, host.ip6 = ip4, ip6
 
     @classmethod
-    def standard(cls) -> "Lab":
+    def standard(cls) -> Lab:
         lab = cls()
         try:
             lab.add_segment("lan", "198.18.0.0/24", "2001:db8::/64")
@@ -319,12 +346,14 @@ class Lab:
         self.wait_ready()
         return hosts
 
-    def wait_ready(self, timeout: float = 60) -> None:   # returns as soon as every address answers
+    def wait_ready(self, timeout: float = 60) -> None:  # returns as soon as every address answers
         """Wait until every host's IPv4 and IPv6 addresses answer from the victim (bridge learning, NDP)."""
         victim = self.hosts.get("victim")
         if victim is None:
             return
-        targets = [ip for h in self.hosts.values() if h is not victim for (_, a4, a6) in h.ifaces.values() for ip in (a4, a6)]
+        targets = [
+            ip for h in self.hosts.values() if h is not victim for (_, a4, a6) in h.ifaces.values() for ip in (a4, a6)
+        ]
         deadline = time.monotonic() + timeout
         for ip in targets:
             while True:
@@ -362,7 +391,7 @@ class Lab:
         if self in _live_labs:
             _live_labs.remove(self)
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self
 
     def __exit__(self, *exc) -> None:

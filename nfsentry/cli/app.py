@@ -4,6 +4,7 @@ Exit codes: 0 success; 1 runtime failure (kernel refused, daemon error); 2 bad i
 prefix, duration, file, configuration); 3 `status`: the daemon is not running; 77 not root /
 no CAP_NET_ADMIN (sysexits EX_NOPERM).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -11,14 +12,17 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from nfsentry import __version__
 
-app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
-                  help="nfsentry: port-scan detection and in-kernel blocking for nftables (PortSentry reborn).")
+app = typer.Typer(
+    add_completion=True,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="nfsentry: port-scan detection and in-kernel blocking for nftables (PortSentry reborn).",
+)
 rules_app = typer.Typer(no_args_is_help=True, help="Show, load, unload or check nfsentry's nftables ruleset.")
 config_app = typer.Typer(no_args_is_help=True, help="Validate configuration files.")
 app.add_typer(rules_app, name="rules")
@@ -37,11 +41,13 @@ def need_root(what: str) -> None:
         fail(f"{what} needs root (CAP_NET_ADMIN)", EXIT_NOPERM)
 
 
-def load_config(path: Optional[str], portsentry: Optional[str] = None, defaults: Optional[str] = None):
+def load_config(path: str | None, portsentry: str | None = None, defaults: str | None = None):
     from nfsentry.config import schema as C
+
     try:
         if portsentry:
             from nfsentry.config import portsentry as P
+
             return P.load_as_config(portsentry, defaults)
         # Ignore files matter only to what root does (the daemon, block); a non-root user gets the
         # command's own "needs root" refusal instead of a permission error on a root-only file.
@@ -52,8 +58,9 @@ def load_config(path: Optional[str], portsentry: Optional[str] = None, defaults:
         fail(str(e), EXIT_USAGE)
 
 
-def parse_duration_opt(text: Optional[str], default: Optional[float]) -> Optional[float]:
+def parse_duration_opt(text: str | None, default: float | None) -> float | None:
     from nfsentry.core.units import parse_duration
+
     if text is None:
         return default
     try:
@@ -75,6 +82,7 @@ def daemon_request(cfg, cmd: str, **args):
     """Returns the reply, or None when the daemon is not running. ``cfg``: a configuration, or
     a :class:`DaemonConf` (the control socket even when the file on disk does not load)."""
     from nfsentry.ipc import ControlError, DaemonNotRunning, request
+
     sock = cfg.socket if isinstance(cfg, DaemonConf) else cfg["daemon"]["control_socket"]
     try:
         reply = request(sock, cmd, **args)
@@ -84,8 +92,11 @@ def daemon_request(cfg, cmd: str, **args):
         msg = str(e)
         fail(msg, EXIT_NOPERM if "permission denied" in msg else e.code)
     if isinstance(cfg, DaemonConf) and cfg.error:
-        typer.echo(f"nfsentry: warning: {cfg.error} (the file on disk does not load; the running daemon "
-                   "keeps the configuration it loaded)", err=True)
+        typer.echo(
+            f"nfsentry: warning: {cfg.error} (the file on disk does not load; the running daemon "
+            "keeps the configuration it loaded)",
+            err=True,
+        )
     return reply
 
 
@@ -95,8 +106,9 @@ class DaemonConf:
     best effort and the error. The admin can then still reach the daemon (to unblock themself);
     local work without a daemon (:meth:`need`) fails with the error, exit 2."""
 
-    def __init__(self, path: Optional[str]) -> None:
+    def __init__(self, path: str | None) -> None:
         from nfsentry.config import schema as C
+
         self.path, self.cfg, self.error = path, None, None
         try:
             self.cfg = C.load(path, read_files=os.geteuid() == 0)
@@ -112,12 +124,14 @@ class DaemonConf:
         return self.cfg
 
 
-def control_socket_of(path: Optional[str]) -> Optional[str]:
+def control_socket_of(path: str | None) -> str | None:
     """[daemon] control_socket of a configuration file that does not validate, best effort: from
     its TOML if that parses, else from the line in its [daemon] section; None when unknown."""
     import re
     import tomllib
+
     from nfsentry.config import schema as C
+
     try:
         text = Path(path or C.DEFAULT_PATH).read_bytes().decode("utf-8", "replace")
     except OSError:
@@ -139,14 +153,15 @@ def control_socket_of(path: Optional[str]) -> Optional[str]:
     return None
 
 
-def fmt_ts(ts: Optional[float]) -> str:
+def fmt_ts(ts: float | None) -> str:
     if not ts:
         return "-"
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def fmt_left(seconds: Optional[float]) -> str:
+def fmt_left(seconds: float | None) -> str:
     from nfsentry.core.units import format_duration
+
     if seconds is None:
         return "never"
     return format_duration(max(0, seconds)) or "0s"
@@ -155,8 +170,9 @@ def fmt_left(seconds: Optional[float]) -> str:
 def print_table(title: str, columns: list[str], rows: list[list]) -> None:
     from rich.console import Console
     from rich.table import Table
+
     t = Table(title=title, show_lines=False)
-    for i, c in enumerate(columns):
+    for c in columns:
         # addresses, times and numbers never wrap; free text (reasons) folds instead
         t.add_column(c, no_wrap=c not in ("reason",), overflow="fold")
     for r in rows:
@@ -164,12 +180,16 @@ def print_table(title: str, columns: list[str], rows: list[list]) -> None:
     Console().print(t)
 
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="configuration file (default /etc/nfsentry/nfsentry.toml if present)")
+ConfigOpt = typer.Option(
+    None, "--config", "-c", help="configuration file (default /etc/nfsentry/nfsentry.toml if present)"
+)
 
 
 # == status =========================================================================================
 @app.command()
-def status(config: Optional[str] = ConfigOpt, as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+def status(
+    config: str | None = ConfigOpt, as_json: bool = typer.Option(False, "--json", help="machine-readable output")
+):
     """Is the daemon running; backend, ports and counters."""
     conf = DaemonConf(config)
     reply = daemon_request(conf, "status")
@@ -219,6 +239,7 @@ def open_ledger(cfg, readonly: bool = False):
     """The ledger (the one owner of block state) on this namespace's table and the database."""
     from nfsentry.ledger.ledger import Ledger
     from nfsentry.sinks.store import Store, StoreError
+
     N, nft = get_nft(cfg)
     store = None
     try:
@@ -230,7 +251,7 @@ def open_ledger(cfg, readonly: bool = False):
     return N, Ledger(nft, store)
 
 
-def current_blocks(cfg, family: Optional[int]) -> list[dict]:
+def current_blocks(cfg, family: int | None) -> list[dict]:
     """Kernel set (authoritative) merged with the database's reasons."""
     N, ledger = open_ledger(cfg, readonly=True)
     try:
@@ -243,8 +264,11 @@ def current_blocks(cfg, family: Optional[int]) -> list[dict]:
 
 
 @app.command("blocked")
-def blocked_cmd(config: Optional[str] = ConfigOpt, family: Optional[int] = typer.Option(None, "--family", help="4 or 6"),
-                as_json: bool = typer.Option(False, "--json")):
+def blocked_cmd(
+    config: str | None = ConfigOpt,
+    family: int | None = typer.Option(None, "--family", help="4 or 6"),
+    as_json: bool = typer.Option(False, "--json"),
+):
     """List current blocks (alias: list)."""
     if family not in (None, 4, 6):
         fail("--family must be 4 or 6")
@@ -256,17 +280,30 @@ def blocked_cmd(config: Optional[str] = ConfigOpt, family: Optional[int] = typer
     if not rows:
         typer.echo("no blocked sources")
         return
-    print_table(f"{len(rows)} blocked", ["address/prefix", "reason", "labels", "ports", "first seen", "expires in", "offences"],
-                [[r["network"], r["reason"][:60], ",".join(r["labels"]) or "-", ",".join(map(str, r["ports"][:8])) or "-",
-                  fmt_ts(r["first_seen"]), fmt_left(r["expires_in"]), r["offences"]] for r in rows])
+    print_table(
+        f"{len(rows)} blocked",
+        ["address/prefix", "reason", "labels", "ports", "first seen", "expires in", "offences"],
+        [
+            [
+                r["network"],
+                r["reason"][:60],
+                ",".join(r["labels"]) or "-",
+                ",".join(map(str, r["ports"][:8])) or "-",
+                fmt_ts(r["first_seen"]),
+                fmt_left(r["expires_in"]),
+                r["offences"],
+            ]
+            for r in rows
+        ],
+    )
 
 
 app.command("list", help="List current blocks (alias of blocked).")(blocked_cmd)
 
 
 # == block / unblock ================================================================================
-def fmt_until(expires: Optional[float], seconds: Optional[float] = None) -> str:
-    """"for 10m (until 2026-11-30 18:25:12)", or "until unblocked"."""
+def fmt_until(expires: float | None, seconds: float | None = None) -> str:
+    """ "for 10m (until 2026-11-30 18:25:12)", or "until unblocked"."""
     if expires is None:
         return "until unblocked"
     left = round(expires - time.time()) if seconds is None else seconds
@@ -274,15 +311,18 @@ def fmt_until(expires: Optional[float], seconds: Optional[float] = None) -> str:
 
 
 @app.command()
-def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
-          for_: Optional[str] = typer.Option(None, "--for", help="duration (e.g. 30m, 2h, 7d; 0 = until unblocked)"),
-          reason: Optional[str] = typer.Option(None, "--reason", help="why (default: manual block)"),
-          config: Optional[str] = ConfigOpt,
-          force: bool = typer.Option(False, "--force", help="allow blocking a never-block address (not your SSH session)")):
+def block(
+    address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
+    for_: str | None = typer.Option(None, "--for", help="duration (e.g. 30m, 2h, 7d; 0 = until unblocked)"),
+    reason: str | None = typer.Option(None, "--reason", help="why (default: manual block)"),
+    config: str | None = ConfigOpt,
+    force: bool = typer.Option(False, "--force", help="allow blocking a never-block address (not your SSH session)"),
+):
     """Block a host or prefix by hand. A block already in force is never shortened."""
     from nfsentry.core.addrs import normalize_block_target
     from nfsentry.ledger.neverblock import ssh_client
     from nfsentry.ledger.rule import kernel_timeout
+
     conf = DaemonConf(config)
     # without a loadable file the running daemon's own default duration applies (None: not sent)
     duration = parse_duration_opt(for_, conf.cfg.durations["block_duration"] if conf.cfg else None)
@@ -304,6 +344,7 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
         if duration is None:
             duration = cfg.durations["block_duration"]
         from nfsentry.ledger.neverblock import never_block_networks
+
         if not force:
             try:
                 net = normalize_block_target(net, never_block_networks(cfg))
@@ -325,16 +366,19 @@ def block(address: str = typer.Argument(..., help="ADDR or ADDR/PREFIX"),
 
 
 @app.command()
-def unblock(addresses: List[str] = typer.Argument(None, help="ADDR or ADDR/PREFIX ..."),
-            all_: bool = typer.Option(False, "--all", help="remove every block (kernel and database)"),
-            covering: bool = typer.Option(False, "--covering", help="also lift broader blocks that cover an address"),
-            ignore: bool = typer.Option(False, "--ignore", help="also add them to the ignore list"),
-            config: Optional[str] = ConfigOpt):
+def unblock(
+    addresses: list[str] = typer.Argument(None, help="ADDR or ADDR/PREFIX ..."),
+    all_: bool = typer.Option(False, "--all", help="remove every block (kernel and database)"),
+    covering: bool = typer.Option(False, "--covering", help="also lift broader blocks that cover an address"),
+    ignore: bool = typer.Option(False, "--ignore", help="also add them to the ignore list"),
+    config: str | None = ConfigOpt,
+):
     """Remove blocks from the kernel, the running engine and the database (for good).
 
     A prefix lifts every block inside it. An address inside a broader block (an IPv6 /64, a
     prefix) is lifted only with --covering; otherwise the block that covers it is named."""
     from nfsentry.core.addrs import normalize_network
+
     if not addresses and not all_:
         fail("name at least one address, or --all")
     if addresses and all_:
@@ -367,13 +411,18 @@ def unblock(addresses: List[str] = typer.Argument(None, help="ADDR or ADDR/PREFI
     if ignore and removed and conf.cfg is not None:
         add_to_ignore_file(conf.cfg, removed)
     elif ignore and removed:
-        typer.echo("nfsentry: warning: ignored by the running daemon, but not recorded in an ignore file "
-                   "(the configuration does not load)", err=True)
+        typer.echo(
+            "nfsentry: warning: ignored by the running daemon, but not recorded in an ignore file "
+            "(the configuration does not load)",
+            err=True,
+        )
     if removed or all_:
         typer.echo(f"unblocked {len(removed)}: {', '.join(removed) if removed else '(nothing was blocked)'}")
     for target, by in (reply.get("covered") or {}).items():
-        typer.echo(f"{target} is inside {', '.join(by)}, which stays blocked: unblock {by[0]}, "
-                   "or repeat with --covering", err=True)
+        typer.echo(
+            f"{target} is inside {', '.join(by)}, which stays blocked: unblock {by[0]}, or repeat with --covering",
+            err=True,
+        )
     for target in reply.get("not_blocked") or []:
         typer.echo(f"{target} is not blocked", err=True)
     if not all_ and (reply.get("covered") or reply.get("not_blocked")):
@@ -397,10 +446,11 @@ def add_to_ignore_file(cfg, nets: list[str]) -> None:
 
 
 # == history ========================================================================================
-def parse_since(text: Optional[str]) -> Optional[float]:
+def parse_since(text: str | None) -> float | None:
     if text is None:
         return None
     from nfsentry.core.units import parse_duration
+
     try:
         return time.time() - parse_duration(text)
     except ValueError:
@@ -412,13 +462,17 @@ def parse_since(text: Optional[str]) -> Optional[float]:
 
 
 @app.command()
-def history(since: Optional[str] = typer.Option(None, "--since", help="duration ago (2h) or ISO date"),
-            source: Optional[str] = typer.Option(None, "--source", help="only this address/prefix"),
-            limit: int = typer.Option(200, "--limit"), config: Optional[str] = ConfigOpt,
-            as_json: bool = typer.Option(False, "--json")):
+def history(
+    since: str | None = typer.Option(None, "--since", help="duration ago (2h) or ISO date"),
+    source: str | None = typer.Option(None, "--source", help="only this address/prefix"),
+    limit: int = typer.Option(200, "--limit"),
+    config: str | None = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json"),
+):
     """Past detections, blocks and unblocks."""
     from nfsentry.core.addrs import normalize_network
     from nfsentry.sinks.store import Store, StoreError
+
     start = parse_since(since)
     if source:
         try:
@@ -447,17 +501,33 @@ def history(since: Optional[str] = typer.Option(None, "--since", help="duration 
     if not rows:
         typer.echo("no history")
         return
-    print_table("history", ["time", "event", "source", "proto/port", "label", "action", "reason"],
-                [[fmt_ts(r["ts"]), r["event"], r.get("network") or r.get("src"), f"{r.get('proto') or '-'}/{r.get('port') or '-'}",
-                  r.get("label") or "-", r.get("action") or "-", (r.get("reason") or "")[:50]] for r in rows])
+    print_table(
+        "history",
+        ["time", "event", "source", "proto/port", "label", "action", "reason"],
+        [
+            [
+                fmt_ts(r["ts"]),
+                r["event"],
+                r.get("network") or r.get("src"),
+                f"{r.get('proto') or '-'}/{r.get('port') or '-'}",
+                r.get("label") or "-",
+                r.get("action") or "-",
+                (r.get("reason") or "")[:50],
+            ]
+            for r in rows
+        ],
+    )
 
 
 # == rules ==========================================================================================
 @rules_app.command("show")
-def rules_show(config: Optional[str] = ConfigOpt, backend: str = typer.Option("native", "--backend", help="native or compat")):
+def rules_show(
+    config: str | None = ConfigOpt, backend: str = typer.Option("native", "--backend", help="native or compat")
+):
     """Print the ruleset rendered from the configuration (what `load` would load)."""
     from nfsentry import nft as N
     from nfsentry.config.derive import ruleset_spec
+
     cfg = load_config(config)
     if backend not in ("native", "compat"):
         fail("--backend must be native or compat")
@@ -469,7 +539,7 @@ _HERE = Path(__file__).resolve()
 RULE_DIRS = (_HERE.parents[1] / "rules", _HERE.parents[2] / "rules", Path("/usr/share/nfsentry/rules"))
 
 
-def rules_file(name: Optional[str]) -> Optional[Path]:
+def rules_file(name: str | None) -> Path | None:
     """A built-in ruleset name or a path, never confused: a name without a slash is a built-in
     ruleset if there is one by that name (even when the current directory holds a folder or file
     of that name); otherwise it is a path, used only if it is a regular file."""
@@ -492,13 +562,14 @@ def rules_file(name: Optional[str]) -> Optional[Path]:
     fail(f"unknown rule file {name!r} (give a path or a built-in name: {names})")
 
 
-def _rules_apply(file: Optional[str], config: Optional[str], check: bool) -> None:
+def _rules_apply(file: str | None, config: str | None, check: bool) -> None:
     """`rules load` and `rules check`: a provided file or the ruleset rendered from the config."""
     cfg = load_config(config)
     path = rules_file(file)
     N, nft = get_nft(cfg)
     from nfsentry.config.derive import ruleset_spec
     from nfsentry.ledger.neverblock import never_block_networks
+
     try:
         if path:
             (nft.check_file if check else nft.load_file)(str(path))
@@ -516,26 +587,35 @@ def _rules_apply(file: Optional[str], config: Optional[str], check: bool) -> Non
 
 
 @rules_app.command("load")
-def rules_load(file: Optional[str] = typer.Option(None, "--file", "-f", help="a file, or a name from rules/"),
-               config: Optional[str] = ConfigOpt):
+def rules_load(
+    file: str | None = typer.Option(None, "--file", "-f", help="a file, or a name from rules/"),
+    config: str | None = ConfigOpt,
+):
     """Load nfsentry's ruleset atomically (rendered from the config, or a provided file)."""
     _rules_apply(file, config, check=False)
 
 
 @rules_app.command("unload")
-def rules_unload(config: Optional[str] = ConfigOpt,
-                 force: bool = typer.Option(False, "--force", help="unload even while the daemon runs")):
+def rules_unload(
+    config: str | None = ConfigOpt,
+    force: bool = typer.Option(False, "--force", help="unload even while the daemon runs"),
+):
     """Remove nfsentry's table and compat rules (nothing else). Refused while the daemon runs."""
     conf = DaemonConf(config)
     need_root("rules unload")
     reply = daemon_request(conf, "status")
     if reply is not None and not force:
-        fail(f"the nfsentry daemon is running (pid {reply.get('pid', '?')}) and would lose its rules: "
-             "stop it first (systemctl stop nfsentry), or repeat with --force", EXIT_RUNTIME)
+        fail(
+            f"the nfsentry daemon is running (pid {reply.get('pid', '?')}) and would lose its rules: "
+            "stop it first (systemctl stop nfsentry), or repeat with --force",
+            EXIT_RUNTIME,
+        )
     if reply is not None:  # --force: through the daemon, which stops detecting and says so in status
         done = daemon_request(conf, "unload")
-        typer.echo(f"removed table inet {done['table']}; the daemon keeps running without detecting or blocking "
-                   "(status: DEGRADED) until `nfsentry rules load`")
+        typer.echo(
+            f"removed table inet {done['table']}; the daemon keeps running without detecting or blocking "
+            "(status: DEGRADED) until `nfsentry rules load`"
+        )
         return
     cfg = conf.need()
     N, nft = get_nft(cfg)
@@ -547,14 +627,14 @@ def rules_unload(config: Optional[str] = ConfigOpt,
 
 
 @rules_app.command("check")
-def rules_check(file: Optional[str] = typer.Option(None, "--file", "-f"), config: Optional[str] = ConfigOpt):
+def rules_check(file: str | None = typer.Option(None, "--file", "-f"), config: str | None = ConfigOpt):
     """Check a ruleset with `nft -c` without loading it."""
     _rules_apply(file, config, check=True)
 
 
 # == config =========================================================================================
 @config_app.command("check")
-def config_check(file: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")):
+def config_check(file: str | None = typer.Argument(None), as_json: bool = typer.Option(False, "--json")):
     """Validate a configuration file and print the effective settings."""
     cfg = load_config(file)
     eff = cfg.effective()
@@ -570,14 +650,18 @@ def config_check(file: Optional[str] = typer.Argument(None), as_json: bool = typ
 
 # == replay =========================================================================================
 @app.command()
-def replay(capture: str = typer.Argument(..., help="a pcap/pcapng file"), config: Optional[str] = ConfigOpt,
-           as_json: bool = typer.Option(False, "--json"),
-           local: List[str] = typer.Option(None, "--local", help="address(es) of the protected host (default: guessed)")):
+def replay(
+    capture: str = typer.Argument(..., help="a pcap/pcapng file"),
+    config: str | None = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json"),
+    local: list[str] = typer.Option(None, "--local", help="address(es) of the protected host (default: guessed)"),
+):
     """Run the detection engine offline over a capture: what would have been detected and blocked."""
     cfg = load_config(config)
     if not Path(capture).is_file():
         fail(f"{capture}: no such capture file")
     from nfsentry import replay as R
+
     try:
         events = R.replay(capture, cfg, local=local or None)
     except R.ReplayError as e:
@@ -591,9 +675,13 @@ def replay(capture: str = typer.Argument(..., help="a pcap/pcapng file"), config
     for ev in events:
         ts = dt.datetime.fromtimestamp(ev["ts"]).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         if ev["event"] == "block":
-            typer.echo(f"{ts} BLOCK {ev['network']} for {fmt_left(ev['duration']) if ev['duration'] else 'ever'} ({ev['reason']})")
+            typer.echo(
+                f"{ts} BLOCK {ev['network']} for {fmt_left(ev['duration']) if ev['duration'] else 'ever'} ({ev['reason']})"
+            )
         else:
-            typer.echo(f"{ts} {ev['action'].upper():6} {ev['src']} {ev['proto']}/{ev['port']} {ev['label']} ({ev['reason']})")
+            typer.echo(
+                f"{ts} {ev['action'].upper():6} {ev['src']} {ev['proto']}/{ev['port']} {ev['label']} ({ev['reason']})"
+            )
 
 
 @app.command()

@@ -1,10 +1,10 @@
 """`nfsentry import-portsentry`: PortSentry configuration -> nfsentry TOML (registered by cli.py)."""
+
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -38,15 +38,22 @@ def register(app: typer.Typer) -> None:
 
     @app.command("import-portsentry")
     def import_portsentry(
-            conf: str = typer.Argument(P.DEFAULT_CONF, help="PortSentry's portsentry.conf"),
-            defaults: Optional[str] = typer.Option(
-                None, "--defaults", help=f"Debian's TCP_MODE/UDP_MODE file (default: {P.DEFAULTS_FILE} if it exists)"),
-            no_defaults: bool = typer.Option(False, "--no-defaults", help="read no defaults file: TCP_MODE=tcp, UDP_MODE=udp"),
-            output: Optional[str] = typer.Option(None, "--output", "-o", help="write the TOML here instead of stdout"),
-            version: Optional[str] = typer.Option(None, "--portsentry-version", help="1 or 2 (default: guessed from the file)"),
-            quiet: bool = typer.Option(False, "--quiet", "-q", help="do not list the problems on stderr")):
+        conf: str = typer.Argument(P.DEFAULT_CONF, help="PortSentry's portsentry.conf"),
+        defaults: str | None = typer.Option(
+            None, "--defaults", help=f"Debian's TCP_MODE/UDP_MODE file (default: {P.DEFAULTS_FILE} if it exists)"
+        ),
+        no_defaults: bool = typer.Option(
+            False, "--no-defaults", help="read no defaults file: TCP_MODE=tcp, UDP_MODE=udp"
+        ),
+        output: str | None = typer.Option(None, "--output", "-o", help="write the TOML here instead of stdout"),
+        version: str | None = typer.Option(
+            None, "--portsentry-version", help="1 or 2 (default: guessed from the file)"
+        ),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="do not list the problems on stderr"),
+    ):
         """Convert a PortSentry configuration to nfsentry TOML (each key not carried over gets a comment why)."""
         from nfsentry.config.schema import ConfigError
+
         if version not in (None, "1", "2"):
             _fail(f"--portsentry-version must be 1 or 2, not {version!r}")
         if defaults is not None and no_defaults:
@@ -65,4 +72,6 @@ def register(app: typer.Typer) -> None:
             _write_atomic(Path(output), text)
         except OSError as e:
             _fail(f"cannot write {output}: {e.strerror or e}")
-        typer.echo(f"wrote {output}" + (f" ({len(problems)} problem(s), listed at its top)" if problems else ""), err=True)
+        typer.echo(
+            f"wrote {output}" + (f" ({len(problems)} problem(s), listed at its top)" if problems else ""), err=True
+        )

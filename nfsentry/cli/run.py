@@ -1,9 +1,9 @@
 """`nfsentry run`: run the daemon in this process. The one CLI module that imports
 ``nfsentry.daemon`` (registered on the app by cli/app.py)."""
+
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 
@@ -12,14 +12,19 @@ def register(app: typer.Typer) -> None:
     from nfsentry.cli.app import EXIT_RUNTIME, ConfigOpt, fail, load_config
 
     @app.command()
-    def run(config: Optional[str] = ConfigOpt,
-            foreground: bool = typer.Option(False, "--foreground", "-f", help="also log to stderr"),
-            portsentry_config: Optional[str] = typer.Option(None, "--portsentry-config",
-                                                            help="run from a PortSentry portsentry.conf"),
-            portsentry_defaults: Optional[str] = typer.Option(
-                None, "--portsentry-defaults", help="PortSentry /etc/default/portsentry (TCP_MODE/UDP_MODE)")):
+    def run(
+        config: str | None = ConfigOpt,
+        foreground: bool = typer.Option(False, "--foreground", "-f", help="also log to stderr"),
+        portsentry_config: str | None = typer.Option(
+            None, "--portsentry-config", help="run from a PortSentry portsentry.conf"
+        ),
+        portsentry_defaults: str | None = typer.Option(
+            None, "--portsentry-defaults", help="PortSentry /etc/default/portsentry (TCP_MODE/UDP_MODE)"
+        ),
+    ):
         """Run the daemon (in the foreground of this process; systemd keeps it running)."""
         from nfsentry.daemon.daemon import Daemon, StartupError, require_root
+
         try:
             require_root()
         except StartupError as e:

@@ -1,9 +1,11 @@
 """Pure derivations of a validated Config: the engine's EngineConfig, its safety valves, and the
 nftables RulesetSpec. Used by the daemon (start-up and reload), the CLI and replay; no state, no I/O.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from nfsentry.config.schema import Config
 
@@ -15,26 +17,47 @@ if TYPE_CHECKING:  # imported where used: the CLI's commands need not load the e
 
 def engine_config(cfg: Config) -> EngineConfig:
     from nfsentry.core.engine import EngineConfig
+
     d, r = cfg["detection"], cfg["response"]
     return EngineConfig(
-        scan_trigger=d["scan_trigger"], window_ports=d["window_ports"], window_seconds=cfg.durations["window_seconds"],
-        instant_labels=frozenset(d["instant_labels"]), respond={"tcp": r["tcp"], "udp": r["udp"]},
-        block_duration=cfg.durations["block_duration"], block_max_duration=cfg.durations["max_block_duration"],
-        escalation_factor=float(r["escalation_factor"]), ipv6_prefix=d["ipv6_prefix"], max_sources=d["max_sources"],
-        max_ports_per_source=d["max_ports_per_source"])
+        scan_trigger=d["scan_trigger"],
+        window_ports=d["window_ports"],
+        window_seconds=cfg.durations["window_seconds"],
+        instant_labels=frozenset(d["instant_labels"]),
+        respond={"tcp": r["tcp"], "udp": r["udp"]},
+        block_duration=cfg.durations["block_duration"],
+        block_max_duration=cfg.durations["max_block_duration"],
+        escalation_factor=float(r["escalation_factor"]),
+        ipv6_prefix=d["ipv6_prefix"],
+        max_sources=d["max_sources"],
+        max_ports_per_source=d["max_ports_per_source"],
+    )
 
 
 def build_valves(cfg: Config, never_block: list[str], blocked_count: Callable[[], int]) -> Valves:
     """The engine's safety valves (``[response] max_blocks_per_minute``, ``max_blocked``)."""
     from nfsentry.core.valves import Valves
+
     r = cfg["response"]
     return Valves(r["max_blocks_per_minute"], r["max_blocked"], never_block, blocked_count)
 
 
 def ruleset_spec(cfg: Config, never_block: list[str]) -> RulesetSpec:
     from nfsentry.nft.spec import RulesetSpec
+
     m, n = cfg["monitor"], cfg["nft"]
-    return RulesetSpec(bypass=n["fail_open"], variant=m["mode"], tcp_ports=list(cfg.tcp_ports),
-                       udp_ports=list(cfg.udp_ports), ignore=list(never_block),
-                       queue=n["queue"], ftp_queue=n["ftp_queue"], ftp=m["ftp"], inuse=m["inuse"], mark=n["mark"],
-                       table=n["table"], ipv6_prefix=cfg["detection"]["ipv6_prefix"], protect=list(m["protect"]))
+    return RulesetSpec(
+        bypass=n["fail_open"],
+        variant=m["mode"],
+        tcp_ports=list(cfg.tcp_ports),
+        udp_ports=list(cfg.udp_ports),
+        ignore=list(never_block),
+        queue=n["queue"],
+        ftp_queue=n["ftp_queue"],
+        ftp=m["ftp"],
+        inuse=m["inuse"],
+        mark=n["mark"],
+        table=n["table"],
+        ipv6_prefix=cfg["detection"]["ipv6_prefix"],
+        protect=list(m["protect"]),
+    )

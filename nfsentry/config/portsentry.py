@@ -32,6 +32,7 @@ Semantics carried over (checked against PortSentry 1.2's and 2.0's sources):
 Problems never stop an import: each is returned (and written at the top of the TOML) as
 ``file:line: message``; only an unreadable file raises (``config.ConfigError``, one line).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -48,8 +49,8 @@ from typing import Any
 from nfsentry.config import schema as C
 
 DEFAULT_CONF = "/etc/portsentry/portsentry.conf"
-DEFAULTS_FILE = "/etc/default/portsentry"   # Debian's TCP_MODE/UDP_MODE; used when it exists
-HOSTS_DENY = "/etc/hosts.deny"              # PortSentry's compiled-in TCP wrappers file
+DEFAULTS_FILE = "/etc/default/portsentry"  # Debian's TCP_MODE/UDP_MODE; used when it exists
+HOSTS_DENY = "/etc/hosts.deny"  # PortSentry's compiled-in TCP wrappers file
 PATH_FOR_COMMANDS = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 PORT_LIST_KEYS = ("TCP_PORTS", "UDP_PORTS", "ADVANCED_EXCLUDE_TCP", "ADVANCED_EXCLUDE_UDP")
@@ -60,12 +61,16 @@ PATH_KEYS = ("IGNORE_FILE", "HISTORY_FILE", "BLOCKED_FILE")
 TEXT_KEYS = ("KILL_ROUTE", "KILL_HOSTS_DENY", "KILL_RUN_CMD", "PORT_BANNER")
 KNOWN_KEYS = PORT_LIST_KEYS + NUMBER_KEYS + MODE_FLAG_KEYS + BOOL_KEYS + PATH_KEYS + TEXT_KEYS
 
-TCP_MODES = {"tcp": "classic: PortSentry accepted full TCP connections on TCP_PORTS",
-             "stcp": "stealth: PortSentry watched raw packets to TCP_PORTS",
-             "atcp": "advanced stealth: PortSentry watched every unused port below ADVANCED_PORTS_TCP"}
-UDP_MODES = {"udp": "classic: PortSentry bound UDP_PORTS",
-             "sudp": "stealth: PortSentry watched raw packets to UDP_PORTS",
-             "audp": "advanced stealth: PortSentry watched every unused port below ADVANCED_PORTS_UDP"}
+TCP_MODES = {
+    "tcp": "classic: PortSentry accepted full TCP connections on TCP_PORTS",
+    "stcp": "stealth: PortSentry watched raw packets to TCP_PORTS",
+    "atcp": "advanced stealth: PortSentry watched every unused port below ADVANCED_PORTS_TCP",
+}
+UDP_MODES = {
+    "udp": "classic: PortSentry bound UDP_PORTS",
+    "sudp": "stealth: PortSentry watched raw packets to UDP_PORTS",
+    "audp": "advanced stealth: PortSentry watched every unused port below ADVANCED_PORTS_UDP",
+}
 ADVANCED_DEFAULT = 1024
 V1_MAXSTATE = 50  # 1.2's state engine size; a larger SCAN_TRIGGER made 1.2 react on the first hit
 
@@ -78,6 +83,7 @@ log = logging.getLogger("nfsentry")
 @dataclass(frozen=True)
 class Problem:
     """Something in the PortSentry files that could not be taken as it is. str() is one line."""
+
     line: int | None
     message: str
     source: str = "portsentry.conf"
@@ -89,11 +95,12 @@ class Problem:
 @dataclass
 class Entry:
     """One PortSentry key as PortSentry reads it."""
+
     key: str
-    raw: str            # the value between the quotes, as PortSentry takes it
-    line: int           # 1-based line number
-    text: str           # the whole source line (for the comments of the generated TOML)
-    value: Any = None   # the parsed value; None when the value is malformed (see the problems)
+    raw: str  # the value between the quotes, as PortSentry takes it
+    line: int  # 1-based line number
+    text: str  # the whole source line (for the comments of the generated TOML)
+    value: Any = None  # the parsed value; None when the value is malformed (see the problems)
 
     def quoted(self) -> str:
         return f'{self.key}="{self.raw}"'
@@ -120,10 +127,16 @@ def _parse_ports(raw: str, key: str, line: int, source: str, problems: list[Prob
             continue
         ports.append(lo if lo == hi else f"{lo}-{hi}")
     if not ports:
-        problems.append(Problem(line, f"{key}: no usable ports in {raw!r} (ports 1-65535 or a-b ranges, comma-separated)", source))
+        problems.append(
+            Problem(line, f"{key}: no usable ports in {raw!r} (ports 1-65535 or a-b ranges, comma-separated)", source)
+        )
         return None
     if bad:
-        problems.append(Problem(line, f"{key}: skipped {', '.join(repr(b) for b in bad)} (not a port 1-65535 or an a-b range)", source))
+        problems.append(
+            Problem(
+                line, f"{key}: skipped {', '.join(repr(b) for b in bad)} (not a port 1-65535 or an a-b range)", source
+            )
+        )
     return ports
 
 
@@ -133,25 +146,41 @@ def _parse_value(key: str, raw: str, line: int, source: str, problems: list[Prob
     if key in ("ADVANCED_PORTS_TCP", "ADVANCED_PORTS_UDP"):
         n = _atoi(raw)
         if n is None or not 1 <= n <= 65535 or raw.strip() != str(n):
-            problems.append(Problem(line, f"{key}: {raw!r} is not a port number 1-65535; using PortSentry's default {ADVANCED_DEFAULT}", source))
+            problems.append(
+                Problem(
+                    line,
+                    f"{key}: {raw!r} is not a port number 1-65535; using PortSentry's default {ADVANCED_DEFAULT}",
+                    source,
+                )
+            )
             return None
         return n
     if key == "SCAN_TRIGGER":
         n = _atoi(raw)
         if n is None or n < 0 or raw.strip() != str(n):
-            problems.append(Problem(line, f"SCAN_TRIGGER: {raw!r} is not a count >= 0; using 0 (react on the first hit)", source))
+            problems.append(
+                Problem(line, f"SCAN_TRIGGER: {raw!r} is not a count >= 0; using 0 (react on the first hit)", source)
+            )
             return None
         return n
     if key in MODE_FLAG_KEYS:
         if raw.strip() in ("0", "1", "2"):
             return int(raw.strip())
-        problems.append(Problem(line, f"{key}: {raw!r} is not 0, 1 or 2; PortSentry 1.2 treats it as 0 (log only), 2.0 refuses it", source))
+        problems.append(
+            Problem(
+                line,
+                f"{key}: {raw!r} is not 0, 1 or 2; PortSentry 1.2 treats it as 0 (log only), 2.0 refuses it",
+                source,
+            )
+        )
         return None
     if key in BOOL_KEYS:
         if raw.strip() in ("0", "1"):
             return raw.strip() == "1"
         n = _atoi(raw)
-        problems.append(Problem(line, f"{key}: {raw!r} is not 0 or 1; read as {'1' if n else '0'} like PortSentry 1.2", source))
+        problems.append(
+            Problem(line, f"{key}: {raw!r} is not 0 or 1; read as {'1' if n else '0'} like PortSentry 1.2", source)
+        )
         return bool(n)
     if key in PATH_KEYS:
         if not raw.startswith("/"):
@@ -171,7 +200,9 @@ def guess_version(text: str) -> str:
     return "1"
 
 
-def parse_conf(text: str, version: str | None = None, source: str = "portsentry.conf") -> tuple[dict[str, Entry], list[Problem]]:
+def parse_conf(
+    text: str, version: str | None = None, source: str = "portsentry.conf"
+) -> tuple[dict[str, Entry], list[Problem]]:
     """Read portsentry.conf text the way PortSentry does -> ({KEY: Entry}, problems).
 
     ``version`` ('1' or '2', guessed when None) decides which of two repeated keys counts.
@@ -188,36 +219,60 @@ def parse_conf(text: str, version: str | None = None, source: str = "portsentry.
                 continue
             m = _KEY_LINE.match(stripped)
             what = f"{m.group(1)} is indented" if m and m.group(2) else "indented text"
-            problems.append(Problem(num, f"{what}: PortSentry reads keys only at the start of a line "
-                                         "(1.2 ignores this line, 2.0 refuses the file); not imported", source))
+            problems.append(
+                Problem(
+                    num,
+                    f"{what}: PortSentry reads keys only at the start of a line "
+                    "(1.2 ignores this line, 2.0 refuses the file); not imported",
+                    source,
+                )
+            )
             continue
         m = _KEY_LINE.match(line)
         if not m or not m.group(2):
-            problems.append(Problem(num, f"not a KEY=\"value\" line: {line.strip()[:60]!r} (PortSentry ignores it)", source))
+            problems.append(
+                Problem(num, f'not a KEY="value" line: {line.strip()[:60]!r} (PortSentry ignores it)', source)
+            )
             continue
         key = m.group(1)
         if key not in KNOWN_KEYS:
             near = difflib.get_close_matches(key.upper(), KNOWN_KEYS, n=1, cutoff=0.75)
             hint = f" (did you mean {near[0]}?)" if near else ""
-            problems.append(Problem(num, f"unknown key {key}{hint}: PortSentry 1.2 ignores it, 2.0 refuses to start", source))
+            problems.append(
+                Problem(num, f"unknown key {key}{hint}: PortSentry 1.2 ignores it, 2.0 refuses to start", source)
+            )
             continue
-        rest = line[m.end():].lstrip(" \t")
+        rest = line[m.end() :].lstrip(" \t")
         if not rest.startswith('"'):
-            problems.append(Problem(num, f'{key}: the value must be in double quotes, e.g. {key}="..." '
-                                         "(PortSentry skips the option); not imported", source))
+            problems.append(
+                Problem(
+                    num,
+                    f'{key}: the value must be in double quotes, e.g. {key}="..." '
+                    "(PortSentry skips the option); not imported",
+                    source,
+                )
+            )
             continue
         body = rest[1:]
         close = body.find('"')
         if close < 0:
             raw = body.rstrip()
-            problems.append(Problem(num, f"{key}: closing quote missing; taking the rest of the line as 1.2 does "
-                                         "(2.0 refuses the file)", source))
+            problems.append(
+                Problem(
+                    num,
+                    f"{key}: closing quote missing; taking the rest of the line as 1.2 does (2.0 refuses the file)",
+                    source,
+                )
+            )
         else:
             raw = body[:close]
         cut = next((i for i, ch in enumerate(raw) if ord(ch) < 32 or ord(ch) == 127), None)
         if cut is not None:
-            problems.append(Problem(num, f"{key}: value cut at a control character (tab?) as PortSentry 1.2 does: "
-                                         f"{raw[:cut]!r}", source))
+            problems.append(
+                Problem(
+                    num, f"{key}: value cut at a control character (tab?) as PortSentry 1.2 does: {raw[:cut]!r}", source
+                )
+            )
             raw = raw[:cut]
         seen.setdefault(key, []).append(Entry(key, raw, num, line))
     entries: dict[str, Entry] = {}
@@ -225,15 +280,21 @@ def parse_conf(text: str, version: str | None = None, source: str = "portsentry.
         chosen = found[0] if version == "1" else found[-1]
         for other in found:
             if other is not chosen:
-                problems.append(Problem(other.line, f"{key} given again (also line {chosen.line}); PortSentry "
-                                                    f"{'1.2 uses the first' if version == '1' else '2.0 uses the last'}, "
-                                                    f"so line {chosen.line} is imported", source))
+                problems.append(
+                    Problem(
+                        other.line,
+                        f"{key} given again (also line {chosen.line}); PortSentry "
+                        f"{'1.2 uses the first' if version == '1' else '2.0 uses the last'}, "
+                        f"so line {chosen.line} is imported",
+                        source,
+                    )
+                )
         if chosen.raw == "":
             chosen.value = None  # an empty value is the same as no value for PortSentry
         else:
             chosen.value = _parse_value(key, chosen.raw, chosen.line, source, problems)
         entries[key] = chosen
-    problems.sort(key=lambda p: (p.line or 0))
+    problems.sort(key=lambda p: p.line or 0)
     return entries, problems
 
 
@@ -263,7 +324,9 @@ def parse_defaults(text: str, source: str = DEFAULTS_FILE) -> tuple[dict[str, tu
         allowed = TCP_MODES if name == "TCP_MODE" else UDP_MODES
         if value and value not in allowed:
             default = "tcp" if name == "TCP_MODE" else "udp"
-            problems.append(Problem(num, f"{name}={value!r} is not one of {', '.join(allowed)}; using {default}", source))
+            problems.append(
+                Problem(num, f"{name}={value!r} is not one of {', '.join(allowed)}; using {default}", source)
+            )
             value = default
         modes[name] = (value, num)
     return modes, problems
@@ -360,8 +423,15 @@ def _ports_text(ports: list) -> str:
 
 
 class _Importer:
-    def __init__(self, entries: dict[str, Entry], problems: list[Problem], version: str,
-                 modes: dict[str, tuple[str, int]], source: str, defaults_source: str | None) -> None:
+    def __init__(
+        self,
+        entries: dict[str, Entry],
+        problems: list[Problem],
+        version: str,
+        modes: dict[str, tuple[str, int]],
+        source: str,
+        defaults_source: str | None,
+    ) -> None:
         self.e = entries
         self.problems = problems
         self.version = version
@@ -385,11 +455,11 @@ class _Importer:
         for proto, mode, modes in (("tcp", self.tcp_mode, TCP_MODES), ("udp", self.udp_mode, UDP_MODES)):
             P = proto.upper()
             if f"{P}_MODE" in self.modes_given:
-                origin = f"{P}_MODE=\"{mode}\" from {self.defaults_source}"
+                origin = f'{P}_MODE="{mode}" from {self.defaults_source}'
             elif self.defaults_source:
-                origin = f"{P}_MODE=\"{mode}\" (not set in {self.defaults_source}: Debian's default)"
+                origin = f'{P}_MODE="{mode}" (not set in {self.defaults_source}: Debian\'s default)'
             else:
-                origin = f"{P}_MODE=\"{mode}\" (no defaults file read: Debian's default)"
+                origin = f'{P}_MODE="{mode}" (no defaults file read: Debian\'s default)'
             if not mode:
                 m.note(f"{origin}: PortSentry did not watch {P} at all.")
                 m.set(f"{proto}_ports", [])
@@ -403,8 +473,10 @@ class _Importer:
                 self.unused(f"{P}_PORTS", f"{P}_MODE is {mode}, which watches a port range instead")
             else:
                 if mode in ("tcp", "udp"):
-                    m.note("nfsentry never answers on monitored ports: it sees the first packet (for TCP the SYN,",
-                           "so half-open scans are caught too) and leaves ports a local service uses alone.")
+                    m.note(
+                        "nfsentry never answers on monitored ports: it sees the first packet (for TCP the SYN,",
+                        "so half-open scans are caught too) and leaves ports a local service uses alone.",
+                    )
                 ent = self.get(f"{P}_PORTS")
                 if ent:
                     self.used.add(ent.key)
@@ -413,8 +485,10 @@ class _Importer:
                     m.set(f"{proto}_ports", ent.value)
                 else:
                     why = "malformed" if ent else "missing (or not readable by PortSentry)"
-                    self.problem(ent.line if ent else None,
-                                 f"{P}_PORTS is {why}: PortSentry would not start {P} mode '{mode}'; nothing is watched for {P}")
+                    self.problem(
+                        ent.line if ent else None,
+                        f"{P}_PORTS is {why}: PortSentry would not start {P} mode '{mode}'; nothing is watched for {P}",
+                    )
                     m.note(f"{P}_PORTS is {why}: PortSentry refused to start this mode, so nothing is watched.")
                     m.set(f"{proto}_ports", [])
                 for key in (f"ADVANCED_PORTS_{P}", f"ADVANCED_EXCLUDE_{P}"):
@@ -433,10 +507,15 @@ class _Importer:
             m.note(_src(ent))
         else:
             n = ADVANCED_DEFAULT
-            m.note(f"ADVANCED_PORTS_{P} {'is malformed' if ent else 'is not set'}: PortSentry's default {ADVANCED_DEFAULT} applies.")
+            m.note(
+                f"ADVANCED_PORTS_{P} {'is malformed' if ent else 'is not set'}: PortSentry's default {ADVANCED_DEFAULT} applies."
+            )
         hi = n - 1 if self.version == "1" else n
-        rule = ("PortSentry 1.x watched the ports below it" if self.version == "1"
-                else "PortSentry 2.0 watched the ports up to and including it")
+        rule = (
+            "PortSentry 1.x watched the ports below it"
+            if self.version == "1"
+            else "PortSentry 2.0 watched the ports up to and including it"
+        )
         hi = min(hi, 65535)
         m.note(f"{rule}: 1-{hi}.")
         m.set(f"{proto}_ports", [] if hi < 1 else [1 if hi == 1 else f"1-{hi}"])
@@ -459,12 +538,19 @@ class _Importer:
             d.note(_src(ent) + ("" if ent.value is not None else f": malformed, read as {n}"))
         else:
             d.note("SCAN_TRIGGER is not set: PortSentry reacted on the first hit.")
-        d.note(f"PortSentry reacts on hit max(N, 1) (0 and 1 both mean the first hit); nfsentry's scan_trigger",
-               f"counts the hits it lets pass, so {n} becomes {max(n - 1, 0)} (reaction on hit {max(n, 1)}).")
+        d.note(
+            "PortSentry reacts on hit max(N, 1) (0 and 1 both mean the first hit); nfsentry's scan_trigger",
+            f"counts the hits it lets pass, so {n} becomes {max(n - 1, 0)} (reaction on hit {max(n, 1)}).",
+        )
         if self.version == "1" and n > V1_MAXSTATE:
-            self.problem(ent.line if ent else None, f"SCAN_TRIGGER={n} is larger than PortSentry 1.2's state table "
-                                                    f"({V1_MAXSTATE}): 1.2 reacted on the first hit; nfsentry will wait for hit {n}")
-            d.note(f"1.2 could not count above {V1_MAXSTATE} and reacted on the first hit instead; nfsentry counts to {n}.")
+            self.problem(
+                ent.line if ent else None,
+                f"SCAN_TRIGGER={n} is larger than PortSentry 1.2's state table "
+                f"({V1_MAXSTATE}): 1.2 reacted on the first hit; nfsentry will wait for hit {n}",
+            )
+            d.note(
+                f"1.2 could not count above {V1_MAXSTATE} and reacted on the first hit instead; nfsentry counts to {n}."
+            )
         lo, hi = C.RANGES[("detection", "scan_trigger")]
         d.set("scan_trigger", min(max(n - 1, lo), hi))
 
@@ -494,9 +580,11 @@ class _Importer:
                 why = str(e)
         if why or not argv:
             why = why or "it is empty"
-            r.note(f"not carried over: {why}.",
-                   "nfsentry runs the command as an argument list, never through a shell (PortSentry used",
-                   "system()); put shell logic in a script and name the script here.")
+            r.note(
+                f"not carried over: {why}.",
+                "nfsentry runs the command as an argument list, never through a shell (PortSentry used",
+                "system()); put shell logic in a script and name the script here.",
+            )
             r.commented("command", argv if argv else ent.value)
             self.problem(ent.line, f"KILL_RUN_CMD not carried over: {why}")
             return None
@@ -529,14 +617,18 @@ class _Importer:
             else:
                 r.note(f"{key} is not set: PortSentry only logged {proto.upper()} scans.")
             if mode == "command" and not cmd:
-                r.note("...but there is no command nfsentry can run, so it only logs (PortSentry ran nothing either",
-                       "when KILL_RUN_CMD was missing).")
+                r.note(
+                    "...but there is no command nfsentry can run, so it only logs (PortSentry ran nothing either",
+                    "when KILL_RUN_CMD was missing).",
+                )
                 mode = "log"
             r.set(proto, mode)
             modes[proto] = mode
         r.blank()
-        r.note("PortSentry's blocks lasted until it was restarted or the rule was removed by hand: nfsentry keeps",
-               "them until `nfsentry unblock` (and across restarts).")
+        r.note(
+            "PortSentry's blocks lasted until it was restarted or the rule was removed by hand: nfsentry keeps",
+            "them until `nfsentry unblock` (and across restarts).",
+        )
         r.set("block_duration", 0)
         r.blank()
         self.kill_route(r, modes)
@@ -545,17 +637,21 @@ class _Importer:
         if banner:
             self.used.add(banner.key)
             r.blank()
-            r.note(f"{_src(banner)} not carried over: nfsentry never answers from a monitored port",
-                   "(it decides on the first packet, in the kernel path), so there is no connection to write a banner to.")
+            r.note(
+                f"{_src(banner)} not carried over: nfsentry never answers from a monitored port",
+                "(it decides on the first packet, in the kernel path), so there is no connection to write a banner to.",
+            )
 
     def kill_route(self, r: _Section, modes: dict[str, str]) -> None:
         ent = self.get("KILL_ROUTE")
         if not ent:
             return
         self.used.add(ent.key)
-        r.note(f"{_src(ent)} not carried over: not needed.",
-               "nfsentry blocks in the kernel itself (nftables sets blocked4/blocked6) when tcp/udp = \"block\";",
-               "if this command did more than block, put that part in a script and name it in `command`.")
+        r.note(
+            f"{_src(ent)} not carried over: not needed.",
+            'nfsentry blocks in the kernel itself (nftables sets blocked4/blocked6) when tcp/udp = "block";',
+            "if this command did more than block, put that part in a script and name it in `command`.",
+        )
         if "block" not in modes.values():
             r.note("(PortSentry did not run it either: neither BLOCK_TCP nor BLOCK_UDP is 1.)")
 
@@ -563,8 +659,10 @@ class _Importer:
         ent = self.get("KILL_HOSTS_DENY")
         if not ent or not ent.value:
             if "block" in modes.values() and not self.get("KILL_ROUTE"):
-                r.note("PortSentry had no KILL_ROUTE or KILL_HOSTS_DENY: its 'block' only wrote the blocked file;",
-                       "nfsentry's block = \"block\" drops the source in the kernel.")
+                r.note(
+                    "PortSentry had no KILL_ROUTE or KILL_HOSTS_DENY: its 'block' only wrote the blocked file;",
+                    'nfsentry\'s block = "block" drops the source in the kernel.',
+                )
             return
         self.used.add(ent.key)
         r.blank()
@@ -576,10 +674,12 @@ class _Importer:
             return
         r.note(f"nfsentry appends 'ALL: ADDR' lines to {HOSTS_DENY} (IPv6 as [ADDR]) when it blocks.")
         if not re.fullmatch(r"ALL\s*:\s*\$TARGET\$(\s*:\s*DENY)?", template, re.I):
-            r.note(f"Your template {template!r} differs: nfsentry writes 'ALL: ADDR' instead; the kernel block",
-                   "already covers every service.")
+            r.note(
+                f"Your template {template!r} differs: nfsentry writes 'ALL: ADDR' instead; the kernel block",
+                "already covers every service.",
+            )
         if "block" not in modes.values():
-            r.note("(Written only in block mode, as PortSentry did: neither tcp nor udp is \"block\" here.)")
+            r.note('(Written only in block mode, as PortSentry did: neither tcp nor udp is "block" here.)')
         r.note(f"With the shipped systemd unit (ProtectSystem=strict) add ReadWritePaths={HOSTS_DENY}.")
         r.set("hosts_deny", HOSTS_DENY)
 
@@ -587,8 +687,10 @@ class _Importer:
     def ignore(self) -> None:
         g = self.sec["ignore"]
         ent = self.get("IGNORE_FILE")
-        g.note("nfsentry also never blocks the host's own addresses, its gateways and its resolvers",
-               "(own_addresses, gateways, resolvers: on by default).")
+        g.note(
+            "nfsentry also never blocks the host's own addresses, its gateways and its resolvers",
+            "(own_addresses, gateways, resolvers: on by default).",
+        )
         if not ent or not ent.value:
             if not ent:
                 self.problem(None, "IGNORE_FILE is not set: PortSentry 1.2 refused to start without it")
@@ -601,13 +703,17 @@ class _Importer:
         path = ent.value
         static = Path(path + ".static")
         if static.exists():
-            g.note(f"(Debian builds it from {static} plus the local addresses each time PortSentry starts;",
-                   "nfsentry follows the local addresses itself.)")
+            g.note(
+                f"(Debian builds it from {static} plus the local addresses each time PortSentry starts;",
+                "nfsentry follows the local addresses itself.)",
+            )
         try:
             C.read_ignore_file(path)
         except ValueError as e:
             if not Path(path).exists():
-                g.note(f"not carried over: {path} does not exist, and nfsentry refuses to start with a missing ignore file.")
+                g.note(
+                    f"not carried over: {path} does not exist, and nfsentry refuses to start with a missing ignore file."
+                )
                 g.commented("files", [path])
                 self.problem(ent.line, f"IGNORE_FILE {path} does not exist; not carried over")
                 return
@@ -619,9 +725,11 @@ class _Importer:
                 self.problem(ent.line, f"IGNORE_FILE {path} cannot be read: {oe.strerror or oe}")
                 return
             self.problems.extend(probs)
-            g.note(f"nfsentry cannot read it as it is ({e});",
-                   "its entries, read the way PortSentry reads them, are listed instead (edits to the file",
-                   "will not be seen: fix the file and list it in `files` to keep using it).")
+            g.note(
+                f"nfsentry cannot read it as it is ({e});",
+                "its entries, read the way PortSentry reads them, are listed instead (edits to the file",
+                "will not be seen: fix the file and list it in `files` to keep using it).",
+            )
             g.commented("files", [path])
             g.set("addresses", addrs)
             self.problem(ent.line, f"IGNORE_FILE {path}: {e}; its entries were copied into [ignore] addresses")
@@ -632,9 +740,11 @@ class _Importer:
     def logging(self) -> None:
         lg = self.sec["logging"]
         style = "portsentry1" if self.version == "1" else "portsentry2"
-        lg.note(f"Syslog lines in PortSentry {'1.x' if self.version == '1' else '2.0'} style "
-                f"({'attackalert: ...' if self.version == '1' else 'Scan from: [...] ...'}), to the daemon facility like PortSentry.",
-                "Tagged portsentry[PID] like PortSentry, so logcheck rules anchored on the tag keep matching.")
+        lg.note(
+            f"Syslog lines in PortSentry {'1.x' if self.version == '1' else '2.0'} style "
+            f"({'attackalert: ...' if self.version == '1' else 'Scan from: [...] ...'}), to the daemon facility like PortSentry.",
+            "Tagged portsentry[PID] like PortSentry, so logcheck rules anchored on the tag keep matching.",
+        )
         lg.set("format", style)
         lg.set("syslog_facility", "daemon")
         lg.set("syslog_ident", "portsentry")
@@ -643,22 +753,28 @@ class _Importer:
         if hist and hist.value:
             self.used.add(hist.key)
             lg.note(_src(hist))
-            lg.note("fail2ban's portsentry jail and your scripts keep reading it. With the shipped systemd unit",
-                    f"(ProtectSystem=strict) add ReadWritePaths={str(Path(hist.value).parent)}.")
+            lg.note(
+                "fail2ban's portsentry jail and your scripts keep reading it. With the shipped systemd unit",
+                f"(ProtectSystem=strict) add ReadWritePaths={str(Path(hist.value).parent)}.",
+            )
             lg.set("history_file", hist.value)
             lg.set("history_format", style)
         elif hist:
             self.used.add(hist.key)
             lg.note(f"{_src(hist)} not carried over: not an absolute path.")
         else:
-            self.problem(None, "HISTORY_FILE is not set: PortSentry 1.2 refused to start without it; no history file is written")
+            self.problem(
+                None, "HISTORY_FILE is not set: PortSentry 1.2 refused to start without it; no history file is written"
+            )
         blk = self.get("BLOCKED_FILE")
         lg.blank()
         if blk and blk.value:
             self.used.add(blk.key)
             lg.note(_src(blk))
-            lg.note("PortSentry wrote one file per mode (BLOCKED_FILE.tcp, .atcp, .udp, ...) and emptied it at start;",
-                    "nfsentry appends the blocks of both protocols to this one file.")
+            lg.note(
+                "PortSentry wrote one file per mode (BLOCKED_FILE.tcp, .atcp, .udp, ...) and emptied it at start;",
+                "nfsentry appends the blocks of both protocols to this one file.",
+            )
             lg.set("blocked_file", blk.value)
         elif blk:
             self.used.add(blk.key)
@@ -685,21 +801,29 @@ class _Importer:
         leftovers = [e for k, e in self.e.items() if k not in self.used]
         for e in leftovers:  # keys with empty values and the like: still say something about them
             self.sec["response" if e.key.startswith("KILL") or e.key == "PORT_BANNER" else "monitor"].note(
-                f"{_src(e)} not carried over: empty or unusable value.")
+                f"{_src(e)} not carried over: empty or unusable value."
+            )
         raw = {name: s.values for name, s in self.sec.items() if any(line for line in s.lines)}
         return self.render(), raw
 
     def render(self) -> str:
-        out = ["# nfsentry configuration imported from PortSentry by `nfsentry import-portsentry`",
-               f"#   from: {self.source} (PortSentry {'1.x' if self.version == '1' else '2.0'})"]
+        out = [
+            "# nfsentry configuration imported from PortSentry by `nfsentry import-portsentry`",
+            f"#   from: {self.source} (PortSentry {'1.x' if self.version == '1' else '2.0'})",
+        ]
         if self.defaults_source:
             out.append(f"#   and:  {self.defaults_source}")
-        out += ["# Every PortSentry key appears below, either as a setting or as a comment saying why not.",
-                "# Keys not named here keep nfsentry's defaults (see `nfsentry config check`)."]
+        out += [
+            "# Every PortSentry key appears below, either as a setting or as a comment saying why not.",
+            "# Keys not named here keep nfsentry's defaults (see `nfsentry config check`).",
+        ]
         if self.problems:
             out.append("#")
             out.append(f"# {len(self.problems)} problem(s) found while reading:")
-            out += [f"#   {p}" for p in sorted(self.problems, key=lambda p: (p.source != self.source, p.source, p.line or 0))]
+            out += [
+                f"#   {p}"
+                for p in sorted(self.problems, key=lambda p: (p.source != self.source, p.source, p.line or 0))
+            ]
         for name, s in self.sec.items():
             lines = list(s.lines)
             while lines and lines[-1] == "":
@@ -731,8 +855,13 @@ def _defaults_path(defaults_path: str | Path | None) -> str | None:
     return str(defaults_path) or None
 
 
-def convert(conf_text: str, defaults_text: str | None = None, version: str | None = None,
-            source: str = "portsentry.conf", defaults_source: str | None = None) -> tuple[str, list[Problem], dict]:
+def convert(
+    conf_text: str,
+    defaults_text: str | None = None,
+    version: str | None = None,
+    source: str = "portsentry.conf",
+    defaults_source: str | None = None,
+) -> tuple[str, list[Problem], dict]:
     """Text in, (TOML text, problems, raw TOML dict) out. Reads only the ignore file it names."""
     if version not in (None, "1", "2"):
         raise ValueError(f"PortSentry version must be 1 or 2, not {version!r}")
@@ -748,8 +877,9 @@ def convert(conf_text: str, defaults_text: str | None = None, version: str | Non
     return text, ordered, raw
 
 
-def import_config(conf_path: str | Path = DEFAULT_CONF, defaults_path: str | Path | None = None,
-                  version: str | None = None) -> tuple[str, list[Problem]]:
+def import_config(
+    conf_path: str | Path = DEFAULT_CONF, defaults_path: str | Path | None = None, version: str | None = None
+) -> tuple[str, list[Problem]]:
     """Read portsentry.conf (and /etc/default/portsentry) -> (nfsentry TOML text, problems).
 
     ``defaults_path=None`` uses /etc/default/portsentry when it exists; ``""`` reads none (then
@@ -767,8 +897,9 @@ def import_config(conf_path: str | Path = DEFAULT_CONF, defaults_path: str | Pat
     return text, problems
 
 
-def load_as_config(conf_path: str | Path, defaults_path: str | Path | None = None,
-                   version: str | None = None) -> C.Config:
+def load_as_config(
+    conf_path: str | Path, defaults_path: str | Path | None = None, version: str | None = None
+) -> C.Config:
     """Run nfsentry straight from a PortSentry configuration: the validated Config of the import.
 
     Problems are logged as warnings and kept in ``cfg.portsentry_problems``; ``cfg.path`` is the

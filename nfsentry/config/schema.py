@@ -5,6 +5,7 @@ Every key is validated on load; the first problem raises :class:`ConfigError` wh
 one line naming the key and the problem (``[response] block_duration: bad duration 'x'``). The
 daemon and the CLI turn that into exit code 2 with nothing loaded into the kernel.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,7 @@ from typing import Any
 from nfsentry.core.addrs import parse_network
 from nfsentry.core.classify import LABELS
 from nfsentry.core.events import EventPolicy
-from nfsentry.core.units import (TROJAN_TCP, TROJAN_UDP, parse_duration, parse_ports, ranges_text,
-                                  subtract_ranges)
+from nfsentry.core.units import TROJAN_TCP, TROJAN_UDP, parse_duration, parse_ports, ranges_text, subtract_ranges
 
 DEFAULT_PATH = "/etc/nfsentry/nfsentry.toml"
 
@@ -30,14 +30,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "udp_ports": ["1-1023", *TROJAN_UDP],
         "tcp_exclude": [],
         "udp_exclude": [],
-        "inuse": "auto",          # auto | socket | poll | off
-        "mode": "host",           # host | gateway | observe
-        "ftp": True,              # follow FTP control channels (queue 1)
-        "protect": [],            # gateway mode: networks behind this host whose ports are watched too
+        "inuse": "auto",  # auto | socket | poll | off
+        "mode": "host",  # host | gateway | observe
+        "ftp": True,  # follow FTP control channels (queue 1)
+        "protect": [],  # gateway mode: networks behind this host whose ports are watched too
     },
     "detection": {
-        "scan_trigger": 0,        # PortSentry SCAN_TRIGGER: 0 reacts on the first hit
-        "window_ports": 0,        # react at N distinct ports within window_seconds (0 = off)
+        "scan_trigger": 0,  # PortSentry SCAN_TRIGGER: 0 reacts on the first hit
+        "window_ports": 0,  # react at N distinct ports within window_seconds (0 = off)
         "window_seconds": "60s",
         "instant_labels": ["NULL", "XMAS", "FULL-XMAS", "UNKNOWN", "MALFORMED"],
         "ipv6_prefix": 64,
@@ -45,26 +45,26 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_ports_per_source": 64,
     },
     "response": {
-        "tcp": "block",           # log | block | command   (PortSentry BLOCK_TCP 0/1/2)
-        "udp": "block",           # log | block | command   (PortSentry BLOCK_UDP 0/1/2)
+        "tcp": "block",  # log | block | command   (PortSentry BLOCK_TCP 0/1/2)
+        "udp": "block",  # log | block | command   (PortSentry BLOCK_UDP 0/1/2)
         "probe_verdict": "accept",  # verdict for counted-but-not-blocked probes: accept | drop
-        "dry_run": False,         # learning mode: log what would be blocked, block nothing
-        "block_duration": "1h",   # 0 = until unblocked (PortSentry's behaviour)
+        "dry_run": False,  # learning mode: log what would be blocked, block nothing
+        "block_duration": "1h",  # 0 = until unblocked (PortSentry's behaviour)
         "max_block_duration": "7d",
         "escalation_factor": 2.0,
-        "command": [],            # argv, e.g. ["/usr/local/sbin/notify", "$TARGET$", "$PORT$", "$MODE$"]
-        "command_first": False,   # PortSentry KILL_RUN_CMD_FIRST
-        "hosts_deny": "",         # append "ALL: ADDR" lines to this file (TCP wrappers); "" = off
+        "command": [],  # argv, e.g. ["/usr/local/sbin/notify", "$TARGET$", "$PORT$", "$MODE$"]
+        "command_first": False,  # PortSentry KILL_RUN_CMD_FIRST
+        "hosts_deny": "",  # append "ALL: ADDR" lines to this file (TCP wrappers); "" = off
         "max_blocks_per_minute": 0,  # 0 = unlimited
-        "max_blocked": 100000,    # cap on the blocked sets' size (a spoofed flood cannot grow them without bound); 0 = unlimited
+        "max_blocked": 100000,  # cap on the blocked sets' size (a spoofed flood cannot grow them without bound); 0 = unlimited
         "keep_blocks_on_exit": True,  # on SIGTERM keep the table (and its blocks) loaded
     },
     "ignore": {
-        "addresses": [],          # addresses and CIDRs, IPv4 and IPv6
-        "files": [],              # PortSentry-style ignore files (one address[/mask] per line)
-        "own_addresses": True,    # the host's own addresses (refreshed when they change)
-        "gateways": True,         # default gateway(s)
-        "resolvers": True,        # nameservers from resolv_conf
+        "addresses": [],  # addresses and CIDRs, IPv4 and IPv6
+        "files": [],  # PortSentry-style ignore files (one address[/mask] per line)
+        "own_addresses": True,  # the host's own addresses (refreshed when they change)
+        "gateways": True,  # default gateway(s)
+        "resolvers": True,  # nameservers from resolv_conf
         "resolv_conf": "/etc/resolv.conf",
         "refresh_interval": "30s",  # how often own addresses/gateways/resolvers are re-read
     },
@@ -73,17 +73,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "syslog_facility": "daemon",
         "syslog_address": "/dev/log",
         "syslog_ident": "nfsentry",  # "portsentry" keeps logcheck rules anchored on "portsentry[" matching
-        "format": "nfsentry",     # nfsentry | portsentry1 | portsentry2 (syslog line style)
+        "format": "nfsentry",  # nfsentry | portsentry1 | portsentry2 (syslog line style)
         "json_file": "/var/log/nfsentry/events.jsonl",  # "" = off
-        "history_file": "",       # PortSentry-format history file; "" = off
+        "history_file": "",  # PortSentry-format history file; "" = off
         "history_format": "portsentry1",  # portsentry1 | portsentry2
-        "blocked_file": "",       # PortSentry-format blocked file; "" = off
-        "resolve_hosts": False,   # reverse DNS for log lines (off the hot path)
+        "blocked_file": "",  # PortSentry-format blocked file; "" = off
+        "resolve_hosts": False,  # reverse DNS for log lines (off the hot path)
         "level": "info",
     },
     "storage": {
         "state_dir": "/var/lib/nfsentry",
-        "database": "",           # "" = <state_dir>/nfsentry.db
+        "database": "",  # "" = <state_dir>/nfsentry.db
     },
     "daemon": {
         "control_socket": "/run/nfsentry/control.sock",
@@ -93,9 +93,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "table": "nfsentry",
         "queue": 0,
         "ftp_queue": 1,
-        "backend": "auto",        # auto | native | compat
+        "backend": "auto",  # auto | native | compat
         "mark": 0x4E460000,
-        "fail_open": True,        # no daemon listening: queued packets pass (true) or are dropped (false)
+        "fail_open": True,  # no daemon listening: queued packets pass (true) or are dropped (false)
     },
 }
 
@@ -107,14 +107,37 @@ ENUMS = {
     ("response", "probe_verdict"): ("accept", "drop"),
     ("logging", "format"): ("nfsentry", "portsentry1", "portsentry2"),
     ("logging", "history_format"): ("portsentry1", "portsentry2"),
-    ("logging", "syslog_facility"): ("auth", "authpriv", "daemon", "kern", "local0", "local1", "local2",
-                                     "local3", "local4", "local5", "local6", "local7", "security", "user"),
+    ("logging", "syslog_facility"): (
+        "auth",
+        "authpriv",
+        "daemon",
+        "kern",
+        "local0",
+        "local1",
+        "local2",
+        "local3",
+        "local4",
+        "local5",
+        "local6",
+        "local7",
+        "security",
+        "user",
+    ),
     ("logging", "level"): ("debug", "info", "warning", "error"),
     ("nft", "backend"): ("auto", "native", "compat"),
 }
-DURATIONS = {("detection", "window_seconds"), ("response", "block_duration"), ("response", "max_block_duration"),
-             ("ignore", "refresh_interval")}
-PORT_LISTS = {("monitor", "tcp_ports"), ("monitor", "udp_ports"), ("monitor", "tcp_exclude"), ("monitor", "udp_exclude")}
+DURATIONS = {
+    ("detection", "window_seconds"),
+    ("response", "block_duration"),
+    ("response", "max_block_duration"),
+    ("ignore", "refresh_interval"),
+}
+PORT_LISTS = {
+    ("monitor", "tcp_ports"),
+    ("monitor", "udp_ports"),
+    ("monitor", "tcp_exclude"),
+    ("monitor", "udp_exclude"),
+}
 RANGES = {
     ("detection", "scan_trigger"): (0, 1_000_000),
     ("detection", "window_ports"): (0, 65535),
@@ -141,7 +164,9 @@ class ConfigError(ValueError):
 def check_command(argv: Any) -> list[str]:
     """Validate an external command template (an argument list, no shell)."""
     if isinstance(argv, str):
-        raise ValueError("must be a list of arguments (it is never run through a shell), e.g. [\"/usr/local/sbin/x\", \"$TARGET$\"]")
+        raise ValueError(
+            'must be a list of arguments (it is never run through a shell), e.g. ["/usr/local/sbin/x", "$TARGET$"]'
+        )
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         raise ValueError("must be a list of strings")
     if not argv:
@@ -161,6 +186,7 @@ def check_command(argv: Any) -> list[str]:
 @dataclass
 class Config:
     """The validated configuration. ``data`` holds every key (defaults filled in)."""
+
     data: dict[str, dict[str, Any]]
     path: str | None = None
     # derived, validated values
@@ -187,8 +213,11 @@ class Config:
     def event_policy(self) -> EventPolicy:
         """What decision events report as their action (core.events)."""
         r = self.data["response"]
-        return EventPolicy(modes={"tcp": r["tcp"], "udp": r["udp"]}, dry_run=bool(r["dry_run"]),
-                           observe=self.data["monitor"]["mode"] == "observe")
+        return EventPolicy(
+            modes={"tcp": r["tcp"], "udp": r["udp"]},
+            dry_run=bool(r["dry_run"]),
+            observe=self.data["monitor"]["mode"] == "observe",
+        )
 
 
 def read_ignore_file(path: str | Path) -> list:
@@ -249,7 +278,7 @@ def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = Tr
     except ValueError as e:
         raise ConfigError(f"[response] command: {e}") from None
     if "command" in (data["response"]["tcp"], data["response"]["udp"]) and not data["response"]["command"]:
-        raise ConfigError("[response] command: tcp/udp = \"command\" needs a command")
+        raise ConfigError('[response] command: tcp/udp = "command" needs a command')
     _check_names_and_paths(data, cfg)
     for entry in data["monitor"]["protect"]:
         try:
@@ -257,8 +286,10 @@ def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = Tr
         except ValueError as e:
             raise ConfigError(f"[monitor] protect: {e}") from None
     if data["monitor"]["mode"] == "gateway" and not data["monitor"]["protect"]:
-        raise ConfigError("[monitor] protect: gateway mode needs the networks behind this host (e.g. [\"198.18.1.0/24\"])")
-    for i, entry in enumerate(data["ignore"]["addresses"]):
+        raise ConfigError(
+            '[monitor] protect: gateway mode needs the networks behind this host (e.g. ["198.18.1.0/24"])'
+        )
+    for entry in data["ignore"]["addresses"]:
         try:
             cfg.ignore.append(parse_network(entry, "address"))
         except ValueError as e:
@@ -287,7 +318,8 @@ def _merged(raw: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"[{section}] unknown key '{key}'")
             default = DEFAULTS[section][key]
             if isinstance(default, bool) != isinstance(value, bool) or (
-                    not isinstance(default, bool) and not _type_ok(default, value, (section, key))):
+                not isinstance(default, bool) and not _type_ok(default, value, (section, key))
+            ):
                 raise ConfigError(f"[{section}] {key}: expected {_type_name(default, (section, key))}, got {value!r}")
             data[section][key] = value
     return data
@@ -335,7 +367,7 @@ def _type_ok(default: Any, value: Any, where: tuple[str, str]) -> bool:
 
 def _type_name(default: Any, where: tuple[str, str]) -> str:
     if where in DURATIONS:
-        return "a duration like \"1h\""
+        return 'a duration like "1h"'
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}[type(default)]
 
 

@@ -20,14 +20,27 @@ Everything on the per-packet path works on the raw 4/16-byte addresses the decod
   block target is refused when too wide, multicast, link-local, loopback, unspecified, or
   covering a never-block network).
 """
+
 from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
-__all__ = ["PrefixSet", "key_for", "mask", "masker", "network_text", "parse_key", "parse_network", "family_of",
-           "addr_text", "normalize_network", "normalize_block_target", "MIN_BLOCK_PREFIX"]
+__all__ = [
+    "PrefixSet",
+    "key_for",
+    "mask",
+    "masker",
+    "network_text",
+    "parse_key",
+    "parse_network",
+    "family_of",
+    "addr_text",
+    "normalize_network",
+    "normalize_block_target",
+    "MIN_BLOCK_PREFIX",
+]
 
 _ZEROS = bytes(16)
 
@@ -43,12 +56,12 @@ def mask(addr: bytes, prefixlen: int) -> bytes:
     if prefixlen >= bits:
         return bytes(addr)
     if prefixlen <= 0:
-        return _ZEROS[:len(addr)]
+        return _ZEROS[: len(addr)]
     q, r = divmod(prefixlen, 8)
     head = bytes(addr[:q])
     if r:
         head += bytes((addr[q] & (0xFF << (8 - r)) & 0xFF,))
-    return head + _ZEROS[:len(addr) - len(head)]
+    return head + _ZEROS[: len(addr) - len(head)]
 
 
 def masker(prefixlen: int):
@@ -57,7 +70,7 @@ def masker(prefixlen: int):
         return bytes
     if prefixlen % 8 == 0:
         q = prefixlen // 8
-        pad = _ZEROS[:16 - q]
+        pad = _ZEROS[: 16 - q]
         return lambda a: a[:q] + pad
     m = ((1 << prefixlen) - 1) << (128 - prefixlen)
     return lambda a: (int.from_bytes(a, "big") & m).to_bytes(16, "big")
@@ -163,8 +176,12 @@ def normalize_network(text, allow_everything: bool = False) -> str:
 # The widest prefix a block may have: a shorter one would cut off most of the network.
 MIN_BLOCK_PREFIX = {4: 8, 6: 16}
 # Addresses that are never a scanner's (routable) source: refused as block targets.
-_NEVER_SOURCES = (("is_multicast", "a multicast"), ("is_loopback", "a loopback"),
-                  ("is_link_local", "a link-local"), ("is_unspecified", "the unspecified"))
+_NEVER_SOURCES = (
+    ("is_multicast", "a multicast"),
+    ("is_loopback", "a loopback"),
+    ("is_link_local", "a link-local"),
+    ("is_unspecified", "the unspecified"),
+)
 
 
 def normalize_block_target(text, never_block=()) -> str:
@@ -183,8 +200,10 @@ def normalize_block_target(text, never_block=()) -> str:
     for p in never_block:
         pn = ipaddress.ip_network(p)
         if pn.version == net.version and net.overlaps(pn):
-            raise ValueError(f"refusing to block {net_s}: it covers {p}, which nfsentry never blocks "
-                             "(own address, gateway, resolver, ignore list or your SSH session)")
+            raise ValueError(
+                f"refusing to block {net_s}: it covers {p}, which nfsentry never blocks "
+                "(own address, gateway, resolver, ignore list or your SSH session)"
+            )
     return net_s
 
 
@@ -201,7 +220,7 @@ class PrefixSet:
         self._by_len: dict[tuple[int, int], set[int]] = {}
         self._v4: tuple = ()
         self._v6: tuple = ()
-        self.exact: frozenset[bytes] = frozenset()   # /32 and /128 entries as raw bytes
+        self.exact: frozenset[bytes] = frozenset()  # /32 and /128 entries as raw bytes
         self._count = 0
         # Whole addresses (own addresses, resolvers) are answered by ``exact``; the prefilters
         # cover the other networks: the first IPv4 octet / the leading IPv6 bytes such a network
@@ -256,17 +275,17 @@ class PrefixSet:
         nbytes = 4 if not v6_lens or min(v6_lens) >= 32 else 2 if min(v6_lens) >= 8 else 0
         for (family, plen), members in self._by_len.items():
             if plen == (32 if family == 4 else 128):
-                continue        # whole addresses: the exact set answers for them
+                continue  # whole addresses: the exact set answers for them
             if family == 4:
-                for value in members:   # every first octet the prefix covers (<= 256)
+                for value in members:  # every first octet the prefix covers (<= 256)
                     first = value >> 24
                     span = 1 << max(0, 8 - plen)
                     pre4.update(range(first, first + span))
             elif pre6 is not None:
                 if nbytes == 0:
-                    pre6 = None         # a /0../7 entry: no useful prefilter
+                    pre6 = None  # a /0../7 entry: no useful prefilter
                     continue
-                bits = nbytes * 8       # plen >= 8 here, so at most 256 heads per entry
+                bits = nbytes * 8  # plen >= 8 here, so at most 256 heads per entry
                 for value in members:
                     head = value >> (128 - bits)
                     pre6.update(h.to_bytes(nbytes, "big") for h in range(head, head + (1 << max(0, bits - plen))))
@@ -285,7 +304,7 @@ class PrefixSet:
             table = self._v4
         elif n == 16:
             pre6 = self.pre6
-            if pre6 is not None and addr[:self.pre6_bytes] not in pre6:
+            if pre6 is not None and addr[: self.pre6_bytes] not in pre6:
                 return False
             table = self._v6
         else:

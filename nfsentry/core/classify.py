@@ -39,21 +39,41 @@ Backscatter: :func:`is_reply_shaped` tells whether the flags are exactly a legit
 reply (RST, RST+ACK or SYN+ACK): what a third party sends us when someone spoofs our address to scan it.
 The engine counts those but does not react on them (see ``EngineConfig.backscatter_guard``).
 """
+
 from __future__ import annotations
 
-__all__ = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "LABELS", "SCAN_LABELS",
-           "LABEL_BY_FLAGS", "FLAG_STRINGS", "classify", "flag_string", "label_for_flags",
-           "label_text", "describe", "syn_hint", "findings", "is_reply_shaped", "NMAP_SYN_WINDOWS"]
+__all__ = [
+    "FIN",
+    "SYN",
+    "RST",
+    "PSH",
+    "ACK",
+    "URG",
+    "ECE",
+    "CWR",
+    "LABELS",
+    "SCAN_LABELS",
+    "LABEL_BY_FLAGS",
+    "FLAG_STRINGS",
+    "classify",
+    "flag_string",
+    "label_for_flags",
+    "label_text",
+    "describe",
+    "syn_hint",
+    "findings",
+    "is_reply_shaped",
+    "NMAP_SYN_WINDOWS",
+]
 
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
-CLASSIC = FIN | SYN | RST | PSH | ACK | URG   # 0x3F
+CLASSIC = FIN | SYN | RST | PSH | ACK | URG  # 0x3F
 _LETTERS = "FSRPAUEC"
 
 # The one definition of the label vocabulary (the configuration's instant_labels are checked
 # against LABELS). SCAN_LABELS: what one packet can be labelled; IPOPTS is a property of the packet
 # (IP options present) that instant_labels may name too.
-SCAN_LABELS = ("SYN", "FIN", "NULL", "XMAS", "FULL-XMAS", "ACK", "MAIMON", "UNKNOWN", "UDP",
-               "MALFORMED")
+SCAN_LABELS = ("SYN", "FIN", "NULL", "XMAS", "FULL-XMAS", "ACK", "MAIMON", "UNKNOWN", "UDP", "MALFORMED")
 LABELS = SCAN_LABELS[:-1] + ("IPOPTS", "MALFORMED")
 
 # The flag table, on the six classic flags (ECE/CWR masked off, see the module docstring).
@@ -92,7 +112,7 @@ def label_for_flags(flags: int) -> str:
     """The scan label for a TCP flags byte (see the module table)."""
     classic = flags & CLASSIC
     if classic == 0 and flags:
-        return "UNKNOWN"          # only ECE/CWR: not a NULL probe
+        return "UNKNOWN"  # only ECE/CWR: not a NULL probe
     return _EXACT.get(classic, "UNKNOWN")
 
 
@@ -165,8 +185,7 @@ def syn_hint(pkt) -> str:
     opts = pkt.tcp_options
     if not opts:
         return "no-options"
-    if (pkt.flags == SYN and pkt.window in NMAP_SYN_WINDOWS and len(opts) == 4
-            and opts[0] == 2 and opts[1] == 4):
+    if pkt.flags == SYN and pkt.window in NMAP_SYN_WINDOWS and len(opts) == 4 and opts[0] == 2 and opts[1] == 4:
         return "nmap"
     return ""
 

@@ -82,30 +82,42 @@ tracked: hence the int-not-dict port of one-port sources, decisions that referen
 the CLOCK queue instead of an ordered dict, and a hot path that reads closure variables (see
 :meth:`Engine._build_process`).
 """
+
 from __future__ import annotations
 
 import math
 import os
 import struct
 from collections import OrderedDict, deque
-from heapq import heapify, heappop, heappush
 from dataclasses import dataclass, field
-from functools import partial
 from enum import IntEnum
+from functools import partial
+from heapq import heapify, heappop, heappush
 from typing import Any
 
+from . import packet as P
 from .addrs import PrefixSet, mask, masker, network_text, parse_key
+from .classify import _REPLY, _STREAM, SCAN_LABELS, classify, label_text, syn_hint
 from .classify import FLAG_STRINGS as _FLAG_STRINGS
 from .classify import LABEL_BY_FLAGS as _LABEL_BY_FLAGS
-from .classify import _REPLY, _STREAM, SCAN_LABELS, classify, label_text, syn_hint
-from . import packet as P
 from .packet import Packet, decode
 from .units import format_duration
 from .valves import DUPLICATE as _DUPLICATE
 from .valves import Admit as _Admit
 
-__all__ = ["Action", "Decision", "EngineConfig", "Engine", "RESPONSE_MODES", "DEFAULT_MAX_SOURCES", "LEAN_SHIFT",
-           "LEAN_CODES", "lean_code", "lean_action", "lean_proto"]
+__all__ = [
+    "Action",
+    "Decision",
+    "EngineConfig",
+    "Engine",
+    "RESPONSE_MODES",
+    "DEFAULT_MAX_SOURCES",
+    "LEAN_SHIFT",
+    "LEAN_CODES",
+    "lean_code",
+    "lean_action",
+    "lean_proto",
+]
 
 INF = math.inf
 RESPONSE_MODES = ("log", "block", "command")
@@ -119,12 +131,12 @@ DEFAULT_MAX_SOURCES = 100_000
 
 
 class Action(IntEnum):
-    PASS = 0      # FTP data connection we expected: accept
-    IGNORE = 1    # source in the ignore list
-    COUNT = 2     # hit recorded, no policy reacted
-    ALERT = 3     # a policy reacted, response mode "log"
-    BLOCK = 4     # a policy reacted, response mode "block" or "command"
-    DROP = 5      # source already blocked: drop by verdict
+    PASS = 0  # FTP data connection we expected: accept
+    IGNORE = 1  # source in the ignore list
+    COUNT = 2  # hit recorded, no policy reacted
+    ALERT = 3  # a policy reacted, response mode "log"
+    BLOCK = 4  # a policy reacted, response mode "block" or "command"
+    DROP = 5  # source already blocked: drop by verdict
 
 
 # The lean result of Engine.process_raw (no Decision): ``action << LEAN_SHIFT | proto``, an int the
@@ -132,7 +144,7 @@ class Action(IntEnum):
 # takes these values from _fastpath_defs.h, generated from here (core/cdefs.py).
 LEAN_SHIFT = 8
 LEAN_PROTO_MASK = (1 << LEAN_SHIFT) - 1
-LEAN_CODES = len(Action) << LEAN_SHIFT     # size of a table indexed by lean codes
+LEAN_CODES = len(Action) << LEAN_SHIFT  # size of a table indexed by lean codes
 
 
 def lean_code(action: Action | int, proto: int) -> int:
@@ -150,8 +162,14 @@ def lean_proto(code: int) -> int:
     return code & LEAN_PROTO_MASK
 
 
-_PASS, _IGNORE, _COUNT, _ALERT, _BLOCK, _DROP = (Action.PASS, Action.IGNORE, Action.COUNT,
-                                                 Action.ALERT, Action.BLOCK, Action.DROP)
+_PASS, _IGNORE, _COUNT, _ALERT, _BLOCK, _DROP = (
+    Action.PASS,
+    Action.IGNORE,
+    Action.COUNT,
+    Action.ALERT,
+    Action.BLOCK,
+    Action.DROP,
+)
 _PROTO_NAME = {6: "tcp", 17: "udp"}
 _ONE_LABEL = {label: (label,) for label in SCAN_LABELS}
 _new = object.__new__
@@ -179,21 +197,21 @@ class Decision:
 
     action: Action
     ts: float
-    key: bytes            # masked source: 4 bytes (IPv4) or 16 bytes masked to the IPv6 prefix
-    prefixlen: int        # 32 for IPv4, the IPv6 prefix for IPv6, 0 when there is no source
-    pkt: Packet | None    # the decoded packet, or None until ``packet`` decodes ``raw``
-    raw: bytes | None     # the packet's bytes (decisions of process_raw), else None
-    proto: int            # transport protocol number (6, 17, ...)
-    label: str            # scan label of this packet ("SYN", "UNKNOWN", ...)
-    flags: str            # TCP flag letters in FSRPAUEC order ("" for non-TCP)
-    labels: tuple         # labels seen from this source (reactions only)
-    port_keys: tuple      # (proto << 16 | port) hit by this source, last-hit order (reactions only)
-    hits: int             # hits counted for this source, this one included
-    why: object           # the reason: its text, or what it is made of (see ``reason``)
-    duration: float       # block seconds; 0 = until unblocked (BLOCK only)
-    offences: int         # blocks of this source so far, this one included
-    valve: object         # None, or what the safety valves did: a Refused (the block became an
-                          # alert) or an Admit with narrowed=True (the source address alone)
+    key: bytes  # masked source: 4 bytes (IPv4) or 16 bytes masked to the IPv6 prefix
+    prefixlen: int  # 32 for IPv4, the IPv6 prefix for IPv6, 0 when there is no source
+    pkt: Packet | None  # the decoded packet, or None until ``packet`` decodes ``raw``
+    raw: bytes | None  # the packet's bytes (decisions of process_raw), else None
+    proto: int  # transport protocol number (6, 17, ...)
+    label: str  # scan label of this packet ("SYN", "UNKNOWN", ...)
+    flags: str  # TCP flag letters in FSRPAUEC order ("" for non-TCP)
+    labels: tuple  # labels seen from this source (reactions only)
+    port_keys: tuple  # (proto << 16 | port) hit by this source, last-hit order (reactions only)
+    hits: int  # hits counted for this source, this one included
+    why: object  # the reason: its text, or what it is made of (see ``reason``)
+    duration: float  # block seconds; 0 = until unblocked (BLOCK only)
+    offences: int  # blocks of this source so far, this one included
+    valve: object  # None, or what the safety valves did: a Refused (the block became an
+    # alert) or an Admit with narrowed=True (the source address alone)
 
     @property
     def ports(self) -> tuple:
@@ -258,7 +276,7 @@ class Decision:
 
 
 def _format_reason(d: Decision, why: tuple) -> str:
-    """"<policies>: <label> to <proto/port>; hits n; labels ...; ports ...[; ip options ...]
+    """ "<policies>: <label> to <proto/port>; hits n; labels ...; ports ...[; ip options ...]
     [; malformed: ...][; offence n, block <duration>]"."""
     instant_label, trigger_text, window_text, hits, labels, port_keys, block = why
     pkt = d.packet
@@ -270,8 +288,10 @@ def _format_reason(d: Decision, why: tuple) -> str:
     shown = ",".join(map(_port_text, port_keys[:20]))
     if len(port_keys) > 20:
         shown += f",... ({len(port_keys)} ports)"
-    text = (f"{' + '.join(policies)}: {what} to {_port_text(pkt.proto << 16 | pkt.dport)}; hits {hits}; "
-            f"labels {','.join(labels)}; ports {shown}")
+    text = (
+        f"{' + '.join(policies)}: {what} to {_port_text(pkt.proto << 16 | pkt.dport)}; hits {hits}; "
+        f"labels {','.join(labels)}; ports {shown}"
+    )
     if pkt.ip_options:
         text += f"; ip options {','.join(pkt.ip_options)}"
     if pkt.malformed is not None:
@@ -282,8 +302,24 @@ def _format_reason(d: Decision, why: tuple) -> str:
     return text
 
 
-def _decision(action, ts, key, prefixlen, pkt, raw, proto, label, flags, labels, port_keys, hits, why,
-              duration, offences, _D=Decision) -> Decision:
+def _decision(
+    action,
+    ts,
+    key,
+    prefixlen,
+    pkt,
+    raw,
+    proto,
+    label,
+    flags,
+    labels,
+    port_keys,
+    hits,
+    why,
+    duration,
+    offences,
+    _D=Decision,
+) -> Decision:
     """Decision(...) without the dataclass __init__ call overhead (the hot path)."""
     d = _new(_D)
     d.action = action
@@ -315,19 +351,19 @@ def _default_respond() -> dict:
 
 @dataclass
 class EngineConfig:
-    scan_trigger: int = 0                 # hits allowed; hit N+1 reacts (0 = first); < 0 = off
-    window_ports: int = 0                 # K distinct ports within window_seconds; 0 = off
-    window_seconds: float = 60.0          # also how long a quiet source is remembered
+    scan_trigger: int = 0  # hits allowed; hit N+1 reacts (0 = first); < 0 = off
+    window_ports: int = 0  # K distinct ports within window_seconds; 0 = off
+    window_seconds: float = 60.0  # also how long a quiet source is remembered
     instant_labels: frozenset = field(default_factory=_default_instant)  # empty = off
     respond: dict = field(default_factory=_default_respond)  # proto -> log | block | command
-    block_duration: float = 3600.0        # 0 = until unblocked
+    block_duration: float = 3600.0  # 0 = until unblocked
     block_max_duration: float = 604800.0  # cap for escalation; 0 = no cap
     escalation_factor: float = 2.0
     ipv6_prefix: int = 64
     max_sources: int = DEFAULT_MAX_SOURCES
     max_ports_per_source: int = 64
     max_offenders: int = 100_000
-    backscatter_guard: bool = True        # RST / RST+ACK / SYN+ACK never react
+    backscatter_guard: bool = True  # RST / RST+ACK / SYN+ACK never react
 
     def __post_init__(self):
         self.instant_labels = frozenset(self.instant_labels)
@@ -354,7 +390,7 @@ class _Source:
 
     __slots__ = ("hits", "ports", "labels", "protos", "first", "last", "seen")
     hits: int
-    ports: Any              # int (one port key) or dict port key -> last hit
+    ports: Any  # int (one port key) or dict port key -> last hit
     labels: tuple
     protos: int
     first: float
@@ -362,12 +398,12 @@ class _Source:
     seen: bool
 
 
-_source = partial(_new, _Source)     # a new, empty _Source (no __init__ call)
+_source = partial(_new, _Source)  # a new, empty _Source (no __init__ call)
 
 _fastpath: Any
-try:        # the compiled common cases of process_raw (nfsentry/core/_fastpath.c); optional
+try:  # the compiled common cases of process_raw (nfsentry/core/_fastpath.c); optional
     from . import _fastpath  # type: ignore[attr-defined, no-redef]
-except ImportError:      # pragma: no cover - the package build always compiles it
+except ImportError:  # pragma: no cover - the package build always compiles it
     _fastpath = None
 
 
@@ -390,8 +426,13 @@ class Engine:
     The clock (``now``) is seconds: a float, or an int that a double holds exactly (|now| <=
     2**53, some 285 million years). A compiled per-source record keeps its times as doubles."""
 
-    def __init__(self, cfg: EngineConfig | None = None, ignore: PrefixSet | None = None,
-                 expectations=None, compiled: bool | None = None):
+    def __init__(
+        self,
+        cfg: EngineConfig | None = None,
+        ignore: PrefixSet | None = None,
+        expectations=None,
+        compiled: bool | None = None,
+    ):
         if compiled and _fastpath is None:
             raise ImportError("nfsentry._fastpath is not built (pip install the package to compile it)")
         self.compiled = compiled_available() if compiled is None else bool(compiled)
@@ -399,13 +440,13 @@ class Engine:
         self._new_source = _fastpath.Source if self.compiled else _source
         self.ignore = ignore
         self.expectations = expectations
-        self.valves = None   # core.valves.Valves: consulted before a block is recorded (None: none)
+        self.valves = None  # core.valves.Valves: consulted before a block is recorded (None: none)
         # Tracked sources: a plain dict plus a CLOCK (second-chance) queue of its keys in
         # insertion order. See _evict(); stale queue entries are skipped and compacted away.
         self._states: dict[bytes, _Source] = {}
         self._clock: deque[bytes] = deque()
-        self._blocked: OrderedDict[bytes, float] = OrderedDict()   # key -> until (inf = forever)
-        self._block_heap: list[tuple[float, bytes]] = []            # (until, key), finite blocks
+        self._blocked: OrderedDict[bytes, float] = OrderedDict()  # key -> until (inf = forever)
+        self._block_heap: list[tuple[float, bytes]] = []  # (until, key), finite blocks
         self._offenders: OrderedDict[bytes, int] = OrderedDict()
         # per-action decision counts, then the hot path's own counters (see _EVICTED ...)
         self._counts = [0] * (len(Action) + 5)
@@ -429,7 +470,7 @@ class Engine:
         self._max_offenders = cfg.max_offenders
         self._port_cap = max(cfg.max_ports_per_source, cfg.window_ports)
         self._guard = cfg.backscatter_guard
-        self._durations = [0.0] + [self.duration_for(n) for n in range(1, 65)]   # by offences
+        self._durations = [0.0] + [self.duration_for(n) for n in range(1, 65)]  # by offences
         self._trigger_text = f"scan_trigger {cfg.scan_trigger} reached"
         self._window_text = f"window {cfg.window_ports} ports in {format_duration(self._window)} reached"
         self.process, self.process_raw = self._build_process()  # type: ignore[method-assign]
@@ -495,8 +536,14 @@ class Engine:
         new_source = self._new_source
         v4tcp, v4udp, v6tcp, v6udp = _LEAN_V4TCP, _LEAN_V4UDP, _LEAN_V6TCP, _LEAN_V6UDP
         # the fast shapes' checks, by the names core/packet.py defines (decode() uses the same)
-        ip4_no_options, frag_bits, ip4_hdr, ip6_hdr, tcp_hdr, udp_hdr = (P.IP4_NO_OPTIONS, P.IP4_FRAG_BITS, P.IP4_HDR,
-                                                                   P.IP6_HDR, P.TCP_HDR, P.UDP_HDR)
+        ip4_no_options, frag_bits, ip4_hdr, ip6_hdr, tcp_hdr, udp_hdr = (
+            P.IP4_NO_OPTIONS,
+            P.IP4_FRAG_BITS,
+            P.IP4_HDR,
+            P.IP6_HDR,
+            P.TCP_HDR,
+            P.UDP_HDR,
+        )
         v4tcp_min, v4udp_min, v6tcp_min, v6udp_min = P.V4TCP_MIN, P.V4UDP_MIN, P.V6TCP_MIN, P.V6UDP_MIN
         ip4_proto_at, ip6_next_at = P.IP4_PROTO_AT, P.IP6_NEXT_AT
         # lean results and per-action counter indexes as plain ints (see lean_code)
@@ -516,8 +563,11 @@ class Engine:
                         if proto == 6:
                             if n >= v4tcp_min:
                                 tot, frag, src, dport, doff, flags = v4tcp(raw)
-                                if v4tcp_min <= tot <= n and not frag & frag_bits and \
-                                        tcp_hdr <= (doff >> 4) << 2 <= tot - ip4_hdr:
+                                if (
+                                    v4tcp_min <= tot <= n
+                                    and not frag & frag_bits
+                                    and tcp_hdr <= (doff >> 4) << 2 <= tot - ip4_hdr
+                                ):
                                     key = src
                                     plen = 32
                                 else:
@@ -563,7 +613,7 @@ class Engine:
                 lean = True
             else:
                 lean = False
-            if pkt is None:                 # a fast shape: clean, unfragmented, no IP options
+            if pkt is None:  # a fast shape: clean, unfragmented, no IP options
                 clean = True
                 ipopts = ()
                 label = label_by_flags[flags] if proto == 6 else "UDP"
@@ -587,20 +637,59 @@ class Engine:
                     counts[i_count] += 1
                     if lean:
                         return lean_count | proto
-                    return _decision(_COUNT, now, b"", 0, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
-                                     (), (), 0, "undecodable packet: no source address", 0.0, 0)
+                    return _decision(
+                        _COUNT,
+                        now,
+                        b"",
+                        0,
+                        pkt,
+                        raw,
+                        proto,
+                        label,
+                        flag_strings[flags] if proto == 6 else "",
+                        (),
+                        (),
+                        0,
+                        "undecodable packet: no source address",
+                        0.0,
+                        0,
+                    )
 
             # -- 2. ignore list, FTP data expectations, sources already blocked
             ignore = engine.ignore
             # (the set's prefilter inlined: most sources fail it, and then no call is made)
-            if ignore is not None and (src in ignore.exact or (
-                    src[0] in ignore.pre4 if len(src) == 4
-                    else ignore.pre6 is None or src[:ignore.pre6_bytes] in ignore.pre6)) and ignore.contains(src):
+            if (
+                ignore is not None
+                and (
+                    src in ignore.exact
+                    or (
+                        src[0] in ignore.pre4
+                        if len(src) == 4
+                        else ignore.pre6 is None or src[: ignore.pre6_bytes] in ignore.pre6
+                    )
+                )
+                and ignore.contains(src)
+            ):
                 counts[i_ignore] += 1
                 if lean:
                     return lean_ignore | proto
-                return _decision(_IGNORE, now, key, plen, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
-                                 (), (), 0, "source in the ignore list", 0.0, 0)
+                return _decision(
+                    _IGNORE,
+                    now,
+                    key,
+                    plen,
+                    pkt,
+                    raw,
+                    proto,
+                    label,
+                    flag_strings[flags] if proto == 6 else "",
+                    (),
+                    (),
+                    0,
+                    "source in the ignore list",
+                    0.0,
+                    0,
+                )
             expectations = engine.expectations
             if proto == 6 and expectations is not None and clean and expectations.pending:
                 if pkt is None:
@@ -609,26 +698,56 @@ class Engine:
                     counts[i_pass] += 1
                     if lean:
                         return lean_pass | proto
-                    return _decision(_PASS, now, key, plen, pkt, raw, proto, label, flag_strings[flags], (), (), 0,
-                                     "expected FTP data connection", 0.0, 0)
+                    return _decision(
+                        _PASS,
+                        now,
+                        key,
+                        plen,
+                        pkt,
+                        raw,
+                        proto,
+                        label,
+                        flag_strings[flags],
+                        (),
+                        (),
+                        0,
+                        "expected FTP data connection",
+                        0.0,
+                        0,
+                    )
             until = blocked.get(key)
             if until is not None:
                 if now < until:
                     counts[i_drop] += 1
                     if lean:
                         return lean_drop | proto
-                    return _decision(_DROP, now, key, plen, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
-                                     (), (), 0, "already blocked", 0.0, 0)
+                    return _decision(
+                        _DROP,
+                        now,
+                        key,
+                        plen,
+                        pkt,
+                        raw,
+                        proto,
+                        label,
+                        flag_strings[flags] if proto == 6 else "",
+                        (),
+                        (),
+                        0,
+                        "already blocked",
+                        0.0,
+                        0,
+                    )
                 del blocked[key]
                 counts[_EXPIRED_BLOCKS] += 1
 
             # -- 3. record the hit: hits and distinct ports so far, this packet included
             pk = (proto << 16) | dport
             st = states.get(key)
-            if st is None or now - st.last > window:   # new, or quiet longer than the window
+            if st is None or now - st.last > window:  # new, or quiet longer than the window
                 hits = nports = 1
             else:
-                st.seen = True                 # CLOCK reference bit: spare it once
+                st.seen = True  # CLOCK reference bit: spare it once
                 hits = st.hits = st.hits + 1
                 if label not in st.labels:
                     st.labels += (label,)
@@ -649,7 +768,7 @@ class Engine:
                     elif len(ports) >= port_cap:
                         del ports[next(iter(ports))]
                     ports[pk] = now
-                    if window_ports:     # last-hit order: prune the ports that left the window
+                    if window_ports:  # last-hit order: prune the ports that left the window
                         oldest = now - window
                         if ports[next(iter(ports))] < oldest:
                             for stale in [p for p, t in ports.items() if t < oldest]:
@@ -658,12 +777,13 @@ class Engine:
                 st.last = now
 
             # -- 4. the policies
-            instant = (label in instant_labels and not (label == "UNKNOWN" and stream[flags])) \
-                or (ipopts_instant and ipopts)
+            instant = (label in instant_labels and not (label == "UNKNOWN" and stream[flags])) or (
+                ipopts_instant and ipopts
+            )
             triggered = hits > trigger
             windowed = window_ports and nports >= window_ports
             if not (instant or triggered or windowed) or (guard and proto == 6 and reply[flags] and clean):
-                if hits == 1:                  # (re)start the source's state
+                if hits == 1:  # (re)start the source's state
                     if st is None:
                         st = new_source()
                         st.seen = False
@@ -683,8 +803,23 @@ class Engine:
                 counts[i_count] += 1
                 if lean:
                     return lean_count | proto
-                return _decision(_COUNT, now, key, plen, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
-                                 (), (), hits, "counted", 0.0, 0)
+                return _decision(
+                    _COUNT,
+                    now,
+                    key,
+                    plen,
+                    pkt,
+                    raw,
+                    proto,
+                    label,
+                    flag_strings[flags] if proto == 6 else "",
+                    (),
+                    (),
+                    hits,
+                    "counted",
+                    0.0,
+                    0,
+                )
             # -- 5. a reaction (once per reacting source): resets the source's counts
             if hits == 1:
                 if st is not None:
@@ -698,14 +833,29 @@ class Engine:
                 labels = st.labels
             action = react_udp if proto == 17 else react_tcp
             valve = None
-            if action is _BLOCK and engine.valves is not None:   # before anything is recorded
+            if action is _BLOCK and engine.valves is not None:  # before anything is recorded
                 valve = engine.valves.judge(key, plen, src, now)
-                if valve is _DUPLICATE:       # blocked alone moments ago: its kernel block is landing
+                if valve is _DUPLICATE:  # blocked alone moments ago: its kernel block is landing
                     counts[i_drop] += 1
                     if lean:
                         return lean_drop | proto
-                    return _decision(_DROP, now, key, plen, pkt, raw, proto, label,
-                                     flag_strings[flags] if proto == 6 else "", (), (), 0, "already blocked", 0.0, 0)
+                    return _decision(
+                        _DROP,
+                        now,
+                        key,
+                        plen,
+                        pkt,
+                        raw,
+                        proto,
+                        label,
+                        flag_strings[flags] if proto == 6 else "",
+                        (),
+                        (),
+                        0,
+                        "already blocked",
+                        0.0,
+                        0,
+                    )
                 if valve.__class__ is _Admit:
                     key, plen = valve.key, valve.prefixlen
                 else:
@@ -717,22 +867,22 @@ class Engine:
                 if offences > 1:
                     offenders.move_to_end(key)
                 else:
-                    while len(offenders) > max_offenders:     # least recently offending first
+                    while len(offenders) > max_offenders:  # least recently offending first
                         offenders.popitem(last=False)
                         counts[_OFFENDERS_EVICTED] += 1
                 duration = durations[offences] if offences < 65 else engine.duration_for(offences)
                 # the key is not in ``blocked`` here (an ended block was deleted above)
                 if valve is not None and valve.narrowed:
-                    pass   # looked up by prefix, never by this key: the kernel drops the address
+                    pass  # looked up by prefix, never by this key: the kernel drops the address
                 elif duration > 0:
                     until = now + duration
                     blocked[key] = until
-                    heappush(block_heap, (until, key))   # expire() pops ended blocks off this heap
+                    heappush(block_heap, (until, key))  # expire() pops ended blocks off this heap
                     if len(block_heap) > 2 * len(blocked) + 64:
                         engine._rebuild_block_heap()
                 else:
                     blocked[key] = INF
-                while len(blocked) > max_sources:             # oldest block first
+                while len(blocked) > max_sources:  # oldest block first
                     blocked.popitem(last=False)
                     counts[_BLOCKED_EVICTED] += 1
                 block = (offences, duration)
@@ -742,11 +892,32 @@ class Engine:
             counts[action] += 1
             # The reason text is formatted when first read (_format_reason), which the daemon does
             # on its worker thread: the verdict path only stores what the text is made of.
-            why = (label in instant_labels if instant else None, trigger_text if triggered else None,
-                   window_text if windowed else None, hits, labels, port_keys, block)
-            d = _decision(action, now, key, plen, pkt, raw, proto, label,
-                          flag_strings[flags] if proto == 6 else "", labels, port_keys, hits, why,
-                          duration, offences)
+            why = (
+                label in instant_labels if instant else None,
+                trigger_text if triggered else None,
+                window_text if windowed else None,
+                hits,
+                labels,
+                port_keys,
+                block,
+            )
+            d = _decision(
+                action,
+                now,
+                key,
+                plen,
+                pkt,
+                raw,
+                proto,
+                label,
+                flag_strings[flags] if proto == 6 else "",
+                labels,
+                port_keys,
+                hits,
+                why,
+                duration,
+                offences,
+            )
             if valve is not None and (valve.__class__ is not _Admit or valve.narrowed):
                 d.valve = valve
             return d
@@ -757,15 +928,29 @@ class Engine:
         process.__doc__ = Engine.process.__doc__
         run.__doc__ = Engine.process_raw.__doc__
         if not self.compiled:
-            return process, run      # run(raw, now) is process_raw: no wrapper on the hot path
-        labels = _LABEL_BY_FLAGS + ("UDP",)          # by TCP flags byte, [256] for UDP
-        instant = bytes((label in instant_labels and not (label == "UNKNOWN" and f < 256 and _STREAM[f]))
-                        for f, label in enumerate(labels))
+            return process, run  # run(raw, now) is process_raw: no wrapper on the hot path
+        labels = _LABEL_BY_FLAGS + ("UDP",)  # by TCP flags byte, [256] for UDP
+        instant = bytes(
+            (label in instant_labels and not (label == "UNKNOWN" and f < 256 and _STREAM[f]))
+            for f, label in enumerate(labels)
+        )
         fast = _fastpath.FastPath(
-            engine=self, states=states, blocked=blocked, counts=counts, clock=clock, fallback=run,
-            labels=labels, one_labels=tuple(_ONE_LABEL.get(label) or (label,) for label in labels),
-            instant=instant, window=window, trigger=float(trigger), window_ports=window_ports,
-            port_cap=port_cap, max_sources=max_sources, v6len=v6len)
+            engine=self,
+            states=states,
+            blocked=blocked,
+            counts=counts,
+            clock=clock,
+            fallback=run,
+            labels=labels,
+            one_labels=tuple(_ONE_LABEL.get(label) or (label,) for label in labels),
+            instant=instant,
+            window=window,
+            trigger=float(trigger),
+            window_ports=window_ports,
+            port_cap=port_cap,
+            max_sources=max_sources,
+            v6len=v6len,
+        )
         return process, fast
 
     def _evict(self) -> None:
@@ -782,7 +967,7 @@ class Engine:
             key = clock.popleft()
             st = states.get(key)
             if st is None:
-                continue                   # already gone (reaction, forget, expire)
+                continue  # already gone (reaction, forget, expire)
             if st.seen:
                 st.seen = False
                 clock.append(key)
@@ -833,7 +1018,7 @@ class Engine:
         blocked.move_to_end(key)
         if len(blocked) > self._max_sources:
             self._trim_blocked()
-        if until != INF:       # expire() pops ended blocks from this heap instead of scanning
+        if until != INF:  # expire() pops ended blocks from this heap instead of scanning
             heap = self._block_heap
             heappush(heap, (until, key))
             if len(heap) > 2 * len(blocked) + 64:
@@ -943,7 +1128,7 @@ class Engine:
         ended = 0
         while heap and heap[0][0] <= now:
             until, k = heappop(heap)
-            if blocked.get(k) == until:           # not replaced, forgotten or evicted since
+            if blocked.get(k) == until:  # not replaced, forgotten or evicted since
                 del blocked[k]
                 ended += 1
         self._counts[_EXPIRED_BLOCKS] += ended
@@ -971,11 +1156,15 @@ class Engine:
         st = self._states.get(key) if exact else None
         if st is None:
             return None
-        return {"network": self._network(key), "hits": st.hits,
-                "ports": [_port_text(p) for p in ((st.ports,) if st.ports.__class__ is int else st.ports)],
-                "labels": list(st.labels),
-                "protocols": [n for bit, n in ((1, "tcp"), (2, "udp"), (4, "other")) if st.protos & bit],
-                "first": st.first, "last": st.last}
+        return {
+            "network": self._network(key),
+            "hits": st.hits,
+            "ports": [_port_text(p) for p in ((st.ports,) if st.ports.__class__ is int else st.ports)],
+            "labels": list(st.labels),
+            "protocols": [n for bit, n in ((1, "tcp"), (2, "udp"), (4, "other")) if st.protos & bit],
+            "first": st.first,
+            "last": st.last,
+        }
 
     def _network(self, key: bytes) -> str:
         return network_text(key, 32 if len(key) == 4 else self._v6len)
@@ -984,13 +1173,16 @@ class Engine:
     def stats(self) -> dict:
         c = self._counts
         return {
-            "tracked": len(self._states), "blocked": len(self._blocked),
+            "tracked": len(self._states),
+            "blocked": len(self._blocked),
             "offenders": len(self._offenders),
-            "evicted": c[_EVICTED], "blocked_evicted": c[_BLOCKED_EVICTED],
+            "evicted": c[_EVICTED],
+            "blocked_evicted": c[_BLOCKED_EVICTED],
             "offenders_evicted": c[_OFFENDERS_EVICTED],
-            "expired_sources": self._expired_sources, "expired_blocks": c[_EXPIRED_BLOCKS],
+            "expired_sources": self._expired_sources,
+            "expired_blocks": c[_EXPIRED_BLOCKS],
             "undecodable": c[_UNDECODABLE],
-            "packets": sum(c[:len(Action)]),
+            "packets": sum(c[: len(Action)]),
             **{a.name.lower(): c[a] for a in Action},
             # packets decided by the compiled fast path / handed to the Python body (since the
             # last configure; 0 when running pure Python)

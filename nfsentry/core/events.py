@@ -4,6 +4,7 @@ engine :class:`~nfsentry.core.engine.Decision`, a manual block, an FTP tracker r
 Pure: they take the values they need (an :class:`EventPolicy`, not the configuration). The
 daemon, replay and the CLI build events here; nothing else writes these dicts' shape.
 """
+
 from __future__ import annotations
 
 import time
@@ -13,8 +14,7 @@ from typing import Any
 from .addrs import addr_text
 from .engine import Action
 
-__all__ = ["EventPolicy", "PROTO_NAMES", "decision_event", "manual_block_event", "ftp_report_event",
-           "latency_summary"]
+__all__ = ["EventPolicy", "PROTO_NAMES", "decision_event", "manual_block_event", "ftp_report_event", "latency_summary"]
 
 PROTO_NAMES = {6: "tcp", 17: "udp"}
 
@@ -29,6 +29,7 @@ class EventPolicy:
     (``log | block | command``), learning mode (``dry_run``), and observe mode (``observe``:
     nothing is blocked, everything logged). Built from the configuration by
     ``Config.event_policy()``."""
+
     modes: dict = field(default_factory=_default_modes)
     dry_run: bool = False
     observe: bool = False
@@ -50,23 +51,55 @@ def decision_event(d, kind: str, policy: EventPolicy) -> dict[str, Any]:
     """An engine decision -> a ``detection`` or ``block`` event (``kind``)."""
     action = policy.action_for(d.action, d.proto)
     now = d.ts
-    return {"ts": now, "event": kind, "src": addr_text(d.src), "network": d.network,
-            "family": 6 if len(d.src) == 16 else 4, "proto": PROTO_NAMES.get(d.proto, "other"), "port": d.dport,
-            "sport": d.sport, "dst": addr_text(d.dst) if d.dst else None, "label": d.label, "flags": d.flags,
-            "labels": list(d.labels), "ports": list(d.ports), "hits": d.hits, "action": action,
-            "reason": d.reason, "duration": d.duration, "offences": d.offences,
-            "expires": (now + d.duration) if (kind == "block" and d.duration) else None,
-            "ip_options": list(d.ip_options), "malformed": d.malformed, "host": None, "ignored": False,
-            "triggered": d.action in (Action.ALERT, Action.BLOCK, Action.DROP), "blocked": action == "block"}
+    return {
+        "ts": now,
+        "event": kind,
+        "src": addr_text(d.src),
+        "network": d.network,
+        "family": 6 if len(d.src) == 16 else 4,
+        "proto": PROTO_NAMES.get(d.proto, "other"),
+        "port": d.dport,
+        "sport": d.sport,
+        "dst": addr_text(d.dst) if d.dst else None,
+        "label": d.label,
+        "flags": d.flags,
+        "labels": list(d.labels),
+        "ports": list(d.ports),
+        "hits": d.hits,
+        "action": action,
+        "reason": d.reason,
+        "duration": d.duration,
+        "offences": d.offences,
+        "expires": (now + d.duration) if (kind == "block" and d.duration) else None,
+        "ip_options": list(d.ip_options),
+        "malformed": d.malformed,
+        "host": None,
+        "ignored": False,
+        "triggered": d.action in (Action.ALERT, Action.BLOCK, Action.DROP),
+        "blocked": action == "block",
+    }
 
 
 def manual_block_event(net: str, duration: float, reason: str, now: float | None = None) -> dict[str, Any]:
     """A block made by hand (``nfsentry block``) -> ``block`` event. ``now`` defaults to the
     wall clock (the time the block was made)."""
     now = time.time() if now is None else now
-    return {"ts": now, "event": "block", "network": net, "src": net, "family": 6 if ":" in net else 4,
-            "reason": reason, "duration": duration, "expires": now + duration if duration else None,
-            "offences": 1, "action": "manual", "origin": "manual", "labels": [], "ports": [], "blocked": True}
+    return {
+        "ts": now,
+        "event": "block",
+        "network": net,
+        "src": net,
+        "family": 6 if ":" in net else 4,
+        "reason": reason,
+        "duration": duration,
+        "expires": now + duration if duration else None,
+        "offences": 1,
+        "action": "manual",
+        "origin": "manual",
+        "labels": [],
+        "ports": [],
+        "blocked": True,
+    }
 
 
 def ftp_report_event(rep, suppressed: int = 0) -> dict[str, Any]:

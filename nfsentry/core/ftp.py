@@ -67,13 +67,15 @@ drops the current line). Addresses are compared as seen at the hook that queues 
 daemon must queue only ``ct state established`` control packets so that forged control lines from
 an unconnected host never reach the tracker.
 """
+
 from __future__ import annotations
 
 import math
 import re
 import socket
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Iterator, Union
+from typing import Any, ClassVar
 
 from .addrs import addr_text
 
@@ -85,15 +87,16 @@ DEFAULT_FLOW_TIMEOUT = 300.0
 DEFAULT_MAX_EXPECTATIONS = 4096
 PASV_MISMATCH_POLICIES = ("control", "refuse")
 
-_REPORT_LINE = 80          # bytes of the offending line kept in a report
-_SEQ_WINDOW = 1 << 20      # larger sequence jumps mean a new connection on the same 4-tuple
+_REPORT_LINE = 80  # bytes of the offending line kept in a report
+_SEQ_WINDOW = 1 << 20  # larger sequence jumps mean a new connection on the same 4-tuple
 _U32 = 0xFFFFFFFF
 
 # 227: six comma-separated numbers anywhere in the text, with or without parentheses. Bounded digit
 # counts and digit look-arounds: "1000,..." does not match as "000,...", the search stays linear.
 _RE_227 = re.compile(
     rb"(?<![0-9])([0-9]{1,3})\s*,\s*([0-9]{1,3})\s*,\s*([0-9]{1,3})\s*,\s*([0-9]{1,3})"
-    rb"\s*,\s*([0-9]{1,3})\s*,\s*([0-9]{1,3})(?![0-9])")
+    rb"\s*,\s*([0-9]{1,3})\s*,\s*([0-9]{1,3})(?![0-9])"
+)
 # 229 without parentheses: <d><d><d>port<d>, d any printable but a digit or a parenthesis.
 _RE_229 = re.compile(rb"([!-'*-/:-~])\1\1([0-9]{1,5})\1")
 
@@ -115,6 +118,7 @@ def _family(b: bytes) -> int:
 
 # --- events ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Expectation:
     """``peer`` may open one TCP connection to ``addr``:``port`` until ``expires``.
@@ -124,6 +128,7 @@ class Expectation:
     ``ctl`` identifies the control connection (client, server, client port, server port); a table
     keeps one pending expectation per ``ctl``.
     """
+
     kind: ClassVar[str] = "expectation"
     family: int
     peer: bytes
@@ -166,18 +171,28 @@ class Expectation:
         return f"{self.element} timeout {self.timeout(now)}s"
 
     def describe(self) -> str:
-        return (f"ftp {self.mode} {self.command or 'expectation'}: {self.peer_text} may connect to "
-                f"{self.addr_text} port {self.port}")
+        return (
+            f"ftp {self.mode} {self.command or 'expectation'}: {self.peer_text} may connect to "
+            f"{self.addr_text} port {self.port}"
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"event": "ftp_expectation", "family": self.family, "peer": self.peer_text,
-                "addr": self.addr_text, "port": self.port, "expires": self.expires,
-                "mode": self.mode, "command": self.command}
+        return {
+            "event": "ftp_expectation",
+            "family": self.family,
+            "peer": self.peer_text,
+            "addr": self.addr_text,
+            "port": self.port,
+            "expires": self.expires,
+            "mode": self.mode,
+            "command": self.command,
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class FtpReport:
     """Base of the report events: the control packet (sender -> receiver) that completed the line."""
+
     kind: ClassVar[str] = "report"
     ts: float
     family: int
@@ -187,9 +202,15 @@ class FtpReport:
     dport: int
 
     def _base(self) -> dict[str, Any]:
-        return {"event": "ftp_" + self.kind, "ts": self.ts, "family": self.family,
-                "src": addr_text(self.src), "dst": addr_text(self.dst),
-                "sport": self.sport, "dport": self.dport}
+        return {
+            "event": "ftp_" + self.kind,
+            "ts": self.ts,
+            "family": self.family,
+            "src": addr_text(self.src),
+            "dst": addr_text(self.dst),
+            "sport": self.sport,
+            "dport": self.dport,
+        }
 
     def describe(self) -> str:  # pragma: no cover - overridden
         return f"ftp {self.kind} from {addr_text(self.src)}"
@@ -201,6 +222,7 @@ class FtpReport:
 @dataclass(frozen=True, slots=True)
 class Bounce(FtpReport):
     """A client's PORT/EPRT named ``announced``, not its own address ``real`` (= ``src``): refused."""
+
     kind: ClassVar[str] = "bounce"
     command: str = ""
     announced: bytes = b""
@@ -211,13 +233,14 @@ class Bounce(FtpReport):
         return self.src
 
     def describe(self) -> str:
-        return (f"ftp bounce refused: client {addr_text(self.src)} sent {self.command} naming "
-                f"{addr_text(self.announced)} port {self.port} to server {addr_text(self.dst)}")
+        return (
+            f"ftp bounce refused: client {addr_text(self.src)} sent {self.command} naming "
+            f"{addr_text(self.announced)} port {self.port} to server {addr_text(self.dst)}"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         d = self._base()
-        d.update(command=self.command, announced=addr_text(self.announced),
-                 real=addr_text(self.src), port=self.port)
+        d.update(command=self.command, announced=addr_text(self.announced), real=addr_text(self.src), port=self.port)
         return d
 
 
@@ -228,6 +251,7 @@ class PasvMismatch(FtpReport):
     ``accepted`` tells whether an expectation for the control address was still created
     (``pasv_mismatch="control"``, the default) or not (``"refuse"``).
     """
+
     kind: ClassVar[str] = "pasv_mismatch"
     announced: bytes = b""
     port: int = 0
@@ -239,27 +263,28 @@ class PasvMismatch(FtpReport):
 
     def describe(self) -> str:
         what = "using the control address" if self.accepted else "refused"
-        return (f"ftp 227 from server {addr_text(self.src)} names {addr_text(self.announced)} "
-                f"port {self.port} (NAT or third party?): {what}")
+        return (
+            f"ftp 227 from server {addr_text(self.src)} names {addr_text(self.announced)} "
+            f"port {self.port} (NAT or third party?): {what}"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         d = self._base()
-        d.update(announced=addr_text(self.announced), real=addr_text(self.src), port=self.port,
-                 accepted=self.accepted)
+        d.update(announced=addr_text(self.announced), real=addr_text(self.src), port=self.port, accepted=self.accepted)
         return d
 
 
 @dataclass(frozen=True, slots=True)
 class Malformed(FtpReport):
     """An announcement that could not be parsed: no expectation. ``line`` is at most 80 bytes."""
+
     kind: ClassVar[str] = "malformed"
     command: str = ""
     reason: str = ""
     line: bytes = b""
 
     def describe(self) -> str:
-        return (f"ftp malformed {self.command} from {addr_text(self.src)}: {self.reason}: "
-                f"{safe_text(self.line)}")
+        return f"ftp malformed {self.command} from {addr_text(self.src)}: {self.reason}: {safe_text(self.line)}"
 
     def as_dict(self) -> dict[str, Any]:
         d = self._base()
@@ -270,13 +295,13 @@ class Malformed(FtpReport):
 @dataclass(frozen=True, slots=True)
 class Oversized(FtpReport):
     """A control line longer than ``limit`` bytes (``length`` seen so far) was dropped unparsed."""
+
     kind: ClassVar[str] = "oversized"
     length: int = 0
     limit: int = 0
 
     def describe(self) -> str:
-        return (f"ftp oversized control line from {addr_text(self.src)}: {self.length} bytes "
-                f"> {self.limit}, dropped")
+        return f"ftp oversized control line from {addr_text(self.src)}: {self.length} bytes > {self.limit}, dropped"
 
     def as_dict(self) -> dict[str, Any]:
         d = self._base()
@@ -284,10 +309,11 @@ class Oversized(FtpReport):
         return d
 
 
-FtpEvent = Union[Expectation, Bounce, PasvMismatch, Malformed, Oversized]
+FtpEvent = Expectation | Bounce | PasvMismatch | Malformed | Oversized
 
 
 # --- parsers (pure; raise ParseError with a reason) ---------------------------------------
+
 
 class ParseError(ValueError):
     """Why an announcement's argument is invalid (becomes a :class:`Malformed` report)."""
@@ -385,11 +411,10 @@ def parse_229(text: bytes) -> int:
     left = text.find(b"(")
     right = text.find(b")", left + 1) if left >= 0 else -1
     if left >= 0 and right > left + 1:
-        inner = text[left + 1:right]
+        inner = text[left + 1 : right]
         d = inner[:1]
         parts = inner.split(d)
-        if 33 <= d[0] <= 126 and not d.isdigit() and len(parts) == 5 and not parts[0] \
-                and not parts[4]:
+        if 33 <= d[0] <= 126 and not d.isdigit() and len(parts) == 5 and not parts[0] and not parts[4]:
             return _port_num(parts[3])
     m = _RE_229.search(text)
     if m is None:
@@ -399,13 +424,14 @@ def parse_229(text: bytes) -> int:
 
 # --- tracker ------------------------------------------------------------------------------------
 
+
 class _Flow:
     __slots__ = ("buf", "seen", "discard", "next_seq")
 
     def __init__(self, now: float) -> None:
-        self.buf = b""             # unfinished line (<= max_line bytes)
+        self.buf = b""  # unfinished line (<= max_line bytes)
         self.seen = now
-        self.discard = False       # skipping the rest of an oversized line up to its newline
+        self.discard = False  # skipping the rest of an oversized line up to its newline
         self.next_seq: int | None = None
 
 
@@ -418,11 +444,16 @@ class FtpTracker:
     line split over any number of packets); every other line is ignored.
     """
 
-    def __init__(self, expect_timeout: float = DEFAULT_EXPECT_TIMEOUT,
-                 max_line: int = DEFAULT_MAX_LINE, max_flows: int = DEFAULT_MAX_FLOWS, *,
-                 flow_timeout: float = DEFAULT_FLOW_TIMEOUT,
-                 control_ports: Iterable[int] = (FTP_CONTROL_PORT,),
-                 pasv_mismatch: str = "control") -> None:
+    def __init__(
+        self,
+        expect_timeout: float = DEFAULT_EXPECT_TIMEOUT,
+        max_line: int = DEFAULT_MAX_LINE,
+        max_flows: int = DEFAULT_MAX_FLOWS,
+        *,
+        flow_timeout: float = DEFAULT_FLOW_TIMEOUT,
+        control_ports: Iterable[int] = (FTP_CONTROL_PORT,),
+        pasv_mismatch: str = "control",
+    ) -> None:
         if expect_timeout <= 0 or max_line < 16 or max_flows < 1 or flow_timeout <= 0:
             raise ValueError("expect_timeout and flow_timeout > 0, max_line >= 16, max_flows >= 1")
         if pasv_mismatch not in PASV_MISMATCH_POLICIES:
@@ -436,9 +467,19 @@ class FtpTracker:
         # Flow direction (src, dst, sport, dport) -> state, least recently used first. Only flows
         # with something to remember (a partial line, a discard, a sequence number) are stored.
         self._flows: dict[tuple[bytes, bytes, int, int], _Flow] = {}
-        self.stats = {"packets": 0, "lines": 0, "expectations": 0, "bounces": 0,
-                      "pasv_mismatches": 0, "malformed": 0, "oversized": 0,
-                      "flows_evicted": 0, "flows_expired": 0, "retransmits": 0, "gaps": 0}
+        self.stats = {
+            "packets": 0,
+            "lines": 0,
+            "expectations": 0,
+            "bounces": 0,
+            "pasv_mismatches": 0,
+            "malformed": 0,
+            "oversized": 0,
+            "flows_evicted": 0,
+            "flows_expired": 0,
+            "retransmits": 0,
+            "gaps": 0,
+        }
 
     def __len__(self) -> int:
         """Number of flow directions with state."""
@@ -456,8 +497,9 @@ class FtpTracker:
         self.stats["flows_expired"] += len(old)
         return len(old)
 
-    def feed(self, src: bytes, dst: bytes, sport: int, dport: int, payload: bytes, now: float,
-             seq: int | None = None) -> list[FtpEvent]:
+    def feed(
+        self, src: bytes, dst: bytes, sport: int, dport: int, payload: bytes, now: float, seq: int | None = None
+    ) -> list[FtpEvent]:
         """Feed one TCP control packet's payload; returns the events of the lines it completed.
 
         ``seq`` (optional) is the TCP sequence number of the payload's first byte; with it,
@@ -480,7 +522,7 @@ class FtpTracker:
         key = (src, dst, sport, dport)
         fl = flows.pop(key, None)
         if fl is not None and now - fl.seen > self.flow_timeout:
-            fl = None                        # a stale partial line is never joined to new bytes
+            fl = None  # a stale partial line is never joined to new bytes
             self.stats["flows_expired"] += 1
         # Flows are kept in last-seen order: drop the idle ones at the front (amortized O(1)).
         while flows:
@@ -502,7 +544,7 @@ class FtpTracker:
             if i < 0:
                 data = b""
             else:
-                data = data[i + 1:]
+                data = data[i + 1 :]
                 fl.discard = False
         if data:
             buf = fl.buf + data if fl.buf else data
@@ -538,10 +580,10 @@ class FtpTracker:
         if diff == 0:
             fl.next_seq = end
             return data
-        if abs(diff) > _SEQ_WINDOW:          # a new connection reusing the 4-tuple: start afresh
+        if abs(diff) > _SEQ_WINDOW:  # a new connection reusing the 4-tuple: start afresh
             fl.buf, fl.discard, fl.next_seq = b"", False, end
             return data
-        if diff < 0:                          # retransmission, possibly carrying new bytes too
+        if diff < 0:  # retransmission, possibly carrying new bytes too
             self.stats["retransmits"] += 1
             if -diff >= len(data):
                 return b""
@@ -552,13 +594,13 @@ class FtpTracker:
         fl.buf, fl.discard, fl.next_seq = b"", True, end
         return data
 
-    def _oversized(self, events: list, now: float, src: bytes, dst: bytes, sport: int, dport: int,
-                   length: int) -> None:
+    def _oversized(self, events: list, now: float, src: bytes, dst: bytes, sport: int, dport: int, length: int) -> None:
         self.stats["oversized"] += 1
         events.append(Oversized(now, _family(src), src, dst, sport, dport, length, self.max_line))
 
-    def _line(self, line: bytes, events: list, now: float, src: bytes, dst: bytes, sport: int,
-              dport: int, from_client: bool) -> None:
+    def _line(
+        self, line: bytes, events: list, now: float, src: bytes, dst: bytes, sport: int, dport: int, from_client: bool
+    ) -> None:
         self.stats["lines"] += 1
         line = line.strip(b" \t\r")
         fam = _family(src)
@@ -572,16 +614,16 @@ class FtpTracker:
                 addr, port = parse_port(arg) if verb == b"PORT" else parse_eprt(arg)
             except ParseError as e:
                 self.stats["malformed"] += 1
-                events.append(Malformed(now, fam, src, dst, sport, dport, command, str(e),
-                                        line[:_REPORT_LINE]))
+                events.append(Malformed(now, fam, src, dst, sport, dport, command, str(e), line[:_REPORT_LINE]))
                 return
             if addr != src:
                 self.stats["bounces"] += 1
                 events.append(Bounce(now, fam, src, dst, sport, dport, command, addr, port))
                 return
             self.stats["expectations"] += 1
-            events.append(Expectation(fam, dst, src, port, now + self.expect_timeout, "active",
-                                      command, (src, dst, sport, dport)))
+            events.append(
+                Expectation(fam, dst, src, port, now + self.expect_timeout, "active", command, (src, dst, sport, dport))
+            )
             return
         code = line[:3]
         if code not in (b"227", b"229") or (len(line) > 3 and line[3] not in (32, 45)):
@@ -595,8 +637,7 @@ class FtpTracker:
                 announced, port = src, parse_229(text)
         except ParseError as e:
             self.stats["malformed"] += 1
-            events.append(Malformed(now, fam, src, dst, sport, dport, command, str(e),
-                                    line[:_REPORT_LINE]))
+            events.append(Malformed(now, fam, src, dst, sport, dport, command, str(e), line[:_REPORT_LINE]))
             return
         if announced != src:
             accepted = self.pasv_mismatch == "control"
@@ -605,11 +646,13 @@ class FtpTracker:
             if not accepted:
                 return
         self.stats["expectations"] += 1
-        events.append(Expectation(fam, dst, src, port, now + self.expect_timeout, "passive",
-                                  command, (dst, src, dport, sport)))
+        events.append(
+            Expectation(fam, dst, src, port, now + self.expect_timeout, "passive", command, (dst, src, dport, sport))
+        )
 
 
 # --- expectation table ---------------------------------------------------------------------------
+
 
 class ExpectationTable:
     """Pending expectations, matched (and consumed) against queued packets.
@@ -628,7 +671,7 @@ class ExpectationTable:
         # key (peer, addr, port) -> [expectation, bound source port or None], oldest first.
         self._d: dict[tuple[bytes, bytes, int], list] = {}
         self._ctl: dict[tuple, tuple[bytes, bytes, int]] = {}
-        self.pending = self._d                # never rebound: truthy while expectations exist
+        self.pending = self._d  # never rebound: truthy while expectations exist
         self.stats = {"added": 0, "matched": 0, "expired": 0, "evicted": 0, "superseded": 0}
 
     def __len__(self) -> int:
@@ -657,7 +700,7 @@ class ExpectationTable:
         control connection, or evicted as the oldest), so their kernel elements can be deleted."""
         removed: list[Expectation] = []
         key = exp.key
-        self._remove(key)                     # refresh: re-inserted at the end
+        self._remove(key)  # refresh: re-inserted at the end
         if exp.ctl is not None:
             prev = self._ctl.get(exp.ctl)
             if prev is not None:

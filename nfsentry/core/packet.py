@@ -27,6 +27,7 @@ What is walked:
 Checksums are not verified: NFQUEUE packets may carry offloaded (partial) checksums, and the
 kernel has already validated the IP header before the hook.
 """
+
 from __future__ import annotations
 
 import struct
@@ -42,10 +43,10 @@ IP4_OPTION_NAMES = {7: "RR", 131: "LSRR", 137: "SSRR", 68: "TS"}
 _OPT4 = tuple(IP4_OPTION_NAMES.get(t, f"opt-{t}") for t in range(256))
 _RH = tuple(f"RH{t}" for t in range(256))
 
-_V4 = struct.Struct("!BBHHHBBH4s4s")     # ver/ihl tos totlen id frag ttl proto csum src dst
-_V6 = struct.Struct("!IHBB16s16s")       # ver/tc/flow plen next hlim src dst
-_TCP = struct.Struct("!HHIIBBH")         # sport dport seq ack doff flags window
-_UDP = struct.Struct("!HHH")             # sport dport length
+_V4 = struct.Struct("!BBHHHBBH4s4s")  # ver/ihl tos totlen id frag ttl proto csum src dst
+_V6 = struct.Struct("!IHBB16s16s")  # ver/tc/flow plen next hlim src dst
+_TCP = struct.Struct("!HHIIBBH")  # sport dport seq ack doff flags window
+_UDP = struct.Struct("!HHH")  # sport dport length
 _PORTS = struct.Struct("!HH")
 _H = struct.Struct("!H")
 
@@ -60,31 +61,60 @@ _H_UNPACK = _H.unpack_from
 class Packet:
     """One decoded packet. Built by :func:`decode`; treat as read-only."""
 
-    __slots__ = ("family", "src", "dst", "proto", "sport", "dport", "flags", "window",
-                 "tcp_options", "ip_options", "ext_headers", "frag_offset", "more_frags",
-                 "payload_offset", "ttl", "malformed")
+    __slots__ = (
+        "family",
+        "src",
+        "dst",
+        "proto",
+        "sport",
+        "dport",
+        "flags",
+        "window",
+        "tcp_options",
+        "ip_options",
+        "ext_headers",
+        "frag_offset",
+        "more_frags",
+        "payload_offset",
+        "ttl",
+        "malformed",
+    )
 
-    def __init__(self, family: int = 0, src: bytes = b"", dst: bytes = b"", proto: int = 0,
-                 sport: int = 0, dport: int = 0, flags: int = 0, window: int = 0,
-                 tcp_options: bytes = b"", ip_options: tuple = (), ext_headers: tuple = (),
-                 frag_offset: int = 0, more_frags: bool = False, payload_offset: int = 0,
-                 ttl: int = 0, malformed: str | None = None):
-        self.family = family            # 4 or 6 (0 if unknown)
-        self.src = src                  # 4 or 16 raw bytes (b"" if not decodable)
+    def __init__(
+        self,
+        family: int = 0,
+        src: bytes = b"",
+        dst: bytes = b"",
+        proto: int = 0,
+        sport: int = 0,
+        dport: int = 0,
+        flags: int = 0,
+        window: int = 0,
+        tcp_options: bytes = b"",
+        ip_options: tuple = (),
+        ext_headers: tuple = (),
+        frag_offset: int = 0,
+        more_frags: bool = False,
+        payload_offset: int = 0,
+        ttl: int = 0,
+        malformed: str | None = None,
+    ):
+        self.family = family  # 4 or 6 (0 if unknown)
+        self.src = src  # 4 or 16 raw bytes (b"" if not decodable)
         self.dst = dst
-        self.proto = proto              # final transport protocol number
-        self.sport = sport              # 0 when absent
+        self.proto = proto  # final transport protocol number
+        self.sport = sport  # 0 when absent
         self.dport = dport
-        self.flags = flags              # TCP flags byte, 0 for non-TCP
+        self.flags = flags  # TCP flags byte, 0 for non-TCP
         self.window = window
         self.tcp_options = tcp_options  # raw TCP option bytes
-        self.ip_options = ip_options    # IPv4 option names / IPv6 option-bearing ext headers
+        self.ip_options = ip_options  # IPv4 option names / IPv6 option-bearing ext headers
         self.ext_headers = ext_headers  # IPv6 extension header numbers walked
         self.frag_offset = frag_offset  # fragment offset in bytes
         self.more_frags = more_frags
         self.payload_offset = payload_offset  # index of the transport payload in the raw bytes
-        self.ttl = ttl                  # TTL / hop limit
-        self.malformed = malformed      # reason, or None
+        self.ttl = ttl  # TTL / hop limit
+        self.malformed = malformed  # reason, or None
 
     @property
     def has_transport(self) -> bool:
@@ -106,8 +136,25 @@ class Packet:
 _new = object.__new__
 
 
-def _mk(family, src, dst, proto, sport, dport, flags, window, tcp_options, ip_options, ext_headers,
-        frag_offset, more_frags, payload_offset, ttl, malformed, _P=Packet):
+def _mk(
+    family,
+    src,
+    dst,
+    proto,
+    sport,
+    dport,
+    flags,
+    window,
+    tcp_options,
+    ip_options,
+    ext_headers,
+    frag_offset,
+    more_frags,
+    payload_offset,
+    ttl,
+    malformed,
+    _P=Packet,
+):
     """Packet(...) without the type-call overhead (the decoder's fast paths)."""
     p = _new(_P)
     p.family = family
@@ -137,27 +184,27 @@ def _mk(family, src, dst, proto, sport, dport, flags, window, tcp_options, ip_op
 # Engine.process_raw's (core/engine.py) and the compiled one (_fastpath.c, via _fastpath_defs.h
 # generated by core/cdefs.py) all use them. Byte offsets (``*_AT``) are from the start of the
 # header they belong to.
-IP4_NO_OPTIONS = 0x45       # version 4, IHL 5 words
+IP4_NO_OPTIONS = 0x45  # version 4, IHL 5 words
 IP4_HDR = 20
 IP6_HDR = 40
-TCP_HDR = 20                # without options
+TCP_HDR = 20  # without options
 UDP_HDR = 8
 PROTO_TCP, PROTO_UDP = 6, 17
-IP4_FRAG_BITS = 0x3FFF      # more-fragments flag + fragment offset
+IP4_FRAG_BITS = 0x3FFF  # more-fragments flag + fragment offset
 IP4_TOTLEN_AT, IP4_FRAG_AT, IP4_PROTO_AT, IP4_SRC_AT = 2, 6, 9, 12
 IP6_PLEN_AT, IP6_NEXT_AT, IP6_SRC_AT = 4, 6, 8
 TCP_DPORT_AT, TCP_DOFF_AT, TCP_FLAGS_AT = 2, 12, 13
 UDP_DPORT_AT, UDP_LEN_AT = 2, 4
-V4TCP_MIN, V4UDP_MIN = IP4_HDR + TCP_HDR, IP4_HDR + UDP_HDR      # 40, 28 bytes
-V6TCP_MIN, V6UDP_MIN = IP6_HDR + TCP_HDR, IP6_HDR + UDP_HDR      # 60, 48 bytes
+V4TCP_MIN, V4UDP_MIN = IP4_HDR + TCP_HDR, IP4_HDR + UDP_HDR  # 40, 28 bytes
+V6TCP_MIN, V6UDP_MIN = IP6_HDR + TCP_HDR, IP6_HDR + UDP_HDR  # 60, 48 bytes
 
 # Fast paths (one unpack for IP + transport header) for the fast shapes. Anything else, and
 # anything that fails a check here, goes through the general decoder (_decode), which is the
 # reference: a property test proves both give the same Packet.
-_V4TCP = struct.Struct("!xxHxxHBB2x4s4sHH8xBBH")    # totlen frag ttl proto src dst | sport dport doff flags win
-_V4UDP = struct.Struct("!xxHxxHBB2x4s4sHHH")        # totlen frag ttl proto src dst | sport dport ulen
-_V6TCP = struct.Struct("!4xHBB16s16sHH8xBBH")       # plen next hlim src dst | sport dport doff flags win
-_V6UDP = struct.Struct("!4xHBB16s16sHHH")           # plen next hlim src dst | sport dport ulen
+_V4TCP = struct.Struct("!xxHxxHBB2x4s4sHH8xBBH")  # totlen frag ttl proto src dst | sport dport doff flags win
+_V4UDP = struct.Struct("!xxHxxHBB2x4s4sHHH")  # totlen frag ttl proto src dst | sport dport ulen
+_V6TCP = struct.Struct("!4xHBB16s16sHH8xBBH")  # plen next hlim src dst | sport dport doff flags win
+_V6UDP = struct.Struct("!4xHBB16s16sHHH")  # plen next hlim src dst | sport dport ulen
 _V4TCP_UNPACK = _V4TCP.unpack_from
 _V4UDP_UNPACK = _V4UDP.unpack_from
 _V6TCP_UNPACK = _V6TCP.unpack_from
@@ -180,16 +227,47 @@ def decode(raw: bytes | bytearray | memoryview) -> Packet:
                         if V4TCP_MIN <= tot <= n and not frag & IP4_FRAG_BITS:
                             doff = (doff >> 4) << 2
                             if doff == TCP_HDR:
-                                return _mk(4, src, dst, 6, sport, dport, flags, window, b"", (), (), 0,
-                                           False, V4TCP_MIN, ttl, None)
+                                return _mk(
+                                    4,
+                                    src,
+                                    dst,
+                                    6,
+                                    sport,
+                                    dport,
+                                    flags,
+                                    window,
+                                    b"",
+                                    (),
+                                    (),
+                                    0,
+                                    False,
+                                    V4TCP_MIN,
+                                    ttl,
+                                    None,
+                                )
                             if TCP_HDR < doff <= tot - IP4_HDR:
-                                return _mk(4, src, dst, 6, sport, dport, flags, window, raw[40:20 + doff],
-                                           (), (), 0, False, 20 + doff, ttl, None)
+                                return _mk(
+                                    4,
+                                    src,
+                                    dst,
+                                    6,
+                                    sport,
+                                    dport,
+                                    flags,
+                                    window,
+                                    raw[40 : 20 + doff],
+                                    (),
+                                    (),
+                                    0,
+                                    False,
+                                    20 + doff,
+                                    ttl,
+                                    None,
+                                )
                 elif proto == PROTO_UDP:
                     tot, frag, ttl, _p, src, dst, sport, dport, ulen = _V4UDP_UNPACK(raw)
                     if V4UDP_MIN <= tot <= n and not frag & IP4_FRAG_BITS and UDP_HDR <= ulen <= tot - IP4_HDR:
-                        return _mk(4, src, dst, 17, sport, dport, 0, 0, b"", (), (), 0, False, 28, ttl,
-                                   None)
+                        return _mk(4, src, dst, 17, sport, dport, 0, 0, b"", (), (), 0, False, 28, ttl, None)
             elif b0 >> 4 == 6 and n >= V6UDP_MIN:
                 nh = raw[IP6_NEXT_AT]
                 if nh == PROTO_TCP:
@@ -198,16 +276,47 @@ def decode(raw: bytes | bytearray | memoryview) -> Packet:
                         if TCP_HDR <= plen <= n - IP6_HDR:
                             doff = (doff >> 4) << 2
                             if doff == TCP_HDR:
-                                return _mk(6, src, dst, 6, sport, dport, flags, window, b"", (), (), 0,
-                                           False, V6TCP_MIN, hlim, None)
+                                return _mk(
+                                    6,
+                                    src,
+                                    dst,
+                                    6,
+                                    sport,
+                                    dport,
+                                    flags,
+                                    window,
+                                    b"",
+                                    (),
+                                    (),
+                                    0,
+                                    False,
+                                    V6TCP_MIN,
+                                    hlim,
+                                    None,
+                                )
                             if TCP_HDR < doff <= plen:
-                                return _mk(6, src, dst, 6, sport, dport, flags, window, raw[60:40 + doff],
-                                           (), (), 0, False, 40 + doff, hlim, None)
+                                return _mk(
+                                    6,
+                                    src,
+                                    dst,
+                                    6,
+                                    sport,
+                                    dport,
+                                    flags,
+                                    window,
+                                    raw[60 : 40 + doff],
+                                    (),
+                                    (),
+                                    0,
+                                    False,
+                                    40 + doff,
+                                    hlim,
+                                    None,
+                                )
                 elif nh == PROTO_UDP:
                     plen, _nh, hlim, src, dst, sport, dport, ulen = _V6UDP_UNPACK(raw)
                     if UDP_HDR <= plen <= n - IP6_HDR and UDP_HDR <= ulen <= plen:
-                        return _mk(6, src, dst, 17, sport, dport, 0, 0, b"", (), (), 0, False, 48, hlim,
-                                   None)
+                        return _mk(6, src, dst, 17, sport, dport, 0, 0, b"", (), (), 0, False, 48, hlim, None)
         return _decode(raw)
     except Exception as e:  # pragma: no cover - safety net; property tests call _decode directly
         return Packet(malformed=f"decoder error: {type(e).__name__}")
@@ -246,12 +355,23 @@ def _decode4(raw: bytes, n: int) -> Packet:
     if ihl > 20:
         opts, err = _ip4_options(raw, 20, ihl)
         if err is not None:
-            return Packet(4, src, dst, proto, ip_options=opts, frag_offset=frag_offset, more_frags=more,
-                          ttl=ttl, malformed=err)
+            return Packet(
+                4, src, dst, proto, ip_options=opts, frag_offset=frag_offset, more_frags=more, ttl=ttl, malformed=err
+            )
     if frag_offset:
         if frag_offset + tot - ihl > 65535:
-            return Packet(4, src, dst, proto, ip_options=opts, frag_offset=frag_offset, more_frags=more,
-                          payload_offset=ihl, ttl=ttl, malformed="ipv4 fragment ends beyond 65535 bytes")
+            return Packet(
+                4,
+                src,
+                dst,
+                proto,
+                ip_options=opts,
+                frag_offset=frag_offset,
+                more_frags=more,
+                payload_offset=ihl,
+                ttl=ttl,
+                malformed="ipv4 fragment ends beyond 65535 bytes",
+            )
         return Packet(4, src, dst, proto, 0, 0, 0, 0, b"", opts, (), frag_offset, more, ihl, ttl, None)
     return _transport(raw, ihl, tot, 4, src, dst, proto, opts, (), 0, more, ttl)
 
@@ -260,9 +380,9 @@ def _ip4_options(raw: bytes, i: int, end: int) -> tuple[tuple, str | None]:
     names: list[str] = []
     while i < end:
         t = raw[i]
-        if t == 0:          # end of option list
+        if t == 0:  # end of option list
             break
-        if t == 1:          # no-operation (padding)
+        if t == 1:  # no-operation (padding)
             i += 1
             continue
         if i + 1 >= end:
@@ -283,9 +403,11 @@ def _decode6(raw: bytes, n: int) -> Packet:
     _vtf, plen, nh, hlim, src, dst = _V6_UNPACK(raw)
     end = 40 + plen
     if end > n:
-        return Packet(6, src, dst, nh, ttl=hlim, malformed=f"truncated ipv6 packet (payload length {plen} > {n - 40} bytes)")
+        return Packet(
+            6, src, dst, nh, ttl=hlim, malformed=f"truncated ipv6 packet (payload length {plen} > {n - 40} bytes)"
+        )
     if plen == 0 and nh == 0:
-        end = n     # possible jumbogram (length in a hop-by-hop option): take what we were given
+        end = n  # possible jumbogram (length in a hop-by-hop option): take what we were given
     if nh not in _EXT:
         return _transport(raw, 40, end, 6, src, dst, nh, (), (), 0, False, hlim)
     off = 40
@@ -296,43 +418,75 @@ def _decode6(raw: bytes, n: int) -> Packet:
     for _ in range(MAX_EXT_HEADERS):
         if nh not in _EXT:
             break
-        if off + 8 > end:   # every extension header is at least 8 bytes
-            return _bad6(src, dst, nh, opts, exts, frag_offset, more, off, hlim,
-                         f"ipv6 extension header {nh} runs past the packet")
-        if nh == 44:        # fragment: fixed 8 bytes
+        if off + 8 > end:  # every extension header is at least 8 bytes
+            return _bad6(
+                src,
+                dst,
+                nh,
+                opts,
+                exts,
+                frag_offset,
+                more,
+                off,
+                hlim,
+                f"ipv6 extension header {nh} runs past the packet",
+            )
+        if nh == 44:  # fragment: fixed 8 bytes
             fo = _H_UNPACK(raw, off + 2)[0]
             exts.append(44)
             frag_offset = fo & 0xFFF8
             more = (fo & 1) != 0
             nh = raw[off]
             off += 8
-            if frag_offset:     # non-first fragment: no transport header follows
-                return Packet(6, src, dst, nh, 0, 0, 0, 0, b"", tuple(opts), tuple(exts),
-                              frag_offset, more, off, hlim, None)
+            if frag_offset:  # non-first fragment: no transport header follows
+                return Packet(
+                    6, src, dst, nh, 0, 0, 0, 0, b"", tuple(opts), tuple(exts), frag_offset, more, off, hlim, None
+                )
             continue
-        if nh == 51:        # AH: length in 4-octet units, minus 2
+        if nh == 51:  # AH: length in 4-octet units, minus 2
             ln = (raw[off + 1] + 2) << 2
-        else:               # hop-by-hop, routing, destination options: 8-octet units, minus 1
+        else:  # hop-by-hop, routing, destination options: 8-octet units, minus 1
             ln = (raw[off + 1] + 1) << 3
             if nh == 0:
                 if off != 40:
-                    return _bad6(src, dst, nh, opts, exts, frag_offset, more, off, hlim,
-                                 "ipv6 hop-by-hop header not first")
+                    return _bad6(
+                        src, dst, nh, opts, exts, frag_offset, more, off, hlim, "ipv6 hop-by-hop header not first"
+                    )
                 opts.append("HBH")
             elif nh == 43:
                 opts.append(_RH[raw[off + 2]])
             else:
                 opts.append("DSTOPTS")
         if off + ln > end:
-            return _bad6(src, dst, nh, opts, exts, frag_offset, more, off, hlim,
-                         f"ipv6 extension header {nh} runs past the packet")
+            return _bad6(
+                src,
+                dst,
+                nh,
+                opts,
+                exts,
+                frag_offset,
+                more,
+                off,
+                hlim,
+                f"ipv6 extension header {nh} runs past the packet",
+            )
         exts.append(nh)
         nh = raw[off]
         off += ln
     else:
         if nh in _EXT:
-            return _bad6(src, dst, nh, opts, exts, frag_offset, more, off, hlim,
-                         f"more than {MAX_EXT_HEADERS} ipv6 extension headers")
+            return _bad6(
+                src,
+                dst,
+                nh,
+                opts,
+                exts,
+                frag_offset,
+                more,
+                off,
+                hlim,
+                f"more than {MAX_EXT_HEADERS} ipv6 extension headers",
+            )
     return _transport(raw, off, end, 6, src, dst, nh, tuple(opts), tuple(exts), frag_offset, more, hlim)
 
 
@@ -340,44 +494,165 @@ _EXT = frozenset((0, 43, 44, 51, 60))
 
 
 def _bad6(src, dst, nh, opts, exts, frag_offset, more, off, hlim, reason) -> Packet:
-    return Packet(6, src, dst, nh, 0, 0, 0, 0, b"", tuple(opts), tuple(exts), frag_offset, more, off,
-                  hlim, reason)
+    return Packet(6, src, dst, nh, 0, 0, 0, 0, b"", tuple(opts), tuple(exts), frag_offset, more, off, hlim, reason)
 
 
-def _transport(raw: bytes, off: int, end: int, family: int, src: bytes, dst: bytes, proto: int,
-               opts: tuple, exts: tuple, frag_offset: int, more: bool, ttl: int) -> Packet:
+def _transport(
+    raw: bytes,
+    off: int,
+    end: int,
+    family: int,
+    src: bytes,
+    dst: bytes,
+    proto: int,
+    opts: tuple,
+    exts: tuple,
+    frag_offset: int,
+    more: bool,
+    ttl: int,
+) -> Packet:
     if proto == 6:
         if end - off < 20:
             sport = dport = 0
             if end - off >= 4:
                 sport, dport = _PORTS_UNPACK(raw, off)
-            return Packet(family, src, dst, 6, sport, dport, 0, 0, b"", opts, exts, frag_offset, more,
-                          off, ttl, f"truncated tcp header ({end - off} bytes)")
+            return Packet(
+                family,
+                src,
+                dst,
+                6,
+                sport,
+                dport,
+                0,
+                0,
+                b"",
+                opts,
+                exts,
+                frag_offset,
+                more,
+                off,
+                ttl,
+                f"truncated tcp header ({end - off} bytes)",
+            )
         sport, dport, _seq, _ack, doff, flags, window = _TCP_UNPACK(raw, off)
         doff = (doff >> 4) << 2
         if doff == 20:
-            return Packet(family, src, dst, 6, sport, dport, flags, window, b"", opts, exts,
-                          frag_offset, more, off + 20, ttl, None)
+            return Packet(
+                family,
+                src,
+                dst,
+                6,
+                sport,
+                dport,
+                flags,
+                window,
+                b"",
+                opts,
+                exts,
+                frag_offset,
+                more,
+                off + 20,
+                ttl,
+                None,
+            )
         if doff < 20:
-            return Packet(family, src, dst, 6, sport, dport, flags, window, b"", opts, exts,
-                          frag_offset, more, off, ttl, f"tcp data offset {doff >> 2} < 5")
+            return Packet(
+                family,
+                src,
+                dst,
+                6,
+                sport,
+                dport,
+                flags,
+                window,
+                b"",
+                opts,
+                exts,
+                frag_offset,
+                more,
+                off,
+                ttl,
+                f"tcp data offset {doff >> 2} < 5",
+            )
         if off + doff > end:
-            return Packet(family, src, dst, 6, sport, dport, flags, window, b"", opts, exts,
-                          frag_offset, more, off, ttl,
-                          f"tcp header ({doff} bytes) longer than packet ({end - off})")
-        return Packet(family, src, dst, 6, sport, dport, flags, window, raw[off + 20:off + doff], opts,
-                      exts, frag_offset, more, off + doff, ttl, None)
+            return Packet(
+                family,
+                src,
+                dst,
+                6,
+                sport,
+                dport,
+                flags,
+                window,
+                b"",
+                opts,
+                exts,
+                frag_offset,
+                more,
+                off,
+                ttl,
+                f"tcp header ({doff} bytes) longer than packet ({end - off})",
+            )
+        return Packet(
+            family,
+            src,
+            dst,
+            6,
+            sport,
+            dport,
+            flags,
+            window,
+            raw[off + 20 : off + doff],
+            opts,
+            exts,
+            frag_offset,
+            more,
+            off + doff,
+            ttl,
+            None,
+        )
     if proto == 17:
         if end - off < 8:
             sport = dport = 0
             if end - off >= 4:
                 sport, dport = _PORTS_UNPACK(raw, off)
-            return Packet(family, src, dst, 17, sport, dport, 0, 0, b"", opts, exts, frag_offset, more,
-                          off, ttl, f"truncated udp header ({end - off} bytes)")
+            return Packet(
+                family,
+                src,
+                dst,
+                17,
+                sport,
+                dport,
+                0,
+                0,
+                b"",
+                opts,
+                exts,
+                frag_offset,
+                more,
+                off,
+                ttl,
+                f"truncated udp header ({end - off} bytes)",
+            )
         sport, dport, ulen = _UDP_UNPACK(raw, off)
         if not more and (ulen < 8 or off + ulen > end) and not (ulen == 0 and family == 6):
-            return Packet(family, src, dst, 17, sport, dport, 0, 0, b"", opts, exts, frag_offset, more,
-                          off + 8, ttl, f"bad udp length {ulen} ({end - off} bytes present)")
-        return Packet(family, src, dst, 17, sport, dport, 0, 0, b"", opts, exts, frag_offset, more,
-                      off + 8, ttl, None)
+            return Packet(
+                family,
+                src,
+                dst,
+                17,
+                sport,
+                dport,
+                0,
+                0,
+                b"",
+                opts,
+                exts,
+                frag_offset,
+                more,
+                off + 8,
+                ttl,
+                f"bad udp length {ulen} ({end - off} bytes present)",
+            )
+        return Packet(family, src, dst, 17, sport, dport, 0, 0, b"", opts, exts, frag_offset, more, off + 8, ttl, None)
     return Packet(family, src, dst, proto, 0, 0, 0, 0, b"", opts, exts, frag_offset, more, off, ttl, None)

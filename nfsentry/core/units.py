@@ -9,22 +9,54 @@ used by the configuration, the daemon, the CLI, replay and the sinks (nfsentry/n
 
 Pure: standard library only.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["TROJAN_TCP", "TROJAN_UDP", "PORT_MIN", "PORT_MAX", "MAX_DURATION", "parse_duration",
-           "format_duration", "parse_ports", "merge_ranges", "subtract_ranges", "ports_to_ranges",
-           "ranges_text", "count_ports", "in_ranges"]
+__all__ = [
+    "TROJAN_TCP",
+    "TROJAN_UDP",
+    "PORT_MIN",
+    "PORT_MAX",
+    "MAX_DURATION",
+    "parse_duration",
+    "format_duration",
+    "parse_ports",
+    "merge_ranges",
+    "subtract_ranges",
+    "ports_to_ranges",
+    "ranges_text",
+    "count_ports",
+    "in_ranges",
+]
 
 # PortSentry's classic high "trojan" ports (Debian's portsentry.conf), beyond 1-1023.
-TROJAN_TCP = (1080, 1524, 2000, 5742, 6667, 12345, 12346, 20034, 27665, 31337,
-              32771, 32772, 32773, 32774, 40421, 49724, 54320)
+TROJAN_TCP = (
+    1080,
+    1524,
+    2000,
+    5742,
+    6667,
+    12345,
+    12346,
+    20034,
+    27665,
+    31337,
+    32771,
+    32772,
+    32773,
+    32774,
+    40421,
+    49724,
+    54320,
+)
 TROJAN_UDP = (31335, 31337, 32770, 32771, 32772, 32773, 32774, 34555, 37444, 54321)
 
 PORT_MIN, PORT_MAX = 1, 65535
-MAX_DURATION = 10 * 365 * 86400     # ten years: longer is a typo
+MAX_DURATION = 10 * 365 * 86400  # ten years: longer is a typo
 
 Ranges = list[tuple[int, int]]
 
@@ -50,7 +82,7 @@ def parse_duration(value: Any, what: str = "duration") -> float:
         return float(text)
     pos, total = 0, 0.0
     for m in _DUR_RE.finditer(text):
-        if m.start() != pos and text[pos:m.start()].strip():
+        if m.start() != pos and text[pos : m.start()].strip():
             raise ValueError(f"bad {what} {value!r}")
         total += float(m.group(1)) * _DUR_UNITS[m.group(2)]
         pos = m.end()

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 DUPLICATE_WINDOW = 10.0  # seconds an address narrowed and blocked alone counts as just blocked
 NARROWED_MEMORY = 1024  # narrowed addresses remembered for DUPLICATE_WINDOW
@@ -46,8 +46,13 @@ DUPLICATE = Refused("duplicate", "blocked alone moments ago", "drop")
 class Valves:
     """The valves' configuration and their small state (recent blocks, recent narrowings)."""
 
-    def __init__(self, max_per_minute: int = 0, max_blocked: int = 0, never_block: Iterable[str] = (),
-                 blocked_count: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self,
+        max_per_minute: int = 0,
+        max_blocked: int = 0,
+        never_block: Iterable[str] = (),
+        blocked_count: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.max_per_minute = max_per_minute
         self.max_blocked = max_blocked
         self.blocked_count = blocked_count

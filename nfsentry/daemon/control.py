@@ -7,6 +7,7 @@
   by ``Daemon.service``) executes them in the main thread. ``status`` is answered in place (it only
   reads). Counters written: ``Counters.main`` (from the main thread).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ import queue
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from nfsentry.config.schema import ConfigError
 from nfsentry.core.addrs import normalize_block_target, normalize_network
@@ -162,8 +164,10 @@ class Commands:
             d = self.d
             d.nft.unload()
             d.unloaded_by_admin = True
-            d.degraded = ("the ruleset was unloaded by `nfsentry rules unload --force`: nothing is detected or "
-                          "blocked until `nfsentry rules load`")
+            d.degraded = (
+                "the ruleset was unloaded by `nfsentry rules unload --force`: nothing is detected or "
+                "blocked until `nfsentry rules load`"
+            )
             return {"ok": True, "table": d.nft.table}
         if cmd == "ignore":
             net = normalize_network(req["network"])
@@ -188,8 +192,11 @@ class Commands:
         if req.get("all"):
             removed, covered, not_blocked = d.ledger.unblock_all(), {}, []
         else:
-            res = d.ledger.unblock([normalize_network(n) for n in req.get("networks", [])],
-                                   covering=bool(req.get("covering")), reason=reason)
+            res = d.ledger.unblock(
+                [normalize_network(n) for n in req.get("networks", [])],
+                covering=bool(req.get("covering")),
+                reason=reason,
+            )
             removed, covered, not_blocked = res.removed, res.covered, res.not_blocked
         for net in removed:
             d.engine.forget(net)

@@ -15,17 +15,28 @@ Who writes what:
 - ``worker`` (the worker thread): storage_errors, storage_dropped, never_block_refreshes,
   ruleset_restored, blocks_expired, errors.
 """
+
 from __future__ import annotations
 
 import queue
 import time
 from typing import Any
 
-MAIN = ("queued", "dropped_by_verdict", "detections", "blocks", "blocks_narrowed", "blocks_rate_limited",
-        "blocks_capped", "never_block_refused", "alerts_suppressed", "errors", "events_lost")
+MAIN = (
+    "queued",
+    "dropped_by_verdict",
+    "detections",
+    "blocks",
+    "blocks_narrowed",
+    "blocks_rate_limited",
+    "blocks_capped",
+    "never_block_refused",
+    "alerts_suppressed",
+    "errors",
+    "events_lost",
+)
 FTP = ("ftp_packets", "ftp_expectations", "ftp_reports", "ftp_reports_suppressed", "errors", "events_lost")
-WORKER = ("storage_errors", "storage_dropped", "never_block_refreshes", "ruleset_restored", "blocks_expired",
-          "errors")
+WORKER = ("storage_errors", "storage_dropped", "never_block_refreshes", "ruleset_restored", "blocks_expired", "errors")
 
 
 class Counters:
@@ -70,5 +81,10 @@ class Part:
         now = time.monotonic()
         if now - self.d.last_error_log > 10:
             self.d.last_error_log = now
-            self.enqueue("warning", {"message": f"internal error in {where}: {type(e).__name__}: {e} "
-                                                f"(errors so far: {self.d.counters['errors']})"})
+            self.enqueue(
+                "warning",
+                {
+                    "message": f"internal error in {where}: {type(e).__name__}: {e} "
+                    f"(errors so far: {self.d.counters['errors']})"
+                },
+            )

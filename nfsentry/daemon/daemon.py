@@ -13,6 +13,7 @@ reload, status and shutdown. The parts it wires together:
 
 Counters: one dict per writing thread (:mod:`counters`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,9 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from nfsentry import __version__
 from nfsentry.config import schema as C
@@ -65,7 +67,7 @@ class Daemon:
         self.cfg = cfg
         self.foreground = foreground
         self.started = time.time()
-        self.events: queue.Queue = queue.Queue(maxsize=100_000)   # to the worker
+        self.events: queue.Queue = queue.Queue(maxsize=100_000)  # to the worker
         self.duties: queue.Queue = queue.Queue()  # callables other threads hand to the main thread
         self.counters = Counters()
         self.last_error_log = 0.0  # internal errors: one log line per 10 s, whichever thread
@@ -89,6 +91,7 @@ class Daemon:
         """Everything that can fail before the kernel is touched."""
         require_root()
         from nfsentry import nft as N  # a missing python3-nftables is one clear line here
+
         self.N = N
         check_paths(self.cfg)
         self.worker.alerter = Alerter(self.cfg, self.foreground)
@@ -102,8 +105,9 @@ class Daemon:
     def build_core(self) -> None:
         self.never_block = never_block_networks(self.cfg)
         self.ftpq = FtpQueue(self)
-        self.engine = Engine(engine_config(self.cfg), ignore=PrefixSet(self.never_block),
-                             expectations=self.ftpq.expectations)
+        self.engine = Engine(
+            engine_config(self.cfg), ignore=PrefixSet(self.never_block), expectations=self.ftpq.expectations
+        )
         self.engine.valves = self.valves = self.make_valves(self.cfg)
         self.verdicts.engine = self.engine
 
@@ -134,11 +138,21 @@ class Daemon:
         self.backend = st.get("backend")
         self.inuse = st.get("inuse")
         cfg = self.cfg
-        log.info("nfsentry %s is active: queue backend %s, in-use detection %s, engine %s, mode %s, "
-                 "monitoring tcp %s (%d ports) udp %s (%d ports), %d never-block networks, %d blocks restored",
-                 __version__, self.backend, self.inuse, self.engine_kind(), cfg["monitor"]["mode"],
-                 ranges_text(cfg.tcp_ports), count_ports(cfg.tcp_ports), ranges_text(cfg.udp_ports),
-                 count_ports(cfg.udp_ports), len(self.never_block), self.restored)
+        log.info(
+            "nfsentry %s is active: queue backend %s, in-use detection %s, engine %s, mode %s, "
+            "monitoring tcp %s (%d ports) udp %s (%d ports), %d never-block networks, %d blocks restored",
+            __version__,
+            self.backend,
+            self.inuse,
+            self.engine_kind(),
+            cfg["monitor"]["mode"],
+            ranges_text(cfg.tcp_ports),
+            count_ports(cfg.tcp_ports),
+            ranges_text(cfg.udp_ports),
+            count_ports(cfg.udp_ports),
+            len(self.never_block),
+            self.restored,
+        )
 
     def use_nft(self, nft) -> None:
         """Block state goes through the ledger: its kernel part on the calling thread (main), its
@@ -162,6 +176,7 @@ class Daemon:
 
     def bind_queues(self) -> None:
         from netfilterqueue import COPY_PACKET, NetfilterQueue
+
         maxlen = self.cfg["daemon"]["queue_maxlen"]
         q = NetfilterQueue()
         q.bind(self.cfg["nft"]["queue"], self.verdicts.on_packet, max_len=maxlen, mode=COPY_PACKET, range=512)
@@ -183,8 +198,9 @@ class Daemon:
             _recv_timeout(q.get_fd(), 0.2)
         threads = [threading.Thread(target=self._ticker, name="nfsentry-ticker", daemon=True)]
         if len(self.queues) > 1:
-            threads.append(threading.Thread(target=self.ftpq.run, args=(self.queues[1],), name="nfsentry-ftp",
-                                            daemon=True))
+            threads.append(
+                threading.Thread(target=self.ftpq.run, args=(self.queues[1],), name="nfsentry-ftp", daemon=True)
+            )
         for t in threads:
             t.start()
         try:
@@ -291,6 +307,7 @@ class Daemon:
         try:
             if ps:
                 from nfsentry.config import portsentry as P
+
                 new = P.load_as_config(ps["conf"], ps["defaults"])
             else:
                 new = C.load(path) if path else C.defaults()
@@ -299,8 +316,10 @@ class Daemon:
             return False, f"reload refused: {e}"
         restart = restart_only_changes(self.cfg, new)
         if restart:
-            msg = (f"reload refused, the running configuration stays: {', '.join(restart)} changed, which needs a "
-                   "restart (systemctl restart nfsentry)")
+            msg = (
+                f"reload refused, the running configuration stays: {', '.join(restart)} changed, which needs a "
+                "restart (systemctl restart nfsentry)"
+            )
             log.error(msg)
             return False, msg
         old = self.cfg
@@ -322,22 +341,36 @@ class Daemon:
         return True, "reloaded"
 
     def engine_kind(self) -> str:
-        """"compiled" when process_raw's common cases run in nfsentry._fastpath, else "python"."""
+        """ "compiled" when process_raw's common cases run in nfsentry._fastpath, else "python"."""
         return "compiled" if getattr(self.engine, "compiled", False) else "python"
 
     def status(self) -> dict[str, Any]:
         """Control thread: reads only."""
         cfg = self.cfg
-        st = {"pid": os.getpid(), "version": __version__, "started": self.started,
-              "uptime": time.time() - self.started, "backend": getattr(self, "backend", None),
-              "inuse": getattr(self, "inuse", None), "engine_kind": self.engine_kind(),
-              "mode": cfg["monitor"]["mode"], "dry_run": cfg["response"]["dry_run"],
-              "tcp_ports": ranges_text(cfg.tcp_ports), "udp_ports": ranges_text(cfg.udp_ports),
-              "tcp_port_count": count_ports(cfg.tcp_ports), "udp_port_count": count_ports(cfg.udp_ports),
-              "never_block": len(self.never_block), "config": cfg.path, "counters": self.counters.total(),
-              "engine": dict(getattr(self.engine, "stats", {})), "event_backlog": self.events.qsize(),
-              "pending_storage_writes": len(self.worker.pending_store), "queue_drops": queue_drops(),
-              "block_latency_ms": latency_summary(self.verdicts.block_latency), "ftp": self.ftpq.status()}
+        st = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started": self.started,
+            "uptime": time.time() - self.started,
+            "backend": getattr(self, "backend", None),
+            "inuse": getattr(self, "inuse", None),
+            "engine_kind": self.engine_kind(),
+            "mode": cfg["monitor"]["mode"],
+            "dry_run": cfg["response"]["dry_run"],
+            "tcp_ports": ranges_text(cfg.tcp_ports),
+            "udp_ports": ranges_text(cfg.udp_ports),
+            "tcp_port_count": count_ports(cfg.tcp_ports),
+            "udp_port_count": count_ports(cfg.udp_ports),
+            "never_block": len(self.never_block),
+            "config": cfg.path,
+            "counters": self.counters.total(),
+            "engine": dict(getattr(self.engine, "stats", {})),
+            "event_backlog": self.events.qsize(),
+            "pending_storage_writes": len(self.worker.pending_store),
+            "queue_drops": queue_drops(),
+            "block_latency_ms": latency_summary(self.verdicts.block_latency),
+            "ftp": self.ftpq.status(),
+        }
         try:
             st["kernel"] = self.nft.counters()
             st["blocked"] = self.nft.blocked_count()
@@ -350,8 +383,16 @@ class Daemon:
 
 
 # keys a reload cannot apply (sockets, queues, files opened once at start): a change is refused by name
-RESTART_ONLY = (("daemon", "control_socket"), ("daemon", "queue_maxlen"), ("storage", "state_dir"),
-                ("storage", "database"), ("nft", "table"), ("nft", "queue"), ("nft", "ftp_queue"), ("monitor", "ftp"))
+RESTART_ONLY = (
+    ("daemon", "control_socket"),
+    ("daemon", "queue_maxlen"),
+    ("storage", "state_dir"),
+    ("storage", "database"),
+    ("nft", "table"),
+    ("nft", "queue"),
+    ("nft", "ftp_queue"),
+    ("monitor", "ftp"),
+)
 
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:

@@ -4,6 +4,7 @@ the engine's table (:class:`LockedExpectations`, the one object shared with the 
 lock the engine skips while the table is empty). Reports go to the worker. It never touches the
 engine itself. Counters written: ``Counters.ftp``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,8 @@ from nfsentry.daemon.counters import Part
 log = logging.getLogger("nfsentry")
 
 _U32 = struct.Struct("!I")
-FTP_REPORT_WINDOW = 10.0      # seconds
-FTP_REPORTS_PER_WINDOW = 20   # FTP tracker reports logged per window; the rest only counted
+FTP_REPORT_WINDOW = 10.0  # seconds
+FTP_REPORTS_PER_WINDOW = 20  # FTP tracker reports logged per window; the rest only counted
 
 
 class LockedExpectations:
@@ -32,7 +33,7 @@ class LockedExpectations:
     def __init__(self, table) -> None:
         self.table = table
         self.lock = threading.Lock()
-        self.pending = table.pending   # the table's live dict: the engine's lock-free emptiness test
+        self.pending = table.pending  # the table's live dict: the engine's lock-free emptiness test
 
     def match(self, src, dst, dport, now, sport=None) -> bool:
         if not self.table:
@@ -108,8 +109,13 @@ class FtpQueue(Part):
             removed = self.expectations.add(ev)
             self.counts["ftp_expectations"] += 1
             try:
-                self.d.nft.expect_ftp(ev.peer_text, ev.addr_text, ev.port, ev.timeout(time.time()),
-                                      remove=[(o.peer_text, o.addr_text, o.port) for o in removed if o.key != ev.key])
+                self.d.nft.expect_ftp(
+                    ev.peer_text,
+                    ev.addr_text,
+                    ev.port,
+                    ev.timeout(time.time()),
+                    remove=[(o.peer_text, o.addr_text, o.port) for o in removed if o.key != ev.key],
+                )
             except Exception as e:
                 self.internal_error("ftp expectation", e)
             if log.isEnabledFor(logging.DEBUG):
@@ -131,5 +137,9 @@ class FtpQueue(Part):
         self._suppressed = 0
 
     def status(self) -> dict[str, Any]:
-        return {"tracker": dict(self.ftp.stats), "flows": len(self.ftp), "pending": len(self.expectations),
-                "expectations": dict(self.expectations.stats)}
+        return {
+            "tracker": dict(self.ftp.stats),
+            "flows": len(self.ftp),
+            "pending": len(self.expectations),
+            "expectations": dict(self.expectations.stats),
+        }

@@ -7,6 +7,7 @@ small int (``lean_code(action, proto)``), turned into the verdict by one table l
 (:meth:`Verdicts.decided`): a block goes into the kernel set through the ledger right after the
 verdict, and the reports go to the worker. Counters written: ``Counters.main``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -29,10 +30,10 @@ class Verdicts(Part):
 
     def __init__(self, daemon: Any) -> None:
         super().__init__(daemon, daemon.counters.main)
-        self.engine: Any = None          # set by Daemon.build_core
-        self.service = daemon.service    # bound once: the callback calls it directly
+        self.engine: Any = None  # set by Daemon.build_core
+        self.service = daemon.service  # bound once: the callback calls it directly
         self.pending = False
-        self.kernel_blocked = 0          # entries in the kernel's blocked sets (recounted by the worker)
+        self.kernel_blocked = 0  # entries in the kernel's blocked sets (recounted by the worker)
         self.block_latency: collections.deque = collections.deque(maxlen=256)  # seconds, last blocks
         self._valve_alerts: collections.deque = collections.deque()  # alerts reported for refused blocks
         self._valve_warned = -1e9

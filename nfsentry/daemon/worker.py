@@ -14,6 +14,7 @@ stays authoritative: failed writes wait in order and are retried; a database del
 corrupted while running is moved aside, recreated and re-imported from the kernel. Counters
 written: ``Counters.worker``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,7 +48,7 @@ def resolve(addr: str) -> str | None:
 class Worker(Part):
     def __init__(self, daemon: Any) -> None:
         super().__init__(daemon, daemon.counters.worker)
-        self.store: Store | None = None      # opened by Daemon.prepare (open_store)
+        self.store: Store | None = None  # opened by Daemon.prepare (open_store)
         self.alerter: Alerter | None = None
         self.pending_store: list[tuple[str, dict]] = []  # writes to retry after a storage fault
         self._store_retry_at = 0.0
@@ -140,13 +141,15 @@ class Worker(Part):
         self.store_write(op, ev)
         if op == "unblock_all":
             for net in ev["networks"]:
-                self.alerter.emit({"ts": ev["ts"], "event": "unblock", "network": net, "src": net,
-                                   "reason": ev["reason"]})
+                self.alerter.emit(
+                    {"ts": ev["ts"], "event": "unblock", "network": net, "src": net, "reason": ev["reason"]}
+                )
         elif op in ("block", "unblock"):
             self.alerter.emit(ev)
 
     def extra_actions(self, ev: dict) -> None:
         from nfsentry.sinks import actions
+
         r = self.d.cfg["response"]
         if r["command"] and ev.get("action") in ("block", "command"):
             rc, out = actions.run_command(r["command"], ev["network"], ev.get("port") or 0, ev.get("label") or "scan")
@@ -192,8 +195,11 @@ class Worker(Part):
                 raise StoreCorrupt(f"{db_path}: database is corrupt (overwritten while open: no SQLite header)")
             return
         if self.store is not None:
-            log.error("the database %s was deleted or replaced while running: starting a new one, "
-                      "re-importing the kernel's blocked set", db_path)
+            log.error(
+                "the database %s was deleted or replaced while running: starting a new one, "
+                "re-importing the kernel's blocked set",
+                db_path,
+            )
         self.reopen_store()
 
     def _persist(self, op: str, ev: dict) -> None:
@@ -206,8 +212,11 @@ class Worker(Part):
                 dest = move_aside(self.d.cfg.db_path)
             except FileNotFoundError:
                 dest = None
-            log.error("%s; %s, starting a new one and re-importing the kernel's blocked set", e,
-                      f"moved aside to {dest}" if dest else "it is gone")
+            log.error(
+                "%s; %s, starting a new one and re-importing the kernel's blocked set",
+                e,
+                f"moved aside to {dest}" if dest else "it is gone",
+            )
             self.reopen_store()
             self._store_op(op, ev)
 
@@ -284,8 +293,11 @@ class Worker(Part):
             return
         if loaded:
             return
-        log.warning("the table inet %s is gone from the kernel (flushed or deleted outside nfsentry): "
-                    "loading it again with every block", d.nft.table)
+        log.warning(
+            "the table inet %s is gone from the kernel (flushed or deleted outside nfsentry): "
+            "loading it again with every block",
+            d.nft.table,
+        )
         try:
             d.nft.load(ruleset_spec(d.cfg, d.never_block), backend=d.cfg["nft"]["backend"])
             rep = Ledger(d.nft, self.store).restore() if self.store is not None else None
@@ -295,8 +307,11 @@ class Worker(Part):
             return
         d.degraded = None
         self.counts["ruleset_restored"] += 1
-        log.warning("ruleset restored: table inet %s loaded again, %d blocks put back with their remaining time",
-                    d.nft.table, rep.put_back if rep else 0)
+        log.warning(
+            "ruleset restored: table inet %s loaded again, %d blocks put back with their remaining time",
+            d.nft.table,
+            rep.put_back if rep else 0,
+        )
 
     def report_expired(self) -> None:
         """Blocks the kernel timed out: an ``expire`` event each (JSON, syslog, history), once."""

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from nfsentry.ledger.rule import ends_at, kernel_timeout, merge, plan_restore
 
@@ -47,10 +48,22 @@ def canonical(network: str) -> str:
 
 def block_event(net: str, duration: float, reason: str | None, origin: str, now: float, **extra: Any) -> dict[str, Any]:
     """The event (history row, database block) of a block the ledger makes."""
-    ev = {"ts": now, "event": "block", "network": net, "src": net, "family": 6 if ":" in net else 4,
-          "reason": reason, "duration": float(kernel_timeout(duration)), "expires": ends_at(duration, now),
-          "offences": 1, "action": "manual" if origin == "manual" else "block", "origin": origin,
-          "labels": [], "ports": [], "blocked": True}
+    ev = {
+        "ts": now,
+        "event": "block",
+        "network": net,
+        "src": net,
+        "family": 6 if ":" in net else 4,
+        "reason": reason,
+        "duration": float(kernel_timeout(duration)),
+        "expires": ends_at(duration, now),
+        "offences": 1,
+        "action": "manual" if origin == "manual" else "block",
+        "origin": origin,
+        "labels": [],
+        "ports": [],
+        "blocked": True,
+    }
     ev.update(extra)
     return ev
 
@@ -90,8 +103,9 @@ class RestoreReport:
 class Ledger:
     """The only code that adds, extends, removes, lists and restores blocks."""
 
-    def __init__(self, nft: BlockSets, store: Any = None, defer: Defer | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, nft: BlockSets, store: Any = None, defer: Defer | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.nft = nft
         self.store = store
         self.defer = defer
@@ -131,8 +145,9 @@ class Ledger:
             raise ValueError(f"unknown ledger operation {op!r}")
 
     # -- adding ------------------------------------------------------------------------------------
-    def block(self, network: str, duration: float, reason: str | None = None, origin: str = "manual",
-              **extra: Any) -> BlockResult:
+    def block(
+        self, network: str, duration: float, reason: str | None = None, origin: str = "manual", **extra: Any
+    ) -> BlockResult:
         """Block ``network`` for ``duration`` seconds (0 = until unblocked), never shortening a
         block already in force (rule 7). The caller has checked the never-block list."""
         net = canonical(network)
@@ -155,8 +170,7 @@ class Ledger:
         self.nft.block(network, kernel_timeout(duration))
 
     # -- removing ----------------------------------------------------------------------------------
-    def unblock(self, targets: list[str], covering: bool = False,
-                reason: str = "unblocked by admin") -> UnblockResult:
+    def unblock(self, targets: list[str], covering: bool = False, reason: str = "unblocked by admin") -> UnblockResult:
         """Lift the blocks of each target: the entry that is exactly it, every entry inside it (a
         prefix), and the broader blocks covering it only when ``covering`` (else they are named
         in the result and stay). A target nothing blocks is reported, and no history row is made."""
@@ -201,8 +215,15 @@ class Ledger:
             net = b["network"]
             if any(k["network"] == net for k in self.nft.find_blocks(net)):
                 continue  # the kernel still holds it (a clock step): its time is not up there
-            ev = {"ts": now, "event": "expire", "network": net, "src": net, "reason": "block timed out",
-                  "expired": b["expires"], "origin": b.get("origin")}
+            ev = {
+                "ts": now,
+                "event": "expire",
+                "network": net,
+                "src": net,
+                "reason": "block timed out",
+                "expired": b["expires"],
+                "origin": b.get("origin"),
+            }
             self.persist(self.store, "expire", ev)
             out.append(ev)
         return out
@@ -226,10 +247,21 @@ class Ledger:
                 continue
             b = db.get(net, {})
             left = k.get("expires_in")
-            out.append({"network": net, "family": fam, "reason": b.get("reason") or "", "labels": b.get("labels", []),
-                        "ports": b.get("ports", []), "first_seen": b.get("first_seen"), "blocked_at": b.get("created"),
-                        "expires": (now + left) if left else None, "expires_in": left,
-                        "offences": b.get("offences", 1), "origin": b.get("origin", "kernel")})
+            out.append(
+                {
+                    "network": net,
+                    "family": fam,
+                    "reason": b.get("reason") or "",
+                    "labels": b.get("labels", []),
+                    "ports": b.get("ports", []),
+                    "first_seen": b.get("first_seen"),
+                    "blocked_at": b.get("created"),
+                    "expires": (now + left) if left else None,
+                    "expires_in": left,
+                    "offences": b.get("offences", 1),
+                    "origin": b.get("origin", "kernel"),
+                }
+            )
         return out
 
     # -- restoring ---------------------------------------------------------------------------------
@@ -242,13 +274,19 @@ class Ledger:
         plan = plan_restore(kernel, db, now)
         if put_back and plan.put_back:
             self.nft.bulk_block(plan.put_back)
-        adopted = [block_event(net, 0, "adopted from the kernel set", "kernel", now, expires=end)
-                   for net, end in plan.adopt]
+        adopted = [
+            block_event(net, 0, "adopted from the kernel set", "kernel", now, expires=end) for net, end in plan.adopt
+        ]
         if adopted:
             self.store.add_blocks(adopted)
         for net in plan.ended:
             self.store.remove_block(net)
         kept = len(kernel) + (len(plan.put_back) if put_back else 0)
-        return RestoreReport(put_back=len(plan.put_back) if put_back else 0, adopted=len(adopted),
-                             ended=len(plan.ended), kernel=kept, blocks=self.store.blocks(now),
-                             offenders=self.store.offenders())
+        return RestoreReport(
+            put_back=len(plan.put_back) if put_back else 0,
+            adopted=len(adopted),
+            ended=len(plan.ended),
+            kernel=kept,
+            blocks=self.store.blocks(now),
+            offenders=self.store.offenders(),
+        )

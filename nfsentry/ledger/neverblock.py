@@ -5,6 +5,7 @@ default gateways, resolvers and the SSH session running the command.
 Used by the daemon (at start-up, then refreshed by its worker thread) and by the CLI (``block``
 without a daemon, ``rules``). Runs ``ip -j``; no state.
 """
+
 from __future__ import annotations
 
 import ipaddress

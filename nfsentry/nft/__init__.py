@@ -21,16 +21,45 @@ subprocess code. ``Nft()`` raises :class:`NftUnavailable` when the bindings are 
 
 May import: the standard library, libnftables' bindings, ``nfsentry.core`` and ``nfsentry.nft``.
 """
+
 from nfsentry.nft.elements import network_text, parse_network, set_for
 from nfsentry.nft.errors import NftError, NftInconsistent, NftUnavailable, SpecError
 from nfsentry.nft.render import SHIPPED, compat_rules, compat_tag, render, write_shipped
-from nfsentry.nft.spec import (BACKENDS, COUNTERS, INUSE_METHODS, TROJAN_TCP, TROJAN_UDP, VARIANTS, RulesetSpec,
-                               default_spec)
+from nfsentry.nft.spec import (
+    BACKENDS,
+    COUNTERS,
+    INUSE_METHODS,
+    TROJAN_TCP,
+    TROJAN_UDP,
+    VARIANTS,
+    RulesetSpec,
+    default_spec,
+)
 
-__all__ = ["Nft", "probe_backend", "NftError", "NftInconsistent", "NftUnavailable", "SpecError",
-           "RulesetSpec", "default_spec", "render", "write_shipped", "compat_rules", "compat_tag", "SHIPPED",
-           "set_for", "parse_network", "network_text",
-           "VARIANTS", "BACKENDS", "INUSE_METHODS", "COUNTERS", "TROJAN_TCP", "TROJAN_UDP"]
+__all__ = [
+    "Nft",
+    "probe_backend",
+    "NftError",
+    "NftInconsistent",
+    "NftUnavailable",
+    "SpecError",
+    "RulesetSpec",
+    "default_spec",
+    "render",
+    "write_shipped",
+    "compat_rules",
+    "compat_tag",
+    "SHIPPED",
+    "set_for",
+    "parse_network",
+    "network_text",
+    "VARIANTS",
+    "BACKENDS",
+    "INUSE_METHODS",
+    "COUNTERS",
+    "TROJAN_TCP",
+    "TROJAN_UDP",
+]
 
 _SESSION = ("Nft", "probe_backend")  # in nfsentry.nft.client, imported on first use
 
@@ -38,5 +67,6 @@ _SESSION = ("Nft", "probe_backend")  # in nfsentry.nft.client, imported on first
 def __getattr__(name: str):
     if name in _SESSION:
         from nfsentry.nft import client
+
         return getattr(client, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

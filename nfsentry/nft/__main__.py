@@ -1,5 +1,6 @@
 """``python -m nfsentry.nft``: render, load, check and inspect the ruleset by hand (debugging),
 and ``--write-shipped DIR`` (``make rules``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,9 @@ def _spec_from_args(a) -> RulesetSpec:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nfsentry.nft",
-                                description="nfsentry's nftables layer (debugging and `make rules`).")
+    p = argparse.ArgumentParser(
+        prog="python -m nfsentry.nft", description="nfsentry's nftables layer (debugging and `make rules`)."
+    )
     p.add_argument("--write-shipped", metavar="DIR", help="regenerate DIR/nfsentry.nft, gateway.nft, observe.nft")
     p.add_argument("--table", default="nfsentry")
     sub = p.add_subparsers(dest="cmd")

@@ -26,6 +26,7 @@ other prefix in the interval sets ``blocked4net`` / ``blocked6net``. Hash sets k
 O(1) update: libnftables 1.0.6 re-reads the content of every interval set in the ruleset before
 each element change, which made one block cost ~0.6 s with 100,000 blocks in an interval set.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -33,8 +34,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, Iterable
+from typing import Any
 
 try:  # the Debian package python3-nftables (libnftables' own bindings)
     import nftables as _nftables
@@ -42,8 +44,8 @@ except ImportError:  # pragma: no cover - depends on the machine
     _nftables = None
 
 from nfsentry.nft import compat as _compat
-from nfsentry.nft import inuse as _inuse
 from nfsentry.nft import elements as E
+from nfsentry.nft import inuse as _inuse
 from nfsentry.nft.errors import NftError, NftInconsistent, NftUnavailable, SpecError
 from nfsentry.nft.render import cleanup_commands, compat_rules, filter_chains, format_table, model, reload_plan
 from nfsentry.nft.spec import COUNTERS, TABLE_NAME, RulesetSpec, check_backend
@@ -52,8 +54,10 @@ __all__ = ["Nft", "Session", "probe_backend", "MISSING_BINDINGS", "LIST_ATTEMPTS
 
 log = logging.getLogger("nfsentry.nft")
 
-MISSING_BINDINGS = ("the nftables Python bindings are missing: install the Debian package "
-                    "python3-nftables (apt install python3-nftables)")
+MISSING_BINDINGS = (
+    "the nftables Python bindings are missing: install the Debian package "
+    "python3-nftables (apt install python3-nftables)"
+)
 
 PROBE_TABLE = "nfsentry_probe"
 # A set listing is taken until it is provably complete (Nft._set_items), at most this often.
@@ -208,14 +212,19 @@ class Session:
                 if prev is None and len(items) < ONE_MESSAGE:
                     return items
                 if prev is not None:
-                    lost = [k for k, exp in prev.items() if k not in keys
-                            and (exp is None or exp > t_end - t_prev + EXPIRY_SLACK)]
+                    lost = [
+                        k
+                        for k, exp in prev.items()
+                        if k not in keys and (exp is None or exp > t_end - t_prev + EXPIRY_SLACK)
+                    ]
                     if not lost:
                         return items
                 prev, t_prev = keys, t
         self.listing_retries_exhausted += 1
-        raise NftInconsistent(f"set {name} changed while it was being listed, {LIST_ATTEMPTS} times in a row "
-                              "(a flood of changes?); its listing would be incomplete: try again")
+        raise NftInconsistent(
+            f"set {name} changed while it was being listed, {LIST_ATTEMPTS} times in a row "
+            "(a flood of changes?); its listing would be incomplete: try again"
+        )
 
     def _list_set(self, name: str) -> list[dict]:
         """A set's entries as {"network", "timeout", "expires_in", "set"} (text listing: twice as
@@ -298,8 +307,11 @@ class Nft(Session):
     def _load_batch(self, spec: RulesetSpec, backend: str) -> str:
         if spec.inuse == "poll":
             tcp_in, udp_in = _inuse.listening_ports()
-            spec = replace(spec, tcp_ports=_inuse.subtract_ports(spec.tcp_ports, tcp_in),
-                           udp_ports=_inuse.subtract_ports(spec.udp_ports, udp_in))
+            spec = replace(
+                spec,
+                tcp_ports=_inuse.subtract_ports(spec.tcp_ports, tcp_in),
+                udp_ports=_inuse.subtract_ports(spec.udp_ports, udp_in),
+            )
             self._applied_ports = (spec.tcp_ports, spec.udp_ports)
         m = model(spec, backend)
         info = self._info()
@@ -310,8 +322,11 @@ class Nft(Session):
             # Entries of a set that changed shape (e.g. a new ipv6_prefix) move to where the new
             # ruleset keeps them, with their remaining time, in the same transaction.
             self._v6p = m.spec.ipv6_prefix
-            existing = {n: self._networks(n) for n in ("blocked4net", "blocked6net")
-                        if n in info["sets"] and m.set(n) and m.set(n).signature == info["sets"][n]}
+            existing = {
+                n: self._networks(n)
+                for n in ("blocked4net", "blocked6net")
+                if n in info["sets"] and m.set(n) and m.set(n).signature == info["sets"][n]
+            }
             items = [(b["network"], max(1, b["expires_in"] or 0) if b["timeout"] else 0) for b in migrate]
             batch += "\n" + E.bulk_commands(self.table, items, existing, self._v6p)
         return batch
@@ -376,8 +391,12 @@ class Nft(Session):
         t = self.table
         chains = [c for c in info["chains"] if c != "prerouting"]
         if chains:
-            self._cmd("\n".join([f"flush chain inet {t} {c}" for c in chains]
-                                + [f"delete chain inet {t} {c}" for c in chains]), "removing the queue chains")
+            self._cmd(
+                "\n".join(
+                    [f"flush chain inet {t} {c}" for c in chains] + [f"delete chain inet {t} {c}" for c in chains]
+                ),
+                "removing the queue chains",
+            )
         _compat.remove(self.table)
 
     # -- compat iptables-nft rules ----------------------------------------------------------------
@@ -421,8 +440,9 @@ class Nft(Session):
         adds, deletes = E.plan_nets({net: timeout_s}, self._networks(setname))
         if not adds:
             return False
-        self._cmd(E.replace_commands(self.table, setname, deletes, elem + E.timeout_text(timeout_s)),
-                  f"blocking {elem}")
+        self._cmd(
+            E.replace_commands(self.table, setname, deletes, elem + E.timeout_text(timeout_s)), f"blocking {elem}"
+        )
         return True
 
     def _require_loaded(self) -> None:
@@ -501,7 +521,9 @@ class Nft(Session):
             masked = ipaddress.ip_network(f"{net.network_address}/{v6p}", strict=False)
             found += self._get_element(f"blocked6_{v6p}", str(masked.network_address))
         netset = "blocked4net" if net.version == 4 else "blocked6net"
-        covering = self._get_element(netset, str(net) if net.prefixlen < net.max_prefixlen else str(net.network_address))
+        covering = self._get_element(
+            netset, str(net) if net.prefixlen < net.max_prefixlen else str(net.network_address)
+        )
         if covering:
             timed = {b["network"]: b for b in self._list_set(netset)}
             found += [timed.get(b["network"], b) for b in covering]
@@ -532,16 +554,19 @@ class Nft(Session):
         self._cmd(E.replace_commands(self.table, setname, deletes, str(net)), f"ignoring {E.network_text(net)}")
         return True
 
-    def expect_ftp(self, peer: str, server: str, port: int, timeout: float,
-                   remove: Iterable[tuple[str, str, int]] = ()) -> None:
+    def expect_ftp(
+        self, peer: str, server: str, port: int, timeout: float, remove: Iterable[tuple[str, str, int]] = ()
+    ) -> None:
         """Let one FTP data connection in: from ``peer`` to ``server``:``port``, for ``timeout`` s.
 
         ``remove``: (peer, server, port) expectations this one supersedes, deleted in the same
         transaction (whether or not the kernel still holds them: an expired one is re-added for 1s
         and deleted, as ``delete`` alone fails on a missing element)."""
         a, b, _, _ = E.ftp_element(peer, server, port)
-        self._cmd(E.expect_ftp_commands(self.table, peer, server, port, timeout, remove),
-                  f"adding an FTP expectation {a} -> {b}:{port}")
+        self._cmd(
+            E.expect_ftp_commands(self.table, peer, server, port, timeout, remove),
+            f"adding an FTP expectation {a} -> {b}:{port}",
+        )
 
     # -- in-use ports by polling -----------------------------------------------------------------
     def refresh_inuse(self) -> bool:
@@ -550,8 +575,10 @@ class Nft(Session):
         if self._spec is None or self._inuse != "poll":
             return False
         tcp_in, udp_in = _inuse.listening_ports()
-        ports = (_inuse.subtract_ports(self._spec.tcp_ports, tcp_in),
-                 _inuse.subtract_ports(self._spec.udp_ports, udp_in))
+        ports = (
+            _inuse.subtract_ports(self._spec.tcp_ports, tcp_in),
+            _inuse.subtract_ports(self._spec.udp_ports, udp_in),
+        )
         if ports == self._applied_ports:
             return False
         self._cmd(E.port_set_commands(self.table, ports), "updating the monitored ports (in-use poll)")

@@ -6,11 +6,12 @@ they are installed before the nft transaction and removed after the table is gon
 deletes exactly our tagged rules, never a table or chain (except, after a failed install, the
 empty ones the install made iptables-nft create: see ``Nft._compat_rollback``).
 """
+
 from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import Callable
+from collections.abc import Callable
 
 from nfsentry.nft.errors import NftError, NftUnavailable
 from nfsentry.nft.render import compat_key, compat_listed, compat_rules, compat_tag

@@ -10,22 +10,46 @@ interval sets ``blocked4net`` / ``blocked6net`` (whose entries may not overlap: 
 Network parsing stays here rather than in ``nfsentry.core.addrs``: core's ``parse_network`` works on
 raw bytes (family, key, prefix length) and accepts ``/0``, which a block must refuse.
 """
+
 from __future__ import annotations
 
 import ipaddress
 import json
 import re
 import socket
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from nfsentry.core import addrs as _addrs
 
 __all__ = [
-    "parse_network", "network_text", "set_for", "timeout_text", "port_elems",
-    "block_commands", "replace_commands", "delete_command", "flush_commands", "plan_nets", "block_items",
-    "bulk_commands", "ftp_element", "expect_ftp_commands", "port_set_commands",
-    "set_item_texts", "parse_set_text", "parse_set_items", "element_key", "element_expires", "elem_networks",
-    "parse_sets", "parse_chains", "parse_rules", "parse_counters", "ruleset_facts", "v6_prefix_of",
+    "parse_network",
+    "network_text",
+    "set_for",
+    "timeout_text",
+    "port_elems",
+    "block_commands",
+    "replace_commands",
+    "delete_command",
+    "flush_commands",
+    "plan_nets",
+    "block_items",
+    "bulk_commands",
+    "ftp_element",
+    "expect_ftp_commands",
+    "port_set_commands",
+    "set_item_texts",
+    "parse_set_text",
+    "parse_set_items",
+    "element_key",
+    "element_expires",
+    "elem_networks",
+    "parse_sets",
+    "parse_chains",
+    "parse_rules",
+    "parse_counters",
+    "ruleset_facts",
+    "v6_prefix_of",
 ]
 
 
@@ -87,8 +111,10 @@ def port_elems(ranges) -> list[str]:
 def block_commands(table: str, setname: str, elem: str, timeout: float | None) -> str:
     """Block ``elem`` in a hash set with a new timeout: add (a no-op when present) + delete + add,
     which replaces the timeout on every kernel."""
-    return (f"add element inet {table} {setname} {{ {elem} }}\ndelete element inet {table} {setname} {{ {elem} }}\n"
-            f"add element inet {table} {setname} {{ {elem}{timeout_text(timeout)} }}")
+    return (
+        f"add element inet {table} {setname} {{ {elem} }}\ndelete element inet {table} {setname} {{ {elem} }}\n"
+        f"add element inet {table} {setname} {{ {elem}{timeout_text(timeout)} }}"
+    )
 
 
 def delete_command(table: str, setname: str, elems: Iterable[Any]) -> str:
@@ -170,16 +196,19 @@ def ftp_element(peer: Any, server: Any, port: Any) -> tuple[Any, Any, str, str]:
     return a, b, "ftp_expect4" if a.version == 4 else "ftp_expect6", f"{a} . {b} . {int(port)}"
 
 
-def expect_ftp_commands(table: str, peer: Any, server: Any, port: Any, timeout: float,
-                        remove: Iterable[tuple[Any, Any, Any]] = ()) -> str:
+def expect_ftp_commands(
+    table: str, peer: Any, server: Any, port: Any, timeout: float, remove: Iterable[tuple[Any, Any, Any]] = ()
+) -> str:
     """Add one FTP expectation for ``timeout`` s (at least 1 s); delete the ``remove`` ones in the
     same transaction, each re-added for 1s first, as ``delete`` alone fails on a missing element."""
     _, _, setname, elem = ftp_element(peer, server, port)
     cmds = []
     for old in remove:
         _, _, oset, oelem = ftp_element(*old)
-        cmds += [f"add element inet {table} {oset} {{ {oelem} timeout 1s }}",
-                 f"delete element inet {table} {oset} {{ {oelem} }}"]
+        cmds += [
+            f"add element inet {table} {oset} {{ {oelem} timeout 1s }}",
+            f"delete element inet {table} {oset} {{ {oelem} }}",
+        ]
     cmds.append(f"add element inet {table} {setname} {{ {elem}{timeout_text(max(1, timeout))} }}")
     return "\n".join(cmds)
 
@@ -195,8 +224,10 @@ def port_set_commands(table: str, ports: tuple) -> str:
 
 
 # == set listings (`nft -T list set`, text) ======================================================
-_TEXT_ELEM = re.compile(r"\s*([0-9A-Fa-f.:]+(?:/\d+|-[0-9A-Fa-f.:]+)?)(?:\s+\.\s+\S+)*"
-                        r"(?:\s+timeout\s+(\d+)(ms|s))?(?:\s+expires\s+(\d+)(ms|s))?\s*")
+_TEXT_ELEM = re.compile(
+    r"\s*([0-9A-Fa-f.:]+(?:/\d+|-[0-9A-Fa-f.:]+)?)(?:\s+\.\s+\S+)*"
+    r"(?:\s+timeout\s+(\d+)(ms|s))?(?:\s+expires\s+(\d+)(ms|s))?\s*"
+)
 _EXPIRES = re.compile(r"\s+expires\s+(\d+)(ms|s)")
 
 
@@ -205,7 +236,7 @@ def set_item_texts(text: str) -> list[str]:
     start = text.find("elements = {")
     if start < 0:
         return []
-    body = text[start + len("elements = {"):text.index("}", start)]
+    body = text[start + len("elements = {") : text.index("}", start)]
     return [item.strip() for item in body.split(",") if item.strip()]
 
 
@@ -259,8 +290,14 @@ def parse_set_items(setname: str, items: list[str]) -> list[dict]:
         else:
             nets = elem_networks(setname, val)
         for net in nets:
-            out.append({"network": network_text(net), "timeout": timeout,
-                        "expires_in": expires if timeout else None, "set": setname})
+            out.append(
+                {
+                    "network": network_text(net),
+                    "timeout": timeout,
+                    "expires_in": expires if timeout else None,
+                    "set": setname,
+                }
+            )
     return out
 
 
@@ -278,8 +315,11 @@ def parse_sets(items: list[dict]) -> dict[str, tuple[str, tuple[str, ...]]]:
 
 def parse_chains(items: list[dict], table: str, family: str | None = None) -> list[str]:
     """`list chains` -> the names of the chains of ``table`` (in ``family``, when given)."""
-    return [c["name"] for i in items if (c := i.get("chain")) and c.get("table") == table
-            and (family is None or c.get("family") == family)]
+    return [
+        c["name"]
+        for i in items
+        if (c := i.get("chain")) and c.get("table") == table and (family is None or c.get("family") == family)
+    ]
 
 
 def parse_rules(items: list[dict]) -> dict[str, list[str]]:

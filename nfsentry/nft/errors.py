@@ -1,4 +1,5 @@
 """The nft layer's exceptions (pure: no I/O, no bindings)."""
+
 from __future__ import annotations
 
 __all__ = ["NftError", "NftInconsistent", "NftUnavailable", "SpecError"]

@@ -7,6 +7,7 @@ the monitored port sets equal to *monitored minus in use* (see ``Nft.refresh_inu
 A TCP port is in use when a socket LISTENs on it; a UDP port when any socket is bound to it
 (UDP has no listen state). The files describe the network namespace of the reading process.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ the shipped ``rules/*.nft`` files, and the compat backend's iptables-nft rules.
 Pure: no I/O but :func:`write_shipped`. ``render()`` is the single source of truth for the files
 under ``rules/`` (``python -m nfsentry.nft --write-shipped rules``; a unit test checks they agree).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -14,9 +15,23 @@ from pathlib import Path
 from nfsentry.nft.elements import port_elems
 from nfsentry.nft.spec import BACKENDS, COUNTERS, FTP_PORT, RulesetSpec, default_spec
 
-__all__ = ["SHIPPED", "Model", "SetDef", "ChainDef", "model", "format_table", "render", "write_shipped",
-           "reload_plan", "compat_rules", "compat_tag", "compat_key", "compat_listed", "filter_chains",
-           "cleanup_commands"]
+__all__ = [
+    "SHIPPED",
+    "Model",
+    "SetDef",
+    "ChainDef",
+    "model",
+    "format_table",
+    "render",
+    "write_shipped",
+    "reload_plan",
+    "compat_rules",
+    "compat_tag",
+    "compat_key",
+    "compat_listed",
+    "filter_chains",
+    "cleanup_commands",
+]
 
 SHIPPED = {"host": "nfsentry.nft", "gateway": "gateway.nft", "observe": "observe.nft"}
 
@@ -40,7 +55,7 @@ class SetDef:
 @dataclass
 class ChainDef:
     name: str
-    hook: str | None                  # "prerouting priority raw - 10" ...
+    hook: str | None  # "prerouting priority raw - 10" ...
     doc: list[str]
     rules: list[Rule]
 
@@ -79,30 +94,55 @@ def _ftp_payload_sets() -> tuple[str, str]:
     total length exceeds 20 + the TCP header, an IPv6 one when its payload length exceeds the TCP
     header (extension headers only make it queue more, never less).
     """
+
     def lines(base: int) -> str:
         items = [f"0x{d:x}0-0x{d:x}f . {base + 4 * d + 1}-65535" for d in range(5, 16)]
         return "{\n" + "\n".join(_wrap(items, "", 72)) + "\n}"
+
     return lines(20), lines(0)
 
 
 def _blocked_sets(spec: RulesetSpec) -> list[SetDef]:
     t, v6p = spec.table, spec.ipv6_prefix
     sets = [
-        SetDef("blocked4", "ipv4_addr", ("timeout",), [], [
-            "1. Blocked sources. Filled by the daemon (or by hand); each entry has its own timeout",
-            "   or none (blocked until removed). Single addresses live in hash sets:",
-            f"     nft add element inet {t} blocked4 {{ 192.0.2.7 timeout 1h }}",
-            f"     nft delete element inet {t} blocked4 {{ 192.0.2.7 }}"]),
-        SetDef("blocked4net", "ipv4_addr", ("interval", "timeout"), [], [
-            "IPv4 prefixes (any length); entries may not overlap:",
-            f"     nft add element inet {t} blocked4net {{ 192.0.2.0/24 timeout 1d }}"]),
+        SetDef(
+            "blocked4",
+            "ipv4_addr",
+            ("timeout",),
+            [],
+            [
+                "1. Blocked sources. Filled by the daemon (or by hand); each entry has its own timeout",
+                "   or none (blocked until removed). Single addresses live in hash sets:",
+                f"     nft add element inet {t} blocked4 {{ 192.0.2.7 timeout 1h }}",
+                f"     nft delete element inet {t} blocked4 {{ 192.0.2.7 }}",
+            ],
+        ),
+        SetDef(
+            "blocked4net",
+            "ipv4_addr",
+            ("interval", "timeout"),
+            [],
+            [
+                "IPv4 prefixes (any length); entries may not overlap:",
+                f"     nft add element inet {t} blocked4net {{ 192.0.2.0/24 timeout 1d }}",
+            ],
+        ),
         SetDef("blocked6", "ipv6_addr", ("timeout",), [], ["Single IPv6 addresses."]),
     ]
     if v6p != 128:
-        sets.append(SetDef(f"blocked6_{v6p}", "ipv6_addr", ("timeout",), [], [
-            f"IPv6 /{v6p} networks (the daemon blocks IPv6 sources by their /{v6p}), stored as the",
-            f"network address and matched through a /{v6p} mask:",
-            f"     nft add element inet {t} blocked6_{v6p} {{ 2001:db8:1:2:: timeout 1h }}"]))
+        sets.append(
+            SetDef(
+                f"blocked6_{v6p}",
+                "ipv6_addr",
+                ("timeout",),
+                [],
+                [
+                    f"IPv6 /{v6p} networks (the daemon blocks IPv6 sources by their /{v6p}), stored as the",
+                    f"network address and matched through a /{v6p} mask:",
+                    f"     nft add element inet {t} blocked6_{v6p} {{ 2001:db8:1:2:: timeout 1h }}",
+                ],
+            )
+        )
     sets.append(SetDef("blocked6net", "ipv6_addr", ("interval", "timeout"), [], ["IPv6 prefixes of any other length."]))
     return sets
 
@@ -110,28 +150,56 @@ def _blocked_sets(spec: RulesetSpec) -> list[SetDef]:
 def _sets(spec: RulesetSpec) -> list[SetDef]:
     t = spec.table
     sets = _blocked_sets(spec) + [
-        SetDef("ignore4", "ipv4_addr", ("interval",), [n for n in spec.ignore if ":" not in n], [
-            "3. Ignored sources: never queued, never blocked by the daemon (own addresses, gateways,",
-            "   resolvers, the configured ignore list)."]),
+        SetDef(
+            "ignore4",
+            "ipv4_addr",
+            ("interval",),
+            [n for n in spec.ignore if ":" not in n],
+            [
+                "3. Ignored sources: never queued, never blocked by the daemon (own addresses, gateways,",
+                "   resolvers, the configured ignore list).",
+            ],
+        ),
         SetDef("ignore6", "ipv6_addr", ("interval",), [n for n in spec.ignore if ":" in n], []),
     ]
     if spec.variant == "gateway":
         sets += [
-            SetDef("protect4", "ipv4_addr", ("interval",), [n for n in spec.protect if ":" not in n], [
-                "Gateway: the networks behind this host. Forwarded connection attempts to them are",
-                "watched; nothing is watched in the forward path while these sets are empty:",
-                f"     nft add element inet {t} protect4 {{ 198.51.100.0/24 }}"]),
+            SetDef(
+                "protect4",
+                "ipv4_addr",
+                ("interval",),
+                [n for n in spec.protect if ":" not in n],
+                [
+                    "Gateway: the networks behind this host. Forwarded connection attempts to them are",
+                    "watched; nothing is watched in the forward path while these sets are empty:",
+                    f"     nft add element inet {t} protect4 {{ 198.51.100.0/24 }}",
+                ],
+            ),
             SetDef("protect6", "ipv6_addr", ("interval",), [n for n in spec.protect if ":" in n], []),
         ]
     sets += [
-        SetDef("tcp_ports", "inet_service", ("interval",), port_elems(spec.tcp_ports), [
-            "6. Monitored ports. A connection attempt to one of them that no socket answers is",
-            "   handed to the daemon. PortSentry's advanced mode (all ports 1-1023 but the ones in",
-            "   use) and its classic mode (a list) are both just this set's contents."]),
+        SetDef(
+            "tcp_ports",
+            "inet_service",
+            ("interval",),
+            port_elems(spec.tcp_ports),
+            [
+                "6. Monitored ports. A connection attempt to one of them that no socket answers is",
+                "   handed to the daemon. PortSentry's advanced mode (all ports 1-1023 but the ones in",
+                "   use) and its classic mode (a list) are both just this set's contents.",
+            ],
+        ),
         SetDef("udp_ports", "inet_service", ("interval",), port_elems(spec.udp_ports), []),
-        SetDef("ftp_expect4", "ipv4_addr . ipv4_addr . inet_service", ("timeout",), [], [
-            "5. FTP data connections the FTP tracker expects (PASV/PORT/EPSV/EPRT replies):",
-            "   source . destination . destination port, each with a short timeout."]),
+        SetDef(
+            "ftp_expect4",
+            "ipv4_addr . ipv4_addr . inet_service",
+            ("timeout",),
+            [],
+            [
+                "5. FTP data connections the FTP tracker expects (PASV/PORT/EPSV/EPRT replies):",
+                "   source . destination . destination port, each with a short timeout.",
+            ],
+        ),
         SetDef("ftp_expect6", "ipv6_addr . ipv6_addr . inet_service", ("timeout",), [], []),
     ]
     return sets
@@ -142,28 +210,43 @@ def _prerouting(spec: RulesetSpec) -> ChainDef:
     observe = spec.variant == "observe"
     drop = "" if observe else " drop"
     rules: list[Rule] = [
-        (["1. Blocked sources: dropped before anything else." if not observe else
-          "1. Observe mode: packets from blocked sources are only counted, never dropped."],
-         f"ip saddr @blocked4 counter name blocked_pkts4{drop}"),
+        (
+            [
+                "1. Blocked sources: dropped before anything else."
+                if not observe
+                else "1. Observe mode: packets from blocked sources are only counted, never dropped."
+            ],
+            f"ip saddr @blocked4 counter name blocked_pkts4{drop}",
+        ),
         ([], f"ip saddr @blocked4net counter name blocked_pkts4{drop}"),
         ([], f"ip6 saddr @blocked6 counter name blocked_pkts6{drop}"),
     ]
     if v6p != 128:
         rules.append(([], f"ip6 saddr & {_v6_mask(v6p)} @blocked6_{v6p} counter name blocked_pkts6{drop}"))
     rules.append(([], f"ip6 saddr @blocked6net counter name blocked_pkts6{drop}"))
-    return ChainDef("prerouting", "prerouting priority raw - 10", [
-        "Runs at raw priority minus 10, before connection tracking: a blocked source costs no",
-        "conntrack entry, and forwarded traffic (gateway) is covered too."], rules)
+    return ChainDef(
+        "prerouting",
+        "prerouting priority raw - 10",
+        [
+            "Runs at raw priority minus 10, before connection tracking: a blocked source costs no",
+            "conntrack entry, and forwarded traffic (gateway) is covered too.",
+        ],
+        rules,
+    )
 
 
 def _ftp_jump(spec: RulesetSpec) -> list[Rule]:
     if not spec.ftp:
         return []
     return [
-        (["7. FTP control channel, both directions: to the FTP tracker. Before the established",
-          "   shortcut below, because control packets belong to an established connection; only",
-          "   those: a forged segment of no connection never reaches the tracker."],
-         f"ct state established tcp dport {FTP_PORT} jump ftp_control"),
+        (
+            [
+                "7. FTP control channel, both directions: to the FTP tracker. Before the established",
+                "   shortcut below, because control packets belong to an established connection; only",
+                "   those: a forged segment of no connection never reaches the tracker.",
+            ],
+            f"ct state established tcp dport {FTP_PORT} jump ftp_control",
+        ),
         ([], f"ct state established tcp sport {FTP_PORT} jump ftp_control"),
     ]
 
@@ -179,30 +262,55 @@ def _input(spec: RulesetSpec, backend: str) -> ChainDef:
     q_udp = f"counter name queued_udp {_verdict(spec, backend, False)}"
     inuse = "socket" if spec.inuse == "auto" else spec.inuse
     queue_rules: list[Rule] = [
-        (["6. New, invalid or untracked TCP/UDP to a monitored port: to the scan verdict loop",
-          f"   (queue {spec.queue}; " + ("`bypass`: with no daemon listening the packet passes)." if spec.bypass else
-                                      "no bypass (fail-closed): with no daemon listening the packet is dropped).")],
-         f"ct state new,invalid,untracked tcp dport @tcp_ports {q_tcp}"),
+        (
+            [
+                "6. New, invalid or untracked TCP/UDP to a monitored port: to the scan verdict loop",
+                f"   (queue {spec.queue}; "
+                + (
+                    "`bypass`: with no daemon listening the packet passes)."
+                    if spec.bypass
+                    else "no bypass (fail-closed): with no daemon listening the packet is dropped)."
+                ),
+            ],
+            f"ct state new,invalid,untracked tcp dport @tcp_ports {q_tcp}",
+        ),
         ([], f"ct state new,invalid,untracked udp dport @udp_ports {q_udp}"),
     ]
-    rules: list[Rule] = [(["The host talking to itself."], 'iif "lo" accept'), *_ftp_jump(spec),
-                         (["2. Established and related traffic."], "ct state established,related accept"),
-                         (["Only unicast packets addressed to this host: broadcasts and multicast never reach",
-                           "the daemon."], "fib daddr type != local accept"),
-                         (["3. Ignored sources."], "ip saddr @ignore4 accept"),
-                         ([], "ip6 saddr @ignore6 accept")]
+    rules: list[Rule] = [
+        (["The host talking to itself."], 'iif "lo" accept'),
+        *_ftp_jump(spec),
+        (["2. Established and related traffic."], "ct state established,related accept"),
+        (
+            ["Only unicast packets addressed to this host: broadcasts and multicast never reach", "the daemon."],
+            "fib daddr type != local accept",
+        ),
+        (["3. Ignored sources."], "ip saddr @ignore4 accept"),
+        ([], "ip6 saddr @ignore6 accept"),
+    ]
     if inuse == "socket":
-        rules.append((["4. The port is in use right now (a listening or bound socket exists): a service",
-                       "   started after nfsentry is never mistaken for a monitored port."],
-                      "socket transparent 0 accept"))
+        rules.append(
+            (
+                [
+                    "4. The port is in use right now (a listening or bound socket exists): a service",
+                    "   started after nfsentry is never mistaken for a monitored port.",
+                ],
+                "socket transparent 0 accept",
+            )
+        )
     elif inuse == "poll":
         rules.append(([], "# 4. In-use ports: polled from /proc/net and left out of tcp_ports/udp_ports."))
     else:
         rules.append(([], "# 4. In-use detection is off: only the FTP expectations exempt a port."))
     rules += _EXPECT + queue_rules
-    return ChainDef("input", "input priority filter - 10", [
-        "Traffic to this host. Before the usual filter chains (priority filter - 10), so the",
-        "daemon sees a probe before anything else accepts it."], rules)
+    return ChainDef(
+        "input",
+        "input priority filter - 10",
+        [
+            "Traffic to this host. Before the usual filter chains (priority filter - 10), so the",
+            "daemon sees a probe before anything else accepts it.",
+        ],
+        rules,
+    )
 
 
 def _forward(spec: RulesetSpec, backend: str) -> ChainDef:
@@ -216,31 +324,54 @@ def _forward(spec: RulesetSpec, backend: str) -> ChainDef:
         (["3. Ignored sources."], "ip saddr @ignore4 accept"),
         ([], "ip6 saddr @ignore6 accept"),
         *_EXPECT,
-        (["6. Connection attempts to monitored ports of a protected host: to the scan verdict",
-          "   loop. The gateway cannot see which ports the hosts behind it serve: leave those",
-          "   out of the monitored ports (tcp_exclude/udp_exclude)."],
-         f"ct state new,invalid,untracked tcp dport @tcp_ports {q_tcp}"),
-        ([], f"ct state new,invalid,untracked udp dport @udp_ports {q_udp}")]
-    return ChainDef("forward", "forward priority filter - 10",
-                    ["Traffic routed through this host to the protected networks."], rules)
+        (
+            [
+                "6. Connection attempts to monitored ports of a protected host: to the scan verdict",
+                "   loop. The gateway cannot see which ports the hosts behind it serve: leave those",
+                "   out of the monitored ports (tcp_exclude/udp_exclude).",
+            ],
+            f"ct state new,invalid,untracked tcp dport @tcp_ports {q_tcp}",
+        ),
+        ([], f"ct state new,invalid,untracked udp dport @udp_ports {q_udp}"),
+    ]
+    return ChainDef(
+        "forward",
+        "forward priority filter - 10",
+        ["Traffic routed through this host to the protected networks."],
+        rules,
+    )
 
 
 def _ftp_chains(spec: RulesetSpec, backend: str) -> list[ChainDef]:
     v4, v6 = _ftp_payload_sets()
     q_ftp = f"counter name queued_ftp {_verdict(spec, backend, True)}"
-    output = ChainDef("output", "output priority filter - 10",
-                      ["This host's own FTP control traffic (as a server: its replies; as a client:",
-                       "its commands)."],
-                      [([], 'oif "lo" accept'), ([], f"tcp sport {FTP_PORT} jump ftp_control"),
-                       ([], f"tcp dport {FTP_PORT} jump ftp_control")])
-    control = ChainDef("ftp_control", None, [
-        "7. FTP control packets (port 21): only segments that carry payload go to the FTP",
-        f"   tracker (queue {spec.ftp_queue}). The TCP header's byte 12 holds its length / 4 in the",
-        "   upper 4 bits; a packet carries payload when the IP length exceeds the headers."],
-        [(["IPv4 with IP options (first byte not 0x45) is rare: the tracker checks it itself."],
-          f"meta nfproto ipv4 @nh,0,8 != 0x45 {q_ftp}"),
-         ([], f"meta nfproto ipv4 @th,96,8 . ip length {v4} {q_ftp}"),
-         ([], f"meta nfproto ipv6 @th,96,8 . ip6 length {v6} {q_ftp}")])
+    output = ChainDef(
+        "output",
+        "output priority filter - 10",
+        ["This host's own FTP control traffic (as a server: its replies; as a client:", "its commands)."],
+        [
+            ([], 'oif "lo" accept'),
+            ([], f"tcp sport {FTP_PORT} jump ftp_control"),
+            ([], f"tcp dport {FTP_PORT} jump ftp_control"),
+        ],
+    )
+    control = ChainDef(
+        "ftp_control",
+        None,
+        [
+            "7. FTP control packets (port 21): only segments that carry payload go to the FTP",
+            f"   tracker (queue {spec.ftp_queue}). The TCP header's byte 12 holds its length / 4 in the",
+            "   upper 4 bits; a packet carries payload when the IP length exceeds the headers.",
+        ],
+        [
+            (
+                ["IPv4 with IP options (first byte not 0x45) is rare: the tracker checks it itself."],
+                f"meta nfproto ipv4 @nh,0,8 != 0x45 {q_ftp}",
+            ),
+            ([], f"meta nfproto ipv4 @th,96,8 . ip length {v4} {q_ftp}"),
+            ([], f"meta nfproto ipv6 @th,96,8 . ip6 length {v6} {q_ftp}"),
+        ],
+    )
     return [output, control]
 
 
@@ -276,7 +407,7 @@ def format_table(m: Model) -> str:
     """The ``table inet NAME { ... }`` block of a model."""
     t = m.spec.table
     out = [f"table inet {t} {{"]
-    out.append("\t# Counters (nft list counters table inet %s)." % t)
+    out.append(f"\t# Counters (nft list counters table inet {t}).")
     for name, doc in COUNTERS.items():
         out.append(f"\tcounter {name} {{")
         out.append(f"\t\t# {doc}")
@@ -331,30 +462,46 @@ def reload_plan(m: Model, current: dict | None) -> tuple[list[str], list[str]]:
 
 # == the ruleset as a file ======================================================================
 _VARIANT_TEXT = {
-    "host": ("host protection",
-             ["Protects this host: connection attempts to monitored ports that no local socket",
-              "answers are handed to the daemon, which decides (alert, block); blocked sources are",
-              "dropped before connection tracking."]),
-    "gateway": ("gateway",
-                ["Protects this host (input hook) and the networks routed behind it (forward hook,",
-                 "destinations in the protect4/protect6 sets). Blocked sources are dropped in",
-                 "prerouting, so they reach neither."]),
-    "observe": ("observe only",
-                ["Queues exactly like the host ruleset but never drops: packets from blocked sources",
-                 "are only counted (learning mode: see what would be blocked)."]),
+    "host": (
+        "host protection",
+        [
+            "Protects this host: connection attempts to monitored ports that no local socket",
+            "answers are handed to the daemon, which decides (alert, block); blocked sources are",
+            "dropped before connection tracking.",
+        ],
+    ),
+    "gateway": (
+        "gateway",
+        [
+            "Protects this host (input hook) and the networks routed behind it (forward hook,",
+            "destinations in the protect4/protect6 sets). Blocked sources are dropped in",
+            "prerouting, so they reach neither.",
+        ],
+    ),
+    "observe": (
+        "observe only",
+        [
+            "Queues exactly like the host ruleset but never drops: packets from blocked sources",
+            "are only counted (learning mode: see what would be blocked).",
+        ],
+    ),
 }
 
 
 def _backend_header(s: RulesetSpec, backend: str) -> list[str]:
     if backend == "native":
-        return ["#",
-                "# Backend: native (`queue` statement, kernel module nft_queue). Kernels without it",
-                "# reject the file with \"No such file or directory\": use the compat rendering",
-                "# (`nfsentry rules show --backend compat`) and its iptables-nft rules."]
-    head = ["#",
-            "# Backend: compat (kernel without nft_queue). This table only marks the packets to",
-            f"# queue (bits {s.mark_mask:#010x}: {s.scan_mark:#010x} scan, {s.ftp_mark:#010x} FTP); these",
-            "# iptables-nft rules queue them (install once; remove with -D CHAIN instead of -I CHAIN 1):"]
+        return [
+            "#",
+            "# Backend: native (`queue` statement, kernel module nft_queue). Kernels without it",
+            '# reject the file with "No such file or directory": use the compat rendering',
+            "# (`nfsentry rules show --backend compat`) and its iptables-nft rules.",
+        ]
+    head = [
+        "#",
+        "# Backend: compat (kernel without nft_queue). This table only marks the packets to",
+        f"# queue (bits {s.mark_mask:#010x}: {s.scan_mark:#010x} scan, {s.ftp_mark:#010x} FTP); these",
+        "# iptables-nft rules queue them (install once; remove with -D CHAIN instead of -I CHAIN 1):",
+    ]
     for binary, chain, args in compat_rules(s):
         head.append(f"#   {binary} -I {chain} 1 {shlex.join(args)}")
     return head
@@ -391,12 +538,18 @@ def render(spec: RulesetSpec | None = None, backend: str = "native", *, standalo
         "#   4 ports in use accepted     5 expected FTP data      6 monitored ports -> daemon",
         "#   7 FTP control -> FTP tracker (checked first, as it is established traffic)",
         "#",
-        (f"# Queues: {s.queue} = scan verdict loop, {s.ftp_queue} = FTP tracker, both with `bypass`"
-         if s.bypass else f"# Queues: {s.queue} = scan verdict loop without `bypass` (fail-closed: no daemon "
-         f"listening =\n# packets to closed monitored ports are dropped), {s.ftp_queue} = FTP tracker with `bypass`"),
+        (
+            f"# Queues: {s.queue} = scan verdict loop, {s.ftp_queue} = FTP tracker, both with `bypass`"
+            if s.bypass
+            else f"# Queues: {s.queue} = scan verdict loop without `bypass` (fail-closed: no daemon "
+            f"listening =\n# packets to closed monitored ports are dropped), {s.ftp_queue} = FTP tracker with `bypass`"
+        ),
         "# (no daemon listening = traffic passes). In-use ports: "
-        + {"socket": "the `socket` expression.", "poll": "polled from /proc/net by the daemon.",
-           "off": "not detected (FTP expectations only)."}[inuse],
+        + {
+            "socket": "the `socket` expression.",
+            "poll": "polled from /proc/net by the daemon.",
+            "off": "not detected (FTP expectations only).",
+        }[inuse],
         "#",
         f"# Load:    nft -f FILE     (replaces table inet {t}: running it again forgets the blocked",
         "#                           sources; `nfsentry rules load` and the daemon keep them)",
@@ -434,17 +587,36 @@ def compat_rules(spec: RulesetSpec) -> list[tuple[str, str, list[str]]]:
     out = []
     for binary in ("iptables-nft", "ip6tables-nft"):
         for chain, value, num, bypass in wanted:
-            out.append((binary, chain, ["-m", "mark", "--mark", f"{value:#x}/{spec.mark_mask:#x}",
-                                        "-m", "comment", "--comment", compat_tag(spec.table),
-                                        "-j", "NFQUEUE", "--queue-num", str(num),
-                                        *(["--queue-bypass"] if bypass else [])]))
+            out.append(
+                (
+                    binary,
+                    chain,
+                    [
+                        "-m",
+                        "mark",
+                        "--mark",
+                        f"{value:#x}/{spec.mark_mask:#x}",
+                        "-m",
+                        "comment",
+                        "--comment",
+                        compat_tag(spec.table),
+                        "-j",
+                        "NFQUEUE",
+                        "--queue-num",
+                        str(num),
+                        *(["--queue-bypass"] if bypass else []),
+                    ],
+                )
+            )
     return out
 
 
 def compat_key(binary: str, chain: str, args: list[str]) -> tuple:
     """What identifies one of our rules, however iptables prints it: binary, chain, mark, queue, bypass."""
+
     def after(opt: str) -> str:
         return args[args.index(opt) + 1].lower() if opt in args and args.index(opt) + 1 < len(args) else ""
+
     return binary, chain, after("--mark"), after("--queue-num"), "--queue-bypass" in args
 
 
@@ -467,8 +639,11 @@ def compat_listed(binary: str, listing: str, tag: str) -> list[tuple[str, str, l
 
 def filter_chains(items: list[dict]) -> set[tuple[str, str]]:
     """`list chains` (JSON) -> (family, chain) of the iptables-nft filter tables."""
-    return {(c["family"], c["name"]) for i in items
-            if (c := i.get("chain")) and c.get("table") == "filter" and c.get("family") in ("ip", "ip6")}
+    return {
+        (c["family"], c["name"])
+        for i in items
+        if (c := i.get("chain")) and c.get("table") == "filter" and c.get("family") in ("ip", "ip6")
+    }
 
 
 def cleanup_commands(created: set[tuple[str, str]], before: set[tuple[str, str]]) -> list[str]:

@@ -4,19 +4,32 @@ rest of the nft layer shares (variants, backends, in-use methods, counters, clas
 Pure: no I/O, no libnftables. ``nfsentry.config`` builds a :class:`RulesetSpec` from the
 configuration (it may import this module alone).
 """
+
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any
 
 from nfsentry.core.addrs import parse_network
 from nfsentry.core.units import TROJAN_TCP, TROJAN_UDP, parse_ports
 from nfsentry.nft.errors import SpecError
 
-__all__ = ["VARIANTS", "BACKENDS", "INUSE_METHODS", "FTP_PORT", "TROJAN_TCP", "TROJAN_UDP", "COUNTERS",
-           "TABLE_NAME", "RulesetSpec", "SpecError", "default_spec"]
+__all__ = [
+    "VARIANTS",
+    "BACKENDS",
+    "INUSE_METHODS",
+    "FTP_PORT",
+    "TROJAN_TCP",
+    "TROJAN_UDP",
+    "COUNTERS",
+    "TABLE_NAME",
+    "RulesetSpec",
+    "SpecError",
+    "default_spec",
+]
 
 VARIANTS = ("host", "gateway", "observe")
 BACKENDS = ("native", "compat")
@@ -69,25 +82,26 @@ class RulesetSpec:
     Ports are lists of ``(lo, hi)`` (ints and "a-b" strings are accepted too); networks are
     address/CIDR strings, IPv4 and IPv6 mixed.
     """
-    variant: str = "host"                  # host | gateway | observe
+
+    variant: str = "host"  # host | gateway | observe
     tcp_ports: list = field(default_factory=lambda: [(1, 1023), *((p, p) for p in TROJAN_TCP)])
     udp_ports: list = field(default_factory=lambda: [(1, 1023), *((p, p) for p in TROJAN_UDP)])
-    ignore: list = field(default_factory=list)    # sources never queued (own addresses, gateways, ...)
-    protect: list = field(default_factory=list)   # gateway: the networks behind it (forwarded traffic
+    ignore: list = field(default_factory=list)  # sources never queued (own addresses, gateways, ...)
+    protect: list = field(default_factory=list)  # gateway: the networks behind it (forwarded traffic
     #                                               to them is watched)
-    queue: int = 0                          # scan verdict loop
-    ftp_queue: int = 1                      # FTP control tracker
-    ftp: bool = True                        # queue FTP control packets to ftp_queue
-    inuse: str = "auto"                     # auto | socket | poll | off
-    mark: int = 0x4E460000                  # compat backend: value of nfsentry's mark bits (low 2 bits:
+    queue: int = 0  # scan verdict loop
+    ftp_queue: int = 1  # FTP control tracker
+    ftp: bool = True  # queue FTP control packets to ftp_queue
+    inuse: str = "auto"  # auto | socket | poll | off
+    mark: int = 0x4E460000  # compat backend: value of nfsentry's mark bits (low 2 bits:
     #                                         1 scan, 2 ftp)
-    mark_mask: int = 0xFFFF0003             # compat backend: the packet-mark bits nfsentry owns
+    mark_mask: int = 0xFFFF0003  # compat backend: the packet-mark bits nfsentry owns
     table: str = "nfsentry"
-    ipv6_prefix: int = 64                   # the daemon's IPv6 block prefix (hash set blocked6_<len>)
-    backend: str = "auto"                   # auto | native | compat
-    bypass: bool = True                     # scan queue: no daemon listening -> packet passes (fail-open)
+    ipv6_prefix: int = 64  # the daemon's IPv6 block prefix (hash set blocked6_<len>)
+    backend: str = "auto"  # auto | native | compat
+    bypass: bool = True  # scan queue: no daemon listening -> packet passes (fail-open)
 
-    def normalized(self) -> "RulesetSpec":
+    def normalized(self) -> RulesetSpec:
         """A validated copy (merged port ranges, collapsed networks). Raises SpecError (a ValueError)."""
         try:
             return self._normalized()
@@ -96,7 +110,7 @@ class RulesetSpec:
         except (ValueError, TypeError) as e:
             raise SpecError(f"invalid ruleset specification: {e}") from None
 
-    def _normalized(self) -> "RulesetSpec":
+    def _normalized(self) -> RulesetSpec:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {self.variant!r}")
         if self.inuse not in INUSE_METHODS:
@@ -117,14 +131,23 @@ class RulesetSpec:
         if mask & 3 != 3:
             raise ValueError(f"mark_mask {self.mark_mask:#x} must include the two lowest bits (0x3)")
         if mark & 3 or mark & ~mask & 0xFFFFFFFF:
-            raise ValueError(f"mark {self.mark:#x} must lie inside mark_mask {self.mark_mask:#x} "
-                             "and leave its two lowest bits clear (they select the queue)")
+            raise ValueError(
+                f"mark {self.mark:#x} must lie inside mark_mask {self.mark_mask:#x} "
+                "and leave its two lowest bits clear (they select the queue)"
+            )
         i4, i6 = _networks(self.ignore, "ignore")
         p4, p6 = _networks(self.protect, "protect")
-        return replace(self, tcp_ports=_ports(self.tcp_ports, "tcp_ports"),
-                       udp_ports=_ports(self.udp_ports, "udp_ports"),
-                       ignore=[str(n) for n in (*i4, *i6)], protect=[str(n) for n in (*p4, *p6)],
-                       ftp=bool(self.ftp), mark=mark, mark_mask=mask, bypass=bool(self.bypass))
+        return replace(
+            self,
+            tcp_ports=_ports(self.tcp_ports, "tcp_ports"),
+            udp_ports=_ports(self.udp_ports, "udp_ports"),
+            ignore=[str(n) for n in (*i4, *i6)],
+            protect=[str(n) for n in (*p4, *p6)],
+            ftp=bool(self.ftp),
+            mark=mark,
+            mark_mask=mask,
+            bypass=bool(self.bypass),
+        )
 
     @property
     def scan_mark(self) -> int:

@@ -3,6 +3,7 @@
 Only validated values are substituted: the target is an address/prefix text produced by
 ``ipaddress``, the port an integer and the mode one of nfsentry's fixed labels.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -28,8 +29,14 @@ def run_command(template: list[str], target: str, port: int, mode: str, timeout:
     """Run the configured command; returns (exit code, first line of output). Never raises on failure."""
     argv = substitute(template, target, port, mode)
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        res = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
         out = (res.stdout + res.stderr).strip().splitlines()
         return res.returncode, out[0] if out else ""
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -4,6 +4,7 @@ Runs in the daemon's worker thread, never on the packet path. The syslog line fo
 and greppable (``key=value``); ``[logging] format`` switches it to PortSentry 1.x or 2.0 style so
 logcheck/fail2ban rules written for PortSentry keep matching.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,15 @@ def nfsentry_line(ev: dict[str, Any]) -> str:
     """The native syslog line for an event: '<event> key=value ...'."""
     kind = ev["event"]
     if kind == "detection":
-        parts = [f"scan detected: src={ev['src']}", f"proto={ev.get('proto')}", f"port={ev.get('port')}",
-                 f"label={ev.get('label')}", f"flags={ev.get('flags') or '-'}", f"hits={ev.get('hits', 1)}",
-                 f"action={ev.get('action')}"]
+        parts = [
+            f"scan detected: src={ev['src']}",
+            f"proto={ev.get('proto')}",
+            f"port={ev.get('port')}",
+            f"label={ev.get('label')}",
+            f"flags={ev.get('flags') or '-'}",
+            f"hits={ev.get('hits', 1)}",
+            f"action={ev.get('action')}",
+        ]
         if ev.get("ip_options"):
             parts.append(f"ipopts={','.join(ev['ip_options'])}")
         if ev.get("malformed"):
@@ -45,11 +52,18 @@ def nfsentry_line(ev: dict[str, Any]) -> str:
         return " ".join(parts)
     if kind == "block":
         dur = ev.get("duration") or 0
-        return " ".join([f"blocked: network={ev['network']}", f"src={ev.get('src') or ev['network']}",
-                         f"duration={format_duration(dur) if dur else 'forever'}", f"offences={ev.get('offences', 1)}",
-                         f"labels={','.join(ev.get('labels') or []) or '-'}",
-                         f"ports={','.join(map(str, ev.get('ports') or [])) or '-'}",
-                         f"action={ev.get('action', 'block')}", f"reason={_q(ev.get('reason', ''))}"])
+        return " ".join(
+            [
+                f"blocked: network={ev['network']}",
+                f"src={ev.get('src') or ev['network']}",
+                f"duration={format_duration(dur) if dur else 'forever'}",
+                f"offences={ev.get('offences', 1)}",
+                f"labels={','.join(ev.get('labels') or []) or '-'}",
+                f"ports={','.join(map(str, ev.get('ports') or [])) or '-'}",
+                f"action={ev.get('action', 'block')}",
+                f"reason={_q(ev.get('reason', ''))}",
+            ]
+        )
     if kind in ("unblock", "expire"):
         return f"{kind}: network={ev['network']} reason={_q(ev.get('reason', ''))}"
     return f"{kind}: " + " ".join(f"{k}={_q(v)}" for k, v in ev.items() if k not in ("event", "ts"))
@@ -80,14 +94,20 @@ class Alerter:
         self.syslog_problem = None
         logging.raiseExceptions = False  # a dead syslog must never print tracebacks or stop the daemon
         if lg["syslog"] and not Path(lg["syslog_address"]).is_socket():
-            self.syslog_problem = f"syslog at {lg['syslog_address']} unavailable (no such socket); alerts go to the other sinks"
+            self.syslog_problem = (
+                f"syslog at {lg['syslog_address']} unavailable (no such socket); alerts go to the other sinks"
+            )
         elif lg["syslog"]:
             try:
-                h = logging.handlers.SysLogHandler(address=lg["syslog_address"], facility=_FACILITIES[lg["syslog_facility"]])
+                h = logging.handlers.SysLogHandler(
+                    address=lg["syslog_address"], facility=_FACILITIES[lg["syslog_facility"]]
+                )
                 h.setFormatter(logging.Formatter(f"{lg['syslog_ident']}[{os.getpid()}]: %(message)s"))
                 log.addHandler(h)
             except OSError as e:
-                self.syslog_problem = f"syslog at {lg['syslog_address']} unavailable ({e.strerror or e}); alerts go to the other sinks"
+                self.syslog_problem = (
+                    f"syslog at {lg['syslog_address']} unavailable ({e.strerror or e}); alerts go to the other sinks"
+                )
         for p in (self.json_path, self.history_path, self.blocked_path):
             if p:
                 Path(p).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -101,6 +121,7 @@ class Alerter:
         if self.style == "nfsentry":
             return [nfsentry_line(ev)]
         from nfsentry.sinks import psformat
+
         return psformat.syslog_lines(ev, self.style, table=self.cfg["nft"]["table"])
 
     def emit(self, ev: dict[str, Any]) -> None:
@@ -116,11 +137,13 @@ class Alerter:
             self._append(self.json_path, json.dumps(ev, sort_keys=True, default=str) + "\n")
         if self.history_path and ev["event"] in ("detection", "block"):
             from nfsentry.sinks import psformat
+
             text = psformat.history_line(ev, self.history_style)
             if text:
                 self._append(self.history_path, text + "\n")
         if self.blocked_path and ev["event"] == "block":
             from nfsentry.sinks import psformat
+
             text = psformat.blocked_line(ev)
             if text:
                 self._append(self.blocked_path, text + "\n")

@@ -41,6 +41,7 @@ What PortSentry itself writes, and what these functions reproduce:
 Never written to the history files: dry-run detections (a "Blocked" line would make fail2ban
 block what nfsentry was told not to), ignored sources, and detections below the trigger.
 """
+
 from __future__ import annotations
 
 import time
@@ -51,8 +52,15 @@ STYLES = ("portsentry1", "portsentry2")
 _BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20, "E": 0x40, "C": 0x80}
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 # The flags a label stands for, when an event carries no flag string.
-_LABEL_BITS = {"SYN": SYN, "FIN": FIN, "NULL": 0, "XMAS": FIN | PSH | URG, "FULL-XMAS": FIN | SYN | RST | PSH | ACK | URG,
-               "ACK": ACK, "MAIMON": FIN | ACK}
+_LABEL_BITS = {
+    "SYN": SYN,
+    "FIN": FIN,
+    "NULL": 0,
+    "XMAS": FIN | PSH | URG,
+    "FULL-XMAS": FIN | SYN | RST | PSH | ACK | URG,
+    "ACK": ACK,
+    "MAIMON": FIN | ACK,
+}
 _V2_TYPES = {"SYN": "TCP SYN/Normal scan", "FIN": "TCP FIN scan", "NULL": "TCP NULL scan", "XMAS": "TCP XMAS scan"}
 
 
@@ -142,8 +150,10 @@ def tcp_type_1x(bits: int) -> str:
         return "TCP FIN scan"
     if syn and not (fin or ack or psh or rst or urg):
         return "TCP SYN/Normal scan"
-    return (f"Unknown Type: TCP Packet Flags: SYN: {int(syn)} FIN: {int(fin)} ACK: {int(ack)} "
-            f"PSH: {int(psh)} URG: {int(urg)} RST: {int(rst)}")
+    return (
+        f"Unknown Type: TCP Packet Flags: SYN: {int(syn)} FIN: {int(fin)} ACK: {int(ack)} "
+        f"PSH: {int(psh)} URG: {int(urg)} RST: {int(rst)}"
+    )
 
 
 def _flag_text(bits: int) -> str:
@@ -218,8 +228,10 @@ def ipopts_line_1x(ev: dict[str, Any]) -> str | None:
     proto = _proto(ev)
     if not ev.get("ip_options") or proto not in ("TCP", "UDP"):
         return None
-    return (f"attackalert: Packet from host: {_name(ev)}/{_addr(ev)} to {proto} port: {_port(ev)} "
-            f"has IP options set (detection avoidance technique).")
+    return (
+        f"attackalert: Packet from host: {_name(ev)}/{_addr(ev)} to {proto} port: {_port(ev)} "
+        f"has IP options set (detection avoidance technique)."
+    )
 
 
 def _tf(value: Any) -> str:
@@ -241,9 +253,11 @@ def scan_line_2x(ev: dict[str, Any]) -> str:
         blocked = _tf(ev.get("blocked") or action == "block")
     opts = "set" if ev.get("ip_options") else "not set"
     proto = _proto(ev) or "IP"
-    return (f"Scan from: [{_addr(ev)}] ({_name(ev)}) protocol: [{proto}] port: [{_port(ev)}] "
-            f"type: [{scan_type_2x(ev)}] IP opts: [{opts}] ignored: [{_tf(ignored)}] triggered: [{trig}] "
-            f"noblock: [{noblock}] blocked: [{blocked}]")
+    return (
+        f"Scan from: [{_addr(ev)}] ({_name(ev)}) protocol: [{proto}] port: [{_port(ev)}] "
+        f"type: [{scan_type_2x(ev)}] IP opts: [{opts}] ignored: [{_tf(ignored)}] triggered: [{trig}] "
+        f"noblock: [{noblock}] blocked: [{blocked}]"
+    )
 
 
 def _admin_line(ev: dict[str, Any]) -> str:
@@ -295,8 +309,7 @@ def _writes_history(ev: dict[str, Any]) -> bool:
 def record_1x(ev: dict[str, Any]) -> str:
     """'EPOCH - MM/DD/YYYY HH:MM:SS Host: NAME/ADDR Port: N TCP Blocked' (1.2's WriteBlocked)."""
     ts = float(ev["ts"])
-    return (f"{int(ts)} - {time_1x(ts)} Host: {_name(ev)}/{_addr(ev)} Port: {_port(ev)} "
-            f"{_proto(ev)} Blocked")
+    return f"{int(ts)} - {time_1x(ts)} Host: {_name(ev)}/{_addr(ev)} Port: {_port(ev)} {_proto(ev)} Blocked"
 
 
 def history_line(ev: dict[str, Any], style: str = "portsentry1") -> str | None:

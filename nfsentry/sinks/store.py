@@ -4,6 +4,7 @@ The kernel's blocked sets are authoritative while nfsentry runs; the database is
 restart (and a ``kill -9``: every block is committed before it is reported in a log line). The
 state directory is created 0700 and the database file 0600.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -11,8 +12,9 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -153,13 +155,26 @@ class Store:
             " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(network) DO UPDATE SET reason=coalesce(excluded.reason, reason), labels=excluded.labels, ports=excluded.ports,"
             " created=excluded.created, expires=excluded.expires, offences=excluded.offences, origin=excluded.origin",
-            (ev["network"], ev.get("family", 6 if ":" in ev["network"] else 4), ev.get("src"), ev.get("reason", ""),
-             json.dumps(ev.get("labels", [])), json.dumps(ev.get("ports", [])), ev.get("first_seen", ev["ts"]),
-             ev["ts"], ev.get("expires"), ev.get("offences", 1), ev.get("origin", "auto")))
+            (
+                ev["network"],
+                ev.get("family", 6 if ":" in ev["network"] else 4),
+                ev.get("src"),
+                ev.get("reason", ""),
+                json.dumps(ev.get("labels", [])),
+                json.dumps(ev.get("ports", [])),
+                ev.get("first_seen", ev["ts"]),
+                ev["ts"],
+                ev.get("expires"),
+                ev.get("offences", 1),
+                ev.get("origin", "auto"),
+            ),
+        )
         if ev.get("offences"):
-            self._run("INSERT INTO offenders(network, offences, last) VALUES (?,?,?)"
-                      " ON CONFLICT(network) DO UPDATE SET offences=max(offences, excluded.offences), last=excluded.last",
-                      (ev["network"], ev["offences"], ev["ts"]))
+            self._run(
+                "INSERT INTO offenders(network, offences, last) VALUES (?,?,?)"
+                " ON CONFLICT(network) DO UPDATE SET offences=max(offences, excluded.offences), last=excluded.last",
+                (ev["network"], ev["offences"], ev["ts"]),
+            )
 
     def add_blocks(self, events: list[dict[str, Any]]) -> None:
         self._run("BEGIN")
@@ -211,9 +226,20 @@ class Store:
 
     # -- history -----------------------------------------------------------------------------
     def add_history(self, ev: dict[str, Any]) -> None:
-        self._run("INSERT INTO history(ts, event, src, network, proto, port, label, action, detail) VALUES (?,?,?,?,?,?,?,?,?)",
-                  (ev["ts"], ev["event"], ev.get("src"), ev.get("network"), ev.get("proto"), ev.get("port"),
-                   ev.get("label"), ev.get("action"), json.dumps(ev, default=str)))
+        self._run(
+            "INSERT INTO history(ts, event, src, network, proto, port, label, action, detail) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                ev["ts"],
+                ev["event"],
+                ev.get("src"),
+                ev.get("network"),
+                ev.get("proto"),
+                ev.get("port"),
+                ev.get("label"),
+                ev.get("action"),
+                json.dumps(ev, default=str),
+            ),
+        )
 
     def history(self, since: float | None = None, source: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """The last ``limit`` history rows (oldest first). ``source``: an address matches rows whose

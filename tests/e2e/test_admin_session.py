@@ -11,6 +11,7 @@ must not lock the admin out of the running daemon; 12 IPv4-mapped addresses and 
 are never a scanner's source; 13 `history --source PREFIX`; 16 a built-in ruleset name next to a
 folder of that name.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,6 @@ import subprocess
 import time
 
 import pytest
-
 from daemon_util import NFSENTRY, Nfsentry
 
 pytestmark = pytest.mark.e2e
@@ -290,8 +290,10 @@ def test_row13_history_source_prefix_matches_every_address_inside(admin, lab):
         d.cli("unblock", "--all")
         attacker.nmap("-sS -Pn --max-retries 0 -p 7", victim.ip4)
         d.wait_event("block", attacker.ip4, timeout=60)
-        wait_for("the detection reaches the database",
-                 lambda: any(h["event"] == "detection" for h in history(d, "--source", "198.18.0.0/24")))
+        wait_for(
+            "the detection reaches the database",
+            lambda: any(h["event"] == "detection" for h in history(d, "--source", "198.18.0.0/24")),
+        )
         rows = history(d, "--source", "198.18.0.0/24")
         assert {h["src"] for h in rows if h["event"] == "detection"} == {attacker.ip4}
 

@@ -1,12 +1,12 @@
 """The CLI against the real kernel: block/unblock a real attacker with and without the daemon,
 IPv4 and IPv6, and replay giving the same decisions as the live daemon for the same traffic."""
+
 from __future__ import annotations
 
 import json
 import textwrap
 
 import pytest
-
 from daemon_util import NFSENTRY, Nfsentry
 
 pytestmark = pytest.mark.e2e
@@ -131,12 +131,29 @@ def test_replay_gives_the_live_daemons_decisions(victim_service, tmp_path):
         attacker.python(code, timeout=90)
         d.wait_event("block", where=lambda e: e["network"].startswith("2001:db8::"))
         import time
+
         time.sleep(0.5)
-        live = [(e["event"], e["network"], e["label"], e["port"]) for e in d.events() if e["event"] in ("detection", "block")]
+        live = [
+            (e["event"], e["network"], e["label"], e["port"])
+            for e in d.events()
+            if e["event"] in ("detection", "block")
+        ]
     finally:
         d.close()
-    res = victim.run([NFSENTRY, "replay", str(cap), "--json", "--config", str(d.config),
-                      "--local", victim.ip4, "--local", victim.ip6])
+    res = victim.run(
+        [
+            NFSENTRY,
+            "replay",
+            str(cap),
+            "--json",
+            "--config",
+            str(d.config),
+            "--local",
+            victim.ip4,
+            "--local",
+            victim.ip6,
+        ]
+    )
     replayed = [(e["event"], e["network"], e["label"], e["port"]) for e in json.loads(res.stdout)]
     assert live == replayed, (live, replayed)
     # the attacker shares the victim's /64, so its IPv6 block is narrowed to its own address

@@ -3,19 +3,18 @@
 Each scan type is detected, labelled in JSON and syslog, and the attacker is blocked in-kernel
 (a following connect to an open victim service times out); unblocking restores access.
 """
+
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
-
 from daemon_util import Nfsentry
 
 pytestmark = pytest.mark.e2e
 
-OPEN_PORT = 8080          # an open victim service outside the monitored ports
-SCAN_PORTS = "1,7,9"      # monitored (1-1023), nothing listens there
+OPEN_PORT = 8080  # an open victim service outside the monitored ports
+SCAN_PORTS = "1,7,9"  # monitored (1-1023), nothing listens there
 
 
 @pytest.fixture
@@ -155,13 +154,35 @@ def test_bad_config_and_not_root_leave_the_kernel_untouched(lab, tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "block_duration" in res.stderr
     assert "nfsentry" not in victim.nft("list tables").stdout
-    res = victim.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(__import__("daemon_util").NFSENTRY),
-                      "run", "--config", str(tmp_path / "none.toml")], check=False)
+    res = victim.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            str(__import__("daemon_util").NFSENTRY),
+            "run",
+            "--config",
+            str(tmp_path / "none.toml"),
+        ],
+        check=False,
+    )
     assert res.returncode in (2, 77)
     ok = tmp_path / "ok.toml"
     ok.write_text("")
-    res = victim.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(__import__("daemon_util").NFSENTRY),
-                      "run", "--config", str(ok)], check=False)
+    res = victim.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            str(__import__("daemon_util").NFSENTRY),
+            "run",
+            "--config",
+            str(ok),
+        ],
+        check=False,
+    )
     assert res.returncode == 77 and "root" in res.stderr and res.stderr.strip().count("\n") == 0
     assert victim.nft("list ruleset").stdout.strip() == ""
 
@@ -175,9 +196,9 @@ def test_sighup_reload_and_refused_bad_reload(lab, tmp_path):
         d.wait_event("block", attacker.ip4)
         # a bad new config is refused, the old one keeps running (and the block stays)
         good = d.config.read_text()
-        d.config.write_text(good + '\n[bogus]\nx = 1\n')
+        d.config.write_text(good + "\n[bogus]\nx = 1\n")
         d.proc.send_signal(1)
-        deadline = time.monotonic() + 60   # a busy machine may take a while to handle the SIGHUP
+        deadline = time.monotonic() + 60  # a busy machine may take a while to handle the SIGHUP
         while time.monotonic() < deadline and not any("reload refused" in l for l in d.stderr_lines):
             time.sleep(0.1)
         assert d.proc.poll() is None

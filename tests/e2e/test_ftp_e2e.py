@@ -9,6 +9,7 @@ assign helpers automatically; the tests check no connection carries one), so the
 
 IPv4 clients (ftplib) use PORT and PASV, IPv6 clients EPRT and EPSV.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,13 +21,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from daemon_util import Nfsentry
 from lab import PYTHON, Host
 
 pytestmark = pytest.mark.e2e
 
-PASV_LO, PASV_HI = 40000, 40009      # the servers' passive ports: monitored
+PASV_LO, PASV_HI = 40000, 40009  # the servers' passive ports: monitored
 FILE = "data.bin"
 SIZE = 200_000
 
@@ -59,7 +59,8 @@ def vsftpd(host: Host, tmp: Path) -> str:
     empty.mkdir(exist_ok=True)
     os.chmod(empty, 0o755)
     conf = tmp / "vsftpd.conf"
-    conf.write_text(textwrap.dedent(f"""\
+    conf.write_text(
+        textwrap.dedent(f"""\
         listen=NO
         listen_ipv6=YES
         background=NO
@@ -78,7 +79,8 @@ def vsftpd(host: Host, tmp: Path) -> str:
         xferlog_enable=NO
         dirmessage_enable=NO
         ftpd_banner=nfsentry lab vsftpd
-        """))
+        """)
+    )
     with open(tmp / "vsftpd.err", "w") as err:
         host.popen(["vsftpd", str(conf)], stdout=subprocess.DEVNULL, stderr=err)
     wait_listening(host, 21)
@@ -171,12 +173,22 @@ print(json.dumps(out), flush=True)
 """
 
 
-def download(client: Host, server_addr: str, mode: str, count: int = 2, timeout: float = 10, check: bool = True,
-             split: bool = False) -> dict | None:
+def download(
+    client: Host,
+    server_addr: str,
+    mode: str,
+    count: int = 2,
+    timeout: float = 10,
+    check: bool = True,
+    split: bool = False,
+) -> dict | None:
     """ftplib on `client`: `count` RETRs of data.bin and one NLST over one control connection
     (`split`: each PORT/EPRT line sent in three TCP segments)."""
-    res = client.run([PYTHON, "-c", CLIENT, server_addr, mode, str(count), str(timeout), *(["split"] if split else [])],
-                     check=False, timeout=60)
+    res = client.run(
+        [PYTHON, "-c", CLIENT, server_addr, mode, str(count), str(timeout), *(["split"] if split else [])],
+        check=False,
+        timeout=60,
+    )
     if not check and res.returncode != 0:
         return None
     assert res.returncode == 0, f"ftp client on {client.role} failed:\n{res.stdout}\n{res.stderr}"
@@ -190,7 +202,9 @@ class HeldDownload:
         self.p = client.popen([PYTHON, "-u", "-c", CLIENT, server_addr, mode, "1", "10", "wait"], stdin=subprocess.PIPE)
         line = self.p.stdout.readline()
         if not line.startswith("{"):
-            raise RuntimeError(f"held ftp client failed: {line}{self.p.stderr.read() if self.p.poll() is not None else ''}")
+            raise RuntimeError(
+                f"held ftp client failed: {line}{self.p.stderr.read() if self.p.poll() is not None else ''}"
+            )
         self.port = json.loads(line)["port"]
 
     def release(self) -> dict:
@@ -207,13 +221,24 @@ def check_transfer(out: dict, digest: str, family: int, mode: str, count: int = 
 
 # == the daemon ====================================================================================
 def ftp_daemon(host: Host, tmp: Path, mode: str = "host", exclude=(), ftp: bool = True, protect=()) -> Nfsentry:
-    return Nfsentry(host, tmp, overrides={
-        "monitor": {"tcp_ports": ["1-65535"], "tcp_exclude": list(exclude), "udp_ports": ["1-1023"],
-                    "inuse": "off", "mode": mode, "ftp": ftp, "protect": list(protect)},
-        # every lab host shares one /64: block IPv6 sources by address, not by /64
-        "detection": {"scan_trigger": 0, "ipv6_prefix": 128},
-        "response": {"keep_blocks_on_exit": False},
-    })
+    return Nfsentry(
+        host,
+        tmp,
+        overrides={
+            "monitor": {
+                "tcp_ports": ["1-65535"],
+                "tcp_exclude": list(exclude),
+                "udp_ports": ["1-1023"],
+                "inuse": "off",
+                "mode": mode,
+                "ftp": ftp,
+                "protect": list(protect),
+            },
+            # every lab host shares one /64: block IPv6 sources by address, not by /64
+            "detection": {"scan_trigger": 0, "ipv6_prefix": 128},
+            "response": {"keep_blocks_on_exit": False},
+        },
+    )
 
 
 def assert_quiet(d: Nfsentry) -> dict:
@@ -295,7 +320,9 @@ def test_victim_active_client_and_passive_server_ipv4_ipv6(lab, tmp_path, helper
         # withdrawn when superseded) until its timeout.
         kernel = expectations(victim)
         assert len(kernel) == 4 and {(p, a) for p, a, _ in kernel} == {
-            (legit.ip4, victim.ip4), (legit.ip6, victim.ip6)}, kernel
+            (legit.ip4, victim.ip4),
+            (legit.ip6, victim.ip6),
+        }, kernel
         print(f"\nhelper={helper} queued_tcp={st['kernel']['queued_tcp']} ftp={json.dumps(ftp)}")
     finally:
         d.close()
@@ -323,7 +350,9 @@ def test_gateway_inside_active_client_and_passive_server_ipv4_ipv6(lab, tmp_path
     in passive mode (legit connects to the inside host's port 40000-40009)."""
     (inside,) = lab.add_inside()
     victim, legit, attacker = lab["victim"], lab["legit"], lab["attacker"]
-    d = ftp_daemon(victim, tmp_path / "nfs", mode="gateway", exclude=["21"], protect=["198.18.1.0/24", "2001:db8:1::/64"])
+    d = ftp_daemon(
+        victim, tmp_path / "nfs", mode="gateway", exclude=["21"], protect=["198.18.1.0/24", "2001:db8:1::/64"]
+    )
     d.start()
     try:
         remote = vsftpd(legit, tmp_path / "legit")
@@ -449,17 +478,19 @@ def test_bounce_and_hostile_lines_are_reported_and_control_keeps_flowing(lab, tm
             res = legit.run([PYTHON, "-c", HOSTILE, server, third], check=False, timeout=60)
             assert res.returncode == 0, res.stdout + res.stderr
             out = json.loads(res.stdout)
-            assert out["bounce"].startswith("5"), out   # vsftpd refuses it too
+            assert out["bounce"].startswith("5"), out  # vsftpd refuses it too
             assert out["noop"].startswith("200") and out["size"] == SIZE, out
             ev = d.wait_event("ftp_bounce", src)
             assert ev["announced"] == third and ev["port"] == 40000 and ev["dst"] == server, ev
             assert ev["reason"].startswith("ftp bounce refused: client " + src), ev
             ev = d.wait_event("ftp_oversized", src)
-            assert ev["length"] > 2048 == ev["limit"], ev   # length seen when the limit was passed
+            assert ev["length"] > 2048 == ev["limit"], ev  # length seen when the limit was passed
             ev = d.wait_event("ftp_malformed", src)
             assert "999 > 255" in ev["reason"] and "\\x1b[2J" in ev["line"] and "\x1b" not in json.dumps(ev), ev
         lines = "\n".join(d.syslog.lines)
-        assert f"ftp_bounce: " in lines and f"announced={attacker.ip4}" in lines and f"announced={attacker.ip6}" in lines, lines
+        assert (
+            "ftp_bounce: " in lines and f"announced={attacker.ip4}" in lines and f"announced={attacker.ip6}" in lines
+        ), lines
         assert "\x1b" not in lines, lines
         assert not any(attacker.ip4 in k or attacker.ip6 in k for k in expectations(victim))
         st = assert_quiet(d)

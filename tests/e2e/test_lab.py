@@ -1,16 +1,14 @@
 """The namespace lab itself: reachability, real nmap through it, and a clean teardown."""
+
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-
-from lab import PREFIX, Lab, list_lab_namespaces, PYTHON
+from lab import PREFIX, PYTHON, Lab, list_lab_namespaces
 
 pytestmark = pytest.mark.e2e
 

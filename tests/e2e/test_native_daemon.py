@@ -3,12 +3,12 @@ tier (one lab, one daemon, few processes: program starts are slow under TCG). On
 runs the compat backend; in the guest (NFSENTRY_EXPECT_BACKEND=native) the native `queue`
 statement. Covers: backend detection, nmap SYN/FIN/NULL/XMAS scans (IPv4) and a UDP scan (IPv6)
 detected and the attacker blocked in-kernel, unblock via the CLI, legit traffic untouched."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
-
 from daemon_util import Nfsentry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.native]
@@ -22,7 +22,9 @@ CONNECT = 30.0
 
 def probe(host, addr: str, port: int, timeout: float = 1.0) -> str:
     """TCP connect with bash's /dev/tcp: one cheap program start (python costs seconds under TCG)."""
-    res = host.run(["timeout", str(timeout), "bash", "-c", f"exec 3<>/dev/tcp/{addr}/{port}"], check=False, timeout=timeout + 20)
+    res = host.run(
+        ["timeout", str(timeout), "bash", "-c", f"exec 3<>/dev/tcp/{addr}/{port}"], check=False, timeout=timeout + 20
+    )
     return {0: "connected", 124: "timeout"}.get(res.returncode, "refused")
 
 
@@ -35,11 +37,17 @@ def test_scans_blocked_unblocked_by_cli_legit_untouched(lab, tmp_path):
         expected = os.environ.get("NFSENTRY_EXPECT_BACKEND")
         assert st["backend"] == (expected or st["backend"]) and st["backend"] in ("native", "compat")
         assert st["inuse"] == "socket"
-        assert st["engine_kind"] == "compiled"      # the package build compiled nfsentry.core._fastpath
+        assert st["engine_kind"] == "compiled"  # the package build compiled nfsentry.core._fastpath
         assert probe(legit, victim.ip4, OPEN_PORT, CONNECT) == "connected"
-        for i, (args, label, target, src) in enumerate((("-sS", "SYN", victim.ip4, attacker.ip4), ("-sF", "FIN", victim.ip4, attacker.ip4),
-                                         ("-sN", "NULL", victim.ip4, attacker.ip4), ("-sX", "XMAS", victim.ip4, attacker.ip4),
-                                         ("-sU", "UDP", victim.ip6, attacker.ip6))):
+        for i, (args, label, target, src) in enumerate(
+            (
+                ("-sS", "SYN", victim.ip4, attacker.ip4),
+                ("-sF", "FIN", victim.ip4, attacker.ip4),
+                ("-sN", "NULL", victim.ip4, attacker.ip4),
+                ("-sX", "XMAS", victim.ip4, attacker.ip4),
+                ("-sU", "UDP", victim.ip6, attacker.ip6),
+            )
+        ):
             attacker.nmap(f"{args} -Pn --max-retries 0 --host-timeout 30s -p 7,9", target, timeout=90)
             ev = d.wait_event("detection", src, timeout=120, where=lambda e, label=label: e["label"] == label)
             assert ev["action"] == "block"

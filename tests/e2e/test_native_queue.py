@@ -10,15 +10,15 @@ Kernels without the `nft_queue` expression (this project's development machines)
 statement with "No such file or directory": the test then skips, unless
 NFSENTRY_EXPECT_BACKEND=native (the qemu stock-kernel tier), where it fails.
 """
+
 from __future__ import annotations
 
 import json
-import subprocess
 import os
+import subprocess
 import textwrap
 
 import pytest
-
 from lab import PYTHON
 
 pytestmark = [pytest.mark.e2e, pytest.mark.native]
@@ -170,13 +170,16 @@ def test_native_queue_statement_delivers_exactly_the_selected_syns_and_obeys_ver
     for i, (family, dst) in enumerate([(4, victim.ip4), (6, victim.ip6)]):
         for j, port in enumerate((ACCEPT_PORT, DROP_PORT, OTHER_PORT)):
             sport = 41000 + 10 * i + j
-            probes.append(dict(family=family, dst=dst, dport=port, sport=sport, seq=1000 + sport, answer=port != DROP_PORT))
+            probes.append(
+                dict(family=family, dst=dst, dport=port, sport=sport, seq=1000 + sport, answer=port != DROP_PORT)
+            )
     res = attacker.run([PYTHON, "-c", ATTACKER, json.dumps(probes), attacker.ip4], check=False, timeout=90)
     assert res.returncode == 0, res.stderr
     answered = json.loads(res.stdout.strip().splitlines()[-1])
 
     # `bypass`: with nobody bound to queue 0 the rule lets the packets through.
-    listener.stdin.write("unbind\n"); listener.stdin.flush()
+    listener.stdin.write("unbind\n")
+    listener.stdin.flush()
     unbound = listener.stdout.readline()
     while unbound.startswith("{"):
         line += unbound
@@ -190,8 +193,11 @@ def test_native_queue_statement_delivers_exactly_the_selected_syns_and_obeys_ver
     assert "DONE" in tail, err
 
     # The listener saw exactly the SYNs sent to the queued ports, once each, unchanged.
-    expected = {(p["family"], attacker.ip4 if p["family"] == 4 else attacker.ip6, p["sport"], p["dport"], p["seq"])
-                for p in probes if p["dport"] != OTHER_PORT}
+    expected = {
+        (p["family"], attacker.ip4 if p["family"] == 4 else attacker.ip6, p["sport"], p["dport"], p["seq"])
+        for p in probes
+        if p["dport"] != OTHER_PORT
+    }
     got = [(s["family"], s["src"], s["sport"], s["dport"], s["seq"]) for s in seen]
     assert sorted(got) == sorted(expected), f"queued {got}\nexpected {sorted(expected)}"
     assert all(s["proto"] == 6 and s["flags"] == 0x02 for s in seen), seen

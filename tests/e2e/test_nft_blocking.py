@@ -3,6 +3,7 @@
 Lab: victim 198.18.0.1 / 2001:db8::1 runs the ruleset; attacker .2/::2, legit .3/::3,
 ignored .4/::4 connect to a service on the victim (port 8080, not a monitored port).
 """
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ import textwrap
 import time
 
 import pytest
-
 from lab import PYTHON
 from test_nft_support import connect_many, expected_backend, nft_py
 
@@ -34,14 +34,21 @@ def test_block_and_unblock_ipv4_ipv6_addresses_and_prefixes(lab):
     assert all(reach(lab, r) == ("connected", "connected") for r in ("attacker", "legit", "ignored"))
 
     # Addresses: the attacker only.
-    got = nft_py(victim, """
+    got = nft_py(
+        victim,
+        """
         n.block('198.18.0.2', 600); n.block('2001:db8::2', 0)
         out = sorted((b['network'], b['set'], b['expires_in'] is None) for b in n.list_blocked())
-    """)
+    """,
+    )
     assert got == [["198.18.0.2", "blocked4", False], ["2001:db8::2", "blocked6", True]]
     assert reach(lab, "attacker") == ("timeout", "timeout")
     assert reach(lab, "legit") == ("connected", "connected")
-    assert nft_py(victim, "out = [n.unblock('198.18.0.2'), n.unblock('2001:db8::2'), n.unblock('2001:db8::2')]") == [True, True, False]
+    assert nft_py(victim, "out = [n.unblock('198.18.0.2'), n.unblock('2001:db8::2'), n.unblock('2001:db8::2')]") == [
+        True,
+        True,
+        False,
+    ]
     assert reach(lab, "attacker") == ("connected", "connected")
 
     # Prefixes: .2/31 and ::2/127 cover attacker and legit, not ignored (.4).
@@ -50,7 +57,10 @@ def test_block_and_unblock_ipv4_ipv6_addresses_and_prefixes(lab):
     assert reach(lab, "legit") == ("timeout", "timeout")
     assert reach(lab, "ignored") == ("connected", "connected")
     # The daemon's IPv6 prefix (/64: hash set blocked6_64 matched through a mask) covers the lan.
-    got = nft_py(victim, "n.block('2001:db8::/64', 600); out = [b['set'] for b in n.list_blocked() if b['network'] == '2001:db8::/64']")
+    got = nft_py(
+        victim,
+        "n.block('2001:db8::/64', 600); out = [b['set'] for b in n.list_blocked() if b['network'] == '2001:db8::/64']",
+    )
     assert got == ["blocked6_64"]
     assert reach(lab, "ignored") == ("connected", "timeout")
     counters = nft_py(victim, "out = n.counters()")
@@ -65,7 +75,10 @@ def test_block_timeouts_expire_by_themselves(lab):
     # T: long enough that a busy machine cannot expire the entries before they are checked (the
     # blocked connects and the listing take ~2 s quiet: 10x that), short enough to wait for.
     T = 20
-    nft_py(victim, f"n.load(RulesetSpec()); n.block('198.18.0.2', {T}); n.block('2001:db8::2/127', {T}); n.block('198.18.0.3', 600)")
+    nft_py(
+        victim,
+        f"n.load(RulesetSpec()); n.block('198.18.0.2', {T}); n.block('2001:db8::2/127', {T}); n.block('198.18.0.3', 600)",
+    )
     t0 = time.monotonic()
     assert reach(lab, "attacker") == ("timeout", "timeout")
     left = nft_py(victim, "out = {b['network']: b['expires_in'] for b in n.list_blocked()}")
@@ -73,7 +86,10 @@ def test_block_timeouts_expire_by_themselves(lab):
     time.sleep(max(0.0, T + 0.5 - (time.monotonic() - t0)))
     # gone from the listing within a generous deadline (a busy machine runs the snippet slowly)
     deadline = time.monotonic() + 60
-    while nft_py(victim, "out = [b['network'] for b in n.list_blocked()]") != ["198.18.0.3"] and time.monotonic() < deadline:
+    while (
+        nft_py(victim, "out = [b['network'] for b in n.list_blocked()]") != ["198.18.0.3"]
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.2)
     assert reach(lab, "attacker") == ("connected", "connected")
     assert reach(lab, "legit") == ("timeout", "connected")
@@ -131,28 +147,42 @@ ECHO_CLIENT = textwrap.dedent("""
 
 def test_reload_under_traffic_drops_no_connection_and_loses_no_block(lab):
     import subprocess
+
     victim, legit = lab["victim"], lab["legit"]
     port = 500  # a monitored port: the service is exempt because its socket exists
     srv = victim.popen([PYTHON, "-u", "-c", ECHO_SERVER, str(port)])
     assert "READY" in srv.stdout.readline()
     victim.tcp_service(SERVICE)
-    nft_py(victim, "n.load(RulesetSpec()); n.block('198.18.0.2', 600); n.block('2001:db8::2', 600); n.block('2001:db8:5::/64', 0); n.block('198.19.0.0/16', 300)")
+    nft_py(
+        victim,
+        "n.load(RulesetSpec()); n.block('198.18.0.2', 600); n.block('2001:db8::2', 600); n.block('2001:db8:5::/64', 0); n.block('198.19.0.0/16', 300)",
+    )
     before = {b["network"]: b for b in nft_py(victim, "out = n.list_blocked()")}
     client = legit.popen([PYTHON, "-u", "-c", ECHO_CLIENT, str(port), victim.ip4, victim.ip6], stdin=subprocess.PIPE)
     assert "RUNNING" in client.stdout.readline()
     # 12 reloads while the connections exchange data: variants, ports, ignore lists, the IPv6
     # block prefix (which moves entries between sets), the compat backend and back.
-    specs = ["RulesetSpec()", "RulesetSpec(variant='gateway', protect=['198.18.1.0/24'])", "RulesetSpec(variant='observe')",
-             "RulesetSpec(tcp_ports=[(1, 600)], ignore=['198.18.0.4', '2001:db8::4'])", "RulesetSpec(ipv6_prefix=56)",
-             "RulesetSpec(inuse='poll')", "RulesetSpec(ftp=False)", "RulesetSpec()"]
-    reloads = nft_py(victim, f"""
+    specs = [
+        "RulesetSpec()",
+        "RulesetSpec(variant='gateway', protect=['198.18.1.0/24'])",
+        "RulesetSpec(variant='observe')",
+        "RulesetSpec(tcp_ports=[(1, 600)], ignore=['198.18.0.4', '2001:db8::4'])",
+        "RulesetSpec(ipv6_prefix=56)",
+        "RulesetSpec(inuse='poll')",
+        "RulesetSpec(ftp=False)",
+        "RulesetSpec()",
+    ]
+    reloads = nft_py(
+        victim,
+        f"""
         specs = [{", ".join(specs)}]
         out = 0
         for i in range(12):
             n.load(specs[i % len(specs)], backend='compat' if i == 9 else None, poll_interval=0)
             out += 1
             time.sleep(0.15)
-    """)
+    """,
+    )
     assert reloads == 12
     time.sleep(0.3)
     tail, err = client.communicate(input="", timeout=30)
@@ -184,7 +214,10 @@ def test_gateway_protects_the_network_behind_it(lab):
     victim, attacker, legit = lab["victim"], lab["attacker"], lab["legit"]
     (inside,) = lab.add_inside()
     inside.tcp_service(SERVICE)
-    nft_py(victim, "n.load(RulesetSpec(variant='gateway', protect=['198.18.1.0/24', '2001:db8:1::/64'], tcp_ports=[(1, 1023), (9000, 9001)]))")
+    nft_py(
+        victim,
+        "n.load(RulesetSpec(variant='gateway', protect=['198.18.1.0/24', '2001:db8:1::/64'], tcp_ports=[(1, 1023), (9000, 9001)]))",
+    )
     targets = [(inside.ip4, SERVICE), (inside.ip6, SERVICE)]
     assert set(connect_many(attacker, targets).values()) == {"connected"}
     assert nft_py(victim, "out = n.counters()['queued_tcp']") == 0  # an unmonitored port is not queued

@@ -4,12 +4,12 @@ Monitored ports are 1-1023 (plus PortSentry's trojan ports); the victim serves T
 and leaves 223/224 unused. Only probes of unused monitored ports may be queued (queue 0); FTP
 control segments with payload go to queue 1.
 """
+
 from __future__ import annotations
 
 import time
 
 import pytest
-
 from lab import PYTHON
 from test_nft_support import connect_many, expected_backend, nft_py, start_listener, stop_listener, udp_send
 
@@ -43,14 +43,17 @@ def test_open_services_are_never_queued_and_unused_monitored_ports_are(lab):
     # Probes of unused monitored ports are queued (and pass: nobody listens, `bypass`).
     assert set(connect_many(attacker, [(victim.ip4, UNUSED_TCP), (victim.ip6, UNUSED_TCP)]).values()) == {"refused"}
     udp_send(attacker, [(victim.ip4, UNUSED_UDP), (victim.ip6, UNUSED_UDP)])
-    deadline = time.monotonic() + 30   # the datagrams are counted when the victim's side runs
+    deadline = time.monotonic() + 30  # the datagrams are counted when the victim's side runs
     while (c := nft_py(victim, "out = n.counters()"))["queued_udp"] < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert c["queued_tcp"] == 2 and c["queued_udp"] == 2, c
     # Broadcasts, multicast and unmonitored ports never are (a witness table proves the
     # broadcast and the multicast datagram did arrive).
-    victim.nft(["-f", "-"], stdin=f"table inet witness {{\n\tchain c {{\n\t\ttype filter hook input priority 0;\n"
-                                   f"\t\tudp dport {UNUSED_UDP} fib daddr type {{ broadcast, multicast }} counter\n\t}}\n}}\n")
+    victim.nft(
+        ["-f", "-"],
+        stdin=f"table inet witness {{\n\tchain c {{\n\t\ttype filter hook input priority 0;\n"
+        f"\t\tudp dport {UNUSED_UDP} fib daddr type {{ broadcast, multicast }} counter\n\t}}\n}}\n",
+    )
     attacker.run([PYTHON, "-c", BROADCAST, str(UNUSED_UDP)])
     deadline = time.monotonic() + 30
     while "packets 2 " not in victim.nft("list chain inet witness c").stdout and time.monotonic() < deadline:
@@ -68,7 +71,9 @@ def test_a_netfilterqueue_listener_sees_scan_syns_but_not_connections_to_open_po
     listener = start_listener(victim, 0)
     for target in (victim.ip4, victim.ip6):
         res = attacker.nmap(f"-sS -Pn -p {OPEN_TCP},{UNUSED_TCP} --max-retries 1", target)
-        assert f"{OPEN_TCP}/tcp open" in res.stdout and f"{UNUSED_TCP}/tcp closed" in res.stdout, res.stdout + res.stderr
+        assert f"{OPEN_TCP}/tcp open" in res.stdout and f"{UNUSED_TCP}/tcp closed" in res.stdout, (
+            res.stdout + res.stderr
+        )
     assert set(connect_many(attacker, [(victim.ip4, OPEN_TCP), (victim.ip6, OPEN_TCP)]).values()) == {"connected"}
     seen = stop_listener(listener)
     print(f"\nbackend {st['backend']}: queue 0 saw {[(p['src'], p['dport'], p['flags']) for p in seen]}")
@@ -104,19 +109,29 @@ def test_ftp_control_segments_with_payload_go_to_the_ftp_queue_both_ways(lab):
     assert all(p["payload"] > 0 for p in seen), seen
     got = {(p["family"], p["sport"] == 21, p["payload"]) for p in seen}
     banner, cmd = len("220 nfsentry test\n"), len("USER anonymous\r\n")
-    assert got == {(4, True, banner), (4, False, cmd), (4, True, cmd), (6, True, banner), (6, False, cmd), (6, True, cmd)}, seen
+    assert got == {
+        (4, True, banner),
+        (4, False, cmd),
+        (4, True, cmd),
+        (6, True, banner),
+        (6, False, cmd),
+        (6, True, cmd),
+    }, seen
     assert nft_py(victim, "out = n.counters()['queued_ftp']") == len(seen)
 
 
 def test_ftp_expectations_let_expected_data_connections_through(lab):
     """inuse=off: only the FTP tracker's expectations exempt a port (the FTP tests' setting)."""
     victim, attacker = lab["victim"], lab["attacker"]
-    nft_py(victim, """
+    nft_py(
+        victim,
+        """
         n.load(RulesetSpec(inuse='off', tcp_ports=[(1, 1023), (5000, 5010)]))
         n.expect_ftp('198.18.0.2', '198.18.0.1', 5001, 30)
         n.expect_ftp('2001:db8::2', '2001:db8::1', 5001, 30)
         out = n.status(sizes=True)
-    """)
+    """,
+    )
     assert nft_py(victim, "out = n.status()['sets']")["ftp_expect4"] == 1
     connect_many(attacker, [(victim.ip4, 5001), (victim.ip6, 5001)])
     assert nft_py(victim, "out = n.counters()['queued_tcp']") == 0
@@ -132,7 +147,9 @@ def test_polled_in_use_ports_are_left_out_of_the_monitored_sets(lab):
     victim, attacker = lab["victim"], lab["attacker"]
     victim.tcp_service(OPEN_TCP)
     victim.udp_service(OPEN_UDP)
-    out = nft_py(victim, f"""
+    out = nft_py(
+        victim,
+        f"""
         import socket
         n.load(RulesetSpec(inuse='poll', tcp_ports=[(1, 1023)], udp_ports=[(1, 1023)]), poll_interval=0.2)
         first = n.status()
@@ -151,7 +168,8 @@ def test_polled_in_use_ports_are_left_out_of_the_monitored_sets(lab):
         s.close()
         again = tcp_set("1-{OPEN_TCP - 1}, {OPEN_TCP + 1}-1023")
         out = dict(inuse=first['inuse'], tcp=listing, udp=udp, again=again)
-    """)
+    """,
+    )
     assert out["inuse"] == "poll"
     assert f"1-{OPEN_TCP - 1}, {UNUSED_TCP + 1}-1023" in out["tcp"], out["tcp"]  # 222 and 223 in use
     assert f"1-{OPEN_UDP - 1}, {OPEN_UDP + 1}-1023" in out["udp"], out["udp"]

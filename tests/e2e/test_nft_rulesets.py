@@ -5,6 +5,7 @@ cannot load: the test proves that the *only* thing the kernel refuses is the que
 the compat rendering of the same variant instead, and prints the reason. The qemu stock-kernel tier
 (NFSENTRY_EXPECT_BACKEND=native) loads the shipped files for real.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ import re
 import textwrap
 
 import pytest
-
 from lab import PYTHON, REPO
 from test_nft_support import CONNECT_MANY, EXPECT_BACKEND, connect_many, expected_backend, nft_py
 
@@ -64,11 +64,19 @@ def test_each_shipped_ruleset_loads_with_nft_f_in_a_fresh_namespace(lab, tmp_pat
             for i in errs:
                 src, marks = lines[i + 1], lines[i + 2]
                 col = marks.index("^")
-                assert src[col:].startswith("queue flags bypass to"), f"{name}: kernel refused something else:\n{res.stderr}"
-            print(f"\n{name}: kernel {lab['victim'].run(['uname', '-r']).stdout.strip()} has no nft_queue "
-                  f"({len(errs)} queue statements refused: {lines[errs[0]].split('Error: ')[-1]}); loading the compat rendering")
+                assert src[col:].startswith("queue flags bypass to"), (
+                    f"{name}: kernel refused something else:\n{res.stderr}"
+                )
+            print(
+                f"\n{name}: kernel {lab['victim'].run(['uname', '-r']).stdout.strip()} has no nft_queue "
+                f"({len(errs)} queue statements refused: {lines[errs[0]].split('Error: ')[-1]}); loading the compat rendering"
+            )
             # Everything else in the native file is accepted by this kernel (check mode) ...
-            rest = path.read_text().replace("queue flags bypass to 0", "accept").replace("queue flags bypass to 1", "accept")
+            rest = (
+                path.read_text()
+                .replace("queue flags bypass to 0", "accept")
+                .replace("queue flags bypass to 1", "accept")
+            )
             victim.nft(["-c", "-f", "-"], stdin=rest)
             # ... and the compat rendering of the same variant loads for real, twice.
             compat = tmp_path / f"compat-{name}"
@@ -109,10 +117,14 @@ def test_user_tables_and_iptables_rules_are_untouched_by_load_reload_unload(lab)
     def theirs(text: str) -> list[str]:
         return [ln for ln in text.splitlines() if "nfsentry" not in ln]
 
-    steps = [("load", "n.load(RulesetSpec())"), ("load again", "n.load(RulesetSpec())"),
-             ("reload gateway", "n.load(RulesetSpec(variant='gateway'))"),
-             ("reload observe, compat", "n.load(RulesetSpec(variant='observe'), backend='compat')"),
-             ("reload host", "n.load(RulesetSpec())"), ("unload", "n.unload()")]
+    steps = [
+        ("load", "n.load(RulesetSpec())"),
+        ("load again", "n.load(RulesetSpec())"),
+        ("reload gateway", "n.load(RulesetSpec(variant='gateway'))"),
+        ("reload observe, compat", "n.load(RulesetSpec(variant='observe'), backend='compat')"),
+        ("reload host", "n.load(RulesetSpec())"),
+        ("unload", "n.unload()"),
+    ]
     listings = {}
     for what, call in steps:
         out = nft_py(victim, f"{call}\nout = n.status(sizes=False).get('backend')")
@@ -128,7 +140,17 @@ def test_user_tables_and_iptables_rules_are_untouched_by_load_reload_unload(lab)
             assert n_ours == want, f"{what}: {n_ours} compat rules\n{now}"
     # Loading the same spec twice is idempotent: same table, no duplicated compat rules.
     assert listings["load"] == listings["load again"]
-    assert victim.nft("list tables").stdout.split() == ["table", "inet", "filter", "table", "ip", "filter", "table", "ip6", "filter"]
+    assert victim.nft("list tables").stdout.split() == [
+        "table",
+        "inet",
+        "filter",
+        "table",
+        "ip",
+        "filter",
+        "table",
+        "ip6",
+        "filter",
+    ]
     assert not ours(victim.run("iptables-nft -S").stdout) and not ours(victim.run("ip6tables-nft -S").stdout)
 
 
@@ -148,7 +170,10 @@ def test_a_failed_transaction_changes_nothing(lab):
             out = str(e)
     """
     for backend in ("auto", "compat"):
-        nft_py(victim, f"n.load(RulesetSpec(), backend={backend!r}); n.block('198.18.0.2', 600); n.block('2001:db8:9::/64')")
+        nft_py(
+            victim,
+            f"n.load(RulesetSpec(), backend={backend!r}); n.block('198.18.0.2', 600); n.block('2001:db8:9::/64')",
+        )
         before = _stateless(victim, "ruleset"), victim.run("iptables-nft -S").stdout
         err = nft_py(victim, sabotage.replace("BACKEND", repr(backend)))
         assert "No such file or directory" in err, err
@@ -170,7 +195,10 @@ BULK = [str(a) for a in ipaddress.ip_network("198.18.0.0/15") if not any(a in s 
 
 def test_bulk_restore_of_100000_blocks_and_listing(lab):
     victim = lab["victim"]
-    out = nft_py(victim, BULK_ADDRS + textwrap.dedent("""
+    out = nft_py(
+        victim,
+        BULK_ADDRS
+        + textwrap.dedent("""
         n.load(RulesetSpec())
         items = [(a, 3600) for a in BULK]
         items += [("198.18.9.0/24", 3600), ("198.18.9.128/25", 3600), "2001:db8:7::/64", ("2001:db8:8::1", 3600),
@@ -184,14 +212,25 @@ def test_bulk_restore_of_100000_blocks_and_listing(lab):
         t = time.perf_counter(); n.load(RulesetSpec(variant="gateway")); reload = time.perf_counter() - t
         out = dict(bulk=bulk, listing=listing, reload=reload, count=len(blocked), small=small, sets=st["sets"],
                    after=n.blocked_count(), missing=len(bulk_set - {b["network"] for b in blocked}))
-    """), timeout=600)
-    print(f"\nbulk restore of 100,000 blocks: {out['bulk']:.2f}s, list_blocked {out['listing']:.2f}s, "
-          f"reload keeping them {out['reload']:.2f}s")
+    """),
+        timeout=600,
+    )
+    print(
+        f"\nbulk restore of 100,000 blocks: {out['bulk']:.2f}s, list_blocked {out['listing']:.2f}s, "
+        f"reload keeping them {out['reload']:.2f}s"
+    )
     small = {b["network"]: b for b in out["small"]}
     # Nested prefixes collapse to the broadest; duplicates keep the last timeout.
     # (A /64 inside a blocked /48 is a separate entry: they live in different sets.)
-    assert set(small) == {"198.18.9.0/24", "2001:db8:7::/64", "2001:db8:8::1", "2001:db8:9::/48", "198.18.10.0/23",
-                          "198.19.0.1", "2001:db8:9:1::/64"}, small
+    assert set(small) == {
+        "198.18.9.0/24",
+        "2001:db8:7::/64",
+        "2001:db8:8::1",
+        "2001:db8:9::/48",
+        "198.18.10.0/23",
+        "198.19.0.1",
+        "2001:db8:9:1::/64",
+    }, small
     assert small["198.19.0.1"]["timeout"] == 1800 and small["2001:db8:9::/48"]["expires_in"] is None
     assert small["2001:db8:7::/64"]["set"] == "blocked6_64" and small["2001:db8:9::/48"]["set"] == "blocked6net"
     assert out["missing"] == 0
@@ -209,7 +248,10 @@ def test_listing_a_big_set_while_the_kernel_changes_it_is_complete_or_says_so(la
     is silently incomplete. Odd rounds take the raw one-shot dump first, to show the hazard on
     this kernel (printed, not asserted: it depends on timing)."""
     victim = lab["victim"]
-    out = nft_py(victim, BULK_ADDRS + textwrap.dedent("""
+    out = nft_py(
+        victim,
+        BULK_ADDRS
+        + textwrap.dedent("""
         from nfsentry.nft import NftInconsistent
         n.load(RulesetSpec())
         stable = set()
@@ -232,9 +274,13 @@ def test_listing_a_big_set_while_the_kernel_changes_it_is_complete_or_says_so(la
             assert not missing, f"a listing lost {len(missing)} long-lived elements"
             complete += 1
         out = dict(complete=complete, inconsistent=inconsistent, raw_bad=raw_bad)
-    """), timeout=600)
-    print(f"\nlistings right after bulk adds: {out['complete']} complete, {out['inconsistent']} flagged "
-          f"inconsistent; raw one-shot dumps that were wrong: {out['raw_bad']} of 2")
+    """),
+        timeout=600,
+    )
+    print(
+        f"\nlistings right after bulk adds: {out['complete']} complete, {out['inconsistent']} flagged "
+        f"inconsistent; raw one-shot dumps that were wrong: {out['raw_bad']} of 2"
+    )
     assert out["complete"] + out["inconsistent"] == 4
     assert out["complete"] >= 1, "no listing ever converged"
 
@@ -286,6 +332,10 @@ def test_native_tier_essentials(lab):
     assert c[1:] == [True, True, []]
     # Unblocked: the open port answers and is never queued; an unused monitored port is queued.
     res = connect_many(attacker, [*both, (victim.ip4, 223), (victim.ip6, 223)])
-    assert res == {f"{victim.ip4}:222": "connected", f"{victim.ip6}:222": "connected",
-                   f"{victim.ip4}:223": "refused", f"{victim.ip6}:223": "refused"}, res
+    assert res == {
+        f"{victim.ip4}:222": "connected",
+        f"{victim.ip6}:222": "connected",
+        f"{victim.ip4}:223": "refused",
+        f"{victim.ip6}:223": "refused",
+    }, res
     assert nft_py(victim, "out = n.counters()")["queued_tcp"] == 2

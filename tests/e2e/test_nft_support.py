@@ -3,6 +3,7 @@
 Everything that touches nftables runs inside a lab namespace: ``nft_py(host, code)`` runs a Python
 snippet there with ``n = Nft()`` ready and prints the snippet's ``out`` as JSON.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,11 @@ out = None
 
 def nft_py(host, code: str, timeout: float = 60):
     """Run ``code`` in ``host``'s namespace (``n`` is an Nft); returns the value it left in ``out``."""
-    res = host.run([PYTHON, "-c", PRELUDE + textwrap.dedent(code) + "\nprint('@@' + json.dumps(out))"],
-                   check=False, timeout=timeout)
+    res = host.run(
+        [PYTHON, "-c", PRELUDE + textwrap.dedent(code) + "\nprint('@@' + json.dumps(out))"],
+        check=False,
+        timeout=timeout,
+    )
     if res.returncode != 0:
         raise AssertionError(f"nft snippet failed in {host.role} (rc={res.returncode}):\n{res.stdout}\n{res.stderr}")
     line = next(ln for ln in reversed(res.stdout.splitlines()) if ln.startswith("@@"))
@@ -119,10 +123,13 @@ LISTENER = textwrap.dedent("""
 
 def start_listener(host, queue: int):
     import subprocess
+
     p = host.popen([PYTHON, "-u", "-c", LISTENER, str(queue)], stdin=subprocess.PIPE)
     line = p.stdout.readline()
     if "READY" not in line:
-        raise AssertionError(f"queue {queue} listener did not start: {line}{p.stderr.read() if p.poll() is not None else ''}")
+        raise AssertionError(
+            f"queue {queue} listener did not start: {line}{p.stderr.read() if p.poll() is not None else ''}"
+        )
     return p
 
 

@@ -1,6 +1,7 @@
 """PortSentry users' tools against the real daemon and a real scan: fail2ban's shipped
 `portsentry` filter matches nfsentry's history file, and a logcheck-style grep for `attackalert`
 finds every detection in syslog."""
+
 from __future__ import annotations
 
 import re
@@ -8,19 +9,23 @@ import shutil
 import subprocess
 
 import pytest
-
 from daemon_util import Nfsentry
 
 pytestmark = pytest.mark.e2e
 FILTER = "/etc/fail2ban/filter.d/portsentry.conf"
 
 
-@pytest.mark.skipif(shutil.which("fail2ban-regex") is None, reason="fail2ban not installed (make deps-test installs it)")
+@pytest.mark.skipif(
+    shutil.which("fail2ban-regex") is None, reason="fail2ban not installed (make deps-test installs it)"
+)
 def test_fail2ban_and_logcheck_match_a_real_scan(lab, tmp_path):
     victim, attackers = lab["victim"], [lab["attacker"], lab["legit"]]
     history = tmp_path / "portsentry.history"
-    d = Nfsentry(victim, tmp_path / "nfs", overrides={
-        "logging": {"format": "portsentry1", "history_file": str(history), "syslog_ident": "portsentry"}})
+    d = Nfsentry(
+        victim,
+        tmp_path / "nfs",
+        overrides={"logging": {"format": "portsentry1", "history_file": str(history), "syslog_ident": "portsentry"}},
+    )
     d.start()
     try:
         attackers[0].nmap("-sS -Pn --max-retries 0 -p 1-20", victim.ip4)

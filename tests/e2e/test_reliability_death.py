@@ -6,13 +6,13 @@ monitored port is answered by the kernel as if nfsentry were not there (RST); wi
 (fail-closed) it is dropped. A systemd-style restart restores the ruleset and every block, with no
 duplicate and none lost, in the kernel and in the database.
 """
+
 from __future__ import annotations
 
 import sqlite3
 import time
 
 import pytest
-
 from daemon_util import Nfsentry
 from test_reliability_util import flood, flood_result, wait_for
 
@@ -47,12 +47,13 @@ def test_kill9_during_a_flood_then_restart(lab, tmp_path, fail_open):
     for key in ("all", "default", "eth0"):
         victim.run(["sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=0"])
     victim.tcp_service(OPEN_PORT)
-    d = Nfsentry(victim, tmp_path / "nfs", overrides={"response": {"max_blocks_per_minute": 25},
-                                                      "nft": {"fail_open": fail_open}})
+    d = Nfsentry(
+        victim, tmp_path / "nfs", overrides={"response": {"max_blocks_per_minute": 25}, "nft": {"fail_open": fail_open}}
+    )
     d.start()
     try:
-        attacker.nmap("-sS -Pn --max-retries 0 -p 7", victim.ip6)   # a real scanner, blocked first
-        d.wait_event("block", attacker.ip6)   # alone: its /64 holds the victim too
+        attacker.nmap("-sS -Pn --max-retries 0 -p 7", victim.ip6)  # a real scanner, blocked first
+        d.wait_event("block", attacker.ip6)  # alone: its /64 holds the victim too
         # the flood must outlast the checks of the dead daemon below (a few seconds quiet, far more on a
         # busy machine): it may run 60 s and is ended once they are done
         f = flood(attacker, victim, count=300_000, seconds=60, rate=5_000)
@@ -64,15 +65,15 @@ def test_kill9_during_a_flood_then_restart(lab, tmp_path, fail_open):
 
         # dead daemon, flood still running
         assert f.poll() is None, "the flood ended before the checks"
-        assert victim.nft("list table inet nfsentry").returncode == 0       # protection stays loaded
-        assert 0 not in queue_listeners(victim)                              # nobody bound to queue 0
+        assert victim.nft("list table inet nfsentry").returncode == 0  # protection stays loaded
+        assert 0 not in queue_listeners(victim)  # nobody bound to queue 0
         assert legit.connect(victim.ip4, OPEN_PORT) == "connected"
         assert legit.connect(victim.ip6, OPEN_PORT) == "connected"
         assert attacker.connect(victim.ip6, OPEN_PORT, timeout=1.5) == "timeout"  # still blocked
         probe = legit.connect(victim.ip4, CLOSED_MONITORED, timeout=1.5)
-        assert probe == ("refused" if fail_open else "timeout")               # bypass vs fail-closed
+        assert probe == ("refused" if fail_open else "timeout")  # bypass vs fail-closed
         assert f.poll() is None, "the flood ended before the checks"
-        time.sleep(max(0.0, t_flood + 9 - time.monotonic()))                # at least the 45,000 packets of old
+        time.sleep(max(0.0, t_flood + 9 - time.monotonic()))  # at least the 45,000 packets of old
         f.terminate()
         sent = flood_result(f)
         assert sent["sent"] > 20_000
@@ -80,8 +81,8 @@ def test_kill9_during_a_flood_then_restart(lab, tmp_path, fail_open):
         # systemd restarts it
         d.start()
         nets = [b["network"] for b in d.blocked()]
-        assert len(nets) == len(set(nets))                                   # no duplicate
-        assert set(nets) == kernel_at_death                                  # none lost, none invented
+        assert len(nets) == len(set(nets))  # no duplicate
+        assert set(nets) == kernel_at_death  # none lost, none invented
         in_db = db_blocks(d)
         assert len(in_db) == len(set(in_db)) and set(in_db) == kernel_at_death
         assert attacker.connect(victim.ip6, OPEN_PORT, timeout=1.5) == "timeout"

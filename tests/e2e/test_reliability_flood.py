@@ -6,21 +6,20 @@ bound events and log lines), ``nfsentry status`` keeps answering, and a real cli
 an open service without a single failed session. The throughput ratio is bench material
 (bench/bench_flood.py), not a timed assertion.
 """
+
 from __future__ import annotations
 
 import json
 import time
 
 import pytest
-
 from daemon_util import Nfsentry
-from test_reliability_util import (flood, flood_result, legit_rate_result, legit_rate_start, proc_rss_kb,
-                                   timed_status)
+from test_reliability_util import flood, flood_result, legit_rate_result, legit_rate_start, proc_rss_kb, timed_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 OPEN_PORT = 8080
-MAX_RSS_GROWTH_KB = 25_000   # before the valves were rate-limited a 40k-packet block flood added ~75 MB
+MAX_RSS_GROWTH_KB = 25_000  # before the valves were rate-limited a 40k-packet block flood added ~75 MB
 
 
 def off_link_sources_allowed(victim) -> None:
@@ -51,17 +50,24 @@ def run_flood(lab, d, count: int, rate: int, seconds: float = 12) -> dict:
         time.sleep(0.2)
     time.sleep(1)
     st = d.status()
-    return {"rss0": rss0, "peak": max(peak, proc_rss_kb(pid)), "lat": lat, "replies": replies, "sent": sent,
-            "legit": legit, "status": st}
+    return {
+        "rss0": rss0,
+        "peak": max(peak, proc_rss_kb(pid)),
+        "lat": lat,
+        "replies": replies,
+        "sent": sent,
+        "legit": legit,
+        "status": st,
+    }
 
 
 def common_asserts(r: dict) -> None:
     assert r["sent"]["sent"] > 10_000, r["sent"]
     assert r["peak"] - r["rss0"] < MAX_RSS_GROWTH_KB, (r["rss0"], r["peak"])
-    assert r["replies"] and max(r["lat"]) < 15, r["lat"]                          # status answered throughout
-    assert r["legit"]["ok"] > 0 and r["legit"]["fail"] == 0, r["legit"]            # the open service kept working
+    assert r["replies"] and max(r["lat"]) < 15, r["lat"]  # status answered throughout
+    assert r["legit"]["ok"] > 0 and r["legit"]["fail"] == 0, r["legit"]  # the open service kept working
     q = r["status"]["queue_drops"].get("queue0", {})
-    assert q.get("waiting", 0) == 0                                                # nothing stuck in the queue
+    assert q.get("waiting", 0) == 0  # nothing stuck in the queue
     assert r["status"]["counters"]["errors"] == 0
 
 
@@ -93,8 +99,11 @@ def test_blocking_flood_is_bounded_by_the_block_rate_limit(lab, tmp_path):
     victim = lab["victim"]
     off_link_sources_allowed(victim)
     victim.tcp_service(OPEN_PORT)
-    d = Nfsentry(victim, tmp_path / "nfs", overrides={"response": {"max_blocks_per_minute": 20},
-                                                      "detection": {"max_sources": 1000}})
+    d = Nfsentry(
+        victim,
+        tmp_path / "nfs",
+        overrides={"response": {"max_blocks_per_minute": 20}, "detection": {"max_sources": 1000}},
+    )
     d.start()
     try:
         r = run_flood(lab, d, count=40_000, rate=10_000, seconds=8)
@@ -105,7 +114,7 @@ def test_blocking_flood_is_bounded_by_the_block_rate_limit(lab, tmp_path):
         assert c["events_lost"] == 0
         warnings = [l for l in d.stderr_lines if "block rate limit (20/min) reached" in l]
         assert 1 <= len(warnings) <= 2, warnings
-        assert len(d.events()) <= 20 * 2 + 60 + 5                     # blocks + their detections + capped alerts
+        assert len(d.events()) <= 20 * 2 + 60 + 5  # blocks + their detections + capped alerts
         print(json.dumps({k: r[k] for k in ("rss0", "peak", "sent", "legit")}))
     finally:
         d.close()

@@ -5,13 +5,13 @@ Afterwards: every scanner was blocked in every round, no legit source ever was (
 single event), the legit sessions never failed, the daemon's memory is back near its warmed-up
 baseline and it holds no more file descriptors than before.
 """
+
 from __future__ import annotations
 
 import json
 import time
 
 import pytest
-
 from daemon_util import Nfsentry
 from lab import PYTHON
 from test_reliability_util import legit_rate_result, legit_rate_start, proc_fds, proc_rss_kb, wait_for
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 OPEN_TCP, OPEN_UDP = 8080, 5353
 SOAK_SECONDS = 40
 SCANNERS4 = [f"198.18.0.{n}" for n in range(20, 26)]
-SCANNERS6 = [f"2001:db8::{n:x}" for n in range(0x20, 0x23)]   # in the victim's /64: blocked one by one
+SCANNERS6 = [f"2001:db8::{n:x}" for n in range(0x20, 0x23)]  # in the victim's /64: blocked one by one
 
 _SCAN = r"""
 import json, socket, sys, threading
@@ -74,9 +74,11 @@ def test_soak_scans_blocks_unblocks_and_legit_traffic(lab, tmp_path):
     legit_addrs = {legit.ip4, legit.ip6}
     try:
         pid = d.status()["pid"]
-        clients = [legit_rate_start(legit, victim.ip4, OPEN_TCP, SOAK_SECONDS + 6, interval=0.01),
-                   legit_rate_start(legit, victim.ip6, OPEN_TCP, SOAK_SECONDS + 6, interval=0.01),
-                   legit.popen([PYTHON, "-c", _UDP_CLIENT, json.dumps([victim.ip4, OPEN_UDP, SOAK_SECONDS + 6])])]
+        clients = [
+            legit_rate_start(legit, victim.ip4, OPEN_TCP, SOAK_SECONDS + 6, interval=0.01),
+            legit_rate_start(legit, victim.ip6, OPEN_TCP, SOAK_SECONDS + 6, interval=0.01),
+            legit.popen([PYTHON, "-c", _UDP_CLIENT, json.dumps([victim.ip4, OPEN_UDP, SOAK_SECONDS + 6])]),
+        ]
 
         def scan_round(srcs, ports):
             attacker.run([PYTHON, "-c", _SCAN, json.dumps([srcs, victim.ip4, victim.ip6, ports])], timeout=60)
@@ -92,7 +94,7 @@ def test_soak_scans_blocks_unblocks_and_legit_traffic(lab, tmp_path):
             scan_round(scanners, ports)
             wait_for(lambda: all_blocked(scanners), timeout=60, what=f"round {rounds}: every scanner blocked")
             # unblock half of them (alternating), check they get through again
-            back = scanners[rounds % 2::2]
+            back = scanners[rounds % 2 :: 2]
             d.cli("unblock", *back)
             assert not (set(back) & {b["network"] for b in d.blocked()})
             d.cli("unblock", *[s for s in scanners if s not in back])
@@ -111,8 +113,20 @@ def test_soak_scans_blocks_unblocks_and_legit_traffic(lab, tmp_path):
         time.sleep(1)
         st = d.status()
         end_rss, end_fds = proc_rss_kb(pid), proc_fds(pid)
-        print(json.dumps({"rounds": rounds, "base_rss": base_rss, "end_rss": end_rss, "max_rss": max(rss),
-                          "base_fds": base_fds, "end_fds": end_fds, "tcp": results, "udp": udp}))
+        print(
+            json.dumps(
+                {
+                    "rounds": rounds,
+                    "base_rss": base_rss,
+                    "end_rss": end_rss,
+                    "max_rss": max(rss),
+                    "base_fds": base_fds,
+                    "end_fds": end_fds,
+                    "tcp": results,
+                    "udp": udp,
+                }
+            )
+        )
         assert rounds >= 4
         # every scanner was blocked in every round (blocks counted by the daemon), no legit source ever
         assert st["counters"]["blocks"] >= len(scanners) * (rounds + 1)

@@ -4,22 +4,22 @@ while running) reach the real daemon and block nothing, while the same probes fr
 address are blocked (so the forged packets do get through). The safety valves against spoofed
 floods (block rate limit, blocked-set cap) hold with counters and one warning.
 """
+
 from __future__ import annotations
 
 import os
 import time
 
 import pytest
-from scapy.all import IP, IPv6, TCP, raw
-
 from daemon_util import NFSENTRY, Nfsentry
+from scapy.all import IP, TCP, IPv6, raw
 from test_reliability_util import send_frames, wait_for
 
 pytestmark = pytest.mark.e2e
 
 OPEN_PORT = 8080
-CONTROL4, CONTROL6 = "198.19.77.1", "2001:db8:77::1"   # ordinary (spoofed) sources: must be blocked
-NEIGHBOUR6 = "2001:db8::99"   # forged, in the lab's /64 (the victim's own, its peers'): blocked alone
+CONTROL4, CONTROL6 = "198.19.77.1", "2001:db8:77::1"  # ordinary (spoofed) sources: must be blocked
+NEIGHBOUR6 = "2001:db8::99"  # forged, in the lab's /64 (the victim's own, its peers'): blocked alone
 
 
 def accept_forged(victim) -> None:
@@ -156,10 +156,13 @@ def test_an_address_added_while_running_is_protected_after_the_refresh(lab, tmp_
         d.close()
 
 
-@pytest.mark.parametrize("key, value, counter, warning", [
-    ("max_blocks_per_minute", 5, "blocks_rate_limited", "block rate limit (5/min) reached"),
-    ("max_blocked", 4, "blocks_capped", "blocked-set cap (4) reached"),
-])
+@pytest.mark.parametrize(
+    "key, value, counter, warning",
+    [
+        ("max_blocks_per_minute", 5, "blocks_rate_limited", "block rate limit (5/min) reached"),
+        ("max_blocked", 4, "blocks_capped", "blocked-set cap (4) reached"),
+    ],
+)
 def test_safety_valves_bound_what_a_spoofed_scan_can_block(lab, tmp_path, key, value, counter, warning):
     victim, attacker, legit = lab["victim"], lab["attacker"], lab["legit"]
     accept_forged(victim)
@@ -169,8 +172,11 @@ def test_safety_valves_bound_what_a_spoofed_scan_can_block(lab, tmp_path, key, v
     try:
         sources = [f"198.19.50.{i}" for i in range(1, 31)] + [f"2001:db8:50:{i:x}::1" for i in range(1, 11)]
         forge(attacker, victim, sources, ports=(7,))  # one SYN per source
-        st = wait_for(lambda: (s := d.status())["counters"][counter] + s["counters"]["blocks"] >= len(sources) and s,
-                      timeout=60, what="every forged source handled")
+        st = wait_for(
+            lambda: (s := d.status())["counters"][counter] + s["counters"]["blocks"] >= len(sources) and s,
+            timeout=60,
+            what="every forged source handled",
+        )
         assert st["counters"]["blocks"] == value and st["blocked"] == value
         assert st["counters"][counter] == len(sources) - value
         assert len(d.blocked()) == value

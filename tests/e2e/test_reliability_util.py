@@ -8,6 +8,7 @@
 * :func:`legit_rate` runs a real TCP client loop against an open service and counts sessions.
 * :func:`proc_rss_kb`, :func:`proc_fds` read /proc for the daemon's memory and descriptors.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,8 +92,18 @@ def mac_of(host: Host, ifname: str = "eth0") -> str:
     return host.run(["cat", f"/sys/class/net/{ifname}/address"]).stdout.strip()
 
 
-def flood(src: Host, dst: Host, *, count: int, seconds: float, rate: int = 0, ports: list[int] | None = None,
-          v4: bool = True, v6: bool = True, v6_every: int = 4) -> subprocess.Popen:
+def flood(
+    src: Host,
+    dst: Host,
+    *,
+    count: int,
+    seconds: float,
+    rate: int = 0,
+    ports: list[int] | None = None,
+    v4: bool = True,
+    v6: bool = True,
+    v6_every: int = 4,
+) -> subprocess.Popen:
     """Start a bounded spoofed-SYN flood from `src` to `dst` (count AND time bounded).
 
     IPv4 sources 198.19.x.y (the packet number picks x.y), IPv6 sources 2001:db8:fXXX:YYYY::1
@@ -101,9 +112,17 @@ def flood(src: Host, dst: Host, *, count: int, seconds: float, rate: int = 0, po
     ``p.terminate()`` ends it early (SIGTERM), and it still prints that line.
     """
     assert count > 0 and 0 < seconds <= 120, "floods are bounded by count and time"
-    args = {"iface": "eth0", "dmac": mac_of(dst), "count": count, "seconds": seconds, "rate": rate,
-            "ports": ports or [7, 9, 13, 19, 111, 135, 139, 445],
-            "dst4": dst.ip4 if v4 else None, "dst6": dst.ip6 if v6 else None, "v6_every": v6_every if (v4 and v6) else 0}
+    args = {
+        "iface": "eth0",
+        "dmac": mac_of(dst),
+        "count": count,
+        "seconds": seconds,
+        "rate": rate,
+        "ports": ports or [7, 9, 13, 19, 111, 135, 139, 445],
+        "dst4": dst.ip4 if v4 else None,
+        "dst6": dst.ip6 if v6 else None,
+        "v6_every": v6_every if (v4 and v6) else 0,
+    }
     return src.popen([PYTHON, "-c", _SENDER, json.dumps(args)])
 
 
@@ -161,14 +180,21 @@ print(json.dumps({"ok": ok, "fail": fail, "errors": errors, "seconds": a["second
 """
 
 
-def legit_rate_start(client: Host, addr: str, port: int, seconds: float, timeout: float = 30.0,
-                     interval: float = 0.0) -> subprocess.Popen:
+def legit_rate_start(
+    client: Host, addr: str, port: int, seconds: float, timeout: float = 30.0, interval: float = 0.0
+) -> subprocess.Popen:
     """Start the client loop; ``interval`` paces it (a long loop at full speed would run out of
     ephemeral ports: every session leaves a TIME_WAIT socket for a minute). ``timeout`` per session:
     long enough for a SYN lost under load to be retransmitted (1 s, then 2 s) -- a failed session
     is one that does not happen, not a slow one."""
-    return client.popen([PYTHON, "-c", _CLIENT, json.dumps({"addr": addr, "port": port, "seconds": seconds,
-                                                             "timeout": timeout, "interval": interval})])
+    return client.popen(
+        [
+            PYTHON,
+            "-c",
+            _CLIENT,
+            json.dumps({"addr": addr, "port": port, "seconds": seconds, "timeout": timeout, "interval": interval}),
+        ]
+    )
 
 
 def legit_rate_result(p: subprocess.Popen, timeout: float = 120) -> dict:
@@ -202,6 +228,7 @@ def proc_hwm_kb(pid: int) -> int:
 
 def proc_fds(pid: int) -> int:
     import os
+
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 

@@ -12,6 +12,7 @@ Also a command line for humans::
 
 boots once with the console on the terminal and exits with the guest's pytest exit code.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -36,8 +37,8 @@ GUEST_RUN = HERE / "guest-run.sh"
 # cost nothing when it passes. TCG is CPU-bound: on a busy CI machine (two other processes spinning
 # on the 2 cores) the tier takes ~2x its quiet time (guest run 368 s busy vs ~150-210 s; its slowest
 # test 76 s), so each budget is about 10x the quiet time. A creeping tier shows in --durations.
-BUILD_TIMEOUT = float(os.environ.get("NFSENTRY_KERNEL_BUILD_TIMEOUT", 600))   # also waits for another build's lock
-BOOT_TIMEOUT = float(os.environ.get("NFSENTRY_KERNEL_TIMEOUT", 1500))     # the whole qemu run
+BUILD_TIMEOUT = float(os.environ.get("NFSENTRY_KERNEL_BUILD_TIMEOUT", 600))  # also waits for another build's lock
+BOOT_TIMEOUT = float(os.environ.get("NFSENTRY_KERNEL_TIMEOUT", 1500))  # the whole qemu run
 GUEST_TEST_TIMEOUT = int(os.environ.get("NFSENTRY_GUEST_TEST_TIMEOUT", 900))  # per guest test
 GUEST_MEM = os.environ.get("NFSENTRY_KERNEL_MEM", "1024")
 GUEST_SMP = os.environ.get("NFSENTRY_KERNEL_SMP", str(min(2, os.cpu_count() or 1)))
@@ -64,14 +65,14 @@ class Image:
 @dataclass
 class GuestCase:
     nodeid: str
-    outcome: str          # passed, failed, error, skipped
+    outcome: str  # passed, failed, error, skipped
     message: str = ""
     text: str = ""
 
 
 @dataclass
 class GuestResult:
-    rc: int | None                  # guest pytest exit code (None: it never wrote one)
+    rc: int | None  # guest pytest exit code (None: it never wrote one)
     kernel: str
     cases: list[GuestCase] = field(default_factory=list)
     wall: float = 0.0
@@ -86,14 +87,22 @@ class GuestResult:
 
     @property
     def summary(self) -> str:
-        parts = [f"{self.count(o)} {o}" for o in ("passed", "failed", "error", "skipped", "interrupted")
-                 if self.count(o)]
-        return f"{', '.join(parts) or 'no tests'} in the guest (kernel {self.kernel or '?'}, {self.wall:.1f}s boot+tests)"
+        parts = [
+            f"{self.count(o)} {o}" for o in ("passed", "failed", "error", "skipped", "interrupted") if self.count(o)
+        ]
+        return (
+            f"{', '.join(parts) or 'no tests'} in the guest (kernel {self.kernel or '?'}, {self.wall:.1f}s boot+tests)"
+        )
 
     @property
     def ok(self) -> bool:
-        return (not self.timed_out and self.rc == 0 and self.count("passed") > 0
-                and not self.count("failed") and not self.count("error"))
+        return (
+            not self.timed_out
+            and self.rc == 0
+            and self.count("passed") > 0
+            and not self.count("failed")
+            and not self.count("error")
+        )
 
     def explain(self) -> str:
         """Why the tier failed, with the guest's own failure text."""
@@ -105,8 +114,10 @@ class GuestResult:
         elif self.rc == 5:
             lines.append("guest pytest selected no tests (exit 5): nothing is marked native?")
         elif self.rc in (124, 137):
-            lines.append(f"guest pytest run exceeded its time budget ({self.timeout - 30:.0f}s; "
-                         "NFSENTRY_KERNEL_TIMEOUT sets the whole boot's) and was interrupted")
+            lines.append(
+                f"guest pytest run exceeded its time budget ({self.timeout - 30:.0f}s; "
+                "NFSENTRY_KERNEL_TIMEOUT sets the whole boot's) and was interrupted"
+            )
         elif self.rc != 0:
             lines.append(f"guest pytest exited {self.rc}")
         if self.rc == 0 and self.count("passed") == 0:
@@ -159,17 +170,23 @@ def build_image(timeout: float = BUILD_TIMEOUT) -> Image:
     """Download/build the stock-kernel image, or reuse the cached one (then about a second)."""
     start = time.monotonic()
     try:
-        res = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, timeout=timeout,
-                             stdin=subprocess.DEVNULL)
+        res = subprocess.run(
+            ["bash", str(BUILD)], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired as e:
         raise TierError(f"building the kernel image took more than {timeout:.0f}s\n{e.stderr or ''}") from None
     if res.returncode != 0:
         raise TierError(f"building the kernel image failed (rc={res.returncode}):\n{res.stderr}{res.stdout}")
     path = Path(res.stdout.strip().splitlines()[-1])
-    img = Image(path=path, vmlinuz=path / "vmlinuz", initramfs=path / "initramfs.cpio.gz",
-                kernel_release=(path / "kernel-release").read_text().strip(),
-                package=(path / "package").read_text().strip() if (path / "package").exists() else "",
-                build_seconds=time.monotonic() - start, build_log=res.stderr)
+    img = Image(
+        path=path,
+        vmlinuz=path / "vmlinuz",
+        initramfs=path / "initramfs.cpio.gz",
+        kernel_release=(path / "kernel-release").read_text().strip(),
+        package=(path / "package").read_text().strip() if (path / "package").exists() else "",
+        build_seconds=time.monotonic() - start,
+        build_log=res.stderr,
+    )
     return img
 
 
@@ -183,14 +200,40 @@ def _die_with_parent() -> None:  # runs in the child before exec: qemu dies if p
 def qemu_argv(image: Image, out: Path, console: Path | None) -> list[str]:
     append = "console=ttyS0 quiet panic=-1 mitigations=off random.trust_cpu=on"
     return [
-        "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max",
-        "-M", "pc", "-smp", GUEST_SMP, "-m", GUEST_MEM,
-        "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-no-reboot",
-        "-serial", f"file:{console}" if console else "stdio",
-        "-kernel", str(image.vmlinuz), "-initrd", str(image.initramfs), "-append", append,
-        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        "-virtfs", f"local,path={str(out).replace(',', ',,')},mount_tag=out,security_model=none,multidevs=remap",
-        "-device", "virtio-rng-pci", "-nic", "none",
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-M",
+        "pc",
+        "-smp",
+        GUEST_SMP,
+        "-m",
+        GUEST_MEM,
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-serial",
+        f"file:{console}" if console else "stdio",
+        "-kernel",
+        str(image.vmlinuz),
+        "-initrd",
+        str(image.initramfs),
+        "-append",
+        append,
+        "-virtfs",
+        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs",
+        f"local,path={str(out).replace(',', ',,')},mount_tag=out,security_model=none,multidevs=remap",
+        "-device",
+        "virtio-rng-pci",
+        "-nic",
+        "none",
     ]
 
 
@@ -214,8 +257,9 @@ def write_job(out: Path, selection: str | None, guest_timeout: float) -> None:
         keep.touch()
 
 
-def boot(image: Image, out: Path, selection: str | None = None, timeout: float = BOOT_TIMEOUT,
-         live: bool = False) -> GuestResult:
+def boot(
+    image: Image, out: Path, selection: str | None = None, timeout: float = BOOT_TIMEOUT, live: bool = False
+) -> GuestResult:
     """Boot the guest once, run the selected tests in it, return what it reported."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("rc", "junit.xml", "pytest.log", "kernel"):
@@ -226,9 +270,15 @@ def boot(image: Image, out: Path, selection: str | None = None, timeout: float =
     console = None if live else out / "console.log"
     argv = qemu_argv(image, out, console)
     start = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=None if live else subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=None if live else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_die_with_parent,
+        start_new_session=True,
+    )
     timed_out = False
     try:
         _, qemu_err = proc.communicate(timeout=timeout)
@@ -241,9 +291,16 @@ def boot(image: Image, out: Path, selection: str | None = None, timeout: float =
             _kill(proc)
     wall = time.monotonic() - start
     rc_text = _read(out / "rc").strip()
-    res = GuestResult(rc=int(rc_text) if rc_text.lstrip("-").isdigit() else None,
-                      kernel=_read(out / "kernel").strip(), wall=wall, timed_out=timed_out, timeout=timeout,
-                      console=_read(console) if console else "", log=_read(out / "pytest.log"), out=out)
+    res = GuestResult(
+        rc=int(rc_text) if rc_text.lstrip("-").isdigit() else None,
+        kernel=_read(out / "kernel").strip(),
+        wall=wall,
+        timed_out=timed_out,
+        timeout=timeout,
+        console=_read(console) if console else "",
+        log=_read(out / "pytest.log"),
+        out=out,
+    )
     if qemu_err and qemu_err.strip():
         res.console += f"\n[qemu stderr, rc={proc.returncode}]\n{qemu_err}"
     res.cases = parse_junit(out / "junit.xml")
@@ -282,7 +339,7 @@ def parse_junit(path: Path) -> list[GuestCase]:
     for tc in root.iter("testcase"):
         cls, name = tc.get("classname", ""), tc.get("name", "")
         if not name and tc.find("failure") is None and tc.find("error") is None:
-            continue   # the placeholder an interrupted run leaves for the test it stopped in
+            continue  # the placeholder an interrupted run leaves for the test it stopped in
         nodeid = f"{tc.get('file') or cls.replace('.', '/') + '.py'}::{name}" if cls else name
         outcome, message, text = "passed", "", ""
         for tag in ("failure", "error", "skipped"):
@@ -301,8 +358,10 @@ def main(argv: list[str]) -> int:
         print(f"missing: {' '.join(reason)} (make deps-test)", file=sys.stderr)
         return 2
     image = build_image()
-    print(f"image {image.path} ({image.package}, kernel {image.kernel_release}) in {image.build_seconds:.1f}s",
-          file=sys.stderr)
+    print(
+        f"image {image.path} ({image.package}, kernel {image.kernel_release}) in {image.build_seconds:.1f}s",
+        file=sys.stderr,
+    )
     selection = shlex.join(argv) if argv else None
     if argv and argv[0] == "-k":
         selection = f"{SELECTION} {shlex.join(argv)}"

@@ -1,21 +1,42 @@
 """Alert sinks (syslog over a real datagram socket, JSON lines, stderr) and external actions."""
+
 from __future__ import annotations
 
 import json
-import os
 import socket
-import stat
 
 import pytest
 
-from nfsentry.sinks import actions
 from nfsentry.config import schema as C
+from nfsentry.sinks import actions
 from nfsentry.sinks.alerts import Alerter, nfsentry_line
 
-DET = {"ts": 1763770000.5, "event": "detection", "src": "198.18.0.2", "network": "198.18.0.2", "family": 4, "proto": "tcp",
-       "port": 22, "sport": 40000, "dst": "198.18.0.1", "label": "XMAS", "flags": "FPU", "labels": ["XMAS"], "ports": [22],
-       "hits": 1, "action": "block", "reason": "instant label XMAS", "duration": 3600, "offences": 1, "ip_options": ["RR"],
-       "malformed": None, "host": None, "ignored": False, "triggered": True, "blocked": True}
+DET = {
+    "ts": 1763770000.5,
+    "event": "detection",
+    "src": "198.18.0.2",
+    "network": "198.18.0.2",
+    "family": 4,
+    "proto": "tcp",
+    "port": 22,
+    "sport": 40000,
+    "dst": "198.18.0.1",
+    "label": "XMAS",
+    "flags": "FPU",
+    "labels": ["XMAS"],
+    "ports": [22],
+    "hits": 1,
+    "action": "block",
+    "reason": "instant label XMAS",
+    "duration": 3600,
+    "offences": 1,
+    "ip_options": ["RR"],
+    "malformed": None,
+    "host": None,
+    "ignored": False,
+    "triggered": True,
+    "blocked": True,
+}
 BLK = {**DET, "event": "block", "expires": 1763773600.5}
 
 
@@ -23,8 +44,13 @@ def test_native_lines_are_stable_and_greppable():
     line = nfsentry_line(DET)
     assert line.startswith("scan detected: src=198.18.0.2 proto=tcp port=22 label=XMAS flags=FPU hits=1 action=block")
     assert "ipopts=RR" in line
-    assert nfsentry_line(BLK).startswith("blocked: network=198.18.0.2 src=198.18.0.2 duration=1h offences=1 labels=XMAS ports=22 action=block")
-    assert nfsentry_line({"ts": 1, "event": "unblock", "network": "2001:db8::/64", "reason": "admin"}) == 'unblock: network=2001:db8::/64 reason=admin'
+    assert nfsentry_line(BLK).startswith(
+        "blocked: network=198.18.0.2 src=198.18.0.2 duration=1h offences=1 labels=XMAS ports=22 action=block"
+    )
+    assert (
+        nfsentry_line({"ts": 1, "event": "unblock", "network": "2001:db8::/64", "reason": "admin"})
+        == "unblock: network=2001:db8::/64 reason=admin"
+    )
     assert "duration=forever" in nfsentry_line({**BLK, "duration": 0})
 
 
@@ -70,7 +96,10 @@ def test_command_substitution_is_an_argument_list(tmp_path):
     assert out.read_text().splitlines() == ["2001:db8::2", "port=22", "SYN"]
 
 
-@pytest.mark.parametrize("target, port, mode", [("198.18.0.2; rm -rf /", 22, "SYN"), ("198.18.0.2", 70000, "SYN"), ("198.18.0.2", 22, "$(id)")])
+@pytest.mark.parametrize(
+    "target, port, mode",
+    [("198.18.0.2; rm -rf /", 22, "SYN"), ("198.18.0.2", 70000, "SYN"), ("198.18.0.2", 22, "$(id)")],
+)
 def test_command_refuses_anything_but_validated_values(target, port, mode):
     with pytest.raises(ValueError):
         actions.substitute(["/bin/true", "$TARGET$", "$PORT$", "$MODE$"], target, port, mode)

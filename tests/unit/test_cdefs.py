@@ -1,5 +1,6 @@
 """The compiled fast path takes the Python core's constants from a generated header: it must be
 current (regenerate with ``python -m nfsentry.core.cdefs > nfsentry/core/_fastpath_defs.h``)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,8 +14,9 @@ HEADER = Path(cdefs.__file__).with_name(cdefs.HEADER_NAME)
 
 
 def test_committed_header_is_what_the_python_definitions_generate():
-    assert HEADER.read_text() == cdefs.header(), \
+    assert HEADER.read_text() == cdefs.header(), (
         "stale nfsentry/core/_fastpath_defs.h: run python -m nfsentry.core.cdefs > nfsentry/core/_fastpath_defs.h"
+    )
 
 
 def test_the_regeneration_command_prints_the_header():

@@ -1,4 +1,5 @@
 """classify: the flag table (every label), ECN bits, flag strings, SYN hints, findings."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,21 +15,24 @@ def tcp(flags, **kw) -> object:
     return decode(raw(IP(src=A4, dst=B4) / TCP(sport=40000, dport=22, flags=flags, **kw)))
 
 
-@pytest.mark.parametrize("flags,label,letters", [
-    ("S", "SYN", "S"),
-    ("F", "FIN", "F"),
-    ("", "NULL", ""),
-    ("FPU", "XMAS", "FPU"),
-    ("FSRPAU", "FULL-XMAS", "FSRPAU"),
-    ("A", "ACK", "A"),
-    ("FA", "MAIMON", "FA"),
-    ("SR", "UNKNOWN", "SR"),
-    ("SF", "UNKNOWN", "FS"),
-    ("SA", "UNKNOWN", "SA"),
-    ("R", "UNKNOWN", "R"),
-    ("FPUA", "UNKNOWN", "FPAU"),
-    ("PA", "UNKNOWN", "PA"),
-])
+@pytest.mark.parametrize(
+    "flags,label,letters",
+    [
+        ("S", "SYN", "S"),
+        ("F", "FIN", "F"),
+        ("", "NULL", ""),
+        ("FPU", "XMAS", "FPU"),
+        ("FSRPAU", "FULL-XMAS", "FSRPAU"),
+        ("A", "ACK", "A"),
+        ("FA", "MAIMON", "FA"),
+        ("SR", "UNKNOWN", "SR"),
+        ("SF", "UNKNOWN", "FS"),
+        ("SA", "UNKNOWN", "SA"),
+        ("R", "UNKNOWN", "R"),
+        ("FPUA", "UNKNOWN", "FPAU"),
+        ("PA", "UNKNOWN", "PA"),
+    ],
+)
 def test_every_label(flags, label, letters):
     p = tcp(flags)
     assert C.classify(p) == label
@@ -39,13 +43,15 @@ def test_udp_malformed_fragment_and_other_protocols():
     assert C.classify(decode(raw(IP(src=A4, dst=B4) / UDP(dport=161)))) == "UDP"
     assert C.classify(decode(raw(IP(src=A4, dst=B4) / TCP(dport=22))[:30])) == "MALFORMED"
     assert C.classify(decode(b"")) == "MALFORMED"
-    later = decode(raw(IPv6(src="2001:db8::2", dst="2001:db8::1") / IPv6ExtHdrFragment(offset=8, nh=6) / (b"\x00" * 24)))
+    later = decode(
+        raw(IPv6(src="2001:db8::2", dst="2001:db8::1") / IPv6ExtHdrFragment(offset=8, nh=6) / (b"\x00" * 24))
+    )
     assert later.frag_offset == 64 and C.classify(later) == "UNKNOWN"
     assert C.classify(decode(raw(IP(src=A4, dst=B4) / ICMP()))) == "UNKNOWN"
 
 
 def test_ecn_bits_do_not_change_labels():
-    assert C.classify(tcp("SEC")) == "SYN"           # RFC 3168 ECN-setup SYN
+    assert C.classify(tcp("SEC")) == "SYN"  # RFC 3168 ECN-setup SYN
     assert C.classify(tcp("SE")) == "SYN"
     assert C.classify(tcp("FC")) == "FIN"
     assert C.classify(tcp("AE")) == "ACK"
@@ -84,7 +90,7 @@ def test_table_is_exhaustive_over_all_256_flag_bytes():
         assert C.LABEL_BY_FLAGS[f] == C.label_for_flags(f) == _reference_label(f), hex(f)
         letters = C.FLAG_STRINGS[f]
         assert len(letters) == bin(f).count("1")
-        assert letters == "".join(c for c in "FSRPAUEC" if c in letters)   # FSRPAUEC order
+        assert letters == "".join(c for c in "FSRPAUEC" if c in letters)  # FSRPAUEC order
 
 
 def test_label_text_and_descriptions():
@@ -98,8 +104,9 @@ def test_label_text_and_descriptions():
 
 def test_labels_cover_the_configuration_vocabulary():
     from nfsentry.config.schema import LABELS as CONFIG_LABELS
+
     assert set(CONFIG_LABELS) <= set(C.LABELS)
-    assert CONFIG_LABELS is C.LABELS        # one definition (core.classify), config imports it
+    assert CONFIG_LABELS is C.LABELS  # one definition (core.classify), config imports it
 
 
 # --- SYN hints --------------------------------------------------------------------------------------
@@ -112,7 +119,7 @@ def test_nmap_raw_syn_shape(window):
     p = tcp("S", window=window, options=[("MSS", 1460)])
     assert len(p.tcp_options) == 4 and p.payload_offset == 20 + 24
     assert C.syn_hint(p) == "nmap"
-    assert C.classify(p) == "SYN"            # the hint never changes the label
+    assert C.classify(p) == "SYN"  # the hint never changes the label
 
 
 def test_connect_syn_has_no_hint():
@@ -127,7 +134,7 @@ def test_connect_syn_has_no_hint():
 
 
 def test_optionless_syn_hint_and_non_syn():
-    assert C.syn_hint(tcp("S", window=1024)) == "no-options"       # masscan / hping3 / scapy
+    assert C.syn_hint(tcp("S", window=1024)) == "no-options"  # masscan / hping3 / scapy
     assert C.syn_hint(tcp("F")) == ""
     assert C.syn_hint(tcp("SA", options=[("MSS", 1460)])) == ""
     assert C.syn_hint(decode(raw(IP(src=A4, dst=B4) / UDP(dport=1)))) == ""
@@ -135,11 +142,16 @@ def test_optionless_syn_hint_and_non_syn():
 
 # --- findings and backscatter shapes ------------------------------------------------------------------
 
+
 def test_findings():
-    p = decode(raw(IP(src=A4, dst=B4, options=[IPOption_RR(routers=["192.0.2.1"]), IPOption_SSRR(routers=["192.0.2.2"])])
-                   / TCP(dport=22, flags="S")))
+    p = decode(
+        raw(
+            IP(src=A4, dst=B4, options=[IPOption_RR(routers=["192.0.2.1"]), IPOption_SSRR(routers=["192.0.2.2"])])
+            / TCP(dport=22, flags="S")
+        )
+    )
     assert C.findings(p) == ("IPOPTS(RR,SSRR)",)
-    assert C.classify(p) == "SYN"             # IP options do not change the scan label
+    assert C.classify(p) == "SYN"  # IP options do not change the scan label
     bad = decode(raw(IP(src=A4, dst=B4) / TCP(dport=22))[:30])
     assert C.findings(bad) == ("MALFORMED(truncated ipv4 packet (total length 40 > 30 bytes))",)
     later = decode(raw(IP(src=A4, dst=B4, frag=2, proto=6) / (b"\x00" * 16)))

@@ -3,6 +3,7 @@
 Row 11: a configuration file with a typo must not lock the admin out of the running daemon.
 Row 8: `rules unload` is refused while the daemon runs.
 Row 16: a built-in ruleset name and a path are never confused."""
+
 from __future__ import annotations
 
 import os
@@ -129,8 +130,10 @@ def test_a_builtin_name_is_never_taken_for_a_folder_of_that_name(tmp_path, monke
     assert A.rules_file("./gateway") == Path("gateway")  # a slash: a path
 
 
-@pytest.mark.parametrize("name, fragment", [("./nfsentry", "is a directory"), ("nowhere", "unknown rule file"),
-                                            ("/dev/null", "not a regular file")])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [("./nfsentry", "is a directory"), ("nowhere", "unknown rule file"), ("/dev/null", "not a regular file")],
+)
 def test_a_path_must_be_a_regular_file(tmp_path, monkeypatch, capsys, name, fragment):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "nfsentry").mkdir()

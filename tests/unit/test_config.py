@@ -1,4 +1,5 @@
 """Configuration loading and validation: defaults, every validator, one-line errors naming the key."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,38 +21,43 @@ def test_defaults_monitor_low_ports_plus_trojans_and_one_hour_blocks():
 
 def test_file_overrides_only_what_it_names(tmp_path):
     p = tmp_path / "c.toml"
-    p.write_text('[response]\nblock_duration = "2h30m"\n[monitor]\ntcp_ports = [22, "100-200"]\ntcp_exclude = ["150-160"]\n')
+    p.write_text(
+        '[response]\nblock_duration = "2h30m"\n[monitor]\ntcp_ports = [22, "100-200"]\ntcp_exclude = ["150-160"]\n'
+    )
     cfg = C.load(p)
     assert cfg.durations["block_duration"] == 9000
     assert cfg.tcp_ports == [(22, 22), (100, 149), (161, 200)]
     assert cfg["response"]["udp"] == "block"
 
 
-@pytest.mark.parametrize("toml, fragment", [
-    ('[response]\nfoo = 1', "[response] unknown key 'foo'"),
-    ('[bogus]\nx = 1', "unknown section [bogus]"),
-    ('[monitor]\ntcp_ports = ["1-99999"]', "[monitor] tcp_ports"),
-    ('[monitor]\ntcp_ports = ["200-100"]', "start after end"),
-    ('[monitor]\ntcp_ports = [0]', "outside 1-65535"),
-    ('[monitor]\ntcp_ports = "1-1023"', "[monitor] tcp_ports: expected a list"),
-    ('[ignore]\naddresses = ["198.18.0.300"]', "[ignore] addresses: bad address"),
-    ('[ignore]\naddresses = ["0.0.0.0/0"]', "would match every address"),
-    ('[ignore]\naddresses = ["::/0"]', "would match every address"),
-    ('[response]\nblock_duration = "forever"', "[response] block_duration: bad duration"),
-    ('[response]\nblock_duration = -5', "[response] block_duration"),
-    ('[response]\ntcp = "nuke"', "[response] tcp: 'nuke' is not one of"),
-    ('[detection]\nscan_trigger = true', "[detection] scan_trigger: expected an integer"),
-    ('[detection]\nscan_trigger = -1', "[detection] scan_trigger: -1 outside"),
-    ('[detection]\ninstant_labels = ["BOGUS"]', "unknown label"),
-    ('[response]\ncommand = "/bin/echo $TARGET$"', "never run through a shell"),
-    ('[response]\ncommand = ["/bin/echo", "$TARGET$; rm -rf /"]', "shell metacharacters"),
-    ('[response]\ncommand = ["echo", "$TARGET$"]', "absolute path"),
-    ('[response]\ntcp = "command"', "needs a command"),
-    ('[logging]\njson_file = "relative.jsonl"', "must be an absolute path"),
-    ('[nft]\nftp_queue = 0', "must differ"),
-    ('[nft]\ntable = "x y"', "bad table name"),
-    ('this is not toml', "TOML syntax error"),
-])
+@pytest.mark.parametrize(
+    "toml, fragment",
+    [
+        ("[response]\nfoo = 1", "[response] unknown key 'foo'"),
+        ("[bogus]\nx = 1", "unknown section [bogus]"),
+        ('[monitor]\ntcp_ports = ["1-99999"]', "[monitor] tcp_ports"),
+        ('[monitor]\ntcp_ports = ["200-100"]', "start after end"),
+        ("[monitor]\ntcp_ports = [0]", "outside 1-65535"),
+        ('[monitor]\ntcp_ports = "1-1023"', "[monitor] tcp_ports: expected a list"),
+        ('[ignore]\naddresses = ["198.18.0.300"]', "[ignore] addresses: bad address"),
+        ('[ignore]\naddresses = ["0.0.0.0/0"]', "would match every address"),
+        ('[ignore]\naddresses = ["::/0"]', "would match every address"),
+        ('[response]\nblock_duration = "forever"', "[response] block_duration: bad duration"),
+        ("[response]\nblock_duration = -5", "[response] block_duration"),
+        ('[response]\ntcp = "nuke"', "[response] tcp: 'nuke' is not one of"),
+        ("[detection]\nscan_trigger = true", "[detection] scan_trigger: expected an integer"),
+        ("[detection]\nscan_trigger = -1", "[detection] scan_trigger: -1 outside"),
+        ('[detection]\ninstant_labels = ["BOGUS"]', "unknown label"),
+        ('[response]\ncommand = "/bin/echo $TARGET$"', "never run through a shell"),
+        ('[response]\ncommand = ["/bin/echo", "$TARGET$; rm -rf /"]', "shell metacharacters"),
+        ('[response]\ncommand = ["echo", "$TARGET$"]', "absolute path"),
+        ('[response]\ntcp = "command"', "needs a command"),
+        ('[logging]\njson_file = "relative.jsonl"', "must be an absolute path"),
+        ("[nft]\nftp_queue = 0", "must differ"),
+        ('[nft]\ntable = "x y"', "bad table name"),
+        ("this is not toml", "TOML syntax error"),
+    ],
+)
 def test_bad_values_are_refused_with_one_line_naming_the_key(tmp_path, toml, fragment):
     p = tmp_path / "bad.toml"
     p.write_text(toml)
@@ -69,7 +75,9 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_command_with_placeholders_is_accepted():
-    cfg = C.validate({"response": {"command": ["/usr/local/sbin/notify", "--host=$TARGET$", "$PORT$", "$MODE$"], "tcp": "command"}})
+    cfg = C.validate(
+        {"response": {"command": ["/usr/local/sbin/notify", "--host=$TARGET$", "$PORT$", "$MODE$"], "tcp": "command"}}
+    )
     assert cfg["response"]["command"][1] == "--host=$TARGET$"
 
 
@@ -87,6 +95,7 @@ def test_example_config_lists_every_key_with_its_default():
     """examples/nfsentry.toml documents every key, and its values are the built-in defaults."""
     import tomllib
     from pathlib import Path
+
     path = Path(__file__).resolve().parents[2] / "examples" / "nfsentry.toml"
     raw = tomllib.loads(path.read_text())
     assert set(raw) == set(C.DEFAULTS)

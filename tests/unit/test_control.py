@@ -1,4 +1,5 @@
 """Control socket: JSON lines, root-only file modes, peer-credential check, stale sockets."""
+
 from __future__ import annotations
 
 import os
@@ -40,6 +41,7 @@ def test_request_reply_and_errors(tmp_path):
 
 def test_stale_socket_is_replaced(tmp_path):
     import socket
+
     path = str(tmp_path / "c.sock")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(path)
@@ -54,7 +56,9 @@ def test_stale_socket_is_replaced(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another uid")
 def test_non_root_is_refused():
-    import shutil, tempfile
+    import shutil
+    import tempfile
+
     d = tempfile.mkdtemp(prefix="nfsentry-ctl-", dir="/tmp")
     path = os.path.join(d, "c.sock")
     calls = []

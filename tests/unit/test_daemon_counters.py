@@ -1,5 +1,6 @@
 """The daemon's counters: one dict per writing thread, summed for status; and the worker hands
 what the main thread owns (the blocked count) over as a duty instead of writing it."""
+
 from __future__ import annotations
 
 import threading
@@ -26,6 +27,7 @@ def test_concurrent_writers_lose_no_increment():
     def bump(part):
         for _ in range(n):
             part["errors"] += 1
+
     threads = [threading.Thread(target=bump, args=(p,)) for p in (c.main, c.ftp, c.worker)]
     for t in threads:
         t.start()
@@ -42,6 +44,7 @@ def test_the_worker_hands_the_blocked_count_to_the_main_thread(monkeypatch):
     class Nft:
         def blocked_count(self):
             return 7
+
     d.nft = Nft()
     d.verdicts.kernel_blocked = 3
     d.worker.refresh_blocked_count()

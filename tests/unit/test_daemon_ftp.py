@@ -1,5 +1,6 @@
 """The daemon's FTP path (queue 1) without a kernel: raw packets in, tracker events, nft calls and
 worker events out. The e2e side is tests/e2e/test_ftp_e2e.py."""
+
 from __future__ import annotations
 
 import socket
@@ -16,15 +17,25 @@ CLIENT, SERVER, THIRD = "192.0.2.10", "192.0.2.1", "198.51.100.66"
 CLIENT6, SERVER6 = "2001:db8:1::10", "2001:db8:1::1"
 
 
-def tcp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes, seq: int,
-               options: bytes = b"") -> bytes:
+def tcp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes, seq: int, options: bytes = b"") -> bytes:
     doff = (20 + len(options)) // 4
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 1, doff << 4, 0x18, 502, 0, 0) + options
     if ":" in src:
         ip = struct.pack("!IHBB", 6 << 28, len(tcp) + len(payload), 6, 64)
         return ip + socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + tcp + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), 1, 0x4000, 64, 6, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(tcp) + len(payload),
+        1,
+        0x4000,
+        64,
+        6,
+        0,
+        socket.inet_aton(src),
+        socket.inet_aton(dst),
+    )
     return ip + tcp + payload
 
 
@@ -116,7 +127,7 @@ def test_reports_become_events_with_describe_and_are_rate_limited(daemon, monkey
     assert ev["reason"] == rep.describe() and "suppressed_before" not in ev
     assert d.nft.calls == [] and len(d.ftpq.expectations) == 0
     # A flood: FTP_REPORTS_PER_WINDOW per window reach the worker, the rest are counted.
-    clock = [F.time.monotonic() + 1e6]   # a fresh window
+    clock = [F.time.monotonic() + 1e6]  # a fresh window
     monkeypatch.setattr(F.time, "monotonic", lambda: clock[0])
     lines = b"".join(b"PORT 999,1,1,1,1,%d\x1b\r\n" % i for i in range(50))
     send(d, CLIENT, SERVER, 40001, 21, lines, 1)

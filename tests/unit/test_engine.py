@@ -1,5 +1,6 @@
 """engine: the decision order, every trigger policy and its exact reacting hit, escalation, IPv6
 keying, ignore lists, eviction, forget/expire/restore, malformed packets."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -20,8 +21,14 @@ V4 = "198.18.0.2"
 DST4 = "198.18.0.1"
 DST6 = "2001:db8::1"
 
-COUNT, ALERT, BLOCK, DROP, IGNORE, PASS = (Action.COUNT, Action.ALERT, Action.BLOCK, Action.DROP,
-                                           Action.IGNORE, Action.PASS)
+COUNT, ALERT, BLOCK, DROP, IGNORE, PASS = (
+    Action.COUNT,
+    Action.ALERT,
+    Action.BLOCK,
+    Action.DROP,
+    Action.IGNORE,
+    Action.PASS,
+)
 
 
 def syn(src=V4, dport=22, flags="S", sport=40000, **tcp_kw):
@@ -37,8 +44,30 @@ def udp(src=V4, dport=161):
 def fast_syn(i: int, dport: int = 22):
     """A distinct IPv4 source per i, built with struct (fast for the eviction tests)."""
     src = (0x0A000000 + i).to_bytes(4, "big")
-    return decode(struct.pack("!BBHHHBBH4s4sHHIIBBHHH", 0x45, 0, 40, 0, 0, 64, 6, 0, src, bytes([198, 18, 0, 1]),
-                              40000, dport, 0, 0, 0x50, 0x02, 1024, 0, 0))
+    return decode(
+        struct.pack(
+            "!BBHHHBBH4s4sHHIIBBHHH",
+            0x45,
+            0,
+            40,
+            0,
+            0,
+            64,
+            6,
+            0,
+            src,
+            bytes([198, 18, 0, 1]),
+            40000,
+            dport,
+            0,
+            0,
+            0x50,
+            0x02,
+            1024,
+            0,
+            0,
+        )
+    )
 
 
 def cfg(**kw) -> EngineConfig:
@@ -50,6 +79,7 @@ def actions(engine, packets, t0=100.0, step=1.0):
 
 
 # --- defaults and the decision order -----------------------------------------------------------------
+
 
 def test_default_first_syn_blocks_then_drops():
     e = Engine()
@@ -103,7 +133,7 @@ def test_ignore_set_can_be_replaced():
 class FakeExpectations:
     def __init__(self, *keys):
         self.keys = set(keys)
-        self.pending = self.keys      # the engine calls match() only while this is truthy
+        self.pending = self.keys  # the engine calls match() only while this is truthy
         self.calls = []
 
     def match(self, src, dst, dport, now, sport=None):
@@ -122,8 +152,8 @@ def test_ftp_expectation_passes_once_and_only_for_tcp():
     d = e.process(syn(dport=2121), 100.0)
     assert d.action == PASS and d.reason == "expected FTP data connection"
     assert exp.calls[-1] == (src, dst, 2121, 100.0, 40000)
-    assert e.process(udp(dport=161), 101.0).action == BLOCK      # UDP never matches an FTP expectation
-    assert e.process(syn(dport=2121), 102.0).action == DROP       # consumed, and the source is now blocked
+    assert e.process(udp(dport=161), 101.0).action == BLOCK  # UDP never matches an FTP expectation
+    assert e.process(syn(dport=2121), 102.0).action == DROP  # consumed, and the source is now blocked
     assert e.stats["pass"] == 1
 
 
@@ -132,6 +162,7 @@ def test_expectations_none_is_fine():
 
 
 # --- scan_trigger ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("trigger", [0, 1, 2, 3, 5, 10])
 def test_scan_trigger_reacts_on_hit_n_plus_one(trigger):
@@ -198,10 +229,11 @@ def test_negative_scan_trigger_is_off():
 
 # --- sliding window ---------------------------------------------------------------------------------
 
+
 def test_window_reacts_at_k_distinct_ports_within_t():
     e = Engine(cfg(scan_trigger=-1, window_ports=3, window_seconds=10.0))
     assert e.process(syn(dport=1), 0.0).action == COUNT
-    assert e.process(syn(dport=1), 1.0).action == COUNT        # same port: not distinct
+    assert e.process(syn(dport=1), 1.0).action == COUNT  # same port: not distinct
     assert e.process(syn(dport=2), 2.0).action == COUNT
     d = e.process(syn(dport=3), 3.0)
     assert d.action == BLOCK
@@ -220,15 +252,15 @@ def test_window_slides_ports_out():
     e = Engine(cfg(scan_trigger=-1, window_ports=3, window_seconds=10.0))
     assert e.process(syn(dport=1), 0.0).action == COUNT
     assert e.process(syn(dport=2), 6.0).action == COUNT
-    assert e.process(syn(dport=3), 12.0).action == COUNT       # port 1 left the window (12 - 0 > 10)
-    assert e.process(syn(dport=4), 13.0).action == BLOCK       # ports 2, 3, 4 within 10 s
+    assert e.process(syn(dport=3), 12.0).action == COUNT  # port 1 left the window (12 - 0 > 10)
+    assert e.process(syn(dport=4), 13.0).action == BLOCK  # ports 2, 3, 4 within 10 s
 
 
 def test_quiet_source_is_forgotten_after_the_window():
     e = Engine(cfg(scan_trigger=2, window_seconds=60.0))
     assert e.process(syn(dport=1), 0.0).action == COUNT
     assert e.process(syn(dport=2), 30.0).action == COUNT
-    d = e.process(syn(dport=3), 95.0)                          # quiet for 65 s: a new source
+    d = e.process(syn(dport=3), 95.0)  # quiet for 65 s: a new source
     assert d.action == COUNT and d.hits == 1
     assert e.process(syn(dport=4), 100.0).action == COUNT
     assert e.process(syn(dport=5), 101.0).action == BLOCK
@@ -249,6 +281,7 @@ def test_ports_per_source_bounded():
 
 
 # --- instant labels -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("flags,label", [("", "NULL"), ("FPU", "XMAS"), ("FSRPAU", "FULL-XMAS"), ("SF", "UNKNOWN")])
 def test_instant_labels_react_on_the_first_packet(flags, label):
@@ -276,8 +309,12 @@ def test_instant_labels_configurable_and_off():
 
 
 def test_ip_options_are_reported_but_keep_the_flag_label():
-    p = decode(raw(IP(src=V4, dst=DST4, options=[IPOption_RR(routers=["192.0.2.1"]), IPOption_LSRR(routers=["192.0.2.2"])])
-                   / TCP(dport=22, flags="S")))
+    p = decode(
+        raw(
+            IP(src=V4, dst=DST4, options=[IPOption_RR(routers=["192.0.2.1"]), IPOption_LSRR(routers=["192.0.2.2"])])
+            / TCP(dport=22, flags="S")
+        )
+    )
     e = Engine(cfg(scan_trigger=1))
     d = e.process(p, 1.0)
     assert d.action == COUNT and d.label == "SYN" and d.ip_options == ("RR", "LSRR")
@@ -290,18 +327,20 @@ def test_ip_options_are_reported_but_keep_the_flag_label():
 
 # --- response modes ----------------------------------------------------------------------------------
 
+
 def test_response_modes_per_protocol():
     e = Engine(cfg(respond={"tcp": "log", "udp": "command"}))
     d = e.process(syn(), 1.0)
     assert d.action == ALERT and d.duration == 0.0 and d.offences == 0 and "block" not in d.reason
-    assert e.process(syn(), 2.0).action == ALERT                  # not blocked: alerts again
-    assert e.process(udp(), 3.0).action == BLOCK                   # "command" is a block decision
+    assert e.process(syn(), 2.0).action == ALERT  # not blocked: alerts again
+    assert e.process(udp(), 3.0).action == BLOCK  # "command" is a block decision
     assert e.process(syn(), 4.0).action == DROP
     e2 = Engine(cfg(respond={"udp": "log"}))
     assert e2.process(udp(), 1.0).action == ALERT and e2.process(syn(), 2.0).action == BLOCK
 
 
 # --- escalation -------------------------------------------------------------------------------------
+
 
 def test_escalation_doubles_up_to_the_cap_and_is_remembered_across_blocks():
     e = Engine(cfg(block_duration=3600, block_max_duration=20000, escalation_factor=2.0))
@@ -312,7 +351,7 @@ def test_escalation_doubles_up_to_the_cap_and_is_remembered_across_blocks():
         assert d.action == BLOCK
         durations.append((d.offences, d.duration))
         assert e.process(syn(), now + d.duration - 1).action == DROP
-        now += d.duration + 1                                         # the block ends
+        now += d.duration + 1  # the block ends
     assert durations == [(1, 3600.0), (2, 7200.0), (3, 14400.0), (4, 20000.0), (5, 20000.0)]
     assert e.stats["expired_blocks"] == 4
 
@@ -320,7 +359,7 @@ def test_escalation_doubles_up_to_the_cap_and_is_remembered_across_blocks():
 def test_escalation_edges():
     e = Engine(cfg(block_duration=60, block_max_duration=0, escalation_factor=3.0))
     assert [e.duration_for(n) for n in (1, 2, 3)] == [60.0, 180.0, 540.0]
-    assert e.duration_for(5000) == 0.0                                  # overflow: forever
+    assert e.duration_for(5000) == 0.0  # overflow: forever
     assert Engine(cfg(block_duration=60, escalation_factor=1.0)).duration_for(40) == 60.0
     assert Engine(cfg(block_duration=3600)).duration_for(10_000) == 604800.0
     forever = Engine(cfg(block_duration=0))
@@ -340,6 +379,7 @@ def test_offenders_bounded():
 
 # --- IPv6 keying -------------------------------------------------------------------------------------
 
+
 def test_two_addresses_in_one_slash64_are_one_source():
     e = Engine(cfg(scan_trigger=1))
     a = e.process(syn("2001:db8:1::1", dport=1), 1.0)
@@ -347,15 +387,18 @@ def test_two_addresses_in_one_slash64_are_one_source():
     b = e.process(syn("2001:db8:1::ffff:2", dport=2), 2.0)
     assert b.action == BLOCK and b.network == "2001:db8:1::/64" and b.hits == 2
     assert e.process(syn("2001:db8:1:0:aaaa::9", dport=3), 3.0).action == DROP
-    assert e.process(syn("2001:db8:1:1::1", dport=3), 3.0).action == COUNT     # the next /64
+    assert e.process(syn("2001:db8:1:1::1", dport=3), 3.0).action == COUNT  # the next /64
 
 
-@pytest.mark.parametrize("prefix,other,same", [
-    (48, "2001:db8:1:ffff::1", True),
-    (56, "2001:db8:1:ff::1", True),
-    (56, "2001:db8:1:100::1", False),
-    (128, "2001:db8:1::2", False),
-])
+@pytest.mark.parametrize(
+    "prefix,other,same",
+    [
+        (48, "2001:db8:1:ffff::1", True),
+        (56, "2001:db8:1:ff::1", True),
+        (56, "2001:db8:1:100::1", False),
+        (128, "2001:db8:1::2", False),
+    ],
+)
 def test_configurable_ipv6_prefix(prefix, other, same):
     e = Engine(cfg(ipv6_prefix=prefix))
     d = e.process(syn("2001:db8:1::1"), 1.0)
@@ -366,17 +409,18 @@ def test_configurable_ipv6_prefix(prefix, other, same):
 
 # --- bounded memory ----------------------------------------------------------------------------------
 
+
 def test_eviction_under_the_cap_is_lru_and_counted():
     e = Engine(cfg(scan_trigger=5, max_sources=100, window_seconds=1000.0))
     for i in range(100):
         e.process(fast_syn(i), float(i))
-    e.process(fast_syn(0), 100.0)                  # source 0 is now the most recently seen
+    e.process(fast_syn(0), 100.0)  # source 0 is now the most recently seen
     for i in range(100, 150):
         e.process(fast_syn(i), float(i + 1))
     s = e.stats
     assert s["tracked"] == 100 and s["evicted"] == 50
-    assert e.source("10.0.0.0")["hits"] == 2       # survived
-    assert e.source("10.0.0.1") is None            # least recently seen: evicted
+    assert e.source("10.0.0.0")["hits"] == 2  # survived
+    assert e.source("10.0.0.1") is None  # least recently seen: evicted
     assert e.source("10.0.0.50") is None and e.source("10.0.0.51") is not None
 
 
@@ -389,7 +433,7 @@ def test_eviction_spares_sources_seen_again_over_one_off_floods():
         for p in scanners:
             e.process(p, t)
             t += 1
-        for i in range(40):                          # 40 one-off spoofed sources per round
+        for i in range(40):  # 40 one-off spoofed sources per round
             e.process(fast_syn(round_ * 100 + i), t)
             t += 1
     assert e.stats["tracked"] == 50 and e.stats["evicted"] > 1000
@@ -399,7 +443,7 @@ def test_eviction_spares_sources_seen_again_over_one_off_floods():
 
 def test_clock_queue_stays_bounded_when_reactions_remove_sources():
     e = Engine(cfg(scan_trigger=1, max_sources=1000))
-    for i in range(20_000):                          # every source counted once, then blocked
+    for i in range(20_000):  # every source counted once, then blocked
         e.process(fast_syn(i), 1.0)
         e.process(fast_syn(i, dport=23), 1.5)
     assert e.stats["tracked"] == 0 and e.stats["block"] == 20_000
@@ -412,11 +456,12 @@ def test_blocked_map_is_bounded_too():
         assert e.process(fast_syn(i), 1.0).action == BLOCK
     assert e.stats["blocked"] == 10 and e.stats["blocked_evicted"] == 15
     assert e.process(fast_syn(24), 2.0).action == DROP
-    assert e.process(fast_syn(0), 2.0).action == BLOCK      # forgotten block: detected again, offence 2
-    assert e.offences("10.0.0.0") == 2                      # offences outlive the forgotten block
+    assert e.process(fast_syn(0), 2.0).action == BLOCK  # forgotten block: detected again, offence 2
+    assert e.offences("10.0.0.0") == 2  # offences outlive the forgotten block
 
 
 # --- forget / restore / expire -------------------------------------------------------------------------
+
 
 def test_forget_unblocks_without_stale_counts():
     e = Engine(cfg(scan_trigger=2))
@@ -444,7 +489,7 @@ def test_forget_resets_offences_for_the_next_block():
 def test_forget_ipv6_by_address_prefix_and_wide_networks():
     e = Engine()
     e.process(syn("2001:db8:1::1"), 1.0)
-    assert e.forget("2001:db8:1::77") == 1                      # any address inside the /64
+    assert e.forget("2001:db8:1::77") == 1  # any address inside the /64
     e.process(syn("2001:db8:1::1"), 2.0)
     assert e.forget("2001:db8:1::/64") == 1
     for i in range(3):
@@ -458,16 +503,16 @@ def test_forget_ipv6_by_address_prefix_and_wide_networks():
 
 def test_mark_blocked_and_restore_offender():
     e = Engine()
-    assert e.mark_blocked(V4, 500.0)                             # (network, until): the daemon's shape
+    assert e.mark_blocked(V4, 500.0)  # (network, until): the daemon's shape
     assert e.process(syn(), 499.0).action == DROP
     d = e.process(syn(), 500.0)
     assert d.action == BLOCK and e.stats["expired_blocks"] == 1
     e2 = Engine()
-    assert e2.mark_blocked(ipaddress.ip_address("2001:db8:5::").packed, 64, None)   # (key, prefixlen, until)
+    assert e2.mark_blocked(ipaddress.ip_address("2001:db8:5::").packed, 64, None)  # (key, prefixlen, until)
     assert e2.process(syn("2001:db8:5::9"), 1e12).action == DROP
     assert e2.mark_blocked("2001:db8:6::/64", until=0)
     assert e2.blocked()[-1] == ("2001:db8:6::/64", None)
-    assert not e2.mark_blocked("10.0.0.0/8", 0.0)                # wider than a key: the kernel's business
+    assert not e2.mark_blocked("10.0.0.0/8", 0.0)  # wider than a key: the kernel's business
     e3 = Engine()
     assert e3.restore_offender(V4, 3)
     d = e3.process(syn(), 1.0)
@@ -482,7 +527,7 @@ def test_expire_sweeps_quiet_sources_and_ended_blocks():
     e.mark_blocked("192.0.2.1", 50.0)
     e.mark_blocked("192.0.2.2", 500.0)
     assert e.expire(30.0) == 0
-    assert e.expire(65.5) == 6 + 1               # sources seen at 0..5 and the block ending at 50
+    assert e.expire(65.5) == 6 + 1  # sources seen at 0..5 and the block ending at 50
     assert e.stats["tracked"] == 4 and e.stats["blocked"] == 1
     assert e.stats["expired_sources"] == 6
     assert e.expire(1000.0) == 4 + 1
@@ -491,20 +536,20 @@ def test_expire_sweeps_quiet_sources_and_ended_blocks():
 
 def test_expire_never_removes_a_block_that_was_renewed():
     e = Engine(cfg(block_duration=100))
-    assert e.process(syn(), 0.0).duration == 100.0           # until 100
-    d = e.process(syn(), 150.0)                              # the packet path sees it ended: re-block
-    assert d.action == BLOCK and d.duration == 200.0         # until 350
+    assert e.process(syn(), 0.0).duration == 100.0  # until 100
+    d = e.process(syn(), 150.0)  # the packet path sees it ended: re-block
+    assert d.action == BLOCK and d.duration == 200.0  # until 350
     assert e.expire(200.0) == 0 and e.is_blocked(V4, 200.0)
     assert e.expire(351.0) == 1 and not e.is_blocked(V4, 351.0)
     e.process(syn(), 400.0)
     e.forget(V4)
-    assert e.expire(10_000.0) == 0                           # forgotten: its heap entry is stale
+    assert e.expire(10_000.0) == 0  # forgotten: its heap entry is stale
 
 
 def test_block_heap_stays_bounded():
     e = Engine(cfg(block_duration=10, max_sources=20))
     for i in range(5000):
-        e.process(fast_syn(i % 50), float(i))                # blocks churn through a 20-entry table
+        e.process(fast_syn(i % 50), float(i))  # blocks churn through a 20-entry table
     assert e.stats["blocked"] <= 20
     assert len(e._block_heap) <= 2 * e.stats["blocked"] + 64
 
@@ -517,6 +562,7 @@ def test_configure_keeps_state():
 
 
 # --- malformed and backscatter ----------------------------------------------------------------------------
+
 
 def test_malformed_packets_are_instant_by_default():
     bad = decode(raw(IP(src=V4, dst=DST4) / TCP(dport=22, dataofs=3)))
@@ -542,11 +588,12 @@ def test_backscatter_guard(flags):
     for i in range(5):
         d = e.process(syn(flags=flags, dport=1 + i), 1.0 + i)
         assert d.action == COUNT and d.label == "UNKNOWN"
-    assert e.process(syn(dport=9), 10.0).action == BLOCK       # a real probe still reacts
+    assert e.process(syn(dport=9), 10.0).action == BLOCK  # a real probe still reacts
     assert Engine(cfg(backscatter_guard=False)).process(syn(flags=flags), 1.0).action == BLOCK
 
 
 # --- reasons, hints, stats ----------------------------------------------------------------------------
+
 
 def test_reaction_carries_labels_ports_hits_and_hint():
     e = Engine(cfg(scan_trigger=3))
@@ -564,9 +611,12 @@ def test_reaction_carries_labels_ports_hits_and_hint():
 def test_engine_labels_agree_with_classify():
     e = Engine(cfg(scan_trigger=-1, instant_labels=()))
     samples = [syn(flags=f) for f in ("S", "F", "", "FPU", "FSRPAU", "A", "FA", "SR", "SEC", "EC", "R")]
-    samples += [udp(), decode(raw(IP(src=V4, dst=DST4) / TCP(dport=22, dataofs=3))),
-                decode(raw(IP(src=V4, dst=DST4, frag=3, proto=6) / (b"x" * 16))),
-                decode(raw(IP(src=V4, dst=DST4, proto=47) / (b"x" * 16)))]
+    samples += [
+        udp(),
+        decode(raw(IP(src=V4, dst=DST4) / TCP(dport=22, dataofs=3))),
+        decode(raw(IP(src=V4, dst=DST4, frag=3, proto=6) / (b"x" * 16))),
+        decode(raw(IP(src=V4, dst=DST4, proto=47) / (b"x" * 16))),
+    ]
     for p in samples:
         d = e.process(p, 1.0)
         assert d.label == classify(p) and d.flags == (FLAG_STRINGS[p.flags] if p.proto == 6 else "")
@@ -575,7 +625,16 @@ def test_engine_labels_agree_with_classify():
 def test_cheap_decisions_carry_packet_fields():
     e = Engine(cfg(scan_trigger=5))
     d = e.process(syn("2001:db8:7::3", dport=80, sport=1234, flags="F"), 7.0)
-    assert (d.action, d.ts, d.proto, d.sport, d.dport, d.label, d.flags, d.hits) == (COUNT, 7.0, 6, 1234, 80, "FIN", "F", 1)
+    assert (d.action, d.ts, d.proto, d.sport, d.dport, d.label, d.flags, d.hits) == (
+        COUNT,
+        7.0,
+        6,
+        1234,
+        80,
+        "FIN",
+        "F",
+        1,
+    )
     assert d.labels == () and d.ports == () and d.reason == "counted" and d.hint == ""
     assert d.src == ipaddress.ip_address("2001:db8:7::3").packed and d.family == 6
 
@@ -585,21 +644,32 @@ def test_source_status():
     e.process(syn(dport=1), 1.0)
     e.process(udp(dport=2), 2.5)
     s = e.source(V4)
-    assert s == {"network": V4, "hits": 2, "ports": ["tcp/1", "udp/2"], "labels": ["SYN", "UDP"],
-                 "protocols": ["tcp", "udp"], "first": 1.0, "last": 2.5}
+    assert s == {
+        "network": V4,
+        "hits": 2,
+        "ports": ["tcp/1", "udp/2"],
+        "labels": ["SYN", "UDP"],
+        "protocols": ["tcp", "udp"],
+        "first": 1.0,
+        "last": 2.5,
+    }
     assert e.source("203.0.113.1") is None
 
 
 # --- property test: any bytes, any times ----------------------------------------------------------------
 
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.binary(max_size=80), st.floats(0, 1e6, allow_nan=False)), max_size=30),
-       st.integers(-1, 3), st.integers(0, 4))
+@given(
+    st.lists(st.tuples(st.binary(max_size=80), st.floats(0, 1e6, allow_nan=False)), max_size=30),
+    st.integers(-1, 3),
+    st.integers(0, 4),
+)
 def test_engine_never_raises_and_stays_bounded(items, trigger, window):
     e = Engine(cfg(scan_trigger=trigger, window_ports=window, max_sources=5, max_offenders=5))
     valid = [bytes(raw(IP(src=f"10.0.0.{i}", dst=DST4) / TCP(dport=i + 1, flags="S"))) for i in range(8)]
     for i, (data, now) in enumerate(items):
-        p = decode(data if i % 2 else valid[i % 8][:len(data) or None])
+        p = decode(data if i % 2 else valid[i % 8][: len(data) or None])
         d = e.process(p, now)
         assert isinstance(d.action, Action)
         assert d.label == classify(p) and d.packet is p
@@ -613,11 +683,14 @@ def test_midstream_shapes_are_unknown_but_never_instant():
     """PSH+ACK data reaching us (conntrack lost the flow) is labelled UNKNOWN(PA) but only the
     counting policies can react to it; a truly impossible combination (SYN+FIN) stays instant."""
     import struct
+
     from nfsentry.core.engine import Action, Engine, EngineConfig
     from nfsentry.core.packet import decode
 
     def tcp(src_last, flags):
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, bytes([198, 18, 0, src_last]), bytes([198, 18, 0, 1]))
+        ip = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, bytes([198, 18, 0, src_last]), bytes([198, 18, 0, 1])
+        )
         return ip + struct.pack("!HHIIBBHHH", 40000, 80, 1, 1, 5 << 4, flags, 512, 0, 0)
 
     e = Engine(EngineConfig(scan_trigger=2))

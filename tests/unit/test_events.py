@@ -1,4 +1,5 @@
 """nfsentry.core.events: the event records, from decisions, manual blocks and FTP reports."""
+
 from __future__ import annotations
 
 import struct
@@ -12,16 +13,41 @@ from nfsentry.core.packet import decode
 
 def _decision(respond="block"):
     eng = Engine(EngineConfig(respond={"tcp": respond, "udp": respond}), compiled=False)
-    syn = struct.pack("!BBHHHBBH4s4sHHIIBBHH", 0x45, 0, 40, 0, 0, 64, 6, 0, bytes([198, 18, 0, 9]),
-                      bytes([198, 18, 0, 1]), 40000, 22, 0, 0, 0x50, 0x02, 1024, 0)
+    syn = struct.pack(
+        "!BBHHHBBH4s4sHHIIBBHH",
+        0x45,
+        0,
+        40,
+        0,
+        0,
+        64,
+        6,
+        0,
+        bytes([198, 18, 0, 9]),
+        bytes([198, 18, 0, 1]),
+        40000,
+        22,
+        0,
+        0,
+        0x50,
+        0x02,
+        1024,
+        0,
+    )
     return eng.process(decode(syn + bytes(2)), 100.0)
 
 
-@pytest.mark.parametrize("policy, respond, action", [
-    (EventPolicy(), "block", "block"), (EventPolicy(modes={"tcp": "command", "udp": "block"}), "block", "command"),
-    (EventPolicy(modes={"tcp": "log", "udp": "block"}), "block", "alert"), (EventPolicy(), "log", "alert"),
-    (EventPolicy(dry_run=True), "block", "dry-run"), (EventPolicy(observe=True), "block", "log"),
-])
+@pytest.mark.parametrize(
+    "policy, respond, action",
+    [
+        (EventPolicy(), "block", "block"),
+        (EventPolicy(modes={"tcp": "command", "udp": "block"}), "block", "command"),
+        (EventPolicy(modes={"tcp": "log", "udp": "block"}), "block", "alert"),
+        (EventPolicy(), "log", "alert"),
+        (EventPolicy(dry_run=True), "block", "dry-run"),
+        (EventPolicy(observe=True), "block", "log"),
+    ],
+)
 def test_decision_event_action(policy, respond, action):
     d = _decision(respond)
     assert d.action == (Action.ALERT if respond == "log" else Action.BLOCK)
@@ -39,9 +65,22 @@ def test_block_event_expires():
 
 def test_manual_block_event():
     ev = manual_block_event("2001:db8::/64", 60, "by hand", now=1000.0)
-    assert ev == {"ts": 1000.0, "event": "block", "network": "2001:db8::/64", "src": "2001:db8::/64", "family": 6,
-                  "reason": "by hand", "duration": 60, "expires": 1060.0, "offences": 1, "action": "manual",
-                  "origin": "manual", "labels": [], "ports": [], "blocked": True}
+    assert ev == {
+        "ts": 1000.0,
+        "event": "block",
+        "network": "2001:db8::/64",
+        "src": "2001:db8::/64",
+        "family": 6,
+        "reason": "by hand",
+        "duration": 60,
+        "expires": 1060.0,
+        "offences": 1,
+        "action": "manual",
+        "origin": "manual",
+        "labels": [],
+        "ports": [],
+        "blocked": True,
+    }
     assert manual_block_event("198.18.0.2", 0, "x", now=5.0)["expires"] is None
     assert manual_block_event("198.18.0.2", 0, "x")["family"] == 4
 

@@ -7,6 +7,7 @@ and forward, expire/forget/mark_blocked in between); every result and the whole 
 The package build always compiles the module: a missing one fails here (NFSENTRY_PURE_PYTHON=1
 skips, for running the suite on pure Python on purpose).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,10 +28,18 @@ import nfsentry.core._fastpath  # noqa: E402,F401  (must be built: fail, not ski
 
 DST4 = bytes([198, 18, 0, 1])
 DST6 = bytes.fromhex("20010db8000000000000000000000001")
-SOURCES = [bytes(map(int, a.split("."))) for a in ("198.18.0.2", "198.18.0.3", "198.18.1.7", "198.18.0.1", "10.1.2.3")] + [
-    bytes.fromhex(h) for h in ("20010db8000100000000000000000001", "20010db8000100000000000000000002",
-                               "20010db8000200000000000000000005", "20010db8000000000000000000000001",
-                               "20010db800ff00000000000000000009")]
+SOURCES = [
+    bytes(map(int, a.split("."))) for a in ("198.18.0.2", "198.18.0.3", "198.18.1.7", "198.18.0.1", "10.1.2.3")
+] + [
+    bytes.fromhex(h)
+    for h in (
+        "20010db8000100000000000000000001",
+        "20010db8000100000000000000000002",
+        "20010db8000200000000000000000005",
+        "20010db8000000000000000000000001",
+        "20010db800ff00000000000000000009",
+    )
+]
 IGNORE = ["198.18.0.1", "198.18.1.0/24", "2001:db8::1", "2001:db8:ff::/48", "127.0.0.0/8", "::1"]
 
 
@@ -42,16 +51,28 @@ def packet(src: bytes, kind: str, flags: int, dport: int, shape: str) -> bytes:
     l4 = tcp(40000, dport, flags) if kind == "tcp" else struct.pack("!HHHH", 5000, dport, 12, 0) + b"abcd"
     proto = 6 if kind == "tcp" else 17
     if len(src) == 4:
-        if shape == "ipopts":     # IHL 6: a record-route-ish option
-            return struct.pack("!BBHHHBBH4s4s", 0x46, 0, 24 + len(l4), 0, 0, 64, proto, 0, src, DST4) + b"\x07\x04\x00\x00" + l4
+        if shape == "ipopts":  # IHL 6: a record-route-ish option
+            return (
+                struct.pack("!BBHHHBBH4s4s", 0x46, 0, 24 + len(l4), 0, 0, 64, proto, 0, src, DST4)
+                + b"\x07\x04\x00\x00"
+                + l4
+            )
         frag = 0x2000 if shape == "first-frag" else 0x0010 if shape == "frag" else 0x4000
         pkt = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, frag, 64, proto, 0, src, DST4) + l4
     else:
-        if shape == "ipopts":     # a hop-by-hop header before the transport
-            return struct.pack("!IHBB16s16s", 6 << 28, 8 + len(l4), 0, 64, src, DST6) + bytes([proto, 0, 1, 4, 0, 0, 0, 0]) + l4
+        if shape == "ipopts":  # a hop-by-hop header before the transport
+            return (
+                struct.pack("!IHBB16s16s", 6 << 28, 8 + len(l4), 0, 64, src, DST6)
+                + bytes([proto, 0, 1, 4, 0, 0, 0, 0])
+                + l4
+            )
         if shape in ("frag", "first-frag"):
             fo = 0x0010 if shape == "frag" else 0x0001
-            return struct.pack("!IHBB16s16s", 6 << 28, 8 + len(l4), 44, 64, src, DST6) + struct.pack("!BBHI", proto, 0, fo, 7) + l4
+            return (
+                struct.pack("!IHBB16s16s", 6 << 28, 8 + len(l4), 44, 64, src, DST6)
+                + struct.pack("!BBHI", proto, 0, fo, 7)
+                + l4
+            )
         pkt = struct.pack("!IHBB16s16s", 6 << 28, len(l4), proto, 64, src, DST6) + l4
     if shape == "truncated":
         return pkt[: len(pkt) - 5]
@@ -63,13 +84,40 @@ def packet(src: bytes, kind: str, flags: int, dport: int, shape: str) -> bytes:
 def norm(r):
     if isinstance(r, int):
         return ("lean", r)
-    return ("decision", int(r.action), r.key, r.prefixlen, r.proto, r.label, r.flags, r.labels, r.port_keys, r.hits,
-            r.duration, r.offences, r.reason, r.network, r.src, r.dport)
+    return (
+        "decision",
+        int(r.action),
+        r.key,
+        r.prefixlen,
+        r.proto,
+        r.label,
+        r.flags,
+        r.labels,
+        r.port_keys,
+        r.hits,
+        r.duration,
+        r.offences,
+        r.reason,
+        r.network,
+        r.src,
+        r.dport,
+    )
 
 
 def state(e: Engine):
-    sts = [(k, s.hits, s.ports if s.ports.__class__ is int else list(s.ports.items()), s.labels, s.protos, s.first,
-            s.last, s.seen) for k, s in e._states.items()]
+    sts = [
+        (
+            k,
+            s.hits,
+            s.ports if s.ports.__class__ is int else list(s.ports.items()),
+            s.labels,
+            s.protos,
+            s.first,
+            s.last,
+            s.seen,
+        )
+        for k, s in e._states.items()
+    ]
     stats = {k: v for k, v in e.stats.items() if not k.startswith("compiled_")}
     return sts, list(e._clock), list(e._blocked.items()), list(e._offenders.items()), sorted(e._block_heap), stats
 
@@ -79,9 +127,17 @@ configs = st.builds(
     scan_trigger=st.sampled_from([-1, 0, 1, 3, 50]),
     window_ports=st.sampled_from([0, 1, 2, 3, 5]),
     window_seconds=st.sampled_from([1.0, 5.0, 30.0]),
-    instant_labels=st.sampled_from([frozenset(), frozenset({"NULL", "XMAS", "FULL-XMAS", "UNKNOWN", "MALFORMED"}),
-                                    frozenset({"SYN", "IPOPTS"}), frozenset({"UDP", "FIN"})]),
-    respond=st.sampled_from([{"tcp": "block", "udp": "block"}, {"tcp": "log", "udp": "block"}, {"tcp": "block", "udp": "log"}]),
+    instant_labels=st.sampled_from(
+        [
+            frozenset(),
+            frozenset({"NULL", "XMAS", "FULL-XMAS", "UNKNOWN", "MALFORMED"}),
+            frozenset({"SYN", "IPOPTS"}),
+            frozenset({"UDP", "FIN"}),
+        ]
+    ),
+    respond=st.sampled_from(
+        [{"tcp": "block", "udp": "block"}, {"tcp": "log", "udp": "block"}, {"tcp": "block", "udp": "log"}]
+    ),
     block_duration=st.sampled_from([0.0, 2.0, 3600.0]),
     escalation_factor=st.sampled_from([1.0, 2.0]),
     ipv6_prefix=st.sampled_from([48, 64, 100, 128]),
@@ -90,18 +146,28 @@ configs = st.builds(
     max_offenders=st.integers(1, 6),
     backscatter_guard=st.booleans(),
 )
-ops = st.lists(st.one_of(
-    st.tuples(st.just("pkt"), st.integers(0, len(SOURCES) - 1), st.sampled_from(["tcp", "tcp", "udp"]),
-              st.one_of(st.sampled_from([0x02, 0x02, 0x01, 0x00, 0x29, 0x3F, 0x10, 0x11, 0x12, 0x14, 0x18, 0xC2]),
-                        st.integers(0, 255)),
-              st.sampled_from([7, 7, 22, 23, 53, 2121]),
-              st.sampled_from(["plain"] * 6 + ["ipopts", "frag", "first-frag", "truncated", "long"]),
-              st.sampled_from([0.0, 0.001, 0.5, 0.5, 3.0, 40.0, -2.0]),
-              st.one_of(st.none(), st.tuples(st.integers(0, 200), st.integers(0, 255)))),
-    st.tuples(st.just("expire"), st.sampled_from([0.0, 10.0])),
-    st.tuples(st.just("forget"), st.integers(0, len(SOURCES) - 1)),
-    st.tuples(st.just("mark"), st.integers(0, len(SOURCES) - 1), st.sampled_from([0.0, 5.0, 1e9])),
-), min_size=1, max_size=60)
+ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("pkt"),
+            st.integers(0, len(SOURCES) - 1),
+            st.sampled_from(["tcp", "tcp", "udp"]),
+            st.one_of(
+                st.sampled_from([0x02, 0x02, 0x01, 0x00, 0x29, 0x3F, 0x10, 0x11, 0x12, 0x14, 0x18, 0xC2]),
+                st.integers(0, 255),
+            ),
+            st.sampled_from([7, 7, 22, 23, 53, 2121]),
+            st.sampled_from(["plain"] * 6 + ["ipopts", "frag", "first-frag", "truncated", "long"]),
+            st.sampled_from([0.0, 0.001, 0.5, 0.5, 3.0, 40.0, -2.0]),
+            st.one_of(st.none(), st.tuples(st.integers(0, 200), st.integers(0, 255))),
+        ),
+        st.tuples(st.just("expire"), st.sampled_from([0.0, 10.0])),
+        st.tuples(st.just("forget"), st.integers(0, len(SOURCES) - 1)),
+        st.tuples(st.just("mark"), st.integers(0, len(SOURCES) - 1), st.sampled_from([0.0, 5.0, 1e9])),
+    ),
+    min_size=1,
+    max_size=60,
+)
 
 
 def run_both(cfg: EngineConfig, sequence, with_expectation: bool):
@@ -132,8 +198,11 @@ def run_both(cfg: EngineConfig, sequence, with_expectation: bool):
             assert engines[0].forget(src if len(src) == 4 else src) == engines[1].forget(src)
         else:
             from nfsentry.core.addrs import network_text
+
             net = network_text(SOURCES[op[1]])
-            assert engines[0].mark_blocked(net, now + op[2] if op[2] else 0) == engines[1].mark_blocked(net, now + op[2] if op[2] else 0)
+            assert engines[0].mark_blocked(net, now + op[2] if op[2] else 0) == engines[1].mark_blocked(
+                net, now + op[2] if op[2] else 0
+            )
         assert state(engines[0]) == state(engines[1]), op
     return engines
 
@@ -145,11 +214,18 @@ def test_compiled_and_python_agree_decision_by_decision_and_state_by_state(cfg, 
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.one_of(st.binary(max_size=200),
-                      st.builds(lambda b, i, v: (b[:i % (len(b) + 1)] + bytes([v]) + b[i % (len(b) + 1) + 1:]),
-                                st.sampled_from([packet(s, k, 2, 7, "plain") for s in SOURCES for k in ("tcp", "udp")]),
-                                st.integers(0, 80), st.integers(0, 255))),
-       wrap=st.sampled_from([bytes, bytearray, memoryview]))
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        st.builds(
+            lambda b, i, v: b[: i % (len(b) + 1)] + bytes([v]) + b[i % (len(b) + 1) + 1 :],
+            st.sampled_from([packet(s, k, 2, 7, "plain") for s in SOURCES for k in ("tcp", "udp")]),
+            st.integers(0, 80),
+            st.integers(0, 255),
+        ),
+    ),
+    wrap=st.sampled_from([bytes, bytearray, memoryview]),
+)
 def test_any_bytes_give_the_same_result_and_never_raise(data, wrap):
     a = Engine(EngineConfig(scan_trigger=2), ignore=PrefixSet(IGNORE), compiled=True)
     b = Engine(EngineConfig(scan_trigger=2), ignore=PrefixSet(IGNORE), compiled=False)
@@ -160,7 +236,9 @@ def test_any_bytes_give_the_same_result_and_never_raise(data, wrap):
 
 # == the compiled path really decides ===================================================================
 def test_a_flood_from_one_tracked_source_is_decided_in_c():
-    e = Engine(EngineConfig(scan_trigger=10**6), ignore=PrefixSet(IGNORE), expectations=ExpectationTable(), compiled=True)
+    e = Engine(
+        EngineConfig(scan_trigger=10**6), ignore=PrefixSet(IGNORE), expectations=ExpectationTable(), compiled=True
+    )
     raw = packet(SOURCES[0], "tcp", 0x02, 7, "plain")
     results = {e.process_raw(raw, 1000.0 + i * 1e-4) for i in range(1000)}
     assert results == {2 << 8 | 6}
@@ -171,20 +249,20 @@ def test_a_flood_from_one_tracked_source_is_decided_in_c():
 def test_new_sources_and_blocked_sources_are_decided_in_c_reactions_and_odd_packets_are_not():
     e = Engine(EngineConfig(scan_trigger=3, max_sources=100), ignore=PrefixSet(IGNORE), compiled=True)
     fast = e.process_raw
-    for i in range(1000):      # 1000 new IPv4 sources (over the cap: evictions through _evict)
+    for i in range(1000):  # 1000 new IPv4 sources (over the cap: evictions through _evict)
         assert fast(packet(bytes([10, 0, i >> 8, i & 255]), "udp", 0, 53, "plain"), 1.0) == 2 << 8 | 17
     assert fast.handled == 1000 and fast.fallbacks == 0 and e.stats["evicted"] == 900
     src = packet(SOURCES[5], "tcp", 0x02, 7, "plain")
     for i in range(3):
         assert fast(src, 2.0 + i) == 2 << 8 | 6
-    d = fast(src, 6.0)                      # the 4th hit reacts: a Decision, made by the Python body
+    d = fast(src, 6.0)  # the 4th hit reacts: a Decision, made by the Python body
     assert d.action == 4 and d.network == "2001:db8:1::/64" and fast.fallbacks == 1
-    assert fast(packet(SOURCES[6], "tcp", 0x02, 9, "plain"), 7.0) == 5 << 8 | 6   # same /64: DROP, in C
+    assert fast(packet(SOURCES[6], "tcp", 0x02, 9, "plain"), 7.0) == 5 << 8 | 6  # same /64: DROP, in C
     assert fast.fallbacks == 1
     before = fast.fallbacks
-    assert fast(packet(SOURCES[1], "tcp", 0x02, 7, "ipopts"), 8.0) == 2 << 8 | 6   # options: Python
-    assert fast(packet(SOURCES[2], "tcp", 0x02, 7, "plain"), 8.0) == 1 << 8 | 6    # ignored /24: Python
-    assert fast(packet(SOURCES[3], "tcp", 0x02, 7, "plain"), 8.0) == 1 << 8 | 6    # own address: Python
+    assert fast(packet(SOURCES[1], "tcp", 0x02, 7, "ipopts"), 8.0) == 2 << 8 | 6  # options: Python
+    assert fast(packet(SOURCES[2], "tcp", 0x02, 7, "plain"), 8.0) == 1 << 8 | 6  # ignored /24: Python
+    assert fast(packet(SOURCES[3], "tcp", 0x02, 7, "plain"), 8.0) == 1 << 8 | 6  # own address: Python
     assert fast.fallbacks == before + 3
     assert e.stats["compiled_handled"] == fast.handled and e.stats["compiled_fallbacks"] == fast.fallbacks
 

@@ -1,4 +1,5 @@
 """FTP control-channel tracker: parsing, reassembly, bounce/mismatch refusal, bounded state."""
+
 from __future__ import annotations
 
 import itertools
@@ -6,13 +7,25 @@ import socket
 
 import pytest
 
-from nfsentry.core.ftp import (Bounce, Expectation, FtpTracker, Malformed, Oversized, ParseError,
-                          PasvMismatch, addr_text, parse_227, parse_229, parse_eprt, parse_port,
-                          safe_text)
+from nfsentry.core.ftp import (
+    Bounce,
+    Expectation,
+    FtpTracker,
+    Malformed,
+    Oversized,
+    ParseError,
+    PasvMismatch,
+    addr_text,
+    parse_227,
+    parse_229,
+    parse_eprt,
+    parse_port,
+    safe_text,
+)
 
-C4 = socket.inet_pton(socket.AF_INET, "192.0.2.10")      # client
-S4 = socket.inet_pton(socket.AF_INET, "192.0.2.1")       # server
-X4 = socket.inet_pton(socket.AF_INET, "198.51.100.66")   # third party
+C4 = socket.inet_pton(socket.AF_INET, "192.0.2.10")  # client
+S4 = socket.inet_pton(socket.AF_INET, "192.0.2.1")  # server
+X4 = socket.inet_pton(socket.AF_INET, "198.51.100.66")  # third party
 C6 = socket.inet_pton(socket.AF_INET6, "2001:db8:1::10")
 S6 = socket.inet_pton(socket.AF_INET6, "2001:db8:1::1")
 X6 = socket.inet_pton(socket.AF_INET6, "2001:db8:99::66")
@@ -38,6 +51,7 @@ def only(events, cls):
 
 # --- valid announcements ------------------------------------------------------------------------
 
+
 def test_port_v4_active_expectation():
     t = FtpTracker(expect_timeout=30)
     e = only(cli(t, b"PORT 192,0,2,10,195,80\r\n", now=100.0), Expectation)
@@ -48,14 +62,22 @@ def test_port_v4_active_expectation():
     assert e.set_name == "ftp_expect4"
     assert e.element == "192.0.2.1 . 192.0.2.10 . 50000"
     assert e.nft_element(now=100.5) == "192.0.2.1 . 192.0.2.10 . 50000 timeout 30s"
-    assert e.timeout(now=200.0) == 1           # never 0 / negative in an nft command
+    assert e.timeout(now=200.0) == 1  # never 0 / negative in an nft command
     assert e.as_dict()["peer"] == "192.0.2.1" and e.as_dict()["mode"] == "active"
     assert "192.0.2.1 may connect to 192.0.2.10 port 50000" in e.describe()
 
 
-@pytest.mark.parametrize("line", [b"port 192,0,2,10,195,80", b"Port 192,0,2,10,195,80",
-                                  b"PORT  192, 0, 2, 10, 195, 80 ", b"PORT\t192,0,2,10,195,80",
-                                  b"PORT 192,000,2,010,195,080", b"  PORT 192,0,2,10,195,80"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"port 192,0,2,10,195,80",
+        b"Port 192,0,2,10,195,80",
+        b"PORT  192, 0, 2, 10, 195, 80 ",
+        b"PORT\t192,0,2,10,195,80",
+        b"PORT 192,000,2,010,195,080",
+        b"  PORT 192,0,2,10,195,80",
+    ],
+)
 def test_port_variants(line):
     e = only(cli(FtpTracker(), line + b"\r\n"), Expectation)
     assert (e.addr, e.port) == (C4, 50000)
@@ -78,31 +100,37 @@ def test_eprt_v6(text):
     assert e.element == "2001:db8:1::1 . 2001:db8:1::10 . 6446"
 
 
-@pytest.mark.parametrize("line", [
-    b"227 Entering Passive Mode (192,0,2,1,195,80).",
-    b"227 Entering Passive Mode (192,0,2,1,195,80)",
-    b"227 Entering Passive Mode 192,0,2,1,195,80",
-    b"227 =192,0,2,1,195,80",
-    b"227 ok (192, 0, 2, 1, 195, 80)",
-    b"227-Entering Passive Mode (192,0,2,1,195,80)",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"227 Entering Passive Mode (192,0,2,1,195,80).",
+        b"227 Entering Passive Mode (192,0,2,1,195,80)",
+        b"227 Entering Passive Mode 192,0,2,1,195,80",
+        b"227 =192,0,2,1,195,80",
+        b"227 ok (192, 0, 2, 1, 195, 80)",
+        b"227-Entering Passive Mode (192,0,2,1,195,80)",
+    ],
+)
 def test_227_with_and_without_parentheses(line):
     e = only(srv(FtpTracker(), line + b"\r\n"), Expectation)
     assert (e.family, e.peer, e.addr, e.port) == (4, C4, S4, 50000)
     assert e.mode == "passive" and e.command == "227"
-    assert e.ctl == (C4, S4, CPORT, 21)        # same control connection id as the client's side
+    assert e.ctl == (C4, S4, CPORT, 21)  # same control connection id as the client's side
 
 
-@pytest.mark.parametrize("line", [
-    b"229 Entering Extended Passive Mode (|||6446|)",
-    b"229 Entering Extended Passive Mode (!!!6446!)",
-    b"229 Entering Extended Passive Mode (###6446#).",
-    b"229 ok (%%%6446%)",
-    b"229 ok (~~~6446~)",
-    b"229 ok (|||06446|)",
-    b"229 Entering Extended Passive Mode |||6446|",
-    b"229-Entering Extended Passive Mode (|||6446|)",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"229 Entering Extended Passive Mode (|||6446|)",
+        b"229 Entering Extended Passive Mode (!!!6446!)",
+        b"229 Entering Extended Passive Mode (###6446#).",
+        b"229 ok (%%%6446%)",
+        b"229 ok (~~~6446~)",
+        b"229 ok (|||06446|)",
+        b"229 Entering Extended Passive Mode |||6446|",
+        b"229-Entering Extended Passive Mode (|||6446|)",
+    ],
+)
 @pytest.mark.parametrize("fam", [4, 6])
 def test_229_any_delimiter(line, fam):
     c, s = (C4, S4) if fam == 4 else (C6, S6)
@@ -157,8 +185,9 @@ def test_port_split_into_4_and_5_packets_at_every_point(n):
 
 def test_pipelined_lines_mixed_crlf_lf():
     t = FtpTracker()
-    payload = (b"USER anonymous\r\nPASS x\nTYPE I\r\nPORT 192,0,2,10,195,80\nRETR a\r\n"
-               b"EPRT |1|192.0.2.10|50001|\r\nNOOP\n")
+    payload = (
+        b"USER anonymous\r\nPASS x\nTYPE I\r\nPORT 192,0,2,10,195,80\nRETR a\r\nEPRT |1|192.0.2.10|50001|\r\nNOOP\n"
+    )
     events = cli(t, payload)
     assert [(e.command, e.port) for e in events] == [("PORT", 50000), ("EPRT", 50001)]
     assert t.stats["lines"] == 7 and len(t) == 0
@@ -166,8 +195,11 @@ def test_pipelined_lines_mixed_crlf_lf():
 
 def test_pipelined_server_replies():
     t = FtpTracker()
-    events = srv(t, b"200 Type set to I\r\n227 Entering Passive Mode (192,0,2,1,4,1)\r\n"
-                    b"150 ok\r\n226 done\r\n229 Entering Extended Passive Mode (|||6446|)\r\n")
+    events = srv(
+        t,
+        b"200 Type set to I\r\n227 Entering Passive Mode (192,0,2,1,4,1)\r\n"
+        b"150 ok\r\n226 done\r\n229 Entering Extended Passive Mode (|||6446|)\r\n",
+    )
     assert [(e.command, e.port) for e in events] == [("227", 1025), ("229", 6446)]
 
 
@@ -175,7 +207,7 @@ def test_directions_are_reassembled_separately():
     t = FtpTracker()
     assert cli(t, b"PORT 192,0,2,") == []
     assert srv(t, b"227 Entering Passive Mode (192,0,") == []
-    assert cli(t, b"PORT 192,0,2,", cport=40001) == []         # another control connection
+    assert cli(t, b"PORT 192,0,2,", cport=40001) == []  # another control connection
     assert len(t) == 3
     assert [e.command for e in srv(t, b"2,1,195,80)\r\n")] == ["227"]
     assert [e.port for e in cli(t, b"10,195,81\r\n")] == [50001]
@@ -191,10 +223,16 @@ def test_line_ending_in_cr_split_before_lf():
 
 # --- refusals and reports -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("line,cmd", [(b"PORT 198,51,100,66,0,22", "PORT"),
-                                      (b"EPRT |1|198.51.100.66|22|", "EPRT"),
-                                      (b"PORT 0,0,0,0,0,22", "PORT"),
-                                      (b"PORT 192,0,2,1,0,22", "PORT")])   # the server itself
+
+@pytest.mark.parametrize(
+    "line,cmd",
+    [
+        (b"PORT 198,51,100,66,0,22", "PORT"),
+        (b"EPRT |1|198.51.100.66|22|", "EPRT"),
+        (b"PORT 0,0,0,0,0,22", "PORT"),
+        (b"PORT 192,0,2,1,0,22", "PORT"),
+    ],
+)  # the server itself
 def test_bounce_port_refused_and_reported(line, cmd):
     t = FtpTracker()
     b = only(cli(t, line + b"\r\n"), Bounce)
@@ -210,9 +248,9 @@ def test_bounce_port_refused_and_reported(line, cmd):
 
 def test_bounce_across_families():
     t = FtpTracker()
-    b = only(cli(t, b"EPRT |2|2001:db8:99::66|2121|\r\n"), Bounce)         # v6 address, v4 control
+    b = only(cli(t, b"EPRT |2|2001:db8:99::66|2121|\r\n"), Bounce)  # v6 address, v4 control
     assert b.announced == X6 and b.real == C4
-    b = only(cli(t, b"PORT 192,0,2,10,8,72\r\n", c=C6, s=S6), Bounce)      # v4 address, v6 control
+    b = only(cli(t, b"PORT 192,0,2,10,8,72\r\n", c=C6, s=S6), Bounce)  # v4 address, v6 control
     assert b.announced == C4 and b.real == C6 and b.family == 6
     b = only(cli(t, b"EPRT |2|2001:db8:99::66|2121|\r\n", c=C6, s=S6), Bounce)
     assert b.announced == X6
@@ -227,7 +265,7 @@ def test_227_other_address_reported_and_control_address_used(announced):
     assert isinstance(m, PasvMismatch) and m.accepted and m.real == S4 and m.port == 50000
     assert m.announced == bytes(int(x) for x in announced.split(b","))
     assert isinstance(e, Expectation)
-    assert (e.peer, e.addr, e.port) == (C4, S4, 50000)        # never the announced address
+    assert (e.peer, e.addr, e.port) == (C4, S4, 50000)  # never the announced address
     assert m.as_dict()["event"] == "ftp_pasv_mismatch" and "control address" in m.describe()
 
 
@@ -246,12 +284,12 @@ def test_227_on_ipv6_control_uses_the_v6_server_address():
 
 
 MALFORMED_CLIENT = [
-    b"PORT 300,0,2,10,195,80",           # number > 255
+    b"PORT 300,0,2,10,195,80",  # number > 255
     b"PORT 192,0,2,10,256,80",
-    b"PORT 192,0,2,10,195,1000",          # 4 digits
-    b"PORT 192,0,2,10,0,0",               # port 0
-    b"PORT 192,0,2,10,195",               # missing field
-    b"PORT 192,0,2,10,195,80,1",          # extra field
+    b"PORT 192,0,2,10,195,1000",  # 4 digits
+    b"PORT 192,0,2,10,0,0",  # port 0
+    b"PORT 192,0,2,10,195",  # missing field
+    b"PORT 192,0,2,10,195,80,1",  # extra field
     b"PORT 192,0,2,10,,80",
     b"PORT 192,0,2,10,195,80x",
     b"PORT 192.0.2.10.195.80",
@@ -261,14 +299,14 @@ MALFORMED_CLIENT = [
     b"PORT ",
     b"PORT 192,0,2,10,195,\xff",
     b"PORT \xc3\xa9,0,2,10,195,80",
-    b"PORT \xd9\xa1,0,2,10,195,80",       # Arabic-Indic digit one: not an ASCII digit
-    b"EPRT |1|192.0.2.10|70000|",         # port > 65535
+    b"PORT \xd9\xa1,0,2,10,195,80",  # Arabic-Indic digit one: not an ASCII digit
+    b"EPRT |1|192.0.2.10|70000|",  # port > 65535
     b"EPRT |1|192.0.2.10|0|",
     b"EPRT |1|192.0.2.10||",
     b"EPRT |1|192.0.2.10|123456|",
     b"EPRT |1|192.0.2.300|50000|",
     b"EPRT |1|192.0.2|50000|",
-    b"EPRT |1|192.0.2.010|50000|",        # leading zero: octal to inet_aton servers
+    b"EPRT |1|192.0.2.010|50000|",  # leading zero: octal to inet_aton servers
     b"EPRT |1|0xc0.0.2.10|50000|",
     b"EPRT |2|2001:db8::g|50000|",
     b"EPRT |2|2001:db8:1::10%eth0|50000|",
@@ -318,15 +356,24 @@ def test_malformed_server_lines(line):
     assert m.command == line[:3].decode() and m.src == S4
 
 
-@pytest.mark.parametrize("side,line", [
-    ("cli", b"PORTS 192,0,2,10,195,80"), ("cli", b"SITE PORT 192,0,2,10,195,80"),
-    ("cli", b"227 Entering Passive Mode (192,0,2,1,195,80)"),   # a reply from the client side
-    ("cli", b"EPSV"), ("cli", b"PASV"), ("cli", b""), ("cli", b"\xff\xf4\xff\xf2ABOR"),
-    ("srv", b"PORT 192,0,2,10,195,80"),                         # a command from the server side
-    ("srv", b"2270 (192,0,2,1,195,80)"), ("srv", b"22 7 (192,0,2,1,195,80)"),
-    ("srv", b"220 (192,0,2,1,195,80) welcome"), ("srv", b"150 (|||6446|)"),
-    ("srv", b"227x(192,0,2,1,195,80)"),
-])
+@pytest.mark.parametrize(
+    "side,line",
+    [
+        ("cli", b"PORTS 192,0,2,10,195,80"),
+        ("cli", b"SITE PORT 192,0,2,10,195,80"),
+        ("cli", b"227 Entering Passive Mode (192,0,2,1,195,80)"),  # a reply from the client side
+        ("cli", b"EPSV"),
+        ("cli", b"PASV"),
+        ("cli", b""),
+        ("cli", b"\xff\xf4\xff\xf2ABOR"),
+        ("srv", b"PORT 192,0,2,10,195,80"),  # a command from the server side
+        ("srv", b"2270 (192,0,2,1,195,80)"),
+        ("srv", b"22 7 (192,0,2,1,195,80)"),
+        ("srv", b"220 (192,0,2,1,195,80) welcome"),
+        ("srv", b"150 (|||6446|)"),
+        ("srv", b"227x(192,0,2,1,195,80)"),
+    ],
+)
 def test_other_lines_are_ignored(side, line):
     t = FtpTracker()
     assert (cli if side == "cli" else srv)(t, line + b"\r\n") == []
@@ -335,9 +382,9 @@ def test_other_lines_are_ignored(side, line):
 def test_non_control_packets_and_bad_addresses_ignored():
     t = FtpTracker()
     line = b"PORT 192,0,2,10,195,80\r\n"
-    assert t.feed(C4, S4, CPORT, 2121, line, 0.0) == []                    # not port 21
+    assert t.feed(C4, S4, CPORT, 2121, line, 0.0) == []  # not port 21
     assert t.feed(C4, S4, CPORT, 21, b"", 0.0) == []
-    assert t.feed(C4, S6, CPORT, 21, line, 0.0) == []                      # mixed families
+    assert t.feed(C4, S6, CPORT, 21, line, 0.0) == []  # mixed families
     assert t.feed(b"\x01\x02", S4, CPORT, 21, line, 0.0) == []
     assert t.feed(b"", b"", CPORT, 21, line, 0.0) == []
     assert t.stats["packets"] == 0 and len(t) == 0
@@ -348,8 +395,9 @@ def test_non_control_packets_and_bad_addresses_ignored():
 
 def test_bytes_like_inputs_accepted():
     t = FtpTracker()
-    e = only(t.feed(bytearray(C4), memoryview(S4), CPORT, 21,
-                    memoryview(b"PORT 192,0,2,10,195,80\r\n"), 0.0), Expectation)
+    e = only(
+        t.feed(bytearray(C4), memoryview(S4), CPORT, 21, memoryview(b"PORT 192,0,2,10,195,80\r\n"), 0.0), Expectation
+    )
     assert type(e.peer) is bytes and type(e.addr) is bytes and e.addr == C4
 
 
@@ -360,6 +408,7 @@ def test_port_21_on_both_sides_is_taken_as_client_to_server():
 
 
 # --- bounded buffers and flows ------------------------------------------------------------------
+
 
 def test_oversized_line_without_newline_dropped_and_reported_once():
     t = FtpTracker(max_line=512)
@@ -422,8 +471,8 @@ def test_lru_refreshes_on_use():
     t = FtpTracker(max_flows=2)
     cli(t, b"PORT 192,0,2,", cport=1)
     cli(t, b"PORT 192,0,2,", cport=2)
-    cli(t, b"10,", cport=1)                      # flow 1 used again: flow 2 is now the oldest
-    cli(t, b"PORT 192,0,2,", cport=3)            # evicts flow 2
+    cli(t, b"10,", cport=1)  # flow 1 used again: flow 2 is now the oldest
+    cli(t, b"PORT 192,0,2,", cport=3)  # evicts flow 2
     assert only(cli(t, b"195,80\n", cport=1), Expectation)
     assert cli(t, b"10,195,80\n", cport=2) == []
 
@@ -438,7 +487,7 @@ def test_flows_expire():
     cli(t, b"PORT 192,0,2,10,", now=1000.0)
     assert cli(t, b"195,80\r\n", now=1400.0) == []
     cli(t, b"PORT 192,0,2,10,", now=2000.0)
-    cli(t, b"X", now=2400.0, cport=7)           # another flow's packet sweeps the stale one
+    cli(t, b"X", now=2400.0, cport=7)  # another flow's packet sweeps the stale one
     assert len(t) == 1
 
 
@@ -451,11 +500,12 @@ def test_complete_lines_leave_no_state():
 
 # --- TCP sequence numbers (optional) --------------------------------------------------------------
 
+
 def test_retransmitted_partial_segment_with_seq():
     t = FtpTracker()
     assert cli(t, b"PORT 192,0,2,", seq=1000) == []
-    assert cli(t, b"PORT 192,0,2,", seq=1000) == []             # retransmission: dropped
-    assert cli(t, b"0,2,10,1", seq=1009) == []                  # overlaps 4 old bytes
+    assert cli(t, b"PORT 192,0,2,", seq=1000) == []  # retransmission: dropped
+    assert cli(t, b"0,2,10,1", seq=1009) == []  # overlaps 4 old bytes
     assert only(cli(t, b"95,80\r\n", seq=1017), Expectation).port == 50000
     assert t.stats["retransmits"] == 2
 
@@ -477,7 +527,7 @@ def test_retransmitted_full_line_with_seq_yields_nothing_new():
 def test_sequence_gap_drops_the_current_line_only():
     t = FtpTracker()
     cli(t, b"PORT 192,0,2,", seq=100)
-    events = cli(t, b"195,80\r\nPORT 192,0,2,10,195,81\r\n", seq=120)   # 7 bytes never seen
+    events = cli(t, b"195,80\r\nPORT 192,0,2,10,195,81\r\n", seq=120)  # 7 bytes never seen
     assert [e.port for e in exps(events)] == [50001] and len(events) == 1
     assert t.stats["gaps"] == 1
 
@@ -497,13 +547,13 @@ def test_sequence_jump_means_new_connection():
 
 # --- parsers and text helpers -------------------------------------------------------------------
 
+
 def test_parsers_direct():
     assert parse_port(b"192,0,2,10,195,80") == (C4, 50000)
     assert parse_eprt(b"|2|2001:db8:1::10|6446|") == (C6, 6446)
     assert parse_227(b"Entering Passive Mode (192,0,2,1,195,80)") == (S4, 50000)
     assert parse_229(b"Entering Extended Passive Mode (|||6446|)") == 6446
-    for f, arg in [(parse_port, b"1,2,3"), (parse_eprt, b"|9|x|1|"), (parse_227, b"x"),
-                   (parse_229, b"x")]:
+    for f, arg in [(parse_port, b"1,2,3"), (parse_eprt, b"|9|x|1|"), (parse_227, b"x"), (parse_229, b"x")]:
         with pytest.raises(ParseError):
             f(arg)
     assert issubclass(ParseError, ValueError)

@@ -1,4 +1,5 @@
 """Property tests: no input makes the tracker raise, state stays bounded, splits never matter."""
+
 from __future__ import annotations
 
 import socket
@@ -6,8 +7,7 @@ import socket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nfsentry.core.ftp import (Bounce, Expectation, ExpectationTable, FtpTracker, Malformed, Oversized,
-                          PasvMismatch)
+from nfsentry.core.ftp import Bounce, Expectation, ExpectationTable, FtpTracker, Malformed, Oversized, PasvMismatch
 
 C4 = socket.inet_pton(socket.AF_INET, "192.0.2.10")
 S4 = socket.inet_pton(socket.AF_INET, "192.0.2.1")
@@ -18,53 +18,102 @@ EVENT_TYPES = (Expectation, Bounce, PasvMismatch, Malformed, Oversized)
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Lines of the grammar (valid and broken announcements, other commands), with CRLF or LF.
-_num = st.one_of(st.sampled_from([192, 0, 2, 1, 10, 195, 80]), st.integers(0, 255),
-                 st.integers(256, 2000)).map(lambda n: str(n).encode())
-_valid = st.sampled_from([b"PORT 192,0,2,10,195,80", b"EPRT |1|192.0.2.10|50000|",
-                          b"EPRT |2|2001:db8:1::10|50000|", b"PORT 198,51,100,66,0,22",
-                          b"227 Entering Passive Mode (192,0,2,1,195,80).",
-                          b"227 Entering Passive Mode (10,0,0,1,195,80).",
-                          b"229 Entering Extended Passive Mode (|||50000|)"])
-_port = st.one_of(st.integers(1, 65535), st.sampled_from([0, 65536, 70000, 999999])).map(
-    lambda n: str(n).encode())
+_num = st.one_of(st.sampled_from([192, 0, 2, 1, 10, 195, 80]), st.integers(0, 255), st.integers(256, 2000)).map(
+    lambda n: str(n).encode()
+)
+_valid = st.sampled_from(
+    [
+        b"PORT 192,0,2,10,195,80",
+        b"EPRT |1|192.0.2.10|50000|",
+        b"EPRT |2|2001:db8:1::10|50000|",
+        b"PORT 198,51,100,66,0,22",
+        b"227 Entering Passive Mode (192,0,2,1,195,80).",
+        b"227 Entering Passive Mode (10,0,0,1,195,80).",
+        b"229 Entering Extended Passive Mode (|||50000|)",
+    ]
+)
+_port = st.one_of(st.integers(1, 65535), st.sampled_from([0, 65536, 70000, 999999])).map(lambda n: str(n).encode())
 _delim = st.sampled_from([b"|", b"!", b"#", b"$", b"~", b"%"])
 _client_line = st.one_of(
     _valid,
     st.lists(_num, min_size=4, max_size=7).map(lambda v: b"PORT " + b",".join(v)),
-    st.builds(lambda d, a, p: b"EPRT " + d + b"1" + d + a + d + p + d, _delim,
-              st.sampled_from([b"192.0.2.10", b"198.51.100.66", b"192.0.2.300"]), _port),
+    st.builds(
+        lambda d, a, p: b"EPRT " + d + b"1" + d + a + d + p + d,
+        _delim,
+        st.sampled_from([b"192.0.2.10", b"198.51.100.66", b"192.0.2.300"]),
+        _port,
+    ),
     st.sampled_from([b"USER anonymous", b"PASS x", b"TYPE I", b"RETR f", b"NOOP", b"PASV", b"EPSV"]),
 )
 _server_line = st.one_of(
     _valid,
-    st.lists(_num, min_size=6, max_size=6).map(
-        lambda v: b"227 Entering Passive Mode (" + b",".join(v) + b")."),
-    st.builds(lambda d, p: b"229 Entering Extended Passive Mode (" + d * 3 + p + d + b")", _delim,
-              _port),
+    st.lists(_num, min_size=6, max_size=6).map(lambda v: b"227 Entering Passive Mode (" + b",".join(v) + b")."),
+    st.builds(lambda d, p: b"229 Entering Extended Passive Mode (" + d * 3 + p + d + b")", _delim, _port),
     st.sampled_from([b"220 welcome", b"230 ok", b"150 opening", b"226 done"]),
 )
 
 
 def _line_stream(line_strategy):
-    return st.lists(st.tuples(line_strategy, st.sampled_from([b"\r\n", b"\n"])), min_size=1,
-                    max_size=8).map(lambda ls: b"".join(a + b for a, b in ls))
+    return st.lists(st.tuples(line_strategy, st.sampled_from([b"\r\n", b"\n"])), min_size=1, max_size=8).map(
+        lambda ls: b"".join(a + b for a, b in ls)
+    )
 
 
 # Fragments that steer random lines towards the parsers' corners.
-_atoms = st.sampled_from([
-    b"PORT ", b"port ", b"EPRT ", b"eprt ", b"227 ", b"227-", b"229 ", b"(", b")", b"|", b"!",
-    b",", b".", b":", b"::", b"|1|", b"|2|", b"|||", b"192", b"0", b"10", b"255", b"256", b"300",
-    b"1000", b"65535", b"65536", b"70000", b"2001:db8:1::10", b"192.0.2.10", b"192,0,2,10,",
-    b"192,0,2,1,", b"195,80", b"\r\n", b"\n", b"\r", b" ", b"\t", b"\x00", b"\xff", b"\xc3\xa9",
-    b"%", b"x" * 40,
-])
+_atoms = st.sampled_from(
+    [
+        b"PORT ",
+        b"port ",
+        b"EPRT ",
+        b"eprt ",
+        b"227 ",
+        b"227-",
+        b"229 ",
+        b"(",
+        b")",
+        b"|",
+        b"!",
+        b",",
+        b".",
+        b":",
+        b"::",
+        b"|1|",
+        b"|2|",
+        b"|||",
+        b"192",
+        b"0",
+        b"10",
+        b"255",
+        b"256",
+        b"300",
+        b"1000",
+        b"65535",
+        b"65536",
+        b"70000",
+        b"2001:db8:1::10",
+        b"192.0.2.10",
+        b"192,0,2,10,",
+        b"192,0,2,1,",
+        b"195,80",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b" ",
+        b"\t",
+        b"\x00",
+        b"\xff",
+        b"\xc3\xa9",
+        b"%",
+        b"x" * 40,
+    ]
+)
 _noise = st.binary(max_size=64)
 _random_chunk = st.lists(st.one_of(_atoms, _noise), max_size=12).map(b"".join)
 # A slice of a stream of grammar lines, so that whole and split announcements (valid, bounces,
 # mismatches, malformed) reach the tracker among the noise.
-_grammar_slice = st.tuples(st.one_of(_line_stream(_client_line), _line_stream(_server_line)),
-                           st.integers(0, 400), st.integers(0, 400)).map(
-    lambda t: t[0][min(t[1], t[2]):max(t[1], t[2])] if t[1] != t[2] else t[0])
+_grammar_slice = st.tuples(
+    st.one_of(_line_stream(_client_line), _line_stream(_server_line)), st.integers(0, 400), st.integers(0, 400)
+).map(lambda t: t[0][min(t[1], t[2]) : max(t[1], t[2])] if t[1] != t[2] else t[0])
 _chunk = st.one_of(_random_chunk, _grammar_slice)
 
 
@@ -73,8 +122,7 @@ def _packets(draw):
     """(flow index, from_client, payload, seq mode) over a few flows of both families."""
     n = draw(st.integers(1, 25))
     seq_mode = st.sampled_from([None, "next", "next", "next", "retransmit", "gap", "random"])
-    return [(draw(st.integers(0, 5)), draw(st.booleans()), draw(_chunk), draw(seq_mode))
-            for _ in range(n)]
+    return [(draw(st.integers(0, 5)), draw(st.booleans()), draw(_chunk), draw(seq_mode)) for _ in range(n)]
 
 
 def _endpoints(i):
@@ -96,8 +144,13 @@ def test_random_traffic_never_raises_and_stays_bounded(packets, max_line, max_fl
         # (a lost segment), arbitrary, or none at all.
         flow = (i, from_client)
         nxt = next_seq.get(flow, 2**32 - 100 + i)
-        seq = {None: None, "next": nxt, "retransmit": nxt - len(payload) // 2 - 1,
-               "gap": nxt + 7, "random": (nxt * 2654435761) % 2**32}[mode]
+        seq = {
+            None: None,
+            "next": nxt,
+            "retransmit": nxt - len(payload) // 2 - 1,
+            "gap": nxt + 7,
+            "random": (nxt * 2654435761) % 2**32,
+        }[mode]
         if seq is not None:
             seq %= 2**32
             next_seq[flow] = max(nxt, seq + len(payload)) % 2**32
@@ -199,13 +252,22 @@ def test_retransmissions_with_seq_never_change_the_events(data):
 
 
 @SETTINGS
-@given(st.lists(st.tuples(st.sampled_from(["add", "match", "match_sport", "expire"]),
-                          st.integers(0, 3), st.integers(0, 3), st.integers(1, 4),
-                          st.floats(0, 5)), max_size=60))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "match", "match_sport", "expire"]),
+            st.integers(0, 3),
+            st.integers(0, 3),
+            st.integers(1, 4),
+            st.floats(0, 5),
+        ),
+        max_size=60,
+    )
+)
 def test_table_against_a_model(ops):
     hosts = [C4, S4, b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"]
     t = ExpectationTable(max_entries=4)
-    model: dict = {}                  # key -> [expires, bound sport]
+    model: dict = {}  # key -> [expires, bound sport]
     now = 0.0
     for op, a, b, port, dt in ops:
         now += dt

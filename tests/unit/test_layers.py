@@ -1,5 +1,6 @@
 """The layers' import rules (each folder's __init__ says them): every import in every module of
 the package, at any depth (function-level imports included), is checked."""
+
 from __future__ import annotations
 
 import ast
@@ -54,13 +55,15 @@ def imports(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = pkg.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
             # "from nfsentry.x import y" may name a submodule y
-            out += [(node.lineno, f"{mod}.{a.name}" if mod in ("nfsentry", ) or mod.startswith("nfsentry.") else mod)
-                    for a in node.names]
+            out += [
+                (node.lineno, f"{mod}.{a.name}" if mod in ("nfsentry",) or mod.startswith("nfsentry.") else mod)
+                for a in node.names
+            ]
     return out
 
 
@@ -72,7 +75,7 @@ def allowed(importer: str, target: str) -> bool:
         return top in STDLIB or top in third
     if target == "nfsentry.__version__" or target == "nfsentry":
         return True
-    rest = target[len("nfsentry."):]
+    rest = target[len("nfsentry.") :]
     if rest.startswith("daemon") and importer == CLI_RUNS_DAEMON:
         return True
     return any(rest == o or rest.startswith(o + ".") for o in own if o) or ("" in own and "." not in rest)

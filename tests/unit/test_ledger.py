@@ -1,5 +1,6 @@
 """The ledger (one owner of block state) and its rule, with an in-memory kernel and a real
 SQLite database. The real-kernel version of these checks is in tests/e2e."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -45,20 +46,28 @@ class Kernel:
 
     def list_blocked(self) -> list[dict]:
         now = self.clock()
-        return [{"network": n, "timeout": 0 if e is None else 1, "expires_in": None if e is None else e - now,
-                 "set": "x"} for n, e in self._live().items()]
+        return [
+            {"network": n, "timeout": 0 if e is None else 1, "expires_in": None if e is None else e - now, "set": "x"}
+            for n, e in self._live().items()
+        ]
 
     def find_blocks(self, network) -> list[dict]:
         net = ipaddress.ip_network(network)
-        return [b for b in self.list_blocked()
-                if ipaddress.ip_network(b["network"]).version == net.version
-                and net.subnet_of(ipaddress.ip_network(b["network"]))]
+        return [
+            b
+            for b in self.list_blocked()
+            if ipaddress.ip_network(b["network"]).version == net.version
+            and net.subnet_of(ipaddress.ip_network(b["network"]))
+        ]
 
     def blocks_inside(self, network) -> list[dict]:
         net = ipaddress.ip_network(network)
-        return [b for b in self.list_blocked()
-                if ipaddress.ip_network(b["network"]).version == net.version
-                and ipaddress.ip_network(b["network"]).subnet_of(net)]
+        return [
+            b
+            for b in self.list_blocked()
+            if ipaddress.ip_network(b["network"]).version == net.version
+            and ipaddress.ip_network(b["network"]).subnet_of(net)
+        ]
 
 
 class Clock:
@@ -84,15 +93,17 @@ def test_kernel_timeout_is_never_permanent_by_rounding():
 
 
 def test_merge_never_shortens():
-    assert merge(None, 60) == "keep" and merge(None, 0) == "keep"      # permanent is the longest
+    assert merge(None, 60) == "keep" and merge(None, 0) == "keep"  # permanent is the longest
     assert merge(7200, 3600) == "keep" and merge(3600, 3600) == "keep"
     assert merge(10, 3600) == "extend" and merge(10, 0) == "extend"
 
 
 def test_plan_restore_puts_back_adopts_and_drops_ended():
-    plan = plan_restore(kernel={"198.18.0.1": 50.0, "198.18.0.9": None},
-                        db={"198.18.0.1": 1050.0, "198.18.0.2": 1100.5, "198.18.0.3": 900.0, "198.18.0.4": None},
-                        now=1000.0)
+    plan = plan_restore(
+        kernel={"198.18.0.1": 50.0, "198.18.0.9": None},
+        db={"198.18.0.1": 1050.0, "198.18.0.2": 1100.5, "198.18.0.3": 900.0, "198.18.0.4": None},
+        now=1000.0,
+    )
     assert sorted(plan.put_back) == [("198.18.0.2", 101), ("198.18.0.4", 0)]
     assert plan.adopt == [("198.18.0.9", None)] and plan.ended == ["198.18.0.3"]
 
@@ -147,6 +158,7 @@ class LedgerModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         import tempfile
+
         self.dir = tempfile.TemporaryDirectory()
         self.clock = Clock()
         self.store = Store(f"{self.dir.name}/db")

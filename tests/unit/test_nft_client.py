@@ -1,5 +1,6 @@
 """nfsentry.nft.client without a kernel: the complete-listing loop (Session._set_items) on scripted
 dumps, and the session's lazy IPv6-prefix lookup."""
+
 from __future__ import annotations
 
 import pytest
@@ -39,6 +40,7 @@ def clock(monkeypatch):
     def monotonic():
         now[0] += 1.0
         return now[0]
+
     monkeypatch.setattr(C.time, "monotonic", monotonic)
 
 
@@ -94,8 +96,10 @@ def test_a_listing_slower_than_the_last_one_may_miss_what_expired_during_it(monk
     clock = [100.0]
     monkeypatch.setattr(C.time, "monotonic", lambda: clock[0])
     stable = [f"198.18.0.{i} timeout 3600s expires 3500s" for i in range(1, 41)]
-    listings = [(0.2, stable + ["198.18.1.1 timeout 10s expires 2400ms"]),   # (duration, what it read)
-                (3.0, stable)]                                                  # 1.1 expired meanwhile
+    listings = [
+        (0.2, stable + ["198.18.1.1 timeout 10s expires 2400ms"]),  # (duration, what it read)
+        (3.0, stable),
+    ]  # 1.1 expired meanwhile
     calls = []
 
     def once(name):

@@ -1,4 +1,5 @@
 """nfsentry.nft.elements: set choice, element and command texts, listing parsers (pure)."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -10,8 +11,9 @@ from nfsentry.nft import elements as E
 
 def test_plan_nets_keeps_the_broadest_and_replaces_covered():
     N = ipaddress.ip_network
-    adds, deletes = E.plan_nets({N("198.18.0.0/24"): 10, N("198.18.0.128/25"): 5, N("198.19.0.0/16"): 0},
-                                 [N("198.19.1.0/24"), N("10.0.0.0/8")])
+    adds, deletes = E.plan_nets(
+        {N("198.18.0.0/24"): 10, N("198.18.0.128/25"): 5, N("198.19.0.0/16"): 0}, [N("198.19.1.0/24"), N("10.0.0.0/8")]
+    )
     assert adds == {N("198.18.0.0/24"): 10, N("198.19.0.0/16"): 0}
     assert deletes == [N("198.19.1.0/24")]
     adds, deletes = E.plan_nets({N("10.1.0.0/16"): 1}, [N("10.0.0.0/8")])
@@ -37,9 +39,11 @@ def test_parse_set_text():
         {"network": "198.18.0.0/24", "timeout": 3600, "expires_in": 3590, "set": "blocked4net"},
         {"network": "198.18.5.1", "timeout": 0, "expires_in": None, "set": "blocked4net"},
         {"network": "198.18.5.2", "timeout": 0, "expires_in": None, "set": "blocked4net"},
-        {"network": "198.18.7.0/24", "timeout": 1.5, "expires_in": 0.9, "set": "blocked4net"}]
-    six = E.parse_set_text("blocked6_64",
-                           "set blocked6_64 {\n elements = { 2001:db8:5:: timeout 30s expires 29s, 2001:db8:6:: }\n}")
+        {"network": "198.18.7.0/24", "timeout": 1.5, "expires_in": 0.9, "set": "blocked4net"},
+    ]
+    six = E.parse_set_text(
+        "blocked6_64", "set blocked6_64 {\n elements = { 2001:db8:5:: timeout 30s expires 29s, 2001:db8:6:: }\n}"
+    )
     assert [b["network"] for b in six] == ["2001:db8:5::/64", "2001:db8:6::/64"]
     assert E.parse_set_text("blocked4", "set blocked4 {\n type ipv4_addr\n}") == []
 
@@ -74,6 +78,7 @@ def test_set_for_picks_the_set_by_family_and_prefix():
 
 def test_the_session_picks_the_set_with_its_ipv6_prefix():
     from nfsentry.nft import client
+
     if client._nftables is None:
         pytest.skip("python3-nftables missing")
     n = client.Nft()
@@ -87,8 +92,11 @@ def test_the_session_picks_the_set_with_its_ipv6_prefix():
 
 # == set choice =====================================================================================
 def test_set_for_without_a_known_ipv6_prefix_uses_the_interval_set():
-    assert E.set_for("2001:db8:1::/64", None) == ("blocked6net", "2001:db8:1::/64",
-                                                   ipaddress.ip_network("2001:db8:1::/64"))
+    assert E.set_for("2001:db8:1::/64", None) == (
+        "blocked6net",
+        "2001:db8:1::/64",
+        ipaddress.ip_network("2001:db8:1::/64"),
+    )
     assert E.set_for("2001:db8:1::/56", 56)[:2] == ("blocked6_56", "2001:db8:1::")
     assert E.set_for("2001:db8::7/128", None)[:2] == ("blocked6", "2001:db8::7")
 
@@ -125,7 +133,8 @@ def test_block_commands_replace_the_timeout():
     assert E.block_commands("t", "blocked4", "198.18.0.2", 60) == (
         "add element inet t blocked4 { 198.18.0.2 }\n"
         "delete element inet t blocked4 { 198.18.0.2 }\n"
-        "add element inet t blocked4 { 198.18.0.2 timeout 60s }")
+        "add element inet t blocked4 { 198.18.0.2 timeout 60s }"
+    )
     assert E.block_commands("t", "blocked6", "2001:db8::2", 0).endswith("add element inet t blocked6 { 2001:db8::2 }")
 
 
@@ -135,7 +144,8 @@ def test_delete_replace_and_flush_commands():
     halves = [N("198.18.0.0/25"), N("198.18.0.128/25")]
     assert E.replace_commands("t", "blocked4net", halves, "198.18.0.0/24 timeout 5s") == (
         "delete element inet t blocked4net { 198.18.0.0/25, 198.18.0.128/25 }\n"
-        "add element inet t blocked4net { 198.18.0.0/24 timeout 5s }")
+        "add element inet t blocked4net { 198.18.0.0/24 timeout 5s }"
+    )
     assert E.replace_commands("t", "ignore4", [], "10.0.0.0/8") == "add element inet t ignore4 { 10.0.0.0/8 }"
     assert E.flush_commands("t", ["blocked4", "blocked6"]) == "flush set inet t blocked4\nflush set inet t blocked6"
     assert E.flush_commands("t", []) == ""
@@ -150,20 +160,39 @@ def test_plan_nets_handles_both_families_apart():
 
 
 def test_block_items_normalizes_every_form():
-    assert E.block_items(["198.18.0.2", ("198.18.0.3", 60), ["198.18.0.4"],
-                          {"network": "198.18.0.5", "timeout": 30},
-                          {"network": "198.18.0.6", "timeout": 30, "expires_in": 12},
-                          {"network": "198.18.0.7", "expires_in": None, "timeout": 0}]) == [
-        ("198.18.0.2", 0), ("198.18.0.3", 60), ("198.18.0.4", 0), ("198.18.0.5", 30), ("198.18.0.6", 12),
-        ("198.18.0.7", 0)]
+    assert E.block_items(
+        [
+            "198.18.0.2",
+            ("198.18.0.3", 60),
+            ["198.18.0.4"],
+            {"network": "198.18.0.5", "timeout": 30},
+            {"network": "198.18.0.6", "timeout": 30, "expires_in": 12},
+            {"network": "198.18.0.7", "expires_in": None, "timeout": 0},
+        ]
+    ) == [
+        ("198.18.0.2", 0),
+        ("198.18.0.3", 60),
+        ("198.18.0.4", 0),
+        ("198.18.0.5", 30),
+        ("198.18.0.6", 12),
+        ("198.18.0.7", 0),
+    ]
     assert E.block_items([]) == []
     assert E.block_items(iter(["198.18.0.2"])) == [("198.18.0.2", 0)]
 
 
 def test_bulk_commands_group_by_set_and_merge_prefixes():
     N = ipaddress.ip_network
-    items = [("198.18.0.2", 0), ("198.18.0.3", 60), ("2001:db8::2", 1.5), ("2001:db8:1::/64", 30),
-             ("198.19.0.0/16", 0), ("198.19.1.0/24", 5), ("198.20.0.0/24", 0), ("2001:db8:2::/48", 0)]
+    items = [
+        ("198.18.0.2", 0),
+        ("198.18.0.3", 60),
+        ("2001:db8::2", 1.5),
+        ("2001:db8:1::/64", 30),
+        ("198.19.0.0/16", 0),
+        ("198.19.1.0/24", 5),
+        ("198.20.0.0/24", 0),
+        ("2001:db8:2::/48", 0),
+    ]
     text = E.bulk_commands("t", items, {"blocked4net": [N("198.20.0.0/25"), N("10.0.0.0/8")]}, 64)
     assert text.splitlines() == [
         "delete element inet t blocked4net { 198.20.0.0/25 }",
@@ -171,12 +200,15 @@ def test_bulk_commands_group_by_set_and_merge_prefixes():
         "add element inet t blocked6 { 2001:db8::2 timeout 1500ms }",
         "add element inet t blocked6_64 { 2001:db8:1:: timeout 30s }",
         "add element inet t blocked4net { 198.19.0.0/16, 198.20.0.0/24 }",
-        "add element inet t blocked6net { 2001:db8:2::/48 }"]
+        "add element inet t blocked6net { 2001:db8:2::/48 }",
+    ]
 
 
 def test_bulk_commands_the_last_timeout_of_a_repeated_address_wins():
-    assert E.bulk_commands("t", [("198.18.0.2", 5), ("198.18.0.2", 9)], {}, 64) == \
-        "add element inet t blocked4 { 198.18.0.2 timeout 9s }"
+    assert (
+        E.bulk_commands("t", [("198.18.0.2", 5), ("198.18.0.2", 9)], {}, 64)
+        == "add element inet t blocked4 { 198.18.0.2 timeout 9s }"
+    )
 
 
 def test_bulk_commands_nothing_new():
@@ -190,36 +222,55 @@ def test_ftp_element():
     assert (str(a), str(b), setname) == ("198.18.0.2", "198.18.0.1", "ftp_expect4")
     assert elem == "198.18.0.2 . 198.18.0.1 . 40000"
     assert E.ftp_element("2001:db8::2", "2001:db8::1", 21)[2:] == ("ftp_expect6", "2001:db8::2 . 2001:db8::1 . 21")
-    for bad in (("198.18.0.2", "2001:db8::1", 21), ("198.18.0.2", "198.18.0.1", 0),
-                ("198.18.0.2", "198.18.0.1", 65536), ("x", "198.18.0.1", 21)):
+    for bad in (
+        ("198.18.0.2", "2001:db8::1", 21),
+        ("198.18.0.2", "198.18.0.1", 0),
+        ("198.18.0.2", "198.18.0.1", 65536),
+        ("x", "198.18.0.1", 21),
+    ):
         with pytest.raises(ValueError):
             E.ftp_element(*bad)
 
 
 def test_expect_ftp_commands():
-    assert E.expect_ftp_commands("t", "198.18.0.2", "198.18.0.1", 40000, 0.2) == \
-        "add element inet t ftp_expect4 { 198.18.0.2 . 198.18.0.1 . 40000 timeout 1s }"
-    text = E.expect_ftp_commands("t", "2001:db8::2", "2001:db8::1", 40001, 30,
-                                 remove=[("2001:db8::2", "2001:db8::1", 40000), ("198.18.0.2", "198.18.0.1", 5)])
+    assert (
+        E.expect_ftp_commands("t", "198.18.0.2", "198.18.0.1", 40000, 0.2)
+        == "add element inet t ftp_expect4 { 198.18.0.2 . 198.18.0.1 . 40000 timeout 1s }"
+    )
+    text = E.expect_ftp_commands(
+        "t",
+        "2001:db8::2",
+        "2001:db8::1",
+        40001,
+        30,
+        remove=[("2001:db8::2", "2001:db8::1", 40000), ("198.18.0.2", "198.18.0.1", 5)],
+    )
     assert text.splitlines() == [
         "add element inet t ftp_expect6 { 2001:db8::2 . 2001:db8::1 . 40000 timeout 1s }",
         "delete element inet t ftp_expect6 { 2001:db8::2 . 2001:db8::1 . 40000 }",
         "add element inet t ftp_expect4 { 198.18.0.2 . 198.18.0.1 . 5 timeout 1s }",
         "delete element inet t ftp_expect4 { 198.18.0.2 . 198.18.0.1 . 5 }",
-        "add element inet t ftp_expect6 { 2001:db8::2 . 2001:db8::1 . 40001 timeout 30s }"]
+        "add element inet t ftp_expect6 { 2001:db8::2 . 2001:db8::1 . 40001 timeout 30s }",
+    ]
     with pytest.raises(ValueError):
         E.expect_ftp_commands("t", "198.18.0.2", "198.18.0.1", 40000, 5, remove=[("198.18.0.2", "::1", 1)])
 
 
 def test_port_set_commands():
     assert E.port_set_commands("t", ([(1, 21), (23, 1023)], [])).splitlines() == [
-        "flush set inet t tcp_ports", "add element inet t tcp_ports { 1-21, 23-1023 }", "flush set inet t udp_ports"]
+        "flush set inet t tcp_ports",
+        "add element inet t tcp_ports { 1-21, 23-1023 }",
+        "flush set inet t udp_ports",
+    ]
 
 
 # == listings ========================================================================================
 def test_set_item_texts():
-    assert E.set_item_texts(SET_TEXT) == ["198.18.0.0/24 timeout 3600s expires 3590s", "198.18.5.1-198.18.5.2",
-                                          "198.18.7.0/24 timeout 1500ms expires 900ms"]
+    assert E.set_item_texts(SET_TEXT) == [
+        "198.18.0.0/24 timeout 3600s expires 3590s",
+        "198.18.5.1-198.18.5.2",
+        "198.18.7.0/24 timeout 1500ms expires 900ms",
+    ]
     assert E.set_item_texts("set blocked4 {\n type ipv4_addr\n}") == []
     assert E.set_item_texts("elements = { }") == []
 
@@ -234,8 +285,10 @@ def test_element_key_and_expiry():
 
 def test_parse_set_items_hash_sets_skip_ipaddress():
     got = E.parse_set_items("blocked6", ["2001:db8::2 timeout 60s expires 59s", "2001:db8::3", " ", "garbage!"])
-    assert got == [{"network": "2001:db8::2", "timeout": 60, "expires_in": 59, "set": "blocked6"},
-                   {"network": "2001:db8::3", "timeout": 0, "expires_in": None, "set": "blocked6"}]
+    assert got == [
+        {"network": "2001:db8::2", "timeout": 60, "expires_in": 59, "set": "blocked6"},
+        {"network": "2001:db8::3", "timeout": 0, "expires_in": None, "set": "blocked6"},
+    ]
     # a timeout that has just run out: expires 0, still a timed entry
     assert E.parse_set_items("blocked4", ["198.18.0.2 timeout 1s"])[0]["expires_in"] == 0
 
@@ -248,61 +301,102 @@ def test_parse_set_items_concatenated_ftp_elements():
 def test_elem_networks():
     N = ipaddress.ip_network
     assert E.elem_networks("blocked4net", {"prefix": {"addr": "198.18.0.0", "len": 24}}) == [N("198.18.0.0/24")]
-    assert E.elem_networks("blocked4net", {"range": ["198.18.0.1", "198.18.0.2"]}) == [N("198.18.0.1/32"),
-                                                                                       N("198.18.0.2/32")]
+    assert E.elem_networks("blocked4net", {"range": ["198.18.0.1", "198.18.0.2"]}) == [
+        N("198.18.0.1/32"),
+        N("198.18.0.2/32"),
+    ]
     assert E.elem_networks("blocked6_56", "2001:db8:1::") == [N("2001:db8:1::/56")]
     assert E.elem_networks("blocked4", "198.18.0.2") == [N("198.18.0.2/32")]
 
 
 def test_parse_sets():
-    items = [{"metainfo": {}},
-             {"set": {"name": "blocked4", "type": "ipv4_addr", "flags": ["timeout"]}},
-             {"set": {"name": "blocked4net", "type": "ipv4_addr", "flags": ["timeout", "interval"]}},
-             {"set": {"name": "ftp_expect4", "type": ["ipv4_addr", "ipv4_addr", "inet_service"], "flags": ["timeout"]}},
-             {"set": {"name": "tcp_ports", "type": "inet_service"}}]
-    assert E.parse_sets(items) == {"blocked4": ("ipv4_addr", ("timeout",)),
-                                   "blocked4net": ("ipv4_addr", ("interval", "timeout")),
-                                   "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",)),
-                                   "tcp_ports": ("inet_service", ())}
+    items = [
+        {"metainfo": {}},
+        {"set": {"name": "blocked4", "type": "ipv4_addr", "flags": ["timeout"]}},
+        {"set": {"name": "blocked4net", "type": "ipv4_addr", "flags": ["timeout", "interval"]}},
+        {"set": {"name": "ftp_expect4", "type": ["ipv4_addr", "ipv4_addr", "inet_service"], "flags": ["timeout"]}},
+        {"set": {"name": "tcp_ports", "type": "inet_service"}},
+    ]
+    assert E.parse_sets(items) == {
+        "blocked4": ("ipv4_addr", ("timeout",)),
+        "blocked4net": ("ipv4_addr", ("interval", "timeout")),
+        "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",)),
+        "tcp_ports": ("inet_service", ()),
+    }
     assert E.parse_sets([]) == {}
 
 
 def test_parse_chains():
-    items = [{"metainfo": {}}, {"chain": {"family": "inet", "table": "nfsentry", "name": "input"}},
-             {"chain": {"family": "inet", "table": "other", "name": "input"}},
-             {"chain": {"family": "ip", "table": "nfsentry", "name": "prerouting"}}]
+    items = [
+        {"metainfo": {}},
+        {"chain": {"family": "inet", "table": "nfsentry", "name": "input"}},
+        {"chain": {"family": "inet", "table": "other", "name": "input"}},
+        {"chain": {"family": "ip", "table": "nfsentry", "name": "prerouting"}},
+    ]
     assert E.parse_chains(items, "nfsentry") == ["input", "prerouting"]
     assert E.parse_chains(items, "nfsentry", "inet") == ["input"]
     assert E.parse_chains(items, "missing") == []
 
 
 def test_parse_rules():
-    items = [{"table": {}}, {"rule": {"chain": "input", "expr": [{"accept": None}]}},
-             {"rule": {"chain": "input", "expr": [{"drop": None}]}}, {"rule": {"chain": "output"}}]
+    items = [
+        {"table": {}},
+        {"rule": {"chain": "input", "expr": [{"accept": None}]}},
+        {"rule": {"chain": "input", "expr": [{"drop": None}]}},
+        {"rule": {"chain": "output"}},
+    ]
     assert E.parse_rules(items) == {"input": ['[{"accept": null}]', '[{"drop": null}]'], "output": ["[]"]}
 
 
 def test_parse_counters():
     names = ["blocked_pkts4", "blocked_pkts6", "queued_tcp", "queued_udp", "queued_ftp"]
-    items = [{"metainfo": {}}, {"counter": {"name": "queued_tcp", "packets": 3}},
-             {"counter": {"name": "queued_udp", "packets": 4}}, {"counter": {"name": "blocked_pkts6", "packets": 2}},
-             {"counter": {"name": "queued_ftp"}}]
-    assert E.parse_counters(items, names) == {"blocked_pkts4": 0, "blocked_pkts6": 2, "queued_tcp": 3, "queued_udp": 4,
-                                              "queued_ftp": 0, "queued": 7, "blocked_pkts": 2}
+    items = [
+        {"metainfo": {}},
+        {"counter": {"name": "queued_tcp", "packets": 3}},
+        {"counter": {"name": "queued_udp", "packets": 4}},
+        {"counter": {"name": "blocked_pkts6", "packets": 2}},
+        {"counter": {"name": "queued_ftp"}},
+    ]
+    assert E.parse_counters(items, names) == {
+        "blocked_pkts4": 0,
+        "blocked_pkts6": 2,
+        "queued_tcp": 3,
+        "queued_udp": 4,
+        "queued_ftp": 0,
+        "queued": 7,
+        "blocked_pkts": 2,
+    }
 
 
-@pytest.mark.parametrize("chains,rules,inuse,want", [
-    (["prerouting", "input"], {"prerouting": ['[{"drop": null}]'], "input": ['[{"queue": {}}]', '"socket"']}, None,
-     {"backend": "native", "inuse": "socket", "variant": "host"}),
-    (["prerouting", "input"], {"prerouting": ['[{"counter": {}}]'], "input": ['[{"mangle": {}}]']}, "poll",
-     {"backend": "compat", "inuse": "poll", "variant": "observe"}),
-    (["prerouting", "input", "forward"], {"input": ['[{"mangle": {}}]']}, "off",
-     {"backend": "compat", "inuse": "off", "variant": "gateway"}),
-    (["prerouting"], {"prerouting": ['[{"drop": null}]']}, "socket",
-     {"backend": None, "inuse": "poll-or-off", "variant": "blocks-only"}),
-    (["prerouting", "input"], {}, None, {"backend": None, "inuse": "poll-or-off", "variant": "observe"}),
-])
-
-
+@pytest.mark.parametrize(
+    "chains,rules,inuse,want",
+    [
+        (
+            ["prerouting", "input"],
+            {"prerouting": ['[{"drop": null}]'], "input": ['[{"queue": {}}]', '"socket"']},
+            None,
+            {"backend": "native", "inuse": "socket", "variant": "host"},
+        ),
+        (
+            ["prerouting", "input"],
+            {"prerouting": ['[{"counter": {}}]'], "input": ['[{"mangle": {}}]']},
+            "poll",
+            {"backend": "compat", "inuse": "poll", "variant": "observe"},
+        ),
+        (
+            ["prerouting", "input", "forward"],
+            {"input": ['[{"mangle": {}}]']},
+            "off",
+            {"backend": "compat", "inuse": "off", "variant": "gateway"},
+        ),
+        (
+            ["prerouting"],
+            {"prerouting": ['[{"drop": null}]']},
+            "socket",
+            {"backend": None, "inuse": "poll-or-off", "variant": "blocks-only"},
+        ),
+        (["prerouting", "input"], {}, None, {"backend": None, "inuse": "poll-or-off", "variant": "observe"}),
+    ],
+)
 def test_ruleset_facts(chains, rules, inuse, want):
     assert E.ruleset_facts(chains, rules, inuse) == want

@@ -1,11 +1,12 @@
 """nfsentry.nft.inuse: ports in use from /proc/net (no kernel changes, no root)."""
+
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nfsentry.nft import inuse
 from nfsentry.nft.spec import _ports
-
 
 PROC_TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
@@ -35,10 +36,10 @@ def test_listening_ports_here_returns_sets():
 
 
 @settings(deadline=None)  # timing is not the point; a busy machine can stall one cheap example
-@given(st.lists(st.tuples(st.integers(1, 2000), st.integers(0, 300)), max_size=8),
-       st.sets(st.integers(1, 2400), max_size=30))
-
-
+@given(
+    st.lists(st.tuples(st.integers(1, 2000), st.integers(0, 300)), max_size=8),
+    st.sets(st.integers(1, 2400), max_size=30),
+)
 def test_subtract_ports_is_set_difference(pairs, holes):
     ranges = _ports([(lo, min(65535, lo + w)) for lo, w in pairs], "tcp_ports")
     got = inuse.subtract_ports(ranges, holes)

@@ -1,5 +1,6 @@
 """nfsentry.nft.render: the ruleset model and text, the shipped files, the compat rules (no kernel,
 no root)."""
+
 from __future__ import annotations
 
 import re
@@ -10,7 +11,6 @@ import pytest
 from nfsentry.nft import SHIPPED, RulesetSpec, compat_rules, default_spec, render, write_shipped
 from nfsentry.nft.__main__ import main
 from nfsentry.nft.spec import COUNTERS
-
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,8 +39,9 @@ def index_of(rules: list[str], needle: str) -> int:
 @pytest.mark.parametrize("variant,name", sorted(SHIPPED.items()))
 def test_shipped_rules_equal_the_renderer(variant, name):
     path = REPO / "rules" / name
-    assert path.read_text() == render(default_spec(variant), "native"), \
+    assert path.read_text() == render(default_spec(variant), "native"), (
         f"{path} is stale: run `make rules` (python -m nfsentry.nft --write-shipped rules)"
+    )
 
 
 def test_write_shipped_writes_exactly_the_three_files(tmp_path):
@@ -68,8 +69,19 @@ def test_ruleset_structure(variant, backend):
     for line in text.splitlines():
         s = line.strip()
         assert not (s.endswith("}") and s not in ("}",) and not s.startswith("}") and "{" not in s), line
-    for name in ("blocked4", "blocked4net", "blocked6", "blocked6_64", "blocked6net", "ignore4", "ignore6",
-                 "tcp_ports", "udp_ports", "ftp_expect4", "ftp_expect6"):
+    for name in (
+        "blocked4",
+        "blocked4net",
+        "blocked6",
+        "blocked6_64",
+        "blocked6net",
+        "ignore4",
+        "ignore6",
+        "tcp_ports",
+        "udp_ports",
+        "ftp_expect4",
+        "ftp_expect6",
+    ):
         assert f"\tset {name} {{\n" in text
     assert ("set protect4" in text) == (variant == "gateway")
     for counter in COUNTERS:
@@ -83,17 +95,36 @@ def test_ruleset_structure(variant, backend):
     assert "ip6 saddr & ffff:ffff:ffff:ffff:: @blocked6_64" in " ".join(pre)
     # Input: FTP control (7) before established (2) < ignore (3) < socket (4) < FTP data (5) < queue (6).
     inp = chain(text, "input")
-    order = [index_of(inp, s) for s in ('iif "lo" accept', "tcp dport 21 jump ftp_control",
-                                        "ct state established,related accept",
-                                        "fib daddr type != local accept", "@ignore4", "socket transparent 0 accept",
-                                        "@ftp_expect4", "tcp dport @tcp_ports", "udp dport @udp_ports")]
+    order = [
+        index_of(inp, s)
+        for s in (
+            'iif "lo" accept',
+            "tcp dport 21 jump ftp_control",
+            "ct state established,related accept",
+            "fib daddr type != local accept",
+            "@ignore4",
+            "socket transparent 0 accept",
+            "@ftp_expect4",
+            "tcp dport @tcp_ports",
+            "udp dport @udp_ports",
+        )
+    ]
     assert order == sorted(order)
     assert all("ct state new,invalid,untracked" in r for r in inp if "@tcp_ports" in r or "@udp_ports" in r)
     if variant == "gateway":
         fwd = chain(text, "forward")
-        order = [index_of(fwd, s) for s in ("tcp dport 21 jump ftp_control", "ct state established,related accept",
-                                            "ip daddr != @protect4 accept", "ip6 daddr != @protect6 accept", "@ignore4",
-                                            "@ftp_expect4", "tcp dport @tcp_ports")]
+        order = [
+            index_of(fwd, s)
+            for s in (
+                "tcp dport 21 jump ftp_control",
+                "ct state established,related accept",
+                "ip daddr != @protect4 accept",
+                "ip6 daddr != @protect6 accept",
+                "@ignore4",
+                "@ftp_expect4",
+                "tcp dport @tcp_ports",
+            )
+        ]
         assert order == sorted(order)
         assert not any("socket" in r for r in fwd)
     else:
@@ -114,15 +145,18 @@ def test_native_and_compat_statements():
     assert "meta mark set meta mark & 0x0000fffc | 0x4e460001 accept" in body
     assert "meta mark set meta mark & 0x0000fffc | 0x4e460002 accept" in body
     # The header lists the iptables-nft rules the compat backend needs.
-    assert "#   iptables-nft -I INPUT 1 -m mark --mark 0x4e460001/0xffff0003 -m comment --comment nfsentry " \
-           "-j NFQUEUE --queue-num 7 --queue-bypass" in compat
+    assert (
+        "#   iptables-nft -I INPUT 1 -m mark --mark 0x4e460001/0xffff0003 -m comment --comment nfsentry "
+        "-j NFQUEUE --queue-num 7 --queue-bypass" in compat
+    )
     assert "--queue-num 9" in compat
 
 
 def test_compat_rules_per_variant():
     host = compat_rules(RulesetSpec())
-    assert {(b, c) for b, c, _ in host} == {(b, c) for b in ("iptables-nft", "ip6tables-nft")
-                                            for c in ("INPUT", "OUTPUT")}
+    assert {(b, c) for b, c, _ in host} == {
+        (b, c) for b in ("iptables-nft", "ip6tables-nft") for c in ("INPUT", "OUTPUT")
+    }
     assert len(host) == 6
     assert len(compat_rules(RulesetSpec(variant="gateway"))) == 10
     assert len(compat_rules(RulesetSpec(ftp=False))) == 2
@@ -157,8 +191,11 @@ def test_ftp_payload_thresholds():
 
 
 def test_ports_and_networks_are_normalized():
-    spec = RulesetSpec(tcp_ports=[(1, 10), (5, 20), 22, "23-25", (21, 21)], udp_ports=[53],
-                       ignore=["198.18.0.4", "198.18.0.0/30", "2001:db8::4", "2001:db8::/126", "198.18.0.7/32"])
+    spec = RulesetSpec(
+        tcp_ports=[(1, 10), (5, 20), 22, "23-25", (21, 21)],
+        udp_ports=[53],
+        ignore=["198.18.0.4", "198.18.0.0/30", "2001:db8::4", "2001:db8::/126", "198.18.0.7/32"],
+    )
     text = render(spec, "native")
     assert "1-25" in text.split("set tcp_ports {")[1].split("}")[0]
     ign4 = text.split("set ignore4 {")[1].split("\t}")[0]
@@ -190,6 +227,7 @@ def test_custom_table_and_queues():
 # == the model and reloads ===========================================================================
 def test_model_sets_and_signatures():
     from nfsentry.nft.render import model
+
     m = model(RulesetSpec(variant="gateway", protect=["fd00::/8", "192.168.0.0/16"]), "compat")
     assert m.backend == "compat" and m.spec.protect == ["192.168.0.0/16", "fd00::/8"]
     assert m.set("blocked4net").signature == ("ipv4_addr", ("interval", "timeout"))
@@ -201,24 +239,35 @@ def test_model_sets_and_signatures():
 
 def test_reload_plan_keeps_unchanged_blocked_sets_and_moves_changed_ones():
     from nfsentry.nft.render import model, reload_plan
+
     m = model(RulesetSpec(ipv6_prefix=56), "native")
     assert reload_plan(m, None) == ([], [])
-    current = {"chains": ["prerouting", "input"],
-               "sets": {"blocked4": ("ipv4_addr", ("timeout",)),            # unchanged: kept
-                        "blocked6_64": ("ipv6_addr", ("timeout",)),         # gone: entries move
-                        "blocked4net": ("ipv4_addr", ("interval",)),        # changed: entries move
-                        "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",)),  # kept
-                        "tcp_ports": ("inet_service", ("interval",))}}      # config: always rewritten
+    current = {
+        "chains": ["prerouting", "input"],
+        "sets": {
+            "blocked4": ("ipv4_addr", ("timeout",)),  # unchanged: kept
+            "blocked6_64": ("ipv6_addr", ("timeout",)),  # gone: entries move
+            "blocked4net": ("ipv4_addr", ("interval",)),  # changed: entries move
+            "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",)),  # kept
+            "tcp_ports": ("inet_service", ("interval",)),
+        },
+    }  # config: always rewritten
     cmds, moved = reload_plan(m, current)
-    assert cmds == ["flush chain inet nfsentry prerouting", "flush chain inet nfsentry input",
-                    "delete chain inet nfsentry prerouting", "delete chain inet nfsentry input",
-                    "delete set inet nfsentry blocked6_64", "delete set inet nfsentry blocked4net",
-                    "delete set inet nfsentry tcp_ports"]
+    assert cmds == [
+        "flush chain inet nfsentry prerouting",
+        "flush chain inet nfsentry input",
+        "delete chain inet nfsentry prerouting",
+        "delete chain inet nfsentry input",
+        "delete set inet nfsentry blocked6_64",
+        "delete set inet nfsentry blocked4net",
+        "delete set inet nfsentry tcp_ports",
+    ]
     assert moved == ["blocked6_64", "blocked4net"]
 
 
 def test_wrap_an_empty_list_is_no_lines():
     from nfsentry.nft.render import _wrap
+
     assert _wrap([], "\t") == []
     assert _wrap(["a", "b"], "", 3) == ["a,", "b"]
 
@@ -240,39 +289,66 @@ def test_render_without_a_spec_is_the_host_default():
 # == compat rule helpers =============================================================================
 def test_compat_key_ignores_how_iptables_prints_a_rule():
     from nfsentry.nft.render import compat_key
+
     ours = compat_rules(RulesetSpec())[0]
-    printed = ["-m", "mark", "--mark", "0x4E460001/0xFFFF0003", "-m", "comment", "--comment", "nfsentry",
-               "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"]
+    printed = [
+        "-m",
+        "mark",
+        "--mark",
+        "0x4E460001/0xFFFF0003",
+        "-m",
+        "comment",
+        "--comment",
+        "nfsentry",
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        "0",
+        "--queue-bypass",
+    ]
     assert compat_key(*ours) == compat_key("iptables-nft", "INPUT", printed)
     assert compat_key("iptables-nft", "INPUT", ["--mark"]) == ("iptables-nft", "INPUT", "", "", False)
 
 
 def test_compat_listed_finds_only_our_tag():
     from nfsentry.nft.render import compat_listed
-    listing = "\n".join([
-        "-P INPUT ACCEPT",
-        "-A INPUT -m mark --mark 0x4e460001/0xffff0003 -m comment --comment nfsentry -j NFQUEUE --queue-num 0 "
-        "--queue-bypass",
-        "-A OUTPUT -m mark --mark 0x4e460002/0xffff0003 -m comment --comment nfsentry:other -j NFQUEUE --queue-num 1",
-        "-A INPUT -p tcp -j ACCEPT",
-        '-A FORWARD -m comment --comment "nfsentry" -j NFQUEUE --queue-num 5'])
+
+    listing = "\n".join(
+        [
+            "-P INPUT ACCEPT",
+            "-A INPUT -m mark --mark 0x4e460001/0xffff0003 -m comment --comment nfsentry -j NFQUEUE --queue-num 0 "
+            "--queue-bypass",
+            "-A OUTPUT -m mark --mark 0x4e460002/0xffff0003 -m comment --comment nfsentry:other -j NFQUEUE --queue-num 1",
+            "-A INPUT -p tcp -j ACCEPT",
+            '-A FORWARD -m comment --comment "nfsentry" -j NFQUEUE --queue-num 5',
+        ]
+    )
     found = compat_listed("ip6tables-nft", listing, "nfsentry")
     assert [(b, c, a[a.index("--queue-num") + 1]) for b, c, a in found] == [
-        ("ip6tables-nft", "INPUT", "0"), ("ip6tables-nft", "FORWARD", "5")]
+        ("ip6tables-nft", "INPUT", "0"),
+        ("ip6tables-nft", "FORWARD", "5"),
+    ]
     assert [c for _, c, _ in compat_listed("iptables-nft", listing, "nfsentry:other")] == ["OUTPUT"]
     assert compat_listed("iptables-nft", "", "nfsentry") == []
 
 
 def test_filter_chains_and_cleanup_commands():
     from nfsentry.nft.render import cleanup_commands, filter_chains
-    items = [{"metainfo": {}}, {"chain": {"family": "ip", "table": "filter", "name": "INPUT"}},
-             {"chain": {"family": "ip6", "table": "filter", "name": "OUTPUT"}},
-             {"chain": {"family": "inet", "table": "filter", "name": "input"}},
-             {"chain": {"family": "ip", "table": "nat", "name": "POSTROUTING"}}]
+
+    items = [
+        {"metainfo": {}},
+        {"chain": {"family": "ip", "table": "filter", "name": "INPUT"}},
+        {"chain": {"family": "ip6", "table": "filter", "name": "OUTPUT"}},
+        {"chain": {"family": "inet", "table": "filter", "name": "input"}},
+        {"chain": {"family": "ip", "table": "nat", "name": "POSTROUTING"}},
+    ]
     assert filter_chains(items) == {("ip", "INPUT"), ("ip6", "OUTPUT")}
     before = {("ip", "FORWARD")}
     created = {("ip", "INPUT"), ("ip6", "OUTPUT"), ("ip6", "INPUT")}
     assert cleanup_commands(created, before) == [
-        "delete chain ip filter INPUT", "delete chain ip6 filter INPUT", "delete chain ip6 filter OUTPUT",
-        "delete table ip6 filter"]
+        "delete chain ip filter INPUT",
+        "delete chain ip6 filter INPUT",
+        "delete chain ip6 filter OUTPUT",
+        "delete table ip6 filter",
+    ]
     assert cleanup_commands(set(), set()) == []

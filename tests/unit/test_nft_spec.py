@@ -1,8 +1,10 @@
 """nfsentry.nft.spec (the ruleset specification and its validation) and nfsentry.nft.errors."""
+
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nfsentry.nft import NftError, NftInconsistent, NftUnavailable, RulesetSpec, default_spec, render
 from nfsentry.nft import spec as S
@@ -16,16 +18,28 @@ def test_default_ports_match_the_configuration_defaults():
     assert spec.tcp_ports == cfg.tcp_ports and spec.udp_ports == cfg.udp_ports
 
 
-@pytest.mark.parametrize("kw,msg", [
-    ({"variant": "router"}, "variant"), ({"inuse": "maybe"}, "inuse"), ({"backend": "fast"}, "backend"),
-    ({"queue": 1, "ftp_queue": 1}, "differ"), ({"queue": 70000}, "queue"), ({"queue": True}, "queue"),
-    ({"tcp_ports": [0]}, "tcp_ports"), ({"tcp_ports": ["5-2"]}, "tcp_ports"), ({"udp_ports": [70000]}, "udp_ports"),
-    ({"tcp_ports": ["http"]}, "tcp_ports"), ({"ignore": ["not-an-ip"]}, "ignore"),
-    ({"protect": ["1.2.3.4/33"]}, "protect"),
-    ({"mark": 0x4E460001}, "mark"), ({"mark": 0x10}, "mark"), ({"mark_mask": 0xFFFF0000}, "mark_mask"),
-    ({"table": "bad-name"}, "table"), ({"ipv6_prefix": 0}, "ipv6_prefix")])
-
-
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"variant": "router"}, "variant"),
+        ({"inuse": "maybe"}, "inuse"),
+        ({"backend": "fast"}, "backend"),
+        ({"queue": 1, "ftp_queue": 1}, "differ"),
+        ({"queue": 70000}, "queue"),
+        ({"queue": True}, "queue"),
+        ({"tcp_ports": [0]}, "tcp_ports"),
+        ({"tcp_ports": ["5-2"]}, "tcp_ports"),
+        ({"udp_ports": [70000]}, "udp_ports"),
+        ({"tcp_ports": ["http"]}, "tcp_ports"),
+        ({"ignore": ["not-an-ip"]}, "ignore"),
+        ({"protect": ["1.2.3.4/33"]}, "protect"),
+        ({"mark": 0x4E460001}, "mark"),
+        ({"mark": 0x10}, "mark"),
+        ({"mark_mask": 0xFFFF0000}, "mark_mask"),
+        ({"table": "bad-name"}, "table"),
+        ({"ipv6_prefix": 0}, "ipv6_prefix"),
+    ],
+)
 def test_spec_validation(kw, msg):
     with pytest.raises(ValueError, match=msg):
         RulesetSpec(**kw).normalized()
@@ -67,7 +81,10 @@ def test_error_kinds():
 # == the ports and networks of a spec ===============================================================
 def test_ports_accepts_ints_pairs_and_range_strings_and_merges():
     assert S._ports([22, (20, 21), [80, 81], " 1000 - 1002 ", "23", (24, 24)], "x") == [
-        (20, 24), (80, 81), (1000, 1002)]
+        (20, 24),
+        (80, 81),
+        (1000, 1002),
+    ]
     assert S._ports([], "x") == []
     assert S._ports([(1, 10), (3, 4)], "x") == [(1, 10)]
 
@@ -79,8 +96,9 @@ def test_ports_refuses(bad):
 
 
 def test_networks_collapse_per_family():
-    v4, v6 = S._networks(["198.18.0.1", " 198.18.0.0/31 ", "198.18.0.5/24", "2001:db8::/33", "2001:db8:8000::/33"],
-                         "ignore")
+    v4, v6 = S._networks(
+        ["198.18.0.1", " 198.18.0.0/31 ", "198.18.0.5/24", "2001:db8::/33", "2001:db8:8000::/33"], "ignore"
+    )
     assert [str(n) for n in v4] == ["198.18.0.0/24"]
     assert [str(n) for n in v6] == ["2001:db8::/32"]
     with pytest.raises(ValueError, match="ignore: bad address or prefix"):
@@ -88,8 +106,15 @@ def test_networks_collapse_per_family():
 
 
 def test_normalized_is_a_validated_copy():
-    spec = RulesetSpec(tcp_ports=["1-3", 2], udp_ports=[9], ignore=["2001:db8::1", "198.18.0.1"], ftp=0, bypass=1,
-                       mark=0x1_4E460000, mark_mask=0x1_FFFF0003)
+    spec = RulesetSpec(
+        tcp_ports=["1-3", 2],
+        udp_ports=[9],
+        ignore=["2001:db8::1", "198.18.0.1"],
+        ftp=0,
+        bypass=1,
+        mark=0x1_4E460000,
+        mark_mask=0x1_FFFF0003,
+    )
     norm = spec.normalized()
     assert norm is not spec and spec.tcp_ports == ["1-3", 2]
     assert norm.tcp_ports == [(1, 3)] and norm.udp_ports == [(9, 9)]
@@ -113,15 +138,23 @@ def test_normalized_wraps_type_errors_in_spec_error():
 def test_normalized_passes_a_spec_error_on_as_is(monkeypatch):
     def refuse(items, what):
         raise S.SpecError(f"{what}: refused")
+
     monkeypatch.setattr(S, "_networks", refuse)
     with pytest.raises(S.SpecError, match="^ignore: refused$"):
         RulesetSpec().normalized()
 
 
-@pytest.mark.parametrize("kw", [{"queue": -1}, {"ftp_queue": "1"}, {"ipv6_prefix": 129}, {"table": "a" * 33},
-                                {"table": "9abc"}, {"mark_mask": 0xFFFF0001}])
-
-
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"queue": -1},
+        {"ftp_queue": "1"},
+        {"ipv6_prefix": 129},
+        {"table": "a" * 33},
+        {"table": "9abc"},
+        {"mark_mask": 0xFFFF0001},
+    ],
+)
 def test_more_invalid_specs(kw):
     with pytest.raises(S.SpecError):
         RulesetSpec(**kw).normalized()

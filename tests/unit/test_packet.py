@@ -1,4 +1,5 @@
 """packet.decode: every field, IPv4 options, IPv6 extension headers, fragments, malformed input."""
+
 from __future__ import annotations
 
 import socket
@@ -7,9 +8,24 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.all import (AH, IP, TCP, UDP, ICMP, IPOption_LSRR, IPOption_RR, IPOption_Router_Alert,
-                       IPOption_SSRR, IPOption_Timestamp, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
-                       IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, raw)
+from scapy.all import (
+    AH,
+    ICMP,
+    IP,
+    TCP,
+    UDP,
+    IPOption_LSRR,
+    IPOption_Router_Alert,
+    IPOption_RR,
+    IPOption_SSRR,
+    IPOption_Timestamp,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    raw,
+)
 
 from nfsentry.core.packet import MAX_EXT_HEADERS, Packet, _decode, addr_text, decode
 
@@ -34,9 +50,9 @@ def both(data: bytes) -> Packet:
 
 # --- well-formed packets -----------------------------------------------------------------------
 
+
 def test_ipv4_tcp_syn_fields():
-    data = raw(IP(src=A4, dst=B4, ttl=51) / TCP(sport=40000, dport=22, flags="S", window=1024,
-                                                 options=[("MSS", 1460)]))
+    data = raw(IP(src=A4, dst=B4, ttl=51) / TCP(sport=40000, dport=22, flags="S", window=1024, options=[("MSS", 1460)]))
     p = both(data)
     assert (p.family, p.src, p.dst, p.proto) == (4, n4(A4), n4(B4), 6)
     assert (p.sport, p.dport, p.flags, p.window, p.ttl) == (40000, 22, 0x02, 1024, 51)
@@ -49,7 +65,7 @@ def test_ipv4_tcp_syn_fields():
 def test_ipv4_tcp_payload_offset_points_at_data():
     data = raw(IP(src=A4, dst=B4) / TCP(dport=21, flags="PA") / b"USER x\r\n")
     p = both(data)
-    assert data[p.payload_offset:] == b"USER x\r\n"
+    assert data[p.payload_offset :] == b"USER x\r\n"
     assert p.flags == 0x18 and p.tcp_options == b""
 
 
@@ -57,7 +73,7 @@ def test_ipv4_udp():
     data = raw(IP(src=A4, dst=B4) / UDP(sport=5353, dport=161) / b"probe")
     p = both(data)
     assert (p.family, p.proto, p.sport, p.dport, p.flags, p.window) == (4, 17, 5353, 161, 0, 0)
-    assert data[p.payload_offset:] == b"probe"
+    assert data[p.payload_offset :] == b"probe"
 
 
 def test_ipv4_udp_empty_payload_and_trailing_padding():
@@ -65,14 +81,22 @@ def test_ipv4_udp_empty_payload_and_trailing_padding():
     assert len(data) == 28
     p = both(data)
     assert (p.proto, p.dport, p.malformed) == (17, 7, None)
-    padded = both(data + b"\x00" * 18)      # bytes beyond the total length are ignored
+    padded = both(data + b"\x00" * 18)  # bytes beyond the total length are ignored
     assert padded == p
 
 
 def test_ipv6_tcp_and_udp():
     p = both(raw(IPv6(src=A6, dst=B6, hlim=33) / TCP(sport=1234, dport=443, flags="F")))
-    assert (p.family, p.src, p.dst, p.proto, p.sport, p.dport, p.flags, p.ttl) == \
-        (6, n6(A6), n6(B6), 6, 1234, 443, 0x01, 33)
+    assert (p.family, p.src, p.dst, p.proto, p.sport, p.dport, p.flags, p.ttl) == (
+        6,
+        n6(A6),
+        n6(B6),
+        6,
+        1234,
+        443,
+        0x01,
+        33,
+    )
     assert p.payload_offset == 60
     u = both(raw(IPv6(src=A6, dst=B6) / UDP(sport=9, dport=53) / b"x"))
     assert (u.proto, u.sport, u.dport, u.payload_offset, u.malformed) == (17, 9, 53, 48, None)
@@ -97,13 +121,17 @@ def test_addr_text():
 
 # --- IPv4 options --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("opt,name", [
-    (IPOption_RR(routers=["192.0.2.1"]), "RR"),
-    (IPOption_LSRR(routers=["192.0.2.1"]), "LSRR"),
-    (IPOption_SSRR(routers=["192.0.2.1"]), "SSRR"),
-    (IPOption_Timestamp(flg=0, timestamp=[0]), "TS"),
-    (IPOption_Router_Alert(), "opt-148"),
-])
+
+@pytest.mark.parametrize(
+    "opt,name",
+    [
+        (IPOption_RR(routers=["192.0.2.1"]), "RR"),
+        (IPOption_LSRR(routers=["192.0.2.1"]), "LSRR"),
+        (IPOption_SSRR(routers=["192.0.2.1"]), "SSRR"),
+        (IPOption_Timestamp(flg=0, timestamp=[0]), "TS"),
+        (IPOption_Router_Alert(), "opt-148"),
+    ],
+)
 def test_ipv4_option_names(opt, name):
     data = raw(IP(src=A4, dst=B4, options=[opt]) / TCP(sport=1, dport=79, flags="S"))
     p = both(data)
@@ -112,7 +140,7 @@ def test_ipv4_option_names(opt, name):
 
 
 def test_ipv4_several_options_and_padding_not_reported():
-    opts = bytes([1, 7, 7, 4, 0, 0, 0, 0, 1, 131, 3, 4, 0])   # NOP, RR(len 7), NOP, LSRR(len 3), EOL
+    opts = bytes([1, 7, 7, 4, 0, 0, 0, 0, 1, 131, 3, 4, 0])  # NOP, RR(len 7), NOP, LSRR(len 3), EOL
     opts += b"\x00" * (-len(opts) % 4)
     data = _ip4(opts, _tcp(22, 0x02))
     p = both(data)
@@ -124,30 +152,46 @@ def _tcp(dport: int, flags: int, doff_words: int = 5, options: bytes = b"", spor
     return struct.pack("!HHIIBBHHH", sport, dport, 1, 0, doff_words << 4, flags, 1024, 0, 0) + options
 
 
-def _ip4(options: bytes, payload: bytes, proto: int = 6, ihl: int | None = None, tot: int | None = None,
-         frag: int = 0, ver: int = 4) -> bytes:
+def _ip4(
+    options: bytes,
+    payload: bytes,
+    proto: int = 6,
+    ihl: int | None = None,
+    tot: int | None = None,
+    frag: int = 0,
+    ver: int = 4,
+) -> bytes:
     ihl = (20 + len(options)) // 4 if ihl is None else ihl
     tot = 20 + len(options) + len(payload) if tot is None else tot
     hdr = struct.pack("!BBHHHBBH4s4s", (ver << 4) | ihl, 0, tot, 1, frag, 64, proto, 0, n4(A4), n4(B4))
     return hdr + options + payload
 
 
-@pytest.mark.parametrize("opts,reason", [
-    (bytes([7, 1, 0, 0]), "ipv4 option RR has bad length 1"),
-    (bytes([7, 12, 0, 0]), "ipv4 option RR runs past the header"),
-    (bytes([1, 1, 1, 68]), "ipv4 option TS runs past the header"),
-])
+@pytest.mark.parametrize(
+    "opts,reason",
+    [
+        (bytes([7, 1, 0, 0]), "ipv4 option RR has bad length 1"),
+        (bytes([7, 12, 0, 0]), "ipv4 option RR runs past the header"),
+        (bytes([1, 1, 1, 68]), "ipv4 option TS runs past the header"),
+    ],
+)
 def test_ipv4_bad_options_are_malformed(opts, reason):
     p = both(_ip4(opts, _tcp(22, 0x02)))
     assert p.malformed == reason
-    assert p.src == n4(A4)          # still attributable
+    assert p.src == n4(A4)  # still attributable
 
 
 # --- IPv6 extension headers ------------------------------------------------------------------------
 
+
 def test_ipv6_extension_headers_walked_to_tcp():
-    pkt = (IPv6(src=A6, dst=B6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting(type=0, addresses=["2001:db8::9"])
-           / IPv6ExtHdrDestOpt() / TCP(sport=5, dport=25, flags="S"))
+    pkt = (
+        IPv6(src=A6, dst=B6)
+        / IPv6ExtHdrHopByHop()
+        / IPv6ExtHdrRouting(type=0, addresses=["2001:db8::9"])
+        / IPv6ExtHdrDestOpt()
+        / TCP(sport=5, dport=25, flags="S")
+    )
     p = both(raw(pkt))
     assert p.ext_headers == (0, 43, 60)
     assert p.ip_options == ("HBH", "RH0", "DSTOPTS")
@@ -166,8 +210,9 @@ def test_ipv6_ah_length_rule():
 
 
 def test_ipv6_first_fragment_has_transport_and_later_fragments_do_not():
-    first = raw(IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(offset=0, m=1, id=7) / UDP(sport=1, dport=69, len=3000)
-                / (b"x" * 64))
+    first = raw(
+        IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(offset=0, m=1, id=7) / UDP(sport=1, dport=69, len=3000) / (b"x" * 64)
+    )
     p = both(first)
     assert (p.proto, p.dport, p.more_frags, p.frag_offset, p.ext_headers, p.malformed) == (17, 69, True, 0, (44,), None)
     later = raw(IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(offset=3, m=0, id=7, nh=6) / (b"\x00\x16" * 20))
@@ -192,7 +237,7 @@ def _v6(chain: list[tuple[int, bytes]], final: int, payload: bytes) -> bytes:
     return struct.pack("!IHBB16s16s", 6 << 28, len(body), types[0], 64, n6(A6), n6(B6)) + body
 
 
-DST8 = bytes([0, 0, 1, 4, 0, 0, 0, 0])   # dest-options header, 8 bytes, PadN
+DST8 = bytes([0, 0, 1, 4, 0, 0, 0, 0])  # dest-options header, 8 bytes, PadN
 
 
 def test_ipv6_too_many_extension_headers_is_malformed():
@@ -210,20 +255,21 @@ def test_ipv6_hop_by_hop_not_first_is_malformed():
 
 
 def test_ipv6_extension_header_past_packet_is_malformed():
-    long_len = bytes([6, 5]) + b"\x00" * 6      # claims 48 bytes, has 8
+    long_len = bytes([6, 5]) + b"\x00" * 6  # claims 48 bytes, has 8
     p = both(_v6([(60, long_len)], 6, b""))
     assert p.malformed == "ipv6 extension header 60 runs past the packet"
-    p = both(_v6([(60, DST8)], 6, b"")[:-3] )
+    p = both(_v6([(60, DST8)], 6, b"")[:-3])
     assert p.malformed is not None
 
 
 # --- IPv4 fragments -------------------------------------------------------------------------------
 
+
 def test_ipv4_first_fragment_and_later_fragment():
     first = _ip4(b"", _tcp(22, 0x02), frag=0x2000)
     p = both(first)
     assert (p.more_frags, p.frag_offset, p.dport, p.flags, p.malformed) == (True, 0, 22, 2, None)
-    later = _ip4(b"", b"\x00\x16" * 8, frag=0x0003)    # offset 3*8 = 24 bytes, last fragment
+    later = _ip4(b"", b"\x00\x16" * 8, frag=0x0003)  # offset 3*8 = 24 bytes, last fragment
     q = both(later)
     assert (q.frag_offset, q.more_frags, q.sport, q.dport, q.flags, q.proto) == (24, False, 0, 0, 0, 6)
     assert q.payload_offset == 20 and q.malformed is None
@@ -232,7 +278,7 @@ def test_ipv4_first_fragment_and_later_fragment():
 def test_ipv4_tiny_first_fragment_is_malformed():
     p = both(_ip4(b"", _tcp(22, 0x02)[:8], frag=0x2000))
     assert p.malformed == "truncated tcp header (8 bytes)"
-    assert (p.sport, p.dport) == (40000, 22)        # ports still reported
+    assert (p.sport, p.dport) == (40000, 22)  # ports still reported
 
 
 def test_ipv4_fragment_udp_length_may_exceed_first_fragment():
@@ -264,7 +310,10 @@ MALFORMED = [
     (_ip4(b"", struct.pack("!HHHH", 1, 53, 9, 0), proto=17), "bad udp length 9 (8 bytes present)"),
     (_ip4(b"", b"\x00\x01\x00", proto=17), "truncated udp header (3 bytes)"),
     (b"\x60" + b"\x00" * 30, "truncated ipv6 header (31 bytes)"),
-    (struct.pack("!IHBB16s16s", 6 << 28, 20, 6, 64, n6(A6), n6(B6)), "truncated ipv6 packet (payload length 20 > 0 bytes)"),
+    (
+        struct.pack("!IHBB16s16s", 6 << 28, 20, 6, 64, n6(A6), n6(B6)),
+        "truncated ipv6 packet (payload length 20 > 0 bytes)",
+    ),
 ]
 
 
@@ -296,17 +345,25 @@ VALID = [
     raw(IP(src=A4, dst=B4, options=[IPOption_RR(routers=["192.0.2.1"])]) / TCP(dport=1, flags="")),
     raw(IP(src=A4, dst=B4) / UDP(sport=1, dport=161) / b"abc"),
     raw(IP(src=A4, dst=B4, flags="MF") / UDP(sport=1, dport=161) / b"abc"),
-    raw(IPv6(src=A6, dst=B6) / TCP(dport=443, flags="SEC", options=[("MSS", 1440), ("SAckOK", b""),
-                                                                      ("Timestamp", (1, 0)), ("WScale", 7)])),
+    raw(
+        IPv6(src=A6, dst=B6)
+        / TCP(dport=443, flags="SEC", options=[("MSS", 1440), ("SAckOK", b""), ("Timestamp", (1, 0)), ("WScale", 7)])
+    ),
     raw(IPv6(src=A6, dst=B6) / UDP(dport=53) / b"x"),
-    raw(IPv6(src=A6, dst=B6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting(addresses=["2001:db8::9"])
-        / IPv6ExtHdrFragment(m=1) / IPv6ExtHdrDestOpt() / TCP(dport=25)),
+    raw(
+        IPv6(src=A6, dst=B6)
+        / IPv6ExtHdrHopByHop()
+        / IPv6ExtHdrRouting(addresses=["2001:db8::9"])
+        / IPv6ExtHdrFragment(m=1)
+        / IPv6ExtHdrDestOpt()
+        / TCP(dport=25)
+    ),
     raw(IPv6(src=A6, dst=B6) / AH(nh=6, payloadlen=4, icv=b"\x00" * 12) / TCP(dport=25)),
 ]
 
 
 def _check(data: bytes) -> Packet:
-    p = _decode(data)                 # the reference decoder must not raise either
+    p = _decode(data)  # the reference decoder must not raise either
     assert isinstance(p, Packet)
     assert decode(data) == p
     assert p.malformed is None or isinstance(p.malformed, str)
@@ -323,7 +380,9 @@ def test_random_bytes_never_raise(data):
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=100).map(lambda b: b"\x45" + b), )
+@given(
+    st.binary(max_size=100).map(lambda b: b"\x45" + b),
+)
 def test_random_ipv4_looking_bytes_never_raise(data):
     _check(data)
 
@@ -335,8 +394,11 @@ def test_random_ipv6_looking_bytes_never_raise(data):
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(VALID), st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
-       st.one_of(st.none(), st.integers(0, 200)))
+@given(
+    st.sampled_from(VALID),
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
+    st.one_of(st.none(), st.integers(0, 200)),
+)
 def test_mutated_and_truncated_valid_packets_never_raise(base, edits, cut):
     data = bytearray(base)
     for pos, value in edits:
@@ -357,6 +419,7 @@ def test_common_shapes_take_the_fast_path(monkeypatch):
     """Plain TCP/UDP over IPv4 (no options) / IPv6 (no extension headers) never reach the general
     decoder; everything else does (the equivalence tests above then cover both)."""
     import nfsentry.core.packet as packet
+
     calls = []
     real = packet._decode
     monkeypatch.setattr(packet, "_decode", lambda raw: calls.append(raw) or real(raw))

@@ -1,5 +1,6 @@
 """PortSentry configuration import: parsing as PortSentry parses, and every key's effect on the
 validated nfsentry Config (the importer's TOML always goes through config.validate here)."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -8,10 +9,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from nfsentry.config import schema as C
 from nfsentry.config import portsentry as P
+from nfsentry.config import schema as C
 from nfsentry.config.schema import ConfigError
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "portsentry"
@@ -59,9 +61,23 @@ def line_of(text, prefix):
 def test_debian_file_parses_cleanly_and_commented_alternatives_are_ignored():
     entries, problems = P.parse_conf(DEBIAN)
     assert problems == []
-    assert set(entries) == {"TCP_PORTS", "UDP_PORTS", "ADVANCED_PORTS_TCP", "ADVANCED_PORTS_UDP", "ADVANCED_EXCLUDE_TCP",
-                            "ADVANCED_EXCLUDE_UDP", "IGNORE_FILE", "HISTORY_FILE", "BLOCKED_FILE", "RESOLVE_HOST",
-                            "BLOCK_UDP", "BLOCK_TCP", "KILL_ROUTE", "KILL_HOSTS_DENY", "SCAN_TRIGGER"}
+    assert set(entries) == {
+        "TCP_PORTS",
+        "UDP_PORTS",
+        "ADVANCED_PORTS_TCP",
+        "ADVANCED_PORTS_UDP",
+        "ADVANCED_EXCLUDE_TCP",
+        "ADVANCED_EXCLUDE_UDP",
+        "IGNORE_FILE",
+        "HISTORY_FILE",
+        "BLOCKED_FILE",
+        "RESOLVE_HOST",
+        "BLOCK_UDP",
+        "BLOCK_TCP",
+        "KILL_ROUTE",
+        "KILL_HOSTS_DENY",
+        "SCAN_TRIGGER",
+    }
     # 13 commented KILL_ROUTE alternatives surround the one live line
     assert entries["KILL_ROUTE"].raw == "/sbin/route add -host $TARGET$ reject"
     assert DEBIAN.splitlines()[entries["KILL_ROUTE"].line - 1].startswith("KILL_ROUTE=")
@@ -81,15 +97,22 @@ def test_2_0_file_parses_with_ranges():
     assert entries["SCAN_TRIGGER"].value == 2
 
 
-@pytest.mark.parametrize("text, key, raw", [
-    ('SCAN_TRIGGER="1"', "SCAN_TRIGGER", "1"),
-    ('SCAN_TRIGGER = "1"', "SCAN_TRIGGER", "1"),
-    ('SCAN_TRIGGER\t=\t"1"', "SCAN_TRIGGER", "1"),
-    ('SCAN_TRIGGER="1"   # after the value', "SCAN_TRIGGER", "1"),
-    ('SCAN_TRIGGER="1"\r', "SCAN_TRIGGER", "1"),
-    ("KILL_RUN_CMD=\"/usr/bin/logger -t ps 'scan from $TARGET$'\"", "KILL_RUN_CMD", "/usr/bin/logger -t ps 'scan from $TARGET$'"),
-    ('PORT_BANNER="** GO AWAY **"', "PORT_BANNER", "** GO AWAY **"),
-])
+@pytest.mark.parametrize(
+    "text, key, raw",
+    [
+        ('SCAN_TRIGGER="1"', "SCAN_TRIGGER", "1"),
+        ('SCAN_TRIGGER = "1"', "SCAN_TRIGGER", "1"),
+        ('SCAN_TRIGGER\t=\t"1"', "SCAN_TRIGGER", "1"),
+        ('SCAN_TRIGGER="1"   # after the value', "SCAN_TRIGGER", "1"),
+        ('SCAN_TRIGGER="1"\r', "SCAN_TRIGGER", "1"),
+        (
+            "KILL_RUN_CMD=\"/usr/bin/logger -t ps 'scan from $TARGET$'\"",
+            "KILL_RUN_CMD",
+            "/usr/bin/logger -t ps 'scan from $TARGET$'",
+        ),
+        ('PORT_BANNER="** GO AWAY **"', "PORT_BANNER", "** GO AWAY **"),
+    ],
+)
 def test_quoting_as_portsentry_reads_it(text, key, raw):
     entries, problems = P.parse_conf(text + "\n")
     assert entries[key].raw == raw and entries[key].line == 1
@@ -113,25 +136,28 @@ def test_empty_value_is_no_value():
     assert entries["KILL_ROUTE"].value is None and problems == []
 
 
-@pytest.mark.parametrize("text, line, fragment", [
-    ('# c\nUDP_PORTS=1,7,9\n', 2, "must be in double quotes"),
-    ('# c\n\n  BLOCK_TCP="1"\n', 3, "BLOCK_TCP is indented"),
-    ('SYSLOG_FACILITY="auth"\n', 1, "unknown key SYSLOG_FACILITY"),
-    ('# c\nBLOCK_FILE="/var/lib/x"\n', 2, "unknown key BLOCK_FILE (did you mean BLOCKED_FILE?)"),
-    ('scan_trigger="1"\n', 1, "unknown key scan_trigger (did you mean SCAN_TRIGGER?)"),
-    ('this is not a setting\n', 1, "not a KEY=\"value\" line"),
-    ('TCP_PORTS="1,abc,70000,0,20-10,79"\n', 1, "skipped 'abc', '70000', '0', '20-10'"),
-    ('TCP_PORTS="abc"\n', 1, "no usable ports"),
-    ('ADVANCED_PORTS_TCP="lots"\n', 1, "not a port number 1-65535"),
-    ('ADVANCED_PORTS_TCP="70000"\n', 1, "not a port number 1-65535"),
-    ('SCAN_TRIGGER="two"\n', 1, "not a count >= 0"),
-    ('SCAN_TRIGGER="-1"\n', 1, "not a count >= 0"),
-    ('BLOCK_TCP="3"\n', 1, "not 0, 1 or 2"),
-    ('BLOCK_UDP="yes"\n', 1, "not 0, 1 or 2"),
-    ('RESOLVE_HOST="yes"\n', 1, "not 0 or 1"),
-    ('KILL_RUN_CMD_FIRST="2"\n', 1, "not 0 or 1"),
-    ('HISTORY_FILE="portsentry.history"\n', 1, "not an absolute path"),
-])
+@pytest.mark.parametrize(
+    "text, line, fragment",
+    [
+        ("# c\nUDP_PORTS=1,7,9\n", 2, "must be in double quotes"),
+        ('# c\n\n  BLOCK_TCP="1"\n', 3, "BLOCK_TCP is indented"),
+        ('SYSLOG_FACILITY="auth"\n', 1, "unknown key SYSLOG_FACILITY"),
+        ('# c\nBLOCK_FILE="/var/lib/x"\n', 2, "unknown key BLOCK_FILE (did you mean BLOCKED_FILE?)"),
+        ('scan_trigger="1"\n', 1, "unknown key scan_trigger (did you mean SCAN_TRIGGER?)"),
+        ("this is not a setting\n", 1, 'not a KEY="value" line'),
+        ('TCP_PORTS="1,abc,70000,0,20-10,79"\n', 1, "skipped 'abc', '70000', '0', '20-10'"),
+        ('TCP_PORTS="abc"\n', 1, "no usable ports"),
+        ('ADVANCED_PORTS_TCP="lots"\n', 1, "not a port number 1-65535"),
+        ('ADVANCED_PORTS_TCP="70000"\n', 1, "not a port number 1-65535"),
+        ('SCAN_TRIGGER="two"\n', 1, "not a count >= 0"),
+        ('SCAN_TRIGGER="-1"\n', 1, "not a count >= 0"),
+        ('BLOCK_TCP="3"\n', 1, "not 0, 1 or 2"),
+        ('BLOCK_UDP="yes"\n', 1, "not 0, 1 or 2"),
+        ('RESOLVE_HOST="yes"\n', 1, "not 0 or 1"),
+        ('KILL_RUN_CMD_FIRST="2"\n', 1, "not 0 or 1"),
+        ('HISTORY_FILE="portsentry.history"\n', 1, "not an absolute path"),
+    ],
+)
 def test_problems_name_the_line(text, line, fragment):
     _, problems = P.parse_conf(text, version="1", source="ps.conf")
     assert len(problems) == 1, problems
@@ -140,7 +166,7 @@ def test_problems_name_the_line(text, line, fragment):
 
 
 def test_indented_comments_and_blank_lines_are_fine():
-    _, problems = P.parse_conf("\n   \n  # indented comment\n\t# tab comment\n#KILL_ROUTE=\"x\"\n")
+    _, problems = P.parse_conf('\n   \n  # indented comment\n\t# tab comment\n#KILL_ROUTE="x"\n')
     assert problems == []
 
 
@@ -160,12 +186,15 @@ def test_version_guess():
     assert P.guess_version("# PortSentry v2.0.2\n") == "2"
 
 
-@pytest.mark.parametrize("text, modes", [
-    ('TCP_MODE="atcp"\nUDP_MODE="audp"\n', {"TCP_MODE": "atcp", "UDP_MODE": "audp"}),
-    ("TCP_MODE=stcp\nUDP_MODE='sudp'  # stealth\n", {"TCP_MODE": "stcp", "UDP_MODE": "sudp"}),
-    ('export TCP_MODE="-tcp"\n', {"TCP_MODE": "tcp"}),
-    ('TCP_MODE=""\nUDP_MODE="udp"\n', {"TCP_MODE": "", "UDP_MODE": "udp"}),
-])
+@pytest.mark.parametrize(
+    "text, modes",
+    [
+        ('TCP_MODE="atcp"\nUDP_MODE="audp"\n', {"TCP_MODE": "atcp", "UDP_MODE": "audp"}),
+        ("TCP_MODE=stcp\nUDP_MODE='sudp'  # stealth\n", {"TCP_MODE": "stcp", "UDP_MODE": "sudp"}),
+        ('export TCP_MODE="-tcp"\n', {"TCP_MODE": "tcp"}),
+        ('TCP_MODE=""\nUDP_MODE="udp"\n', {"TCP_MODE": "", "UDP_MODE": "udp"}),
+    ],
+)
 def test_defaults_file(text, modes):
     got, problems = P.parse_defaults(text)
     assert {k: v[0] for k, v in got.items()} == modes and problems == []
@@ -189,11 +218,14 @@ def test_debian_1_2_classic_modes(tmp_path, etc):
     m, d, r, lg = cfg["monitor"], cfg["detection"], cfg["response"], cfg["logging"]
     assert m["tcp_exclude"] == [] and m["udp_exclude"] == [] and m["inuse"] == "auto"
     assert d["scan_trigger"] == 0
-    assert (r["tcp"], r["udp"]) == ("log", "log")                      # BLOCK_TCP="0", BLOCK_UDP="0"
-    assert cfg.durations["block_duration"] == 0                         # PortSentry blocks forever
+    assert (r["tcp"], r["udp"]) == ("log", "log")  # BLOCK_TCP="0", BLOCK_UDP="0"
+    assert cfg.durations["block_duration"] == 0  # PortSentry blocks forever
     assert r["hosts_deny"] == "/etc/hosts.deny" and r["command"] == []
     assert cfg["ignore"]["files"] == [str(etc / "portsentry.ignore")]
-    assert ipaddress.ip_network("192.168.10.0/24") in cfg.ignore and ipaddress.ip_network("2001:db8:100::/48") in cfg.ignore
+    assert (
+        ipaddress.ip_network("192.168.10.0/24") in cfg.ignore
+        and ipaddress.ip_network("2001:db8:100::/48") in cfg.ignore
+    )
     assert lg["format"] == "portsentry1" and lg["history_format"] == "portsentry1" and lg["syslog_facility"] == "daemon"
     assert lg["history_file"] == "/var/lib/portsentry/portsentry.history"
     assert lg["blocked_file"] == "/var/lib/portsentry/portsentry.blocked"
@@ -202,12 +234,18 @@ def test_debian_1_2_classic_modes(tmp_path, etc):
     # not carried over, and said why
     assert '# KILL_ROUTE="/sbin/route add -host $TARGET$ reject" (line 128) not carried over: not needed.' in toml
     assert '# ADVANCED_PORTS_TCP="1024" (line 50) not used: only the advanced mode atcp reads it' in toml
-    assert "# (Debian builds it from" in toml                            # portsentry.ignore.static is next to it
+    assert "# (Debian builds it from" in toml  # portsentry.ignore.static is next to it
 
 
 def test_debian_1_2_blocking_in_advanced_modes(tmp_path, etc):
-    cfg, toml, problems = load(tmp_path, etc, DEBIAN, ('BLOCK_UDP="0"', 'BLOCK_UDP="1"'), ('BLOCK_TCP="0"', 'BLOCK_TCP="1"'),
-                               defaults=(FIX / "debian-default-advanced").read_text())
+    cfg, toml, problems = load(
+        tmp_path,
+        etc,
+        DEBIAN,
+        ('BLOCK_UDP="0"', 'BLOCK_UDP="1"'),
+        ('BLOCK_TCP="0"', 'BLOCK_TCP="1"'),
+        defaults=(FIX / "debian-default-advanced").read_text(),
+    )
     assert problems == []
     # atcp: every port *below* ADVANCED_PORTS_TCP="1024" (1.2), minus ADVANCED_EXCLUDE_TCP="113,139"
     assert cfg.tcp_ports == [(1, 112), (114, 138), (140, 1023)]
@@ -226,13 +264,22 @@ def test_audp_excludes_and_2_0_includes_the_bound(tmp_path, etc):
 
 
 def test_advanced_port_count_edges(tmp_path, etc):
-    cfg, toml, problems = load(tmp_path, etc, DEBIAN, ('ADVANCED_PORTS_TCP="1024"', 'ADVANCED_PORTS_TCP="100"'),
-                               ('ADVANCED_EXCLUDE_TCP="113,139"', 'ADVANCED_EXCLUDE_TCP=""'), defaults='TCP_MODE="atcp"\n')
+    cfg, toml, problems = load(
+        tmp_path,
+        etc,
+        DEBIAN,
+        ('ADVANCED_PORTS_TCP="1024"', 'ADVANCED_PORTS_TCP="100"'),
+        ('ADVANCED_EXCLUDE_TCP="113,139"', 'ADVANCED_EXCLUDE_TCP=""'),
+        defaults='TCP_MODE="atcp"\n',
+    )
     assert cfg.tcp_ports == [(1, 99)] and cfg["monitor"]["tcp_exclude"] == []
-    cfg, toml, problems = load(tmp_path, etc, DEBIAN, ('ADVANCED_PORTS_TCP="1024"', 'ADVANCED_PORTS_TCP="oops"'),
-                               defaults='TCP_MODE="atcp"\n')
+    cfg, toml, problems = load(
+        tmp_path, etc, DEBIAN, ('ADVANCED_PORTS_TCP="1024"', 'ADVANCED_PORTS_TCP="oops"'), defaults='TCP_MODE="atcp"\n'
+    )
     assert cfg.tcp_ports[-1] == (140, 1023) and problems[0].line == 50
-    cfg, _, _ = load(tmp_path, etc, DEBIAN, ('ADVANCED_PORTS_TCP="1024"', 'ADVANCED_PORTS_TCP="1"'), defaults='TCP_MODE="atcp"\n')
+    cfg, _, _ = load(
+        tmp_path, etc, DEBIAN, ('ADVANCED_PORTS_TCP="1024"', 'ADVANCED_PORTS_TCP="1"'), defaults='TCP_MODE="atcp"\n'
+    )
     assert cfg.tcp_ports == []
 
 
@@ -249,9 +296,17 @@ def test_2_0_file(tmp_path, etc):
     assert (32770, 32774) in cfg.udp_ports
     r, lg = cfg["response"], cfg["logging"]
     assert (r["tcp"], r["udp"]) == ("block", "command")
-    assert r["command"] == ["/usr/local/sbin/portsentry-notify", "--host", "$TARGET$", "--port", "$PORT$", "--mode", "$MODE$"]
+    assert r["command"] == [
+        "/usr/local/sbin/portsentry-notify",
+        "--host",
+        "$TARGET$",
+        "--port",
+        "$PORT$",
+        "--mode",
+        "$MODE$",
+    ]
     assert r["command_first"] is True and r["hosts_deny"] == ""
-    assert cfg["detection"]["scan_trigger"] == 1                          # SCAN_TRIGGER="2": reaction on hit 2
+    assert cfg["detection"]["scan_trigger"] == 1  # SCAN_TRIGGER="2": reaction on hit 2
     assert lg["format"] == "portsentry2" and lg["history_format"] == "portsentry2" and lg["resolve_hosts"] is True
     assert lg["history_file"] == "/var/log/portsentry/portsentry.history"
     assert "$MODE$ is nfsentry's scan label" in toml
@@ -271,16 +326,21 @@ def test_scan_trigger_beyond_1_2s_state_table_is_reported(tmp_path, etc):
     assert any("state table" in p.message for p in problems)
 
 
-@pytest.mark.parametrize("tcp, udp, cmd, expected", [
-    ("0", "0", None, ("log", "log")),
-    ("1", "0", None, ("block", "log")),
-    ("2", "1", "/usr/local/bin/page $TARGET$", ("command", "block")),
-    ("2", "2", None, ("log", "log")),                # BLOCK=2 without a command: PortSentry ran nothing
-    ("2", "2", "/bin/echo $TARGET$ > /tmp/x", ("log", "log")),   # a shell command nfsentry cannot run
-])
+@pytest.mark.parametrize(
+    "tcp, udp, cmd, expected",
+    [
+        ("0", "0", None, ("log", "log")),
+        ("1", "0", None, ("block", "log")),
+        ("2", "1", "/usr/local/bin/page $TARGET$", ("command", "block")),
+        ("2", "2", None, ("log", "log")),  # BLOCK=2 without a command: PortSentry ran nothing
+        ("2", "2", "/bin/echo $TARGET$ > /tmp/x", ("log", "log")),  # a shell command nfsentry cannot run
+    ],
+)
 def test_block_tcp_udp(tmp_path, etc, tcp, udp, cmd, expected):
     extra = [('#KILL_RUN_CMD="/some/path/here/script $TARGET$ $PORT$"', f'KILL_RUN_CMD="{cmd}"')] if cmd else []
-    cfg, toml, _ = load(tmp_path, etc, DEBIAN, ('BLOCK_TCP="0"', f'BLOCK_TCP="{tcp}"'), ('BLOCK_UDP="0"', f'BLOCK_UDP="{udp}"'), *extra)
+    cfg, toml, _ = load(
+        tmp_path, etc, DEBIAN, ('BLOCK_TCP="0"', f'BLOCK_TCP="{tcp}"'), ('BLOCK_UDP="0"', f'BLOCK_UDP="{udp}"'), *extra
+    )
     assert (cfg["response"]["tcp"], cfg["response"]["udp"]) == expected
 
 
@@ -292,22 +352,42 @@ def test_missing_block_keys_mean_log_only(tmp_path, etc):
 
 def test_kill_run_cmd_shlex_split_keeps_placeholders(tmp_path, etc):
     cmd = "/usr/local/bin/alert --subject 'port scan' $TARGET$ $PORT$ $MODE$"
-    cfg, toml, problems = load(tmp_path, etc, DEBIAN, ('#KILL_RUN_CMD="/some/path/here/script $TARGET$ $PORT$"', f'KILL_RUN_CMD="{cmd}"'),
-                               ('#KILL_RUN_CMD_FIRST = "0"', 'KILL_RUN_CMD_FIRST = "0"'))
-    assert cfg["response"]["command"] == ["/usr/local/bin/alert", "--subject", "port scan", "$TARGET$", "$PORT$", "$MODE$"]
+    cfg, toml, problems = load(
+        tmp_path,
+        etc,
+        DEBIAN,
+        ('#KILL_RUN_CMD="/some/path/here/script $TARGET$ $PORT$"', f'KILL_RUN_CMD="{cmd}"'),
+        ('#KILL_RUN_CMD_FIRST = "0"', 'KILL_RUN_CMD_FIRST = "0"'),
+    )
+    assert cfg["response"]["command"] == [
+        "/usr/local/bin/alert",
+        "--subject",
+        "port scan",
+        "$TARGET$",
+        "$PORT$",
+        "$MODE$",
+    ]
     assert cfg["response"]["command_first"] is False and problems == []
 
 
-@pytest.mark.parametrize("cmd, why", [
-    ("/bin/echo $TARGET$ >> /tmp/scanners", "shell metacharacters"),
-    ("/sbin/iptables -I INPUT -s $TARGET$ -j DROP && /usr/bin/logger blocked", "shell metacharacters"),
-    ("/usr/bin/mail -s 'scan from $TARGET$ root", "does not split into arguments"),
-    ("/usr/local/bin/x `id`", "shell metacharacters"),
-    ("no-such-program-anywhere $TARGET$", "absolute path"),
-])
+@pytest.mark.parametrize(
+    "cmd, why",
+    [
+        ("/bin/echo $TARGET$ >> /tmp/scanners", "shell metacharacters"),
+        ("/sbin/iptables -I INPUT -s $TARGET$ -j DROP && /usr/bin/logger blocked", "shell metacharacters"),
+        ("/usr/bin/mail -s 'scan from $TARGET$ root", "does not split into arguments"),
+        ("/usr/local/bin/x `id`", "shell metacharacters"),
+        ("no-such-program-anywhere $TARGET$", "absolute path"),
+    ],
+)
 def test_kill_run_cmd_nfsentry_refuses_is_commented_out(tmp_path, etc, cmd, why):
-    cfg, toml, problems = load(tmp_path, etc, DEBIAN, ('#KILL_RUN_CMD="/some/path/here/script $TARGET$ $PORT$"', f'KILL_RUN_CMD="{cmd}"'),
-                               ('BLOCK_TCP="0"', 'BLOCK_TCP="1"'))
+    cfg, toml, problems = load(
+        tmp_path,
+        etc,
+        DEBIAN,
+        ('#KILL_RUN_CMD="/some/path/here/script $TARGET$ $PORT$"', f'KILL_RUN_CMD="{cmd}"'),
+        ('BLOCK_TCP="0"', 'BLOCK_TCP="1"'),
+    )
     assert cfg["response"]["command"] == []
     assert any(why in p.message and p.line == line_of(DEBIAN, "#KILL_RUN_CMD=") for p in problems), problems
     assert "\n# command = " in toml and "never through a shell" in toml
@@ -317,8 +397,12 @@ def test_kill_run_cmd_program_found_in_path_is_made_absolute(tmp_path, etc):
     found = shutil.which("logger", path=P.PATH_FOR_COMMANDS)
     if not found:
         pytest.skip("no logger(1) on this machine")
-    cfg, toml, _ = load(tmp_path, etc, DEBIAN, ('#KILL_RUN_CMD="/some/path/here/script $TARGET$ $PORT$"',
-                                                'KILL_RUN_CMD="logger -t portsentry $TARGET$"'))
+    cfg, toml, _ = load(
+        tmp_path,
+        etc,
+        DEBIAN,
+        ('#KILL_RUN_CMD="/some/path/here/script $TARGET$ $PORT$"', 'KILL_RUN_CMD="logger -t portsentry $TARGET$"'),
+    )
     assert cfg["response"]["command"] == [found, "-t", "portsentry", "$TARGET$"]
     assert "resolved to" in toml
 
@@ -330,14 +414,19 @@ def test_kill_run_cmd_first_without_a_command_is_a_comment(tmp_path, etc):
     assert f'KILL_RUN_CMD_FIRST="1" (line {n}) not carried over: there is no command to order.' in toml
 
 
-@pytest.mark.parametrize("template, carried, note", [
-    ("ALL: $TARGET$", True, None),
-    ("ALL: $TARGET$ : DENY", True, None),
-    ("sshd: $TARGET$", True, "differs"),
-    ("ALL: 10.0.0.1", False, "no $TARGET$"),
-])
+@pytest.mark.parametrize(
+    "template, carried, note",
+    [
+        ("ALL: $TARGET$", True, None),
+        ("ALL: $TARGET$ : DENY", True, None),
+        ("sshd: $TARGET$", True, "differs"),
+        ("ALL: 10.0.0.1", False, "no $TARGET$"),
+    ],
+)
 def test_kill_hosts_deny(tmp_path, etc, template, carried, note):
-    cfg, toml, _ = load(tmp_path, etc, DEBIAN, ('KILL_HOSTS_DENY="ALL: $TARGET$ : DENY"', f'KILL_HOSTS_DENY="{template}"'))
+    cfg, toml, _ = load(
+        tmp_path, etc, DEBIAN, ('KILL_HOSTS_DENY="ALL: $TARGET$ : DENY"', f'KILL_HOSTS_DENY="{template}"')
+    )
     assert cfg["response"]["hosts_deny"] == ("/etc/hosts.deny" if carried else "")
     if note:
         assert note in toml
@@ -365,8 +454,10 @@ def test_missing_ignore_file_is_commented_out_not_fatal(tmp_path, etc):
 
 
 def test_ignore_file_nfsentry_cannot_read_is_copied_the_way_portsentry_reads_it(tmp_path, etc):
-    (etc / "portsentry.ignore").write_text("# hosts\n127.0.0.1\n192.168.1.1 router\n10.1.0.0/16\tlab\n"
-                                           "gateway.example.net\n10.9.9.9/40\n2001:db8::/32 office\n")
+    (etc / "portsentry.ignore").write_text(
+        "# hosts\n127.0.0.1\n192.168.1.1 router\n10.1.0.0/16\tlab\n"
+        "gateway.example.net\n10.9.9.9/40\n2001:db8::/32 office\n"
+    )
     cfg, toml, problems = load(tmp_path, etc, DEBIAN)
     assert cfg["ignore"]["files"] == []
     assert cfg["ignore"]["addresses"] == ["127.0.0.1", "192.168.1.1", "10.1.0.0/16", "2001:db8::/32"]
@@ -388,9 +479,9 @@ def test_messy_file_still_imports_and_validates(tmp_path, etc):
     lines = sorted({p.line for p in problems if p.line})
     assert lines == [2, 3, 4, 5, 6, 7, 9, 10, 11, 13, 14, 15, 16]
     assert cfg.tcp_ports == [(1, 1), (11, 11), (15, 15), (79, 79)]
-    assert cfg.udp_ports == []                            # UDP_PORTS unquoted: PortSentry skipped it
-    assert cfg["response"]["tcp"] == "log"                # the indented BLOCK_TCP was not read
-    assert cfg["logging"]["history_file"] == ""           # relative path
+    assert cfg.udp_ports == []  # UDP_PORTS unquoted: PortSentry skipped it
+    assert cfg["response"]["tcp"] == "log"  # the indented BLOCK_TCP was not read
+    assert cfg["logging"]["history_file"] == ""  # relative path
     for p in problems:
         assert f"#   {p}" in toml
 
@@ -402,12 +493,14 @@ def test_import_reads_debians_defaults_file_when_present(tmp_path, etc, monkeypa
     monkeypatch.setattr(P, "DEFAULTS_FILE", str(d))
     toml, _ = P.import_config(p)
     assert C.validate(tomllib.loads(toml)).tcp_ports[-1] == (140, 1023)
-    toml, _ = P.import_config(p, "")    # "" = read none
+    toml, _ = P.import_config(p, "")  # "" = read none
     assert 'TCP_MODE="tcp" (no defaults file read' in toml
 
 
 def test_unreadable_files_raise_one_line(tmp_path):
-    with pytest.raises(ConfigError, match=r"^cannot read PortSentry configuration .*/nope.conf: No such file or directory$"):
+    with pytest.raises(
+        ConfigError, match=r"^cannot read PortSentry configuration .*/nope.conf: No such file or directory$"
+    ):
         P.import_config(tmp_path / "nope.conf", "")
     conf = tmp_path / "ps.conf"
     conf.write_text('TCP_PORTS="1"\n')
@@ -416,7 +509,7 @@ def test_unreadable_files_raise_one_line(tmp_path):
 
 
 def test_load_as_config(tmp_path, etc, caplog):
-    p = conf_file(tmp_path, etc, DEBIAN, ("SCAN_TRIGGER=", "BOGUS_KEY=\"1\"\nSCAN_TRIGGER="))
+    p = conf_file(tmp_path, etc, DEBIAN, ("SCAN_TRIGGER=", 'BOGUS_KEY="1"\nSCAN_TRIGGER='))
     cfg = P.load_as_config(p, "")
     assert isinstance(cfg, C.Config) and cfg.path == str(p)
     assert cfg["logging"]["format"] == "portsentry1" and cfg.durations["block_duration"] == 0
@@ -436,28 +529,50 @@ def test_config_load_accepts_the_written_file(tmp_path, etc):
 
 # == the importer never writes what nfsentry refuses ===============================================
 _port = st.integers(min_value=0, max_value=70000).map(str)
-_ports = st.lists(st.one_of(_port, st.tuples(_port, _port).map("-".join), st.sampled_from(["", " 22", "x", "1-"])),
-                  max_size=6).map(",".join)
-_cmd = st.sampled_from(["/usr/local/bin/x $TARGET$ $PORT$", "/bin/echo $TARGET$ > /x", "echo hi", "'unbalanced",
-                        "/usr/bin/logger -t 'port scan' $MODE$", "", "/sbin/iptables -I INPUT -s $TARGET$ -j DROP"])
+_ports = st.lists(
+    st.one_of(_port, st.tuples(_port, _port).map("-".join), st.sampled_from(["", " 22", "x", "1-"])), max_size=6
+).map(",".join)
+_cmd = st.sampled_from(
+    [
+        "/usr/local/bin/x $TARGET$ $PORT$",
+        "/bin/echo $TARGET$ > /x",
+        "echo hi",
+        "'unbalanced",
+        "/usr/bin/logger -t 'port scan' $MODE$",
+        "",
+        "/sbin/iptables -I INPUT -s $TARGET$ -j DROP",
+    ]
+)
 _values = {
-    "TCP_PORTS": _ports, "UDP_PORTS": _ports, "ADVANCED_EXCLUDE_TCP": _ports, "ADVANCED_EXCLUDE_UDP": _ports,
-    "ADVANCED_PORTS_TCP": st.one_of(_port, st.just("x")), "ADVANCED_PORTS_UDP": st.one_of(_port, st.just("")),
+    "TCP_PORTS": _ports,
+    "UDP_PORTS": _ports,
+    "ADVANCED_EXCLUDE_TCP": _ports,
+    "ADVANCED_EXCLUDE_UDP": _ports,
+    "ADVANCED_PORTS_TCP": st.one_of(_port, st.just("x")),
+    "ADVANCED_PORTS_UDP": st.one_of(_port, st.just("")),
     "SCAN_TRIGGER": st.sampled_from(["0", "1", "2", "49", "51", "2000000", "-3", "x"]),
-    "BLOCK_TCP": st.sampled_from(["0", "1", "2", "3", "x"]), "BLOCK_UDP": st.sampled_from(["0", "1", "2", "3", "x"]),
-    "RESOLVE_HOST": st.sampled_from(["0", "1", "yes"]), "KILL_RUN_CMD_FIRST": st.sampled_from(["0", "1", "2"]),
+    "BLOCK_TCP": st.sampled_from(["0", "1", "2", "3", "x"]),
+    "BLOCK_UDP": st.sampled_from(["0", "1", "2", "3", "x"]),
+    "RESOLVE_HOST": st.sampled_from(["0", "1", "yes"]),
+    "KILL_RUN_CMD_FIRST": st.sampled_from(["0", "1", "2"]),
     "IGNORE_FILE": st.sampled_from(["/nonexistent/ignore", "relative", ""]),
     "HISTORY_FILE": st.sampled_from(["/var/lib/portsentry/portsentry.history", "history", ""]),
     "BLOCKED_FILE": st.sampled_from(["/var/lib/portsentry/portsentry.blocked", "blocked"]),
-    "KILL_ROUTE": _cmd, "KILL_RUN_CMD": _cmd, "PORT_BANNER": st.sampled_from(["go away", ""]),
+    "KILL_ROUTE": _cmd,
+    "KILL_RUN_CMD": _cmd,
+    "PORT_BANNER": st.sampled_from(["go away", ""]),
     "KILL_HOSTS_DENY": st.sampled_from(["ALL: $TARGET$", "ALL: $TARGET$ : DENY", "sshd: $TARGET$", "ALL: 1.2.3.4", ""]),
 }
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(keys=st.fixed_dictionaries({}, optional={k: v for k, v in _values.items()}),
-       tcp_mode=st.sampled_from(["tcp", "stcp", "atcp", "", "bogus"]), udp_mode=st.sampled_from(["udp", "sudp", "audp", ""]),
-       version=st.sampled_from([None, "1", "2"]), junk=st.sampled_from(["", "  INDENTED=\"1\"\n", "NOPE=\"1\"\n", "KEY=unquoted\n"]))
+@given(
+    keys=st.fixed_dictionaries({}, optional={k: v for k, v in _values.items()}),
+    tcp_mode=st.sampled_from(["tcp", "stcp", "atcp", "", "bogus"]),
+    udp_mode=st.sampled_from(["udp", "sudp", "audp", ""]),
+    version=st.sampled_from([None, "1", "2"]),
+    junk=st.sampled_from(["", '  INDENTED="1"\n', 'NOPE="1"\n', "KEY=unquoted\n"]),
+)
 def test_any_portsentry_file_imports_to_a_valid_config(keys, tcp_mode, udp_mode, version, junk):
     text = junk + "".join(f'{k}="{v}"\n' for k, v in keys.items())
     toml, problems, raw = P.convert(text, f'TCP_MODE="{tcp_mode}"\nUDP_MODE="{udp_mode}"\n', version)
@@ -468,8 +583,13 @@ def test_any_portsentry_file_imports_to_a_valid_config(keys, tcp_mode, udp_mode,
 
 
 def test_odd_paths_cannot_break_the_toml():
-    toml, problems, raw = P.convert('BOGUS="1"\nHISTORY_FILE="/var/log/a b\\c"\n', 'TCP_MODE="x"\n', "1",
-                                    source="/tmp/we\nird\r.conf", defaults_source="/tmp/de\nfault")
+    toml, problems, raw = P.convert(
+        'BOGUS="1"\nHISTORY_FILE="/var/log/a b\\c"\n',
+        'TCP_MODE="x"\n',
+        "1",
+        source="/tmp/we\nird\r.conf",
+        defaults_source="/tmp/de\nfault",
+    )
     assert tomllib.loads(toml) == raw and raw["logging"]["history_file"] == "/var/log/a b\\c"
     assert "/tmp/we\\nird\\r.conf:1: unknown key BOGUS" in toml
 
@@ -478,25 +598,41 @@ def test_odd_paths_cannot_break_the_toml():
 def test_realistic_ignore_files(tmp_path):
     nets = C.read_ignore_file(FIX / "portsentry.ignore")
     got = {str(n) for n in nets}
-    assert got == {"127.0.0.1/32", "0.0.0.0/32", "192.168.10.0/24", "10.20.0.5/32", "172.16.0.0/12", "::1/128",
-                   "2001:db8:100::/48", "2001:db8:200::7/128", "fe80::/10", "192.168.1.10/32", "2001:db8:1::10/128"}
+    assert got == {
+        "127.0.0.1/32",
+        "0.0.0.0/32",
+        "192.168.10.0/24",
+        "10.20.0.5/32",
+        "172.16.0.0/12",
+        "::1/128",
+        "2001:db8:100::/48",
+        "2001:db8:200::7/128",
+        "fe80::/10",
+        "192.168.1.10/32",
+        "2001:db8:1::10/128",
+    }
     assert {str(n) for n in C.read_ignore_file(FIX / "portsentry.ignore.static")} == {"127.0.0.1/32", "0.0.0.0/32"}
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("192.168.2.5/24", "192.168.2.0/24"),           # host bits set: PortSentry masks both sides too
-    ("10.0.0.1\r", "10.0.0.1/32"),                  # CRLF files
-    ("10.0.0.2   # comment", "10.0.0.2/32"),
-    ("2001:DB8::1", "2001:db8::1/128"),
-    ("192.168.0.0/255.255.0.0", "192.168.0.0/16"),  # netmask form (PortSentry 1.2 would skip it)
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("192.168.2.5/24", "192.168.2.0/24"),  # host bits set: PortSentry masks both sides too
+        ("10.0.0.1\r", "10.0.0.1/32"),  # CRLF files
+        ("10.0.0.2   # comment", "10.0.0.2/32"),
+        ("2001:DB8::1", "2001:db8::1/128"),
+        ("192.168.0.0/255.255.0.0", "192.168.0.0/16"),  # netmask form (PortSentry 1.2 would skip it)
+    ],
+)
 def test_ignore_file_entries_portsentry_accepts(tmp_path, line, expected):
     f = tmp_path / "ignore"
     f.write_text(f"# x\n{line}\n")
     assert [str(n) for n in C.read_ignore_file(f)] == [expected]
 
 
-@pytest.mark.parametrize("line, expected", [("192.168.1.1 router", "192.168.1.1/32"), ("10.1.0.0/16\tlab", "10.1.0.0/16")])
+@pytest.mark.parametrize(
+    "line, expected", [("192.168.1.1 router", "192.168.1.1/32"), ("10.1.0.0/16\tlab", "10.1.0.0/16")]
+)
 def test_ignore_file_trailing_text_is_ignored_like_portsentry(tmp_path, line, expected):
     """PortSentry 1.2 takes the leading address of a line; so does config.read_ignore_file."""
     f = tmp_path / "ignore"

@@ -1,4 +1,5 @@
 """`nfsentry import-portsentry` through typer's CliRunner: stdout, -o FILE, problems on stderr, exit 2."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,8 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from nfsentry.cli import portsentry as cli_portsentry
-from nfsentry.config import schema as C
 from nfsentry.config import portsentry as P
+from nfsentry.config import schema as C
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "portsentry"
 
@@ -76,7 +77,8 @@ def test_problems_go_to_stderr_with_line_numbers(app, tmp_path, conf):
     assert r.stderr.splitlines() == [
         f"nfsentry: warning: {bad}:{n + 1}: unknown key BLOCK_FILE (did you mean BLOCKED_FILE?): PortSentry 1.2 ignores it, 2.0 refuses to start",
         f"nfsentry: warning: {bad}:{n + 2}: SCAN_TRIGGER is indented: PortSentry reads keys only at the start of a line "
-        "(1.2 ignores this line, 2.0 refuses the file); not imported"]
+        "(1.2 ignores this line, 2.0 refuses the file); not imported",
+    ]
     assert "# 2 problem(s) found while reading:" in r.stdout
     assert run(app, bad, "-q").stderr == ""
 
@@ -84,7 +86,9 @@ def test_problems_go_to_stderr_with_line_numbers(app, tmp_path, conf):
 def test_unreadable_file_exits_2_with_one_line(app, tmp_path):
     r = run(app, tmp_path / "nope.conf")
     assert r.exit_code == 2 and r.stdout == ""
-    assert r.stderr == f"nfsentry: cannot read PortSentry configuration {tmp_path}/nope.conf: No such file or directory\n"
+    assert (
+        r.stderr == f"nfsentry: cannot read PortSentry configuration {tmp_path}/nope.conf: No such file or directory\n"
+    )
     d = tmp_path / "dir.conf"
     d.mkdir()
     r = run(app, d)
@@ -110,5 +114,6 @@ def test_version_option_overrides_the_guess(app, conf):
 
 def test_registered_in_the_main_cli():
     from nfsentry.cli.app import app as main_app
+
     names = {c.name or c.callback.__name__ for c in main_app.registered_commands}
     assert "import-portsentry" in names

@@ -6,6 +6,7 @@ hypothesis already fuzzes the decoder's structure (tests/unit/test_packet.py); a
 coverage guidance from real IPv4/IPv6/TCP/UDP seeds. Bounded: a fixed number of runs and a time
 limit. Skipped when atheris is not installed (``pip install atheris``; test extras).
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -19,7 +20,7 @@ pytest.importorskip("atheris", reason="atheris not installed (pip install atheri
 
 REPO = Path(__file__).resolve().parents[2]
 
-HARNESS = textwrap.dedent(r'''
+HARNESS = textwrap.dedent(r"""
     import sys, tempfile
     import atheris
 
@@ -94,16 +95,28 @@ HARNESS = textwrap.dedent(r'''
             one(s)
         atheris.Setup([sys.argv[0], *sys.argv[1:], corpus], TestOneInput)
         atheris.Fuzz()
-''')
+""")
 
 
 def test_atheris_fuzz_of_the_packet_path(tmp_path):
     script = tmp_path / "fuzz_packet_path.py"
     script.write_text(HARNESS)
-    res = subprocess.run([sys.executable, str(script), "-runs=200000", "-max_total_time=15", "-max_len=256",
-                          "-rss_limit_mb=1024", "-print_final_stats=1"],
-                         capture_output=True, text=True, timeout=180, cwd=tmp_path,
-                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "-runs=200000",
+            "-max_total_time=15",
+            "-max_len=256",
+            "-rss_limit_mb=1024",
+            "-print_final_stats=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     tail = (res.stdout + res.stderr)[-3000:]
     assert res.returncode == 0, tail
     assert "Done" in tail or "stat::number_of_executed_units" in tail, tail

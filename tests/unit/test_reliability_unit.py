@@ -10,25 +10,24 @@
   authoritative and is re-imported;
 * hostile configuration and block targets, external commands never through a shell.
 """
+
 from __future__ import annotations
 
 import os
 import socket
 import sqlite3
-import struct
 import time
 
 import pytest
-from scapy.all import IP, IPv6, TCP, UDP, raw
+from scapy.all import IP, TCP, UDP, IPv6, raw
 
 from nfsentry.config import schema as C
 from nfsentry.config.derive import ruleset_spec
+from nfsentry.core.addrs import PrefixSet
 from nfsentry.daemon import daemon as D
 from nfsentry.daemon import verdict as V
 from nfsentry.ledger import neverblock as NB
 from nfsentry.sinks.actions import substitute
-from nfsentry.core.addrs import PrefixSet
-from nfsentry.core.engine import Engine
 from nfsentry.sinks.store import Store
 
 VICTIM4, VICTIM6 = "198.18.0.1", "2001:db8::1"
@@ -101,9 +100,12 @@ class FakeNft:
 
 
 def make_cfg(tmp_path, **sections) -> C.Config:
-    raw_cfg = {"storage": {"state_dir": str(tmp_path / "state")}, "logging": {"json_file": "", "syslog": False},
-               "daemon": {"control_socket": str(tmp_path / "run" / "c.sock")},
-               "ignore": {"own_addresses": False, "gateways": False, "resolvers": False}}
+    raw_cfg = {
+        "storage": {"state_dir": str(tmp_path / "state")},
+        "logging": {"json_file": "", "syslog": False},
+        "daemon": {"control_socket": str(tmp_path / "run" / "c.sock")},
+        "ignore": {"own_addresses": False, "gateways": False, "resolvers": False},
+    }
     for sec, vals in sections.items():
         raw_cfg.setdefault(sec, {}).update(vals)
     return C.validate(raw_cfg)
@@ -135,13 +137,20 @@ def syn(src: str, dport: int = 7, dst: str | None = None) -> bytes:
 # == never-block list ===============================================================================
 IP_ADDR = [
     {"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1"}, {"family": "inet6", "local": "::1"}]},
-    {"ifname": "eth0", "addr_info": [{"family": "inet", "local": "198.18.0.1", "prefixlen": 24},
-                                     {"family": "inet6", "local": "2001:db8::1", "prefixlen": 64},
-                                     {"family": "inet6", "local": "fe80::1", "prefixlen": 64}]},
+    {
+        "ifname": "eth0",
+        "addr_info": [
+            {"family": "inet", "local": "198.18.0.1", "prefixlen": 24},
+            {"family": "inet6", "local": "2001:db8::1", "prefixlen": 64},
+            {"family": "inet6", "local": "fe80::1", "prefixlen": 64},
+        ],
+    },
 ]
 IP_ROUTE4 = [{"dst": "default", "gateway": "198.18.0.254", "dev": "eth0"}]
-IP_ROUTE6 = [{"dst": "default", "gateway": "2001:db8::fffe", "dev": "eth0"},
-             {"dst": "default", "gateway": "fe80::1", "dev": "eth1"}]  # link-local: not matchable by nft
+IP_ROUTE6 = [
+    {"dst": "default", "gateway": "2001:db8::fffe", "dev": "eth0"},
+    {"dst": "default", "gateway": "fe80::1", "dev": "eth1"},
+]  # link-local: not matchable by nft
 
 
 def fake_ip(monkeypatch, addrs=IP_ADDR, route4=IP_ROUTE4, route6=IP_ROUTE6):
@@ -156,6 +165,7 @@ def fake_ip(monkeypatch, addrs=IP_ADDR, route4=IP_ROUTE4, route6=IP_ROUTE6):
         if args[:1] == ["-6"]:
             return route6
         return []
+
     monkeypatch.setattr(NB, "_ip_json", _ip_json)
     return calls
 
@@ -163,15 +173,33 @@ def fake_ip(monkeypatch, addrs=IP_ADDR, route4=IP_ROUTE4, route6=IP_ROUTE6):
 def test_never_block_list_has_own_addresses_gateways_resolvers_ignore_list_and_ssh_session(tmp_path, monkeypatch):
     fake_ip(monkeypatch)
     resolv = tmp_path / "resolv.conf"
-    resolv.write_text("# test\nsearch example\nnameserver 198.18.0.53\nnameserver 2001:db8::53%eth0\nnameserver bogus\n")
+    resolv.write_text(
+        "# test\nsearch example\nnameserver 198.18.0.53\nnameserver 2001:db8::53%eth0\nnameserver bogus\n"
+    )
     monkeypatch.setenv("SSH_CONNECTION", "198.18.0.22 50522 198.18.0.1 22")
-    cfg = make_cfg(tmp_path, ignore={"own_addresses": True, "gateways": True, "resolvers": True,
-                                     "resolv_conf": str(resolv), "addresses": ["198.18.9.0/24"]})
+    cfg = make_cfg(
+        tmp_path,
+        ignore={
+            "own_addresses": True,
+            "gateways": True,
+            "resolvers": True,
+            "resolv_conf": str(resolv),
+            "addresses": ["198.18.9.0/24"],
+        },
+    )
     nets = NB.never_block_networks(cfg)
-    for n in ("127.0.0.0/8", "::1/128", "198.18.0.1/32", "2001:db8::1/128",   # own (loopback and eth0)
-              "198.18.0.254/32", "2001:db8::fffe/128",                          # default gateways
-              "198.18.0.53/32", "2001:db8::53/128",                             # resolvers (zone dropped)
-              "198.18.9.0/24", "198.18.0.22/32"):                               # ignore list, SSH session
+    for n in (
+        "127.0.0.0/8",
+        "::1/128",
+        "198.18.0.1/32",
+        "2001:db8::1/128",  # own (loopback and eth0)
+        "198.18.0.254/32",
+        "2001:db8::fffe/128",  # default gateways
+        "198.18.0.53/32",
+        "2001:db8::53/128",  # resolvers (zone dropped)
+        "198.18.9.0/24",
+        "198.18.0.22/32",
+    ):  # ignore list, SSH session
         assert n in nets, n
     assert not any(n.startswith("fe80") for n in nets)
     ps = PrefixSet(nets)
@@ -184,8 +212,10 @@ def test_each_fact_can_be_turned_off_and_a_missing_resolv_conf_is_no_error(tmp_p
     fake_ip(monkeypatch)
     monkeypatch.delenv("SSH_CONNECTION", raising=False)
     monkeypatch.delenv("SSH_CLIENT", raising=False)
-    cfg = make_cfg(tmp_path, ignore={"own_addresses": False, "gateways": True, "resolvers": True,
-                                     "resolv_conf": str(tmp_path / "missing")})
+    cfg = make_cfg(
+        tmp_path,
+        ignore={"own_addresses": False, "gateways": True, "resolvers": True, "resolv_conf": str(tmp_path / "missing")},
+    )
     assert NB.never_block_networks(cfg) == ["198.18.0.254/32", "2001:db8::fffe/128"]
 
 
@@ -227,8 +257,11 @@ def test_refresh_picks_up_a_new_own_address_and_keeps_runtime_ignores(tmp_path, 
 
 def test_refresh_interval_and_resolv_conf_are_validated():
     assert C.validate({"ignore": {"refresh_interval": "2s"}}).durations["refresh_interval"] == 2
-    for bad, frag in (({"refresh_interval": "0"}, "refresh_interval"), ({"refresh_interval": "1y"}, "refresh_interval"),
-                      ({"resolv_conf": "resolv.conf"}, "absolute path")):
+    for bad, frag in (
+        ({"refresh_interval": "0"}, "refresh_interval"),
+        ({"refresh_interval": "1y"}, "refresh_interval"),
+        ({"resolv_conf": "resolv.conf"}, "absolute path"),
+    ):
         with pytest.raises(C.ConfigError, match=frag):
             C.validate({"ignore": bad})
 
@@ -240,6 +273,7 @@ def test_an_internal_error_on_a_packet_gives_accept_a_counter_and_a_rate_limited
     class Broken:
         def process_raw(self, raw, now):
             raise RuntimeError("engine bug")
+
     d.verdicts.engine = Broken()
     pkts = [FakePkt(syn(f"198.18.3.{i}")) for i in range(200)]
     for p in pkts:
@@ -257,14 +291,16 @@ def test_failures_around_the_engine_still_give_exactly_one_verdict(tmp_path, cas
     if case == "decode":
         d.engine.process_raw = lambda raw, now: (_ for _ in ()).throw(MemoryError("decoder"))
     if case == "nft":
+
         def boom(*a, **k):
             raise OSError("netlink: no buffer space")
+
         d.nft.block = boom
     d.verdicts.on_packet(p)
     if case == "verdict":
         assert p.verdicts == ["drop", "accept"]  # the verdict that failed to go out is replaced by accept
     elif case == "nft":
-        assert p.verdicts == ["drop"]    # the verdict came first; the kernel set write failed after
+        assert p.verdicts == ["drop"]  # the verdict came first; the kernel set write failed after
     else:
         assert p.verdicts == ["accept"]
     assert d.counters["errors"] == 1
@@ -272,6 +308,7 @@ def test_failures_around_the_engine_still_give_exactly_one_verdict(tmp_path, cas
 
 def test_garbage_packets_never_raise_out_of_the_verdict_loop(tmp_path):
     import random
+
     d = make_daemon(tmp_path)
     rnd = random.Random(8)
     base = [syn("198.18.0.2"), syn("2001:db8:5::2"), raw(IP(src="198.18.0.9", dst=VICTIM4) / UDP(dport=53))]
@@ -326,8 +363,17 @@ def test_blocked_set_cap_counts_and_warns(tmp_path):
 
 # == storage faults ===================================================================================
 def block_event(net: str) -> dict:
-    return {"ts": time.time(), "event": "block", "network": net, "src": net, "reason": "test", "labels": ["SYN"],
-            "ports": [7], "expires": None, "offences": 1}
+    return {
+        "ts": time.time(),
+        "event": "block",
+        "network": net,
+        "src": net,
+        "reason": "test",
+        "labels": ["SYN"],
+        "ports": [7],
+        "expires": None,
+        "offences": 1,
+    }
 
 
 def test_locked_database_queues_writes_and_recovers_in_order(tmp_path):
@@ -342,7 +388,7 @@ def test_locked_database_queues_writes_and_recovers_in_order(tmp_path):
     assert len(d.worker.pending_store) == 2
     other.execute("COMMIT")
     other.close()
-    d.worker.flush_pending()               # paced: not yet due
+    d.worker.flush_pending()  # paced: not yet due
     assert len(d.worker.pending_store) == 2
     d.worker.flush_pending(force=True)
     assert d.worker.pending_store == [] and [b["network"] for b in d.worker.store.blocks()] == ["198.18.0.2"]
@@ -386,7 +432,9 @@ def test_corrupt_database_reported_by_sqlite_is_moved_aside(tmp_path):
 
     def corrupt(*a, **k):
         from nfsentry.sinks.store import StoreCorrupt
+
         raise StoreCorrupt("db: database is corrupt (database disk image is malformed)")
+
     real = d.worker.store.add_history
     d.worker.store.add_history = corrupt
     d.worker.store_write("history", block_event("198.18.0.9"))
@@ -400,7 +448,9 @@ def test_disk_full_is_a_storage_fault_not_a_crash(tmp_path):
 
     def full(*a, **k):
         from nfsentry.sinks.store import StoreError
+
         raise StoreError("db: database or disk is full")
+
     d.worker.store.add_block = full
     d.worker.store_write("block", block_event("198.18.0.2"))
     assert d.counters["storage_errors"] == 1 and len(d.worker.pending_store) == 1
@@ -408,6 +458,7 @@ def test_disk_full_is_a_storage_fault_not_a_crash(tmp_path):
 
 def test_store_open_failures_are_one_line_store_errors(tmp_path):
     from nfsentry.sinks.store import StoreError
+
     f = tmp_path / "afile"
     f.write_text("x")
     with pytest.raises(StoreError, match="Not a directory"):
@@ -418,10 +469,12 @@ def test_prepare_refuses_unwritable_paths_with_exit_2(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "require_root", lambda: None)
     f = tmp_path / "afile"
     f.write_text("x")
-    for sections, frag in (({"storage": {"state_dir": str(f / "state")}}, "state_dir"),
-                           ({"logging": {"json_file": str(f / "events.jsonl")}}, "json_file"),
-                           ({"storage": {"database": str(f / "db" / "x.db")}}, "database"),
-                           ({"response": {"hosts_deny": str(tmp_path / "missing" / "hosts.deny")}}, "hosts_deny")):
+    for sections, frag in (
+        ({"storage": {"state_dir": str(f / "state")}}, "state_dir"),
+        ({"logging": {"json_file": str(f / "events.jsonl")}}, "json_file"),
+        ({"storage": {"database": str(f / "db" / "x.db")}}, "database"),
+        ({"response": {"hosts_deny": str(tmp_path / "missing" / "hosts.deny")}}, "hosts_deny"),
+    ):
         d = D.Daemon(make_cfg(tmp_path, **sections))
         with pytest.raises(D.StartupError, match=frag) as e:
             d.prepare()
@@ -429,33 +482,36 @@ def test_prepare_refuses_unwritable_paths_with_exit_2(tmp_path, monkeypatch):
 
 
 # == hostile configuration ============================================================================
-@pytest.mark.parametrize("raw_cfg, frag", [
-    ({"nosuch": {}}, "unknown section"),
-    ({"response": {"blok_duration": "1h"}}, "unknown key"),
-    ({"detection": {"scan_trigger": "3"}}, "expected an integer"),
-    ({"detection": {"scan_trigger": True}}, "expected an integer"),
-    ({"response": {"dry_run": "yes"}}, "expected true/false"),
-    ({"monitor": {"tcp_ports": ["1-70000"]}}, "outside 1-65535"),
-    ({"monitor": {"tcp_ports": ["0-65535"]}}, "outside 1-65535"),
-    ({"monitor": {"udp_ports": [-1]}}, "outside 1-65535"),
-    ({"monitor": {"tcp_ports": "1-1023"}}, "expected a list"),
-    ({"monitor": {"tcp_ports": ["1-1023; reboot"]}}, "bad port"),
-    ({"ignore": {"addresses": ["0.0.0.0/0"]}}, "every address"),
-    ({"ignore": {"addresses": ["::/0"]}}, "every address"),
-    ({"ignore": {"addresses": ["198.18.0.1 && reboot"]}}, "not an IPv4/IPv6"),
-    ({"ignore": {"files": ["/nonexistent/nfsentry-ignore"]}}, "cannot read"),
-    ({"response": {"command": "/bin/sh -c 'echo $TARGET$'"}}, "never run through a shell"),
-    ({"response": {"command": ["/bin/echo", "$TARGET$; rm -rf /"]}}, "metacharacters"),
-    ({"response": {"command": ["/bin/echo", "`id`"]}}, "metacharacters"),
-    ({"response": {"command": ["/bin/echo", "$(id)"]}}, "metacharacters"),
-    ({"response": {"command": ["echo", "$TARGET$"]}}, "absolute path"),
-    ({"response": {"max_blocks_per_minute": -1}}, "outside"),
-    ({"detection": {"max_sources": 10**12}}, "outside"),
-    ({"storage": {"state_dir": "relative/dir"}}, "absolute path"),
-    ({"logging": {"json_file": "events.jsonl"}}, "absolute path"),
-    ({"nft": {"table": "x; flush ruleset"}}, "bad table name"),
-    ({"nft": {"fail_open": "no"}}, "expected true/false"),
-])
+@pytest.mark.parametrize(
+    "raw_cfg, frag",
+    [
+        ({"nosuch": {}}, "unknown section"),
+        ({"response": {"blok_duration": "1h"}}, "unknown key"),
+        ({"detection": {"scan_trigger": "3"}}, "expected an integer"),
+        ({"detection": {"scan_trigger": True}}, "expected an integer"),
+        ({"response": {"dry_run": "yes"}}, "expected true/false"),
+        ({"monitor": {"tcp_ports": ["1-70000"]}}, "outside 1-65535"),
+        ({"monitor": {"tcp_ports": ["0-65535"]}}, "outside 1-65535"),
+        ({"monitor": {"udp_ports": [-1]}}, "outside 1-65535"),
+        ({"monitor": {"tcp_ports": "1-1023"}}, "expected a list"),
+        ({"monitor": {"tcp_ports": ["1-1023; reboot"]}}, "bad port"),
+        ({"ignore": {"addresses": ["0.0.0.0/0"]}}, "every address"),
+        ({"ignore": {"addresses": ["::/0"]}}, "every address"),
+        ({"ignore": {"addresses": ["198.18.0.1 && reboot"]}}, "not an IPv4/IPv6"),
+        ({"ignore": {"files": ["/nonexistent/nfsentry-ignore"]}}, "cannot read"),
+        ({"response": {"command": "/bin/sh -c 'echo $TARGET$'"}}, "never run through a shell"),
+        ({"response": {"command": ["/bin/echo", "$TARGET$; rm -rf /"]}}, "metacharacters"),
+        ({"response": {"command": ["/bin/echo", "`id`"]}}, "metacharacters"),
+        ({"response": {"command": ["/bin/echo", "$(id)"]}}, "metacharacters"),
+        ({"response": {"command": ["echo", "$TARGET$"]}}, "absolute path"),
+        ({"response": {"max_blocks_per_minute": -1}}, "outside"),
+        ({"detection": {"max_sources": 10**12}}, "outside"),
+        ({"storage": {"state_dir": "relative/dir"}}, "absolute path"),
+        ({"logging": {"json_file": "events.jsonl"}}, "absolute path"),
+        ({"nft": {"table": "x; flush ruleset"}}, "bad table name"),
+        ({"nft": {"fail_open": "no"}}, "expected true/false"),
+    ],
+)
 def test_hostile_configuration_is_refused_with_one_line(raw_cfg, frag):
     with pytest.raises(C.ConfigError, match=frag) as e:
         C.validate(raw_cfg)
@@ -465,13 +521,18 @@ def test_hostile_configuration_is_refused_with_one_line(raw_cfg, frag):
 def test_command_arguments_are_validated_values_only():
     argv = substitute(["/usr/local/sbin/x", "$TARGET$", "--port=$PORT$", "$MODE$"], "198.18.0.2", 22, "SYN")
     assert argv == ["/usr/local/sbin/x", "198.18.0.2", "--port=22", "SYN"]
-    for target, port, mode in (("198.18.0.2; reboot", 22, "SYN"), ("198.18.0.2", 70000, "SYN"), ("198.18.0.2", 22, "SYN;id")):
+    for target, port, mode in (
+        ("198.18.0.2; reboot", 22, "SYN"),
+        ("198.18.0.2", 70000, "SYN"),
+        ("198.18.0.2", 22, "SYN;id"),
+    ):
         with pytest.raises(ValueError):
             substitute(["/bin/true", "$TARGET$"], target, port, mode)
 
 
 def test_fail_open_renders_bypass_and_fail_closed_does_not():
     from nfsentry import nft as N
+
     for fail_open in (True, False):
         cfg = C.validate({"nft": {"fail_open": fail_open}})
         spec = ruleset_spec(cfg, [])
@@ -497,7 +558,7 @@ def test_a_v6_source_next_to_a_protected_address_is_blocked_alone_not_its_prefix
     d.verdicts.on_packet(p)
     assert p.verdicts == ["drop"] and list(d.nft.sets) == ["2001:db8::99"]
     assert d.counters["blocks_narrowed"] == 1
-    (_, dec, _), = [e for e in drain(d) if e[0] == "block"]
+    ((_, dec, _),) = [e for e in drain(d) if e[0] == "block"]
     assert dec.network == "2001:db8::99"
     p = FakePkt(syn("2001:db8::99", dport=9))  # queued before the block took effect: no second block
     d.verdicts.on_packet(p)

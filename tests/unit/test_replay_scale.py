@@ -2,6 +2,7 @@
 (the protected host's address is guessed per family), reads the common link types (Ethernet,
 Linux cooked, pcapng) with the capture's timestamps, and its cost is linear in packets (the
 blocked sources are a set, not a list scanned per packet)."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -18,15 +19,17 @@ MACS = {"src": "02:00:00:00:00:02", "dst": "02:00:00:00:00:01"}
 
 def config(tmp_path: Path, scan_trigger: int = 2) -> C.Config:
     p = tmp_path / "c.toml"
-    p.write_text(f'[storage]\nstate_dir = "{tmp_path}/state"\n[daemon]\ncontrol_socket = "{tmp_path}/run/c.sock"\n'
-                 f'[logging]\njson_file = ""\nsyslog = false\n[detection]\nscan_trigger = {scan_trigger}\n')
+    p.write_text(
+        f'[storage]\nstate_dir = "{tmp_path}/state"\n[daemon]\ncontrol_socket = "{tmp_path}/run/c.sock"\n'
+        f'[logging]\njson_file = ""\nsyslog = false\n[detection]\nscan_trigger = {scan_trigger}\n'
+    )
     return C.load(str(p), read_files=False)
 
 
 def dual_stack_scans(link: str = "ether") -> list:
     """More IPv4 than IPv6 traffic (the old guess kept only the busiest address: IPv4); a SYN scan
     from an IPv4 scanner, a FIN scan from an IPv6 scanner in another /64, benign traffic."""
-    from scapy.all import IP, IPv6, TCP, Ether
+    from scapy.all import IP, TCP, Ether, IPv6
     from scapy.layers.l2 import CookedLinux
 
     def frame(l3):
@@ -47,12 +50,17 @@ def summary(events):
     return [(e["event"], e["network"], e["label"], e["port"]) for e in events]
 
 
-EXPECTED = [("detection", "198.18.7.2", "SYN", 22), ("block", "198.18.7.2", "SYN", 22),
-            ("detection", "2001:db8:7::/64", "FIN", 112), ("block", "2001:db8:7::/64", "FIN", 112)]
+EXPECTED = [
+    ("detection", "198.18.7.2", "SYN", 22),
+    ("block", "198.18.7.2", "SYN", 22),
+    ("detection", "2001:db8:7::/64", "FIN", 112),
+    ("block", "2001:db8:7::/64", "FIN", 112),
+]
 
 
 def test_dual_stack_capture_reports_both_families_without_local(tmp_path):
     from scapy.all import wrpcap
+
     cap = tmp_path / "dual.pcap"
     wrpcap(str(cap), dual_stack_scans())
     events = R.replay(str(cap), config(tmp_path))
@@ -63,6 +71,7 @@ def test_dual_stack_capture_reports_both_families_without_local(tmp_path):
 def test_linux_cooked_and_pcapng_captures_give_the_same_decisions(tmp_path):
     from scapy.all import wrpcap
     from scapy.utils import wrpcapng
+
     sll = tmp_path / "any.pcap"
     wrpcap(str(sll), dual_stack_scans("sll"))  # tcpdump -i any
     ng = tmp_path / "dual.pcapng"
@@ -76,7 +85,8 @@ def test_linux_cooked_and_pcapng_captures_give_the_same_decisions(tmp_path):
 def write_many_sources(path: Path, sources_per_family: int, packets_per_source: int) -> int:
     """Crafted SYNs (scapy templates, source address patched) from many IPv4 sources and as many
     IPv6 sources, each in its own /64, interleaved: every source sends ``packets_per_source``."""
-    from scapy.all import IP, IPv6, TCP, Ether, PcapWriter
+    from scapy.all import IP, TCP, Ether, IPv6, PcapWriter
+
     t4 = bytes(Ether(**MACS) / IP(src="198.19.0.1", dst=V4) / TCP(sport=40000, dport=22, flags="S"))
     t6 = bytes(Ether(**MACS) / IPv6(src="2001:db8:100::5", dst=V6) / TCP(sport=40000, dport=23, flags="S"))
     base4 = int(ipaddress.ip_address("198.19.0.1"))

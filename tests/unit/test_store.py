@@ -1,4 +1,5 @@
 """SQLite persistence: blocks, offenders, history, permissions, corruption handling."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,17 @@ from nfsentry.sinks.store import Store, StoreCorrupt, move_aside
 
 
 def ev(net, ts, expires=None, offences=1, event="block"):
-    return {"ts": ts, "event": event, "network": net, "src": net, "reason": "test", "labels": ["SYN"], "ports": [22],
-            "expires": expires, "offences": offences}
+    return {
+        "ts": ts,
+        "event": event,
+        "network": net,
+        "src": net,
+        "reason": "test",
+        "labels": ["SYN"],
+        "ports": [22],
+        "expires": expires,
+        "offences": offences,
+    }
 
 
 def test_blocks_round_trip_and_expiry(tmp_path):
@@ -46,8 +56,18 @@ def test_upsert_refreshes_and_offenders_only_grow(tmp_path):
 def test_history_filters(tmp_path):
     s = Store(tmp_path / "db")
     for i, src in enumerate(["198.18.0.2", "198.18.0.3", "198.18.0.2"]):
-        s.add_history({"ts": 100.0 + i, "event": "detection", "src": src, "network": src, "proto": "tcp", "port": 22 + i,
-                       "label": "SYN", "action": "block"})
+        s.add_history(
+            {
+                "ts": 100.0 + i,
+                "event": "detection",
+                "src": src,
+                "network": src,
+                "proto": "tcp",
+                "port": 22 + i,
+                "label": "SYN",
+                "action": "block",
+            }
+        )
     assert [h["port"] for h in s.history()] == [22, 23, 24]
     assert [h["port"] for h in s.history(source="198.18.0.2")] == [22, 24]
     assert [h["port"] for h in s.history(since=101.5)] == [24]
@@ -62,7 +82,9 @@ def test_files_are_private(tmp_path):
 
 def test_survives_a_crash_of_the_writer(tmp_path):
     """Committed blocks are on disk for the next process even if the writer never closes."""
-    import subprocess, sys
+    import subprocess
+    import sys
+
     db = tmp_path / "db"
     code = f"""
 import os, sys

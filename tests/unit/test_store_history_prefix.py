@@ -1,19 +1,35 @@
 """Issue 16 row 13: `history --source PREFIX` matches every address and network inside the prefix;
 `history --source ADDR` stays an exact match."""
+
 from __future__ import annotations
 
 from nfsentry.sinks.store import Store
 
 
 def det(ts: float, src: str, network: str | None = None, port: int = 22) -> dict:
-    return {"ts": ts, "event": "detection", "src": src, "network": network or src, "proto": "tcp", "port": port,
-            "label": "SYN", "action": "block"}
+    return {
+        "ts": ts,
+        "event": "detection",
+        "src": src,
+        "network": network or src,
+        "proto": "tcp",
+        "port": port,
+        "label": "SYN",
+        "action": "block",
+    }
 
 
 def fill(s: Store) -> None:
-    rows = [det(1, "198.18.50.7"), det(2, "198.18.51.7"), det(3, "198.18.50.200"),
-            det(4, "2001:db8:0:1::5", "2001:db8:0:1::/64"), det(5, "2001:db8:0:2::5", "2001:db8:0:2::/64"),
-            det(6, "198.18.50.9", "198.18.50.8/29"), det(7, "198.18.5.1"), det(8, "198.18.0.0/16")]
+    rows = [
+        det(1, "198.18.50.7"),
+        det(2, "198.18.51.7"),
+        det(3, "198.18.50.200"),
+        det(4, "2001:db8:0:1::5", "2001:db8:0:1::/64"),
+        det(5, "2001:db8:0:2::5", "2001:db8:0:2::/64"),
+        det(6, "198.18.50.9", "198.18.50.8/29"),
+        det(7, "198.18.5.1"),
+        det(8, "198.18.0.0/16"),
+    ]
     for r in rows:
         s.add_history(r)
     s.add_history({"ts": 9, "event": "unblock", "src": "198.18.50.0/28", "network": "198.18.50.0/28"})
@@ -54,6 +70,7 @@ def test_an_address_stays_an_exact_match(tmp_path):
 
 def test_many_rows_inside_a_prefix_are_filtered_quickly(tmp_path):
     import time
+
     s = Store(tmp_path / "db")
     s.db.execute("BEGIN")
     for i in range(20000):

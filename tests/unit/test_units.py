@@ -1,4 +1,5 @@
 """nfsentry.core.units: ports and port ranges, durations, the trojan port lists."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,23 +7,51 @@ import pytest
 from nfsentry.core import units as U
 
 
-@pytest.mark.parametrize("text, seconds", [("45s", 45), ("15m", 900), ("1h30m", 5400), ("7d", 604800), (0, 0),
-                                           (90, 90), ("250ms", 0.25), ("1w", 604800), ("90s", 90), ("0.5s", 0.5),
-                                           ("1h", 3600), (" 2m 30s ", 150), ("1.5", 1.5), (2.5, 2.5)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("45s", 45),
+        ("15m", 900),
+        ("1h30m", 5400),
+        ("7d", 604800),
+        (0, 0),
+        (90, 90),
+        ("250ms", 0.25),
+        ("1w", 604800),
+        ("90s", 90),
+        ("0.5s", 0.5),
+        ("1h", 3600),
+        (" 2m 30s ", 150),
+        ("1.5", 1.5),
+        (2.5, 2.5),
+    ],
+)
 def test_durations(text, seconds):
     assert U.parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["", "x", "1x", "h", "1h x", "-5s", True, None, [], -1, float("nan"),
-                                 float("inf"), "11000d"])
+@pytest.mark.parametrize(
+    "bad", ["", "x", "1x", "h", "1h x", "-5s", True, None, [], -1, float("nan"), float("inf"), "11000d"]
+)
 def test_bad_durations(bad):
     with pytest.raises(ValueError, match="bad block_duration"):
         U.parse_duration(bad, "block_duration")
 
 
-@pytest.mark.parametrize("seconds, text", [(0, "0"), (45, "45s"), (90, "1m30s"), (5400, "1h30m"),
-                                           (604800, "7d"), (90061, "1d1h1m1s"), (0.25, "0.25s"), (0.5, "0.5s"),
-                                           (1.4, "1s")])
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (0, "0"),
+        (45, "45s"),
+        (90, "1m30s"),
+        (5400, "1h30m"),
+        (604800, "7d"),
+        (90061, "1d1h1m1s"),
+        (0.25, "0.25s"),
+        (0.5, "0.5s"),
+        (1.4, "1s"),
+    ],
+)
 def test_format_duration(seconds, text):
     assert U.format_duration(seconds) == text
 
@@ -47,10 +76,20 @@ def test_parse_ports_shapes():
     assert U.parse_ports([]) == [] and U.parse_ports("") == []
 
 
-@pytest.mark.parametrize("bad, msg", [([0], "outside 1-65535"), (["65536"], "outside 1-65535"),
-                                      (["10-5"], "start after end"), ([True], "bad port"), (["a"], "bad port or range"),
-                                      (["1-2-3"], "bad port or range"), ([1.5], "bad port or range"),
-                                      ([(1, 2, 3)], "bad port or range"), (22, "must be a list")])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        ([0], "outside 1-65535"),
+        (["65536"], "outside 1-65535"),
+        (["10-5"], "start after end"),
+        ([True], "bad port"),
+        (["a"], "bad port or range"),
+        (["1-2-3"], "bad port or range"),
+        ([1.5], "bad port or range"),
+        ([(1, 2, 3)], "bad port or range"),
+        (22, "must be a list"),
+    ],
+)
 def test_bad_ports(bad, msg):
     with pytest.raises(ValueError, match=msg):
         U.parse_ports(bad)

@@ -1,9 +1,10 @@
 """core.valves: narrowing, rate limit and cap, alone and as the engine consults them."""
+
 from __future__ import annotations
 
 import ipaddress
 
-from scapy.all import IPv6, TCP, raw
+from scapy.all import TCP, IPv6, raw
 
 from nfsentry.core.engine import Action, Engine, EngineConfig
 from nfsentry.core.valves import DUPLICATE, DUPLICATE_WINDOW, Admit, Refused, Valves
@@ -90,4 +91,5 @@ def test_engine_records_nothing_for_a_refused_block():
 
 def raw_syn4(s: str) -> bytes:
     from scapy.all import IP
+
     return raw(IP(src=s, dst="198.18.255.1") / TCP(sport=40000, dport=7, flags="S"))
