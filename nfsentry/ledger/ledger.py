@@ -152,6 +152,7 @@ class Ledger:
         block already in force (rule 7). The caller has checked the never-block list."""
         net = canonical(network)
         timeout = kernel_timeout(duration)
+        self._put_back_lost()
         now = self.clock()
         found = self.nft.find_blocks(net)
         for b in found:  # the exact entry first, then broader blocks covering it
@@ -164,6 +165,19 @@ class Ledger:
         self.record("block", ev)
         return BlockResult(net, "extended" if exact else "blocked", ev["expires"], net, ev)
 
+    def _put_back_lost(self) -> None:
+        """Rule 4 before a change made without the daemon: the database's blocks the kernel lost
+        (a flushed ruleset loaded again empty) are put back first, so an unblock lifts them too
+        and a block never shortens them. (The daemon puts them back on its own within a second.)"""
+        if self.store is None or self.defer is not None:
+            return
+        now = self.clock()
+        kernel = {b["network"]: b.get("expires_in") for b in self.nft.list_blocked()}
+        db = {b["network"]: b["expires"] for b in self.store.blocks(now, include_expired=True)}
+        lost = plan_restore(kernel, db, now).put_back
+        if lost:
+            self.nft.bulk_block(lost)
+
     def block_detected(self, network: str, duration: float) -> None:
         """The packet path's block (kernel only): its event reaches :meth:`persist` through the
         daemon's worker ("block"), after the verdict and the reports."""
@@ -175,6 +189,7 @@ class Ledger:
         prefix), and the broader blocks covering it only when ``covering`` (else they are named
         in the result and stay). A target nothing blocks is reported, and no history row is made."""
         res = UnblockResult()
+        self._put_back_lost()
         now = self.clock()
         for target in targets:
             net = canonical(target)

@@ -24,13 +24,12 @@ The model is the rule:
 * with the daemon down and the table not loaded, ``block``, ``unblock`` and ``unblock --all``
   fail (exit 1, "not loaded") and change nothing, and ``blocked`` fails the same way.
 
-Known deviation (reported, see the xfail tests at the bottom): with the daemon down and the table
-loaded again empty (`rules load` after a flush or unload), the CLI's ledger consults the kernel
-only, so for entries that only the database still holds ("lost" below) it forgets a database row
-only when the target itself matched nothing in the kernel, and a block replaces a longer lost
-record. The state machine models what the product does there (``lost`` handling in
-``unblock``/``block``) so that it keeps checking everything else; the xfail tests state the rule.
+With the daemon down and the table loaded again empty (`rules load` after a flush or unload),
+entries only the database still holds ("lost" below) are put back by the CLI's next block or
+unblock before it changes anything (rule 4), so an unblock lifts them and a block never shortens
+them; the tests at the bottom check the three ways this once went wrong.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -42,11 +41,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from daemon_util import Nfsentry
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from daemon_util import Nfsentry
 from nfsentry.ledger.rule import kernel_timeout
 from nfsentry.sinks.store import Store
 
@@ -189,7 +188,8 @@ class BlockStateModel(RuleBasedStateMachine):
     def refused_without_table(self, r, what: str) -> None:
         assert r.returncode == 1 and "not loaded" in r.stderr, (
             f"{what} with the daemon down and no table: expected exit 1 'not loaded', got "
-            f"{r.returncode}\n{r.stdout}{r.stderr}")
+            f"{r.returncode}\n{r.stdout}{r.stderr}"
+        )
 
     # -- steps ---------------------------------------------------------------------------------
     # One rule draws every step from a weighted mix: separate rules would let Hypothesis' swarm
@@ -234,17 +234,19 @@ class BlockStateModel(RuleBasedStateMachine):
         if not self.table_usable():
             self.refused_without_table(r, "block")
             return
+        self.lost.clear()  # rule 4: a change made without the daemon first puts back what the kernel lost
         assert r.returncode == 0, f"block {target} --for {dur}: rc={r.returncode}\n{r.stdout}{r.stderr}"
         timeout = kernel_timeout(DURATIONS[dur])  # rule 8: 0.5 s is 1 s
         new = None if timeout == 0 else (t0 + timeout, t1 + timeout)
         kept = "kept" in r.stdout
         expected = self.keep_verdict(target, new, t0)
         if expected is not None:
-            assert kept == expected, (f"block {target} --for {dur}: {'kept' if kept else 'added'}, the rule says "
-                                      f"{'keep' if expected else 'add'} (model: {self.kernel_view()})\n{r.stdout}")
+            assert kept == expected, (
+                f"block {target} --for {dur}: {'kept' if kept else 'added'}, the rule says "
+                f"{'keep' if expected else 'add'} (model: {self.kernel_view()})\n{r.stdout}"
+            )
         if not kept:
-            # a new block, or one that replaces a shorter one (never a longer one: rule 7). With
-            # the daemon down a record the kernel lost is replaced too, even a longer one (reported)
+            # a new block, or one that replaces a shorter one (never a longer one: rule 7)
             self.db[target] = new
             self.lost.discard(target)
 
@@ -283,6 +285,7 @@ class BlockStateModel(RuleBasedStateMachine):
         if not self.table_usable():
             self.refused_without_table(r, "unblock")
             return
+        self.lost.clear()  # rule 4: a change made without the daemon first puts back what the kernel lost
         view = self.kernel_view()
         exact = [n for n in view if n == target]
         cover = [n for n in view if n != target and covers(n, target)]
@@ -297,7 +300,9 @@ class BlockStateModel(RuleBasedStateMachine):
         said_not_blocked = f"{target} is not blocked" in r.stderr
         involved = set(exact) | set(cover) | set(inside)
         if all(presence(view[n], t) == "yes" for n in involved):  # no entry about to end: exact answer
-            assert removed == lifted, f"unblock {target}: removed {removed}, the rule says {lifted}\n{r.stdout}{r.stderr}"
+            assert removed == lifted, (
+                f"unblock {target}: removed {removed}, the rule says {lifted}\n{r.stdout}{r.stderr}"
+            )
             nothing = not lifted and not cover
             assert said_not_blocked == nothing, r.stderr
             assert r.returncode == (1 if nothing or (cover and not covering) else 0), (r.returncode, r.stdout, r.stderr)
@@ -355,6 +360,10 @@ class BlockStateModel(RuleBasedStateMachine):
         self.note(action)
         if action == "nft flush ruleset":
             self.v.nft("flush ruleset")
+        elif action == "rules unload" and self.up:  # issue 16 row 8: refused while the daemon runs
+            r = self.cli(*action.split())
+            assert r.returncode == 1 and "daemon is running" in r.stderr, (r.returncode, r.stderr)
+            return
         else:
             r = self.cli(*action.split())
             assert r.returncode == 0, r.stderr
@@ -373,9 +382,12 @@ class BlockStateModel(RuleBasedStateMachine):
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"not within {SETTLE}s after {self.steps}:\n  " + "\n  ".join(problems)
+                    f"not within {SETTLE}s after {self.steps}:\n  "
+                    + "\n  ".join(problems)
                     + f"\nmodel: db={self.db} lost={self.lost} up={self.up} loaded={self.loaded}"
-                    + "\ndaemon stderr (last lines):\n" + "".join(self.d.stderr_lines[-15:]))
+                    + "\ndaemon stderr (last lines):\n"
+                    + "".join(self.d.stderr_lines[-15:])
+                )
             time.sleep(0.2)
 
     def problems(self) -> list[str]:
@@ -398,8 +410,10 @@ class BlockStateModel(RuleBasedStateMachine):
                 listing = {e["network"]: e["expires_in"] for e in json.loads(r.stdout)}
                 out += self.compare("blocked --json", listing, self.kernel_view(), t0, t1, left=True)
         elif r.returncode != 1 or "not loaded" not in r.stderr:
-            out.append(f"blocked --json without a table: expected rc=1 'not loaded', got rc={r.returncode} "
-                       f"{r.stdout.strip()[:200]} {r.stderr.strip()}")
+            out.append(
+                f"blocked --json without a table: expected rc=1 'not loaded', got rc={r.returncode} "
+                f"{r.stdout.strip()[:200]} {r.stderr.strip()}"
+            )
         return out
 
     @staticmethod
@@ -421,9 +435,11 @@ class BlockStateModel(RuleBasedStateMachine):
             else:
                 ok = left_ok(end, value, t0, t1)
             if not ok:
-                out.append(f"{where}: {n} has {'permanent' if seen[n] is None else seen[n]!r}, model end "
-                           f"{'permanent' if end is None else end} (now {t0:.1f}): shortened, lengthened or "
-                           f"made permanent")
+                out.append(
+                    f"{where}: {n} has {'permanent' if seen[n] is None else seen[n]!r}, model end "
+                    f"{'permanent' if end is None else end} (now {t0:.1f}): shortened, lengthened or "
+                    f"made permanent"
+                )
         for n in seen:
             if n not in model:
                 out.append(f"{where}: {n} is there, the model has no such block")
@@ -437,10 +453,17 @@ def test_block_state_follows_the_rule_through_random_sequences(lab, tmp_path):
     BlockStateModel.victim, BlockStateModel.nfs = lab["victim"], nfs
     BlockStateModel.stats, BlockStateModel.examples = Counter(), []
     try:
-        run_state_machine_as_test(BlockStateModel, settings=settings(
-            max_examples=10, stateful_step_count=15, deadline=None, database=None,
-            phases=[Phase.generate],  # no shrinking: every step costs real seconds; the failing sequence is printed
-            suppress_health_check=list(HealthCheck)))
+        run_state_machine_as_test(
+            BlockStateModel,
+            settings=settings(
+                max_examples=10,
+                stateful_step_count=15,
+                deadline=None,
+                database=None,
+                phases=[Phase.generate],  # no shrinking: every step costs real seconds; the failing sequence is printed
+                suppress_health_check=list(HealthCheck),
+            ),
+        )
     finally:
         took = time.monotonic() - t_start
         for i, steps in enumerate(BlockStateModel.examples):
@@ -457,17 +480,22 @@ LOST_CASES = {
     # survives ("198.18.5.0/24 is not blocked") and the next start puts it back
     "unblock a prefix": (["block", "198.18.5.1", "--for", "1h"], ["unblock", "198.18.5.0/24"], "198.18.5.1", None),
     # rule 3: `unblock ADDR --covering` lifts the /64 covering it; its record survives
-    "unblock --covering": (["block", "2001:db8:5::/64", "--for", "1h"], ["unblock", "2001:db8:5::9", "--covering"],
-                           "2001:db8:5::/64", None),
+    "unblock --covering": (
+        ["block", "2001:db8:5::/64", "--for", "1h"],
+        ["unblock", "2001:db8:5::9", "--covering"],
+        "2001:db8:5::/64",
+        None,
+    ),
     # rule 7: a 30 s block replaces the record of a 2 h block the next start would have put back
-    "re-block shorter": (["block", "198.18.5.1", "--for", "2h"], ["block", "198.18.5.1", "--for", "30s"],
-                         "198.18.5.1", 3600),
+    "re-block shorter": (
+        ["block", "198.18.5.1", "--for", "2h"],
+        ["block", "198.18.5.1", "--for", "30s"],
+        "198.18.5.1",
+        3600,
+    ),
 }
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: with the daemon down and the blocked sets lost (rules "
-                   "unload / nft flush ruleset, then rules load), the CLI's ledger looks at the kernel only: an "
-                   "unblock leaves database records inside / covering the target, a block shortens a lost record")
 @pytest.mark.parametrize("case", list(LOST_CASES))
 def test_cli_with_the_daemon_down_honours_records_the_kernel_lost(lab, tmp_path, case):
     first, then, net_, min_left = LOST_CASES[case]
