@@ -134,18 +134,7 @@ class Mix:
 
 def ignore_set() -> PrefixSet:
     # what the daemon protects: own addresses, gateway, resolvers, a few configured CIDRs
-    return PrefixSet(
-        [
-            "198.18.0.1",
-            "198.18.0.254",
-            "127.0.0.0/8",
-            "192.0.2.0/24",
-            "2001:db8::1",
-            "fe80::/10",
-            "::1",
-            "2001:db8:ffff::/48",
-        ]
-    )
+    return PrefixSet(["198.18.0.1", "198.18.0.254", "127.0.0.0/8", "192.0.2.0/24", "2001:db8::1", "fe80::/10", "::1", "2001:db8:ffff::/48"])
 
 
 def expectations():
@@ -185,9 +174,7 @@ def time_engine(cfg: EngineConfig, label: str, kind: str, two_step: bool = False
         if len(per_cpu) % EXPIRE_EVERY == 0:  # once per engine second, like the daemon
             engine.expire(now)
     s = engine.stats
-    mixout = ", ".join(
-        f"{a.name} {s[a.name.lower()] / s['packets']:.0%}" for a in Action if s[a.name.lower()] >= s["packets"] / 200
-    )
+    mixout = ", ".join(f"{a.name} {s[a.name.lower()] / s['packets']:.0%}" for a in Action if s[a.name.lower()] >= s["packets"] / 200)
     print(
         f"  {label:<40} median {statistics.median(per_wall) / 1000:5.2f} us  mean {statistics.fmean(per_wall) / 1000:5.2f}"
         f"  p99 {_pct(per_wall, 99) / 1000:5.2f}  | cpu median {statistics.median(per_cpu) / 1000:5.2f} us"
@@ -243,10 +230,7 @@ def time_callbacks() -> None:
             pkt.accept()
 
     wall, cpu = time.perf_counter_ns, time.thread_time_ns
-    for name, cb in (
-        ("bare callback: get_payload(); accept()", bare),
-        ("full callback: payload, decode, process, verdict", full),
-    ):
+    for name, cb in (("bare callback: get_payload(); accept()", bare), ("full callback: payload, decode, process, verdict", full)):
         per_wall, per_cpu = [], []
         for _ in range(CALLBACKS // BATCH):
             pkts = [FakeNfqPacket(r) for r in mix.batch()]
@@ -308,10 +292,7 @@ def bytes_per_source() -> None:
     import tracemalloc
 
     n = 20_000
-    for mode, cfg in (
-        ("tracked source (COUNT)", EngineConfig(scan_trigger=3)),
-        ("blocked source + offender (BLOCK)", EngineConfig()),
-    ):
+    for mode, cfg in (("tracked source (COUNT)", EngineConfig(scan_trigger=3)), ("blocked source + offender (BLOCK)", EngineConfig())):
         engine = Engine(cfg)
         pkts = [decode(spoofed(i)) for i in range(n)]
         gc.collect()
@@ -366,10 +347,7 @@ def main() -> None:
     pure = dict(os.environ, NFSENTRY_PURE_PYTHON="1")
     for kind, config in (("uniform", "counting"), ("scanners", "defaults")):
         subprocess.run([sys.executable, __file__, "--time", kind, config], check=True, env=pure)
-    print(
-        "and the two-step path (decode() -> Packet, Engine.process -> Decision for every packet)"
-        " that replay and the unit tests use:"
-    )
+    print("and the two-step path (decode() -> Packet, Engine.process -> Decision for every packet) that replay and the unit tests use:")
     for kind, config in (("uniform", "counting"), ("scanners", "defaults")):
         subprocess.run([sys.executable, __file__, "--time", kind, config, "two-step"], check=True)
     print(

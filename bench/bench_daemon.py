@@ -97,18 +97,7 @@ PROBE = textwrap.dedent("""
 
 def rate_from_hping(attacker, target: str, port: int) -> None:
     attacker.run(
-        [
-            "timeout",
-            str(FLOOD_SECONDS),
-            "hping3",
-            "-S",
-            "-p",
-            str(port),
-            "--flood",
-            "-c",
-            str(FLOOD_MAX_PACKETS),
-            target,
-        ],
+        ["timeout", str(FLOOD_SECONDS), "hping3", "-S", "-p", str(port), "--flood", "-c", str(FLOOD_MAX_PACKETS), target],
         check=False,
         timeout=FLOOD_SECONDS + 10,
     )
@@ -131,9 +120,7 @@ def throughput_round(lab: Lab, tmp: Path) -> tuple[float, float]:
     victim, attacker = lab["victim"], lab["attacker"]
     # the same ruleset for both loops: nfsentry's, with a trigger so high a single source never blocks
     d = Nfsentry(
-        victim,
-        tmp / "tp",
-        overrides={"detection": {"scan_trigger": 1_000_000, "instant_labels": []}, "logging": {"json_file": ""}},
+        victim, tmp / "tp", overrides={"detection": {"scan_trigger": 1_000_000, "instant_labels": []}, "logging": {"json_file": ""}}
     )
     d.start()
     before = d.status()["counters"]["queued"]
@@ -170,9 +157,7 @@ def latency(lab: Lab, tmp: Path) -> tuple[list[float], list[int], int, dict]:
         res = attacker.run([PYTHON, "-c", PROBE, attacker.ip4, victim.ip4, "9999", "8080", "300", "0.0001"], timeout=30)
         control = len(res.stdout.splitlines()[0].split())
         for i in range(TRIALS):
-            res = attacker.run(
-                [PYTHON, "-c", PROBE, attacker.ip4, victim.ip4, "7", "8080", "300", "0.0001"], timeout=30
-            )
+            res = attacker.run([PYTHON, "-c", PROBE, attacker.ip4, victim.ip4, "7", "8080", "300", "0.0001"], timeout=30)
             lines = res.stdout.splitlines()
             answered = [float(x) for x in lines[0].split()] if lines and lines[0].strip() else []
             d.wait_event("block", attacker.ip4, timeout=5)
@@ -194,9 +179,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="nfsentry-bench-"))
     with Lab.standard() as lab:
         nfs, bare = throughput(lab, tmp)
-    print(
-        f"verdict-loop throughput under a bounded SYN flood ({FLOOD_SECONDS}s, hping3 --flood, {ROUNDS} alternating rounds):"
-    )
+    print(f"verdict-loop throughput under a bounded SYN flood ({FLOOD_SECONDS}s, hping3 --flood, {ROUNDS} alternating rounds):")
     print("  bare NetfilterQueue accept-all: " + "  ".join(f"{r:8.0f}" for r in bare) + " pkt/s")
     print("  nfsentry verdict loop:          " + "  ".join(f"{r:8.0f}" for r in nfs) + " pkt/s")
     print(
@@ -208,9 +191,7 @@ def main() -> int:
     ms = sorted(x * 1000 for x in lats)
     print(f"probe control (trigger to an unmonitored port): {control}/300 SYNs answered (must be ~300)")
     print(f"trigger -> kernel drop ({TRIALS} trials, 100 us probe spacing, upper bound):")
-    print(
-        f"  median {statistics.median(ms):.2f} ms   min {ms[0]:.2f} ms   max {ms[-1]:.2f} ms   (target median <= 1 ms)"
-    )
+    print(f"  median {statistics.median(ms):.2f} ms   min {ms[0]:.2f} ms   max {ms[-1]:.2f} ms   (target median <= 1 ms)")
     print(
         f"  inside the daemon, decision -> set element committed: median {internal.get('median')} ms, "
         f"max {internal.get('max')} ms over {internal.get('n')} blocks"

@@ -70,21 +70,7 @@ def flood(attacker, victim) -> tuple[float, int, float]:
     before = rx_packets(victim)
     t = time.monotonic()
     attacker.run(
-        [
-            "timeout",
-            "-s",
-            "INT",
-            str(FLOOD_SECONDS),
-            "hping3",
-            "--flood",
-            "-q",
-            "-S",
-            "-p",
-            "9",
-            "-c",
-            str(FLOOD_MAX_PACKETS),
-            victim.ip4,
-        ],
+        ["timeout", "-s", "INT", str(FLOOD_SECONDS), "hping3", "--flood", "-q", "-S", "-p", "9", "-c", str(FLOOD_MAX_PACKETS), victim.ip4],
         check=False,
         timeout=FLOOD_SECONDS + 20,
     )
@@ -143,13 +129,7 @@ def main() -> int:
                 ]
             ).stdout
         )["blocked_pkts4"]
-        victim.run(
-            [
-                PYTHON,
-                "-c",
-                f"import sys; sys.path.insert(0, {str(REPO)!r})\nfrom nfsentry.nft import Nft\nNft().unload()",
-            ]
-        )
+        victim.run([PYTHON, "-c", f"import sys; sys.path.insert(0, {str(REPO)!r})\nfrom nfsentry.nft import Nft\nNft().unload()"])
         print(f"SYN flood ({FLOOD_SECONDS} s, hping3 --flood, at most {FLOOD_MAX_PACKETS:,} packets):")
         print(f"  empty ruleset:          {empty_pps:,.0f} packets/s received ({empty_n:,} packets, each answered)")
         print(

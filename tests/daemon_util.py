@@ -68,9 +68,7 @@ class SyslogSink:
 class Nfsentry:
     """The daemon in `host`'s namespace. `overrides` are config sections merged over test defaults."""
 
-    def __init__(
-        self, host: Host, tmp: Path, overrides: dict[str, dict[str, Any]] | None = None, ignore: list[str] | None = None
-    ) -> None:
+    def __init__(self, host: Host, tmp: Path, overrides: dict[str, dict[str, Any]] | None = None, ignore: list[str] | None = None) -> None:
         self.host = host
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
@@ -82,12 +80,7 @@ class Nfsentry:
             "daemon": {"control_socket": str(tmp / "run" / "control.sock")},
             "logging": {"json_file": str(self.json_file), "syslog_address": str(tmp / "log.sock"), "level": "debug"},
             # an ignore file of the test's own: `unblock --ignore` appends there, never to /etc
-            "ignore": {
-                "addresses": ignore or [],
-                "files": [str(tmp / "ignore")],
-                "resolvers": False,
-                "gateways": False,
-            },
+            "ignore": {"addresses": ignore or [], "files": [str(tmp / "ignore")], "resolvers": False, "gateways": False},
         }
         for sec, vals in (overrides or {}).items():
             self.sections.setdefault(sec, {}).update(vals)
@@ -100,8 +93,7 @@ class Nfsentry:
         # (deadlines in here return as soon as the condition holds: generous for a busy machine)
         self.stderr_lines = []  # a restart must wait for its own "is active" line
         self.proc = self.host.popen(
-            [NFSENTRY, "run", "--foreground", "--config", str(self.config), *(extra_args or [])],
-            stdout=subprocess.DEVNULL,
+            [NFSENTRY, "run", "--foreground", "--config", str(self.config), *(extra_args or [])], stdout=subprocess.DEVNULL
         )
         reader = threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True)
         reader.start()

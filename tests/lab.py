@@ -351,9 +351,7 @@ class Lab:
         victim = self.hosts.get("victim")
         if victim is None:
             return
-        targets = [
-            ip for h in self.hosts.values() if h is not victim for (_, a4, a6) in h.ifaces.values() for ip in (a4, a6)
-        ]
+        targets = [ip for h in self.hosts.values() if h is not victim for (_, a4, a6) in h.ifaces.values() for ip in (a4, a6)]
         deadline = time.monotonic() + timeout
         for ip in targets:
             while True:

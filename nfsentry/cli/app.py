@@ -93,8 +93,7 @@ def daemon_request(cfg, cmd: str, **args):
         fail(msg, EXIT_NOPERM if "permission denied" in msg else e.code)
     if isinstance(cfg, DaemonConf) and cfg.error:
         typer.echo(
-            f"nfsentry: warning: {cfg.error} (the file on disk does not load; the running daemon "
-            "keeps the configuration it loaded)",
+            f"nfsentry: warning: {cfg.error} (the file on disk does not load; the running daemon keeps the configuration it loaded)",
             err=True,
         )
     return reply
@@ -180,16 +179,12 @@ def print_table(title: str, columns: list[str], rows: list[list]) -> None:
     Console().print(t)
 
 
-ConfigOpt = typer.Option(
-    None, "--config", "-c", help="configuration file (default /etc/nfsentry/nfsentry.toml if present)"
-)
+ConfigOpt = typer.Option(None, "--config", "-c", help="configuration file (default /etc/nfsentry/nfsentry.toml if present)")
 
 
 # == status =========================================================================================
 @app.command()
-def status(
-    config: str | None = ConfigOpt, as_json: bool = typer.Option(False, "--json", help="machine-readable output")
-):
+def status(config: str | None = ConfigOpt, as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Is the daemon running; backend, ports and counters."""
     conf = DaemonConf(config)
     reply = daemon_request(conf, "status")
@@ -412,17 +407,13 @@ def unblock(
         add_to_ignore_file(conf.cfg, removed)
     elif ignore and removed:
         typer.echo(
-            "nfsentry: warning: ignored by the running daemon, but not recorded in an ignore file "
-            "(the configuration does not load)",
+            "nfsentry: warning: ignored by the running daemon, but not recorded in an ignore file (the configuration does not load)",
             err=True,
         )
     if removed or all_:
         typer.echo(f"unblocked {len(removed)}: {', '.join(removed) if removed else '(nothing was blocked)'}")
     for target, by in (reply.get("covered") or {}).items():
-        typer.echo(
-            f"{target} is inside {', '.join(by)}, which stays blocked: unblock {by[0]}, or repeat with --covering",
-            err=True,
-        )
+        typer.echo(f"{target} is inside {', '.join(by)}, which stays blocked: unblock {by[0]}, or repeat with --covering", err=True)
     for target in reply.get("not_blocked") or []:
         typer.echo(f"{target} is not blocked", err=True)
     if not all_ and (reply.get("covered") or reply.get("not_blocked")):
@@ -521,9 +512,7 @@ def history(
 
 # == rules ==========================================================================================
 @rules_app.command("show")
-def rules_show(
-    config: str | None = ConfigOpt, backend: str = typer.Option("native", "--backend", help="native or compat")
-):
+def rules_show(config: str | None = ConfigOpt, backend: str = typer.Option("native", "--backend", help="native or compat")):
     """Print the ruleset rendered from the configuration (what `load` would load)."""
     from nfsentry import nft as N
     from nfsentry.config.derive import ruleset_spec
@@ -587,19 +576,13 @@ def _rules_apply(file: str | None, config: str | None, check: bool) -> None:
 
 
 @rules_app.command("load")
-def rules_load(
-    file: str | None = typer.Option(None, "--file", "-f", help="a file, or a name from rules/"),
-    config: str | None = ConfigOpt,
-):
+def rules_load(file: str | None = typer.Option(None, "--file", "-f", help="a file, or a name from rules/"), config: str | None = ConfigOpt):
     """Load nfsentry's ruleset atomically (rendered from the config, or a provided file)."""
     _rules_apply(file, config, check=False)
 
 
 @rules_app.command("unload")
-def rules_unload(
-    config: str | None = ConfigOpt,
-    force: bool = typer.Option(False, "--force", help="unload even while the daemon runs"),
-):
+def rules_unload(config: str | None = ConfigOpt, force: bool = typer.Option(False, "--force", help="unload even while the daemon runs")):
     """Remove nfsentry's table and compat rules (nothing else). Refused while the daemon runs."""
     conf = DaemonConf(config)
     need_root("rules unload")
@@ -675,13 +658,9 @@ def replay(
     for ev in events:
         ts = dt.datetime.fromtimestamp(ev["ts"]).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         if ev["event"] == "block":
-            typer.echo(
-                f"{ts} BLOCK {ev['network']} for {fmt_left(ev['duration']) if ev['duration'] else 'ever'} ({ev['reason']})"
-            )
+            typer.echo(f"{ts} BLOCK {ev['network']} for {fmt_left(ev['duration']) if ev['duration'] else 'ever'} ({ev['reason']})")
         else:
-            typer.echo(
-                f"{ts} {ev['action'].upper():6} {ev['src']} {ev['proto']}/{ev['port']} {ev['label']} ({ev['reason']})"
-            )
+            typer.echo(f"{ts} {ev['action'].upper():6} {ev['src']} {ev['proto']}/{ev['port']} {ev['label']} ({ev['reason']})")
 
 
 @app.command()

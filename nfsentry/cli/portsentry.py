@@ -42,13 +42,9 @@ def register(app: typer.Typer) -> None:
         defaults: str | None = typer.Option(
             None, "--defaults", help=f"Debian's TCP_MODE/UDP_MODE file (default: {P.DEFAULTS_FILE} if it exists)"
         ),
-        no_defaults: bool = typer.Option(
-            False, "--no-defaults", help="read no defaults file: TCP_MODE=tcp, UDP_MODE=udp"
-        ),
+        no_defaults: bool = typer.Option(False, "--no-defaults", help="read no defaults file: TCP_MODE=tcp, UDP_MODE=udp"),
         output: str | None = typer.Option(None, "--output", "-o", help="write the TOML here instead of stdout"),
-        version: str | None = typer.Option(
-            None, "--portsentry-version", help="1 or 2 (default: guessed from the file)"
-        ),
+        version: str | None = typer.Option(None, "--portsentry-version", help="1 or 2 (default: guessed from the file)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="do not list the problems on stderr"),
     ):
         """Convert a PortSentry configuration to nfsentry TOML (each key not carried over gets a comment why)."""
@@ -72,6 +68,4 @@ def register(app: typer.Typer) -> None:
             _write_atomic(Path(output), text)
         except OSError as e:
             _fail(f"cannot write {output}: {e.strerror or e}")
-        typer.echo(
-            f"wrote {output}" + (f" ({len(problems)} problem(s), listed at its top)" if problems else ""), err=True
-        )
+        typer.echo(f"wrote {output}" + (f" ({len(problems)} problem(s), listed at its top)" if problems else ""), err=True)

@@ -15,9 +15,7 @@ def register(app: typer.Typer) -> None:
     def run(
         config: str | None = ConfigOpt,
         foreground: bool = typer.Option(False, "--foreground", "-f", help="also log to stderr"),
-        portsentry_config: str | None = typer.Option(
-            None, "--portsentry-config", help="run from a PortSentry portsentry.conf"
-        ),
+        portsentry_config: str | None = typer.Option(None, "--portsentry-config", help="run from a PortSentry portsentry.conf"),
         portsentry_defaults: str | None = typer.Option(
             None, "--portsentry-defaults", help="PortSentry /etc/default/portsentry (TCP_MODE/UDP_MODE)"
         ),

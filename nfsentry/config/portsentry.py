@@ -127,16 +127,10 @@ def _parse_ports(raw: str, key: str, line: int, source: str, problems: list[Prob
             continue
         ports.append(lo if lo == hi else f"{lo}-{hi}")
     if not ports:
-        problems.append(
-            Problem(line, f"{key}: no usable ports in {raw!r} (ports 1-65535 or a-b ranges, comma-separated)", source)
-        )
+        problems.append(Problem(line, f"{key}: no usable ports in {raw!r} (ports 1-65535 or a-b ranges, comma-separated)", source))
         return None
     if bad:
-        problems.append(
-            Problem(
-                line, f"{key}: skipped {', '.join(repr(b) for b in bad)} (not a port 1-65535 or an a-b range)", source
-            )
-        )
+        problems.append(Problem(line, f"{key}: skipped {', '.join(repr(b) for b in bad)} (not a port 1-65535 or an a-b range)", source))
     return ports
 
 
@@ -147,40 +141,26 @@ def _parse_value(key: str, raw: str, line: int, source: str, problems: list[Prob
         n = _atoi(raw)
         if n is None or not 1 <= n <= 65535 or raw.strip() != str(n):
             problems.append(
-                Problem(
-                    line,
-                    f"{key}: {raw!r} is not a port number 1-65535; using PortSentry's default {ADVANCED_DEFAULT}",
-                    source,
-                )
+                Problem(line, f"{key}: {raw!r} is not a port number 1-65535; using PortSentry's default {ADVANCED_DEFAULT}", source)
             )
             return None
         return n
     if key == "SCAN_TRIGGER":
         n = _atoi(raw)
         if n is None or n < 0 or raw.strip() != str(n):
-            problems.append(
-                Problem(line, f"SCAN_TRIGGER: {raw!r} is not a count >= 0; using 0 (react on the first hit)", source)
-            )
+            problems.append(Problem(line, f"SCAN_TRIGGER: {raw!r} is not a count >= 0; using 0 (react on the first hit)", source))
             return None
         return n
     if key in MODE_FLAG_KEYS:
         if raw.strip() in ("0", "1", "2"):
             return int(raw.strip())
-        problems.append(
-            Problem(
-                line,
-                f"{key}: {raw!r} is not 0, 1 or 2; PortSentry 1.2 treats it as 0 (log only), 2.0 refuses it",
-                source,
-            )
-        )
+        problems.append(Problem(line, f"{key}: {raw!r} is not 0, 1 or 2; PortSentry 1.2 treats it as 0 (log only), 2.0 refuses it", source))
         return None
     if key in BOOL_KEYS:
         if raw.strip() in ("0", "1"):
             return raw.strip() == "1"
         n = _atoi(raw)
-        problems.append(
-            Problem(line, f"{key}: {raw!r} is not 0 or 1; read as {'1' if n else '0'} like PortSentry 1.2", source)
-        )
+        problems.append(Problem(line, f"{key}: {raw!r} is not 0 or 1; read as {'1' if n else '0'} like PortSentry 1.2", source))
         return bool(n)
     if key in PATH_KEYS:
         if not raw.startswith("/"):
@@ -200,9 +180,7 @@ def guess_version(text: str) -> str:
     return "1"
 
 
-def parse_conf(
-    text: str, version: str | None = None, source: str = "portsentry.conf"
-) -> tuple[dict[str, Entry], list[Problem]]:
+def parse_conf(text: str, version: str | None = None, source: str = "portsentry.conf") -> tuple[dict[str, Entry], list[Problem]]:
     """Read portsentry.conf text the way PortSentry does -> ({KEY: Entry}, problems).
 
     ``version`` ('1' or '2', guessed when None) decides which of two repeated keys counts.
@@ -230,26 +208,19 @@ def parse_conf(
             continue
         m = _KEY_LINE.match(line)
         if not m or not m.group(2):
-            problems.append(
-                Problem(num, f'not a KEY="value" line: {line.strip()[:60]!r} (PortSentry ignores it)', source)
-            )
+            problems.append(Problem(num, f'not a KEY="value" line: {line.strip()[:60]!r} (PortSentry ignores it)', source))
             continue
         key = m.group(1)
         if key not in KNOWN_KEYS:
             near = difflib.get_close_matches(key.upper(), KNOWN_KEYS, n=1, cutoff=0.75)
             hint = f" (did you mean {near[0]}?)" if near else ""
-            problems.append(
-                Problem(num, f"unknown key {key}{hint}: PortSentry 1.2 ignores it, 2.0 refuses to start", source)
-            )
+            problems.append(Problem(num, f"unknown key {key}{hint}: PortSentry 1.2 ignores it, 2.0 refuses to start", source))
             continue
         rest = line[m.end() :].lstrip(" \t")
         if not rest.startswith('"'):
             problems.append(
                 Problem(
-                    num,
-                    f'{key}: the value must be in double quotes, e.g. {key}="..." '
-                    "(PortSentry skips the option); not imported",
-                    source,
+                    num, f'{key}: the value must be in double quotes, e.g. {key}="..." (PortSentry skips the option); not imported', source
                 )
             )
             continue
@@ -258,21 +229,13 @@ def parse_conf(
         if close < 0:
             raw = body.rstrip()
             problems.append(
-                Problem(
-                    num,
-                    f"{key}: closing quote missing; taking the rest of the line as 1.2 does (2.0 refuses the file)",
-                    source,
-                )
+                Problem(num, f"{key}: closing quote missing; taking the rest of the line as 1.2 does (2.0 refuses the file)", source)
             )
         else:
             raw = body[:close]
         cut = next((i for i, ch in enumerate(raw) if ord(ch) < 32 or ord(ch) == 127), None)
         if cut is not None:
-            problems.append(
-                Problem(
-                    num, f"{key}: value cut at a control character (tab?) as PortSentry 1.2 does: {raw[:cut]!r}", source
-                )
-            )
+            problems.append(Problem(num, f"{key}: value cut at a control character (tab?) as PortSentry 1.2 does: {raw[:cut]!r}", source))
             raw = raw[:cut]
         seen.setdefault(key, []).append(Entry(key, raw, num, line))
     entries: dict[str, Entry] = {}
@@ -324,9 +287,7 @@ def parse_defaults(text: str, source: str = DEFAULTS_FILE) -> tuple[dict[str, tu
         allowed = TCP_MODES if name == "TCP_MODE" else UDP_MODES
         if value and value not in allowed:
             default = "tcp" if name == "TCP_MODE" else "udp"
-            problems.append(
-                Problem(num, f"{name}={value!r} is not one of {', '.join(allowed)}; using {default}", source)
-            )
+            problems.append(Problem(num, f"{name}={value!r} is not one of {', '.join(allowed)}; using {default}", source))
             value = default
         modes[name] = (value, num)
     return modes, problems
@@ -424,14 +385,9 @@ def _ports_text(ports: list) -> str:
 
 class _Importer:
     def __init__(
-        self,
-        entries: dict[str, Entry],
-        problems: list[Problem],
-        version: str,
-        modes: dict[str, tuple[str, int]],
-        source: str,
-        defaults_source: str | None,
+        self, entries: dict[str, Entry], problems: list[Problem], version: str, modes: dict, source: str, defaults_source: str | None
     ) -> None:
+        """``modes``: TCP_MODE/UDP_MODE of the defaults file, name -> (mode, line)."""
         self.e = entries
         self.problems = problems
         self.version = version
@@ -507,9 +463,7 @@ class _Importer:
             m.note(_src(ent))
         else:
             n = ADVANCED_DEFAULT
-            m.note(
-                f"ADVANCED_PORTS_{P} {'is malformed' if ent else 'is not set'}: PortSentry's default {ADVANCED_DEFAULT} applies."
-            )
+            m.note(f"ADVANCED_PORTS_{P} {'is malformed' if ent else 'is not set'}: PortSentry's default {ADVANCED_DEFAULT} applies.")
         hi = n - 1 if self.version == "1" else n
         rule = (
             "PortSentry 1.x watched the ports below it"
@@ -548,9 +502,7 @@ class _Importer:
                 f"SCAN_TRIGGER={n} is larger than PortSentry 1.2's state table "
                 f"({V1_MAXSTATE}): 1.2 reacted on the first hit; nfsentry will wait for hit {n}",
             )
-            d.note(
-                f"1.2 could not count above {V1_MAXSTATE} and reacted on the first hit instead; nfsentry counts to {n}."
-            )
+            d.note(f"1.2 could not count above {V1_MAXSTATE} and reacted on the first hit instead; nfsentry counts to {n}.")
         lo, hi = C.RANGES[("detection", "scan_trigger")]
         d.set("scan_trigger", min(max(n - 1, lo), hi))
 
@@ -711,9 +663,7 @@ class _Importer:
             C.read_ignore_file(path)
         except ValueError as e:
             if not Path(path).exists():
-                g.note(
-                    f"not carried over: {path} does not exist, and nfsentry refuses to start with a missing ignore file."
-                )
+                g.note(f"not carried over: {path} does not exist, and nfsentry refuses to start with a missing ignore file.")
                 g.commented("files", [path])
                 self.problem(ent.line, f"IGNORE_FILE {path} does not exist; not carried over")
                 return
@@ -763,9 +713,7 @@ class _Importer:
             self.used.add(hist.key)
             lg.note(f"{_src(hist)} not carried over: not an absolute path.")
         else:
-            self.problem(
-                None, "HISTORY_FILE is not set: PortSentry 1.2 refused to start without it; no history file is written"
-            )
+            self.problem(None, "HISTORY_FILE is not set: PortSentry 1.2 refused to start without it; no history file is written")
         blk = self.get("BLOCKED_FILE")
         lg.blank()
         if blk and blk.value:
@@ -820,10 +768,7 @@ class _Importer:
         if self.problems:
             out.append("#")
             out.append(f"# {len(self.problems)} problem(s) found while reading:")
-            out += [
-                f"#   {p}"
-                for p in sorted(self.problems, key=lambda p: (p.source != self.source, p.source, p.line or 0))
-            ]
+            out += [f"#   {p}" for p in sorted(self.problems, key=lambda p: (p.source != self.source, p.source, p.line or 0))]
         for name, s in self.sec.items():
             lines = list(s.lines)
             while lines and lines[-1] == "":
@@ -897,9 +842,7 @@ def import_config(
     return text, problems
 
 
-def load_as_config(
-    conf_path: str | Path, defaults_path: str | Path | None = None, version: str | None = None
-) -> C.Config:
+def load_as_config(conf_path: str | Path, defaults_path: str | Path | None = None, version: str | None = None) -> C.Config:
     """Run nfsentry straight from a PortSentry configuration: the validated Config of the import.
 
     Problems are logged as warnings and kept in ``cfg.portsentry_problems``; ``cfg.path`` is the

@@ -85,10 +85,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "state_dir": "/var/lib/nfsentry",
         "database": "",  # "" = <state_dir>/nfsentry.db
     },
-    "daemon": {
-        "control_socket": "/run/nfsentry/control.sock",
-        "queue_maxlen": 4096,
-    },
+    "daemon": {"control_socket": "/run/nfsentry/control.sock", "queue_maxlen": 4096},
     "nft": {
         "table": "nfsentry",
         "queue": 0,
@@ -132,12 +129,7 @@ DURATIONS = {
     ("response", "max_block_duration"),
     ("ignore", "refresh_interval"),
 }
-PORT_LISTS = {
-    ("monitor", "tcp_ports"),
-    ("monitor", "udp_ports"),
-    ("monitor", "tcp_exclude"),
-    ("monitor", "udp_exclude"),
-}
+PORT_LISTS = {("monitor", "tcp_ports"), ("monitor", "udp_ports"), ("monitor", "tcp_exclude"), ("monitor", "udp_exclude")}
 RANGES = {
     ("detection", "scan_trigger"): (0, 1_000_000),
     ("detection", "window_ports"): (0, 65535),
@@ -164,9 +156,7 @@ class ConfigError(ValueError):
 def check_command(argv: Any) -> list[str]:
     """Validate an external command template (an argument list, no shell)."""
     if isinstance(argv, str):
-        raise ValueError(
-            'must be a list of arguments (it is never run through a shell), e.g. ["/usr/local/sbin/x", "$TARGET$"]'
-        )
+        raise ValueError('must be a list of arguments (it is never run through a shell), e.g. ["/usr/local/sbin/x", "$TARGET$"]')
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         raise ValueError("must be a list of strings")
     if not argv:
@@ -214,9 +204,7 @@ class Config:
         """What decision events report as their action (core.events)."""
         r = self.data["response"]
         return EventPolicy(
-            modes={"tcp": r["tcp"], "udp": r["udp"]},
-            dry_run=bool(r["dry_run"]),
-            observe=self.data["monitor"]["mode"] == "observe",
+            modes={"tcp": r["tcp"], "udp": r["udp"]}, dry_run=bool(r["dry_run"]), observe=self.data["monitor"]["mode"] == "observe"
         )
 
 
@@ -286,9 +274,7 @@ def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = Tr
         except ValueError as e:
             raise ConfigError(f"[monitor] protect: {e}") from None
     if data["monitor"]["mode"] == "gateway" and not data["monitor"]["protect"]:
-        raise ConfigError(
-            '[monitor] protect: gateway mode needs the networks behind this host (e.g. ["198.18.1.0/24"])'
-        )
+        raise ConfigError('[monitor] protect: gateway mode needs the networks behind this host (e.g. ["198.18.1.0/24"])')
     for entry in data["ignore"]["addresses"]:
         try:
             cfg.ignore.append(parse_network(entry, "address"))

@@ -63,9 +63,7 @@ def header() -> str:
     ]
     for name in _PACKET_NAMES:
         value = getattr(P, name)
-        lines.append(
-            f"#define NFS_{name} {value:#x}" if name.endswith(("OPTIONS", "BITS")) else f"#define NFS_{name} {value}"
-        )
+        lines.append(f"#define NFS_{name} {value:#x}" if name.endswith(("OPTIONS", "BITS")) else f"#define NFS_{name} {value}")
     lines += ["", "#endif", ""]
     return "\n".join(lines)
 

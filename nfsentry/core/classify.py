@@ -78,15 +78,7 @@ LABELS = SCAN_LABELS[:-1] + ("IPOPTS", "MALFORMED")
 
 # The flag table, on the six classic flags (ECE/CWR masked off, see the module docstring).
 # Exact combinations only; everything else is UNKNOWN.
-_EXACT = {
-    SYN: "SYN",
-    FIN: "FIN",
-    0: "NULL",
-    FIN | PSH | URG: "XMAS",
-    CLASSIC: "FULL-XMAS",
-    ACK: "ACK",
-    FIN | ACK: "MAIMON",
-}
+_EXACT = {SYN: "SYN", FIN: "FIN", 0: "NULL", FIN | PSH | URG: "XMAS", CLASSIC: "FULL-XMAS", ACK: "ACK", FIN | ACK: "MAIMON"}
 
 DESCRIPTIONS = {
     "SYN": "SYN (connect() or half-open: the first packet cannot tell them apart)",

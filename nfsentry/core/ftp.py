@@ -171,10 +171,7 @@ class Expectation:
         return f"{self.element} timeout {self.timeout(now)}s"
 
     def describe(self) -> str:
-        return (
-            f"ftp {self.mode} {self.command or 'expectation'}: {self.peer_text} may connect to "
-            f"{self.addr_text} port {self.port}"
-        )
+        return f"ftp {self.mode} {self.command or 'expectation'}: {self.peer_text} may connect to {self.addr_text} port {self.port}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -263,10 +260,7 @@ class PasvMismatch(FtpReport):
 
     def describe(self) -> str:
         what = "using the control address" if self.accepted else "refused"
-        return (
-            f"ftp 227 from server {addr_text(self.src)} names {addr_text(self.announced)} "
-            f"port {self.port} (NAT or third party?): {what}"
-        )
+        return f"ftp 227 from server {addr_text(self.src)} names {addr_text(self.announced)} port {self.port} (NAT or third party?): {what}"
 
     def as_dict(self) -> dict[str, Any]:
         d = self._base()
@@ -497,9 +491,7 @@ class FtpTracker:
         self.stats["flows_expired"] += len(old)
         return len(old)
 
-    def feed(
-        self, src: bytes, dst: bytes, sport: int, dport: int, payload: bytes, now: float, seq: int | None = None
-    ) -> list[FtpEvent]:
+    def feed(self, src: bytes, dst: bytes, sport: int, dport: int, payload: bytes, now: float, seq: int | None = None) -> list[FtpEvent]:
         """Feed one TCP control packet's payload; returns the events of the lines it completed.
 
         ``seq`` (optional) is the TCP sequence number of the payload's first byte; with it,
@@ -598,9 +590,7 @@ class FtpTracker:
         self.stats["oversized"] += 1
         events.append(Oversized(now, _family(src), src, dst, sport, dport, length, self.max_line))
 
-    def _line(
-        self, line: bytes, events: list, now: float, src: bytes, dst: bytes, sport: int, dport: int, from_client: bool
-    ) -> None:
+    def _line(self, line: bytes, events: list, now: float, src: bytes, dst: bytes, sport: int, dport: int, from_client: bool) -> None:
         self.stats["lines"] += 1
         line = line.strip(b" \t\r")
         fam = _family(src)
@@ -621,9 +611,7 @@ class FtpTracker:
                 events.append(Bounce(now, fam, src, dst, sport, dport, command, addr, port))
                 return
             self.stats["expectations"] += 1
-            events.append(
-                Expectation(fam, dst, src, port, now + self.expect_timeout, "active", command, (src, dst, sport, dport))
-            )
+            events.append(Expectation(fam, dst, src, port, now + self.expect_timeout, "active", command, (src, dst, sport, dport)))
             return
         code = line[:3]
         if code not in (b"227", b"229") or (len(line) > 3 and line[3] not in (32, 45)):
@@ -646,9 +634,7 @@ class FtpTracker:
             if not accepted:
                 return
         self.stats["expectations"] += 1
-        events.append(
-            Expectation(fam, dst, src, port, now + self.expect_timeout, "passive", command, (dst, src, dport, sport))
-        )
+        events.append(Expectation(fam, dst, src, port, now + self.expect_timeout, "passive", command, (dst, src, dport, sport)))
 
 
 # --- expectation table ---------------------------------------------------------------------------

@@ -227,42 +227,10 @@ def decode(raw: bytes | bytearray | memoryview) -> Packet:
                         if V4TCP_MIN <= tot <= n and not frag & IP4_FRAG_BITS:
                             doff = (doff >> 4) << 2
                             if doff == TCP_HDR:
-                                return _mk(
-                                    4,
-                                    src,
-                                    dst,
-                                    6,
-                                    sport,
-                                    dport,
-                                    flags,
-                                    window,
-                                    b"",
-                                    (),
-                                    (),
-                                    0,
-                                    False,
-                                    V4TCP_MIN,
-                                    ttl,
-                                    None,
-                                )
+                                return _mk(4, src, dst, 6, sport, dport, flags, window, b"", (), (), 0, False, V4TCP_MIN, ttl, None)
                             if TCP_HDR < doff <= tot - IP4_HDR:
                                 return _mk(
-                                    4,
-                                    src,
-                                    dst,
-                                    6,
-                                    sport,
-                                    dport,
-                                    flags,
-                                    window,
-                                    raw[40 : 20 + doff],
-                                    (),
-                                    (),
-                                    0,
-                                    False,
-                                    20 + doff,
-                                    ttl,
-                                    None,
+                                    4, src, dst, 6, sport, dport, flags, window, raw[40 : 20 + doff], (), (), 0, False, 20 + doff, ttl, None
                                 )
                 elif proto == PROTO_UDP:
                     tot, frag, ttl, _p, src, dst, sport, dport, ulen = _V4UDP_UNPACK(raw)
@@ -276,24 +244,7 @@ def decode(raw: bytes | bytearray | memoryview) -> Packet:
                         if TCP_HDR <= plen <= n - IP6_HDR:
                             doff = (doff >> 4) << 2
                             if doff == TCP_HDR:
-                                return _mk(
-                                    6,
-                                    src,
-                                    dst,
-                                    6,
-                                    sport,
-                                    dport,
-                                    flags,
-                                    window,
-                                    b"",
-                                    (),
-                                    (),
-                                    0,
-                                    False,
-                                    V6TCP_MIN,
-                                    hlim,
-                                    None,
-                                )
+                                return _mk(6, src, dst, 6, sport, dport, flags, window, b"", (), (), 0, False, V6TCP_MIN, hlim, None)
                             if TCP_HDR < doff <= plen:
                                 return _mk(
                                     6,
@@ -355,9 +306,7 @@ def _decode4(raw: bytes, n: int) -> Packet:
     if ihl > 20:
         opts, err = _ip4_options(raw, 20, ihl)
         if err is not None:
-            return Packet(
-                4, src, dst, proto, ip_options=opts, frag_offset=frag_offset, more_frags=more, ttl=ttl, malformed=err
-            )
+            return Packet(4, src, dst, proto, ip_options=opts, frag_offset=frag_offset, more_frags=more, ttl=ttl, malformed=err)
     if frag_offset:
         if frag_offset + tot - ihl > 65535:
             return Packet(
@@ -403,9 +352,7 @@ def _decode6(raw: bytes, n: int) -> Packet:
     _vtf, plen, nh, hlim, src, dst = _V6_UNPACK(raw)
     end = 40 + plen
     if end > n:
-        return Packet(
-            6, src, dst, nh, ttl=hlim, malformed=f"truncated ipv6 packet (payload length {plen} > {n - 40} bytes)"
-        )
+        return Packet(6, src, dst, nh, ttl=hlim, malformed=f"truncated ipv6 packet (payload length {plen} > {n - 40} bytes)")
     if plen == 0 and nh == 0:
         end = n  # possible jumbogram (length in a hop-by-hop option): take what we were given
     if nh not in _EXT:
@@ -419,18 +366,7 @@ def _decode6(raw: bytes, n: int) -> Packet:
         if nh not in _EXT:
             break
         if off + 8 > end:  # every extension header is at least 8 bytes
-            return _bad6(
-                src,
-                dst,
-                nh,
-                opts,
-                exts,
-                frag_offset,
-                more,
-                off,
-                hlim,
-                f"ipv6 extension header {nh} runs past the packet",
-            )
+            return _bad6(src, dst, nh, opts, exts, frag_offset, more, off, hlim, f"ipv6 extension header {nh} runs past the packet")
         if nh == 44:  # fragment: fixed 8 bytes
             fo = _H_UNPACK(raw, off + 2)[0]
             exts.append(44)
@@ -439,9 +375,7 @@ def _decode6(raw: bytes, n: int) -> Packet:
             nh = raw[off]
             off += 8
             if frag_offset:  # non-first fragment: no transport header follows
-                return Packet(
-                    6, src, dst, nh, 0, 0, 0, 0, b"", tuple(opts), tuple(exts), frag_offset, more, off, hlim, None
-                )
+                return Packet(6, src, dst, nh, 0, 0, 0, 0, b"", tuple(opts), tuple(exts), frag_offset, more, off, hlim, None)
             continue
         if nh == 51:  # AH: length in 4-octet units, minus 2
             ln = (raw[off + 1] + 2) << 2
@@ -449,44 +383,20 @@ def _decode6(raw: bytes, n: int) -> Packet:
             ln = (raw[off + 1] + 1) << 3
             if nh == 0:
                 if off != 40:
-                    return _bad6(
-                        src, dst, nh, opts, exts, frag_offset, more, off, hlim, "ipv6 hop-by-hop header not first"
-                    )
+                    return _bad6(src, dst, nh, opts, exts, frag_offset, more, off, hlim, "ipv6 hop-by-hop header not first")
                 opts.append("HBH")
             elif nh == 43:
                 opts.append(_RH[raw[off + 2]])
             else:
                 opts.append("DSTOPTS")
         if off + ln > end:
-            return _bad6(
-                src,
-                dst,
-                nh,
-                opts,
-                exts,
-                frag_offset,
-                more,
-                off,
-                hlim,
-                f"ipv6 extension header {nh} runs past the packet",
-            )
+            return _bad6(src, dst, nh, opts, exts, frag_offset, more, off, hlim, f"ipv6 extension header {nh} runs past the packet")
         exts.append(nh)
         nh = raw[off]
         off += ln
     else:
         if nh in _EXT:
-            return _bad6(
-                src,
-                dst,
-                nh,
-                opts,
-                exts,
-                frag_offset,
-                more,
-                off,
-                hlim,
-                f"more than {MAX_EXT_HEADERS} ipv6 extension headers",
-            )
+            return _bad6(src, dst, nh, opts, exts, frag_offset, more, off, hlim, f"more than {MAX_EXT_HEADERS} ipv6 extension headers")
     return _transport(raw, off, end, 6, src, dst, nh, tuple(opts), tuple(exts), frag_offset, more, hlim)
 
 
@@ -497,162 +407,43 @@ def _bad6(src, dst, nh, opts, exts, frag_offset, more, off, hlim, reason) -> Pac
     return Packet(6, src, dst, nh, 0, 0, 0, 0, b"", tuple(opts), tuple(exts), frag_offset, more, off, hlim, reason)
 
 
-def _transport(
-    raw: bytes,
-    off: int,
-    end: int,
-    family: int,
-    src: bytes,
-    dst: bytes,
-    proto: int,
-    opts: tuple,
-    exts: tuple,
-    frag_offset: int,
-    more: bool,
-    ttl: int,
-) -> Packet:
+# One Packet(...) per line: sixteen fields exploded one per line would hide the checks.
+# fmt: off
+def _transport(raw: bytes, off: int, end: int, family: int, src: bytes, dst: bytes, proto: int,
+               opts: tuple, exts: tuple, frag_offset: int, more: bool, ttl: int) -> Packet:
     if proto == 6:
         if end - off < 20:
             sport = dport = 0
             if end - off >= 4:
                 sport, dport = _PORTS_UNPACK(raw, off)
-            return Packet(
-                family,
-                src,
-                dst,
-                6,
-                sport,
-                dport,
-                0,
-                0,
-                b"",
-                opts,
-                exts,
-                frag_offset,
-                more,
-                off,
-                ttl,
-                f"truncated tcp header ({end - off} bytes)",
-            )
+            return Packet(family, src, dst, 6, sport, dport, 0, 0, b"", opts, exts, frag_offset, more,
+                          off, ttl, f"truncated tcp header ({end - off} bytes)")
         sport, dport, _seq, _ack, doff, flags, window = _TCP_UNPACK(raw, off)
         doff = (doff >> 4) << 2
         if doff == 20:
-            return Packet(
-                family,
-                src,
-                dst,
-                6,
-                sport,
-                dport,
-                flags,
-                window,
-                b"",
-                opts,
-                exts,
-                frag_offset,
-                more,
-                off + 20,
-                ttl,
-                None,
-            )
+            return Packet(family, src, dst, 6, sport, dport, flags, window, b"", opts, exts,
+                          frag_offset, more, off + 20, ttl, None)
         if doff < 20:
-            return Packet(
-                family,
-                src,
-                dst,
-                6,
-                sport,
-                dport,
-                flags,
-                window,
-                b"",
-                opts,
-                exts,
-                frag_offset,
-                more,
-                off,
-                ttl,
-                f"tcp data offset {doff >> 2} < 5",
-            )
+            return Packet(family, src, dst, 6, sport, dport, flags, window, b"", opts, exts,
+                          frag_offset, more, off, ttl, f"tcp data offset {doff >> 2} < 5")
         if off + doff > end:
-            return Packet(
-                family,
-                src,
-                dst,
-                6,
-                sport,
-                dport,
-                flags,
-                window,
-                b"",
-                opts,
-                exts,
-                frag_offset,
-                more,
-                off,
-                ttl,
-                f"tcp header ({doff} bytes) longer than packet ({end - off})",
-            )
-        return Packet(
-            family,
-            src,
-            dst,
-            6,
-            sport,
-            dport,
-            flags,
-            window,
-            raw[off + 20 : off + doff],
-            opts,
-            exts,
-            frag_offset,
-            more,
-            off + doff,
-            ttl,
-            None,
-        )
+            return Packet(family, src, dst, 6, sport, dport, flags, window, b"", opts, exts,
+                          frag_offset, more, off, ttl,
+                          f"tcp header ({doff} bytes) longer than packet ({end - off})")
+        return Packet(family, src, dst, 6, sport, dport, flags, window, raw[off + 20:off + doff], opts,
+                      exts, frag_offset, more, off + doff, ttl, None)
     if proto == 17:
         if end - off < 8:
             sport = dport = 0
             if end - off >= 4:
                 sport, dport = _PORTS_UNPACK(raw, off)
-            return Packet(
-                family,
-                src,
-                dst,
-                17,
-                sport,
-                dport,
-                0,
-                0,
-                b"",
-                opts,
-                exts,
-                frag_offset,
-                more,
-                off,
-                ttl,
-                f"truncated udp header ({end - off} bytes)",
-            )
+            return Packet(family, src, dst, 17, sport, dport, 0, 0, b"", opts, exts, frag_offset, more,
+                          off, ttl, f"truncated udp header ({end - off} bytes)")
         sport, dport, ulen = _UDP_UNPACK(raw, off)
         if not more and (ulen < 8 or off + ulen > end) and not (ulen == 0 and family == 6):
-            return Packet(
-                family,
-                src,
-                dst,
-                17,
-                sport,
-                dport,
-                0,
-                0,
-                b"",
-                opts,
-                exts,
-                frag_offset,
-                more,
-                off + 8,
-                ttl,
-                f"bad udp length {ulen} ({end - off} bytes present)",
-            )
-        return Packet(family, src, dst, 17, sport, dport, 0, 0, b"", opts, exts, frag_offset, more, off + 8, ttl, None)
+            return Packet(family, src, dst, 17, sport, dport, 0, 0, b"", opts, exts, frag_offset, more,
+                          off + 8, ttl, f"bad udp length {ulen} ({end - off} bytes present)")
+        return Packet(family, src, dst, 17, sport, dport, 0, 0, b"", opts, exts, frag_offset, more,
+                      off + 8, ttl, None)
     return Packet(family, src, dst, proto, 0, 0, 0, 0, b"", opts, exts, frag_offset, more, off, ttl, None)
+# fmt: on

@@ -47,11 +47,7 @@ class Valves:
     """The valves' configuration and their small state (recent blocks, recent narrowings)."""
 
     def __init__(
-        self,
-        max_per_minute: int = 0,
-        max_blocked: int = 0,
-        never_block: Iterable[str] = (),
-        blocked_count: Callable[[], int] = lambda: 0,
+        self, max_per_minute: int = 0, max_blocked: int = 0, never_block: Iterable[str] = (), blocked_count: Callable[[], int] = lambda: 0
     ) -> None:
         self.max_per_minute = max_per_minute
         self.max_blocked = max_blocked

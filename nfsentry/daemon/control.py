@@ -165,8 +165,7 @@ class Commands:
             d.nft.unload()
             d.unloaded_by_admin = True
             d.degraded = (
-                "the ruleset was unloaded by `nfsentry rules unload --force`: nothing is detected or "
-                "blocked until `nfsentry rules load`"
+                "the ruleset was unloaded by `nfsentry rules unload --force`: nothing is detected or blocked until `nfsentry rules load`"
             )
             return {"ok": True, "table": d.nft.table}
         if cmd == "ignore":
@@ -193,9 +192,7 @@ class Commands:
             removed, covered, not_blocked = d.ledger.unblock_all(), {}, []
         else:
             res = d.ledger.unblock(
-                [normalize_network(n) for n in req.get("networks", [])],
-                covering=bool(req.get("covering")),
-                reason=reason,
+                [normalize_network(n) for n in req.get("networks", [])], covering=bool(req.get("covering")), reason=reason
             )
             removed, covered, not_blocked = res.removed, res.covered, res.not_blocked
         for net in removed:

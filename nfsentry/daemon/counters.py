@@ -82,9 +82,5 @@ class Part:
         if now - self.d.last_error_log > 10:
             self.d.last_error_log = now
             self.enqueue(
-                "warning",
-                {
-                    "message": f"internal error in {where}: {type(e).__name__}: {e} "
-                    f"(errors so far: {self.d.counters['errors']})"
-                },
+                "warning", {"message": f"internal error in {where}: {type(e).__name__}: {e} (errors so far: {self.d.counters['errors']})"}
             )

@@ -105,9 +105,7 @@ class Daemon:
     def build_core(self) -> None:
         self.never_block = never_block_networks(self.cfg)
         self.ftpq = FtpQueue(self)
-        self.engine = Engine(
-            engine_config(self.cfg), ignore=PrefixSet(self.never_block), expectations=self.ftpq.expectations
-        )
+        self.engine = Engine(engine_config(self.cfg), ignore=PrefixSet(self.never_block), expectations=self.ftpq.expectations)
         self.engine.valves = self.valves = self.make_valves(self.cfg)
         self.verdicts.engine = self.engine
 
@@ -198,9 +196,7 @@ class Daemon:
             _recv_timeout(q.get_fd(), 0.2)
         threads = [threading.Thread(target=self._ticker, name="nfsentry-ticker", daemon=True)]
         if len(self.queues) > 1:
-            threads.append(
-                threading.Thread(target=self.ftpq.run, args=(self.queues[1],), name="nfsentry-ftp", daemon=True)
-            )
+            threads.append(threading.Thread(target=self.ftpq.run, args=(self.queues[1],), name="nfsentry-ftp", daemon=True))
         for t in threads:
             t.start()
         try:
@@ -345,41 +341,8 @@ class Daemon:
         return "compiled" if getattr(self.engine, "compiled", False) else "python"
 
     def status(self) -> dict[str, Any]:
-        """Control thread: reads only."""
-        cfg = self.cfg
-        st = {
-            "pid": os.getpid(),
-            "version": __version__,
-            "started": self.started,
-            "uptime": time.time() - self.started,
-            "backend": getattr(self, "backend", None),
-            "inuse": getattr(self, "inuse", None),
-            "engine_kind": self.engine_kind(),
-            "mode": cfg["monitor"]["mode"],
-            "dry_run": cfg["response"]["dry_run"],
-            "tcp_ports": ranges_text(cfg.tcp_ports),
-            "udp_ports": ranges_text(cfg.udp_ports),
-            "tcp_port_count": count_ports(cfg.tcp_ports),
-            "udp_port_count": count_ports(cfg.udp_ports),
-            "never_block": len(self.never_block),
-            "config": cfg.path,
-            "counters": self.counters.total(),
-            "engine": dict(getattr(self.engine, "stats", {})),
-            "event_backlog": self.events.qsize(),
-            "pending_storage_writes": len(self.worker.pending_store),
-            "queue_drops": queue_drops(),
-            "block_latency_ms": latency_summary(self.verdicts.block_latency),
-            "ftp": self.ftpq.status(),
-        }
-        try:
-            st["kernel"] = self.nft.counters()
-            st["blocked"] = self.nft.blocked_count()
-        except Exception as e:
-            st["kernel_error"] = str(e)
-        st["state"] = "degraded" if self.degraded else "running"
-        if self.degraded:
-            st["degraded"] = self.degraded
-        return st
+        """Control thread: reads only (see status_of)."""
+        return status_of(self)
 
 
 # keys a reload cannot apply (sockets, queues, files opened once at start): a change is refused by name
@@ -456,3 +419,41 @@ def queue_drops() -> dict[str, Any]:
     except OSError:
         pass
     return out
+
+
+def status_of(d: Daemon) -> dict[str, Any]:
+    """Control thread: reads only."""
+    cfg = d.cfg
+    st = {
+        "pid": os.getpid(),
+        "version": __version__,
+        "started": d.started,
+        "uptime": time.time() - d.started,
+        "backend": getattr(d, "backend", None),
+        "inuse": getattr(d, "inuse", None),
+        "engine_kind": d.engine_kind(),
+        "mode": cfg["monitor"]["mode"],
+        "dry_run": cfg["response"]["dry_run"],
+        "tcp_ports": ranges_text(cfg.tcp_ports),
+        "udp_ports": ranges_text(cfg.udp_ports),
+        "tcp_port_count": count_ports(cfg.tcp_ports),
+        "udp_port_count": count_ports(cfg.udp_ports),
+        "never_block": len(d.never_block),
+        "config": cfg.path,
+        "counters": d.counters.total(),
+        "engine": dict(getattr(d.engine, "stats", {})),
+        "event_backlog": d.events.qsize(),
+        "pending_storage_writes": len(d.worker.pending_store),
+        "queue_drops": queue_drops(),
+        "block_latency_ms": latency_summary(d.verdicts.block_latency),
+        "ftp": d.ftpq.status(),
+    }
+    try:
+        st["kernel"] = d.nft.counters()
+        st["blocked"] = d.nft.blocked_count()
+    except Exception as e:
+        st["kernel_error"] = str(e)
+    st["state"] = "degraded" if d.degraded else "running"
+    if d.degraded:
+        st["degraded"] = d.degraded
+    return st

@@ -141,9 +141,7 @@ class Worker(Part):
         self.store_write(op, ev)
         if op == "unblock_all":
             for net in ev["networks"]:
-                self.alerter.emit(
-                    {"ts": ev["ts"], "event": "unblock", "network": net, "src": net, "reason": ev["reason"]}
-                )
+                self.alerter.emit({"ts": ev["ts"], "event": "unblock", "network": net, "src": net, "reason": ev["reason"]})
         elif op in ("block", "unblock"):
             self.alerter.emit(ev)
 
@@ -196,9 +194,7 @@ class Worker(Part):
             return
         if self.store is not None:
             log.error(
-                "the database %s was deleted or replaced while running: starting a new one, "
-                "re-importing the kernel's blocked set",
-                db_path,
+                "the database %s was deleted or replaced while running: starting a new one, re-importing the kernel's blocked set", db_path
             )
         self.reopen_store()
 
@@ -294,8 +290,7 @@ class Worker(Part):
         if loaded:
             return
         log.warning(
-            "the table inet %s is gone from the kernel (flushed or deleted outside nfsentry): "
-            "loading it again with every block",
+            "the table inet %s is gone from the kernel (flushed or deleted outside nfsentry): loading it again with every block",
             d.nft.table,
         )
         try:

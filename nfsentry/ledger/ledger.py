@@ -103,9 +103,7 @@ class RestoreReport:
 class Ledger:
     """The only code that adds, extends, removes, lists and restores blocks."""
 
-    def __init__(
-        self, nft: BlockSets, store: Any = None, defer: Defer | None = None, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, nft: BlockSets, store: Any = None, defer: Defer | None = None, clock: Callable[[], float] = time.time) -> None:
         self.nft = nft
         self.store = store
         self.defer = defer
@@ -145,9 +143,7 @@ class Ledger:
             raise ValueError(f"unknown ledger operation {op!r}")
 
     # -- adding ------------------------------------------------------------------------------------
-    def block(
-        self, network: str, duration: float, reason: str | None = None, origin: str = "manual", **extra: Any
-    ) -> BlockResult:
+    def block(self, network: str, duration: float, reason: str | None = None, origin: str = "manual", **extra: Any) -> BlockResult:
         """Block ``network`` for ``duration`` seconds (0 = until unblocked), never shortening a
         block already in force (rule 7). The caller has checked the never-block list."""
         net = canonical(network)
@@ -289,9 +285,7 @@ class Ledger:
         plan = plan_restore(kernel, db, now)
         if put_back and plan.put_back:
             self.nft.bulk_block(plan.put_back)
-        adopted = [
-            block_event(net, 0, "adopted from the kernel set", "kernel", now, expires=end) for net, end in plan.adopt
-        ]
+        adopted = [block_event(net, 0, "adopted from the kernel set", "kernel", now, expires=end) for net, end in plan.adopt]
         if adopted:
             self.store.add_blocks(adopted)
         for net in plan.ended:

@@ -25,16 +25,7 @@ May import: the standard library, libnftables' bindings, ``nfsentry.core`` and `
 from nfsentry.nft.elements import network_text, parse_network, set_for
 from nfsentry.nft.errors import NftError, NftInconsistent, NftUnavailable, SpecError
 from nfsentry.nft.render import SHIPPED, compat_rules, compat_tag, render, write_shipped
-from nfsentry.nft.spec import (
-    BACKENDS,
-    COUNTERS,
-    INUSE_METHODS,
-    TROJAN_TCP,
-    TROJAN_UDP,
-    VARIANTS,
-    RulesetSpec,
-    default_spec,
-)
+from nfsentry.nft.spec import BACKENDS, COUNTERS, INUSE_METHODS, TROJAN_TCP, TROJAN_UDP, VARIANTS, RulesetSpec, default_spec
 
 __all__ = [
     "Nft",

@@ -22,9 +22,7 @@ def _spec_from_args(a) -> RulesetSpec:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m nfsentry.nft", description="nfsentry's nftables layer (debugging and `make rules`)."
-    )
+    p = argparse.ArgumentParser(prog="python -m nfsentry.nft", description="nfsentry's nftables layer (debugging and `make rules`).")
     p.add_argument("--write-shipped", metavar="DIR", help="regenerate DIR/nfsentry.nft, gateway.nft, observe.nft")
     p.add_argument("--table", default="nfsentry")
     sub = p.add_subparsers(dest="cmd")

@@ -54,10 +54,7 @@ __all__ = ["Nft", "Session", "probe_backend", "MISSING_BINDINGS", "LIST_ATTEMPTS
 
 log = logging.getLogger("nfsentry.nft")
 
-MISSING_BINDINGS = (
-    "the nftables Python bindings are missing: install the Debian package "
-    "python3-nftables (apt install python3-nftables)"
-)
+MISSING_BINDINGS = "the nftables Python bindings are missing: install the Debian package python3-nftables (apt install python3-nftables)"
 
 PROBE_TABLE = "nfsentry_probe"
 # A set listing is taken until it is provably complete (Nft._set_items), at most this often.
@@ -212,11 +209,7 @@ class Session:
                 if prev is None and len(items) < ONE_MESSAGE:
                     return items
                 if prev is not None:
-                    lost = [
-                        k
-                        for k, exp in prev.items()
-                        if k not in keys and (exp is None or exp > t_end - t_prev + EXPIRY_SLACK)
-                    ]
+                    lost = [k for k, exp in prev.items() if k not in keys and (exp is None or exp > t_end - t_prev + EXPIRY_SLACK)]
                     if not lost:
                         return items
                 prev, t_prev = keys, t
@@ -308,9 +301,7 @@ class Nft(Session):
         if spec.inuse == "poll":
             tcp_in, udp_in = _inuse.listening_ports()
             spec = replace(
-                spec,
-                tcp_ports=_inuse.subtract_ports(spec.tcp_ports, tcp_in),
-                udp_ports=_inuse.subtract_ports(spec.udp_ports, udp_in),
+                spec, tcp_ports=_inuse.subtract_ports(spec.tcp_ports, tcp_in), udp_ports=_inuse.subtract_ports(spec.udp_ports, udp_in)
             )
             self._applied_ports = (spec.tcp_ports, spec.udp_ports)
         m = model(spec, backend)
@@ -392,9 +383,7 @@ class Nft(Session):
         chains = [c for c in info["chains"] if c != "prerouting"]
         if chains:
             self._cmd(
-                "\n".join(
-                    [f"flush chain inet {t} {c}" for c in chains] + [f"delete chain inet {t} {c}" for c in chains]
-                ),
+                "\n".join([f"flush chain inet {t} {c}" for c in chains] + [f"delete chain inet {t} {c}" for c in chains]),
                 "removing the queue chains",
             )
         _compat.remove(self.table)
@@ -440,9 +429,7 @@ class Nft(Session):
         adds, deletes = E.plan_nets({net: timeout_s}, self._networks(setname))
         if not adds:
             return False
-        self._cmd(
-            E.replace_commands(self.table, setname, deletes, elem + E.timeout_text(timeout_s)), f"blocking {elem}"
-        )
+        self._cmd(E.replace_commands(self.table, setname, deletes, elem + E.timeout_text(timeout_s)), f"blocking {elem}")
         return True
 
     def _require_loaded(self) -> None:
@@ -521,9 +508,7 @@ class Nft(Session):
             masked = ipaddress.ip_network(f"{net.network_address}/{v6p}", strict=False)
             found += self._get_element(f"blocked6_{v6p}", str(masked.network_address))
         netset = "blocked4net" if net.version == 4 else "blocked6net"
-        covering = self._get_element(
-            netset, str(net) if net.prefixlen < net.max_prefixlen else str(net.network_address)
-        )
+        covering = self._get_element(netset, str(net) if net.prefixlen < net.max_prefixlen else str(net.network_address))
         if covering:
             timed = {b["network"]: b for b in self._list_set(netset)}
             found += [timed.get(b["network"], b) for b in covering]
@@ -554,19 +539,14 @@ class Nft(Session):
         self._cmd(E.replace_commands(self.table, setname, deletes, str(net)), f"ignoring {E.network_text(net)}")
         return True
 
-    def expect_ftp(
-        self, peer: str, server: str, port: int, timeout: float, remove: Iterable[tuple[str, str, int]] = ()
-    ) -> None:
+    def expect_ftp(self, peer: str, server: str, port: int, timeout: float, remove: Iterable[tuple[str, str, int]] = ()) -> None:
         """Let one FTP data connection in: from ``peer`` to ``server``:``port``, for ``timeout`` s.
 
         ``remove``: (peer, server, port) expectations this one supersedes, deleted in the same
         transaction (whether or not the kernel still holds them: an expired one is re-added for 1s
         and deleted, as ``delete`` alone fails on a missing element)."""
         a, b, _, _ = E.ftp_element(peer, server, port)
-        self._cmd(
-            E.expect_ftp_commands(self.table, peer, server, port, timeout, remove),
-            f"adding an FTP expectation {a} -> {b}:{port}",
-        )
+        self._cmd(E.expect_ftp_commands(self.table, peer, server, port, timeout, remove), f"adding an FTP expectation {a} -> {b}:{port}")
 
     # -- in-use ports by polling -----------------------------------------------------------------
     def refresh_inuse(self) -> bool:
@@ -575,10 +555,7 @@ class Nft(Session):
         if self._spec is None or self._inuse != "poll":
             return False
         tcp_in, udp_in = _inuse.listening_ports()
-        ports = (
-            _inuse.subtract_ports(self._spec.tcp_ports, tcp_in),
-            _inuse.subtract_ports(self._spec.udp_ports, udp_in),
-        )
+        ports = (_inuse.subtract_ports(self._spec.tcp_ports, tcp_in), _inuse.subtract_ports(self._spec.udp_ports, udp_in))
         if ports == self._applied_ports:
             return False
         self._cmd(E.port_set_commands(self.table, ports), "updating the monitored ports (in-use poll)")

@@ -196,19 +196,14 @@ def ftp_element(peer: Any, server: Any, port: Any) -> tuple[Any, Any, str, str]:
     return a, b, "ftp_expect4" if a.version == 4 else "ftp_expect6", f"{a} . {b} . {int(port)}"
 
 
-def expect_ftp_commands(
-    table: str, peer: Any, server: Any, port: Any, timeout: float, remove: Iterable[tuple[Any, Any, Any]] = ()
-) -> str:
+def expect_ftp_commands(table: str, peer: Any, server: Any, port: Any, timeout: float, remove: Iterable[tuple[Any, Any, Any]] = ()) -> str:
     """Add one FTP expectation for ``timeout`` s (at least 1 s); delete the ``remove`` ones in the
     same transaction, each re-added for 1s first, as ``delete`` alone fails on a missing element."""
     _, _, setname, elem = ftp_element(peer, server, port)
     cmds = []
     for old in remove:
         _, _, oset, oelem = ftp_element(*old)
-        cmds += [
-            f"add element inet {table} {oset} {{ {oelem} timeout 1s }}",
-            f"delete element inet {table} {oset} {{ {oelem} }}",
-        ]
+        cmds += [f"add element inet {table} {oset} {{ {oelem} timeout 1s }}", f"delete element inet {table} {oset} {{ {oelem} }}"]
     cmds.append(f"add element inet {table} {setname} {{ {elem}{timeout_text(max(1, timeout))} }}")
     return "\n".join(cmds)
 
@@ -290,14 +285,7 @@ def parse_set_items(setname: str, items: list[str]) -> list[dict]:
         else:
             nets = elem_networks(setname, val)
         for net in nets:
-            out.append(
-                {
-                    "network": network_text(net),
-                    "timeout": timeout,
-                    "expires_in": expires if timeout else None,
-                    "set": setname,
-                }
-            )
+            out.append({"network": network_text(net), "timeout": timeout, "expires_in": expires if timeout else None, "set": setname})
     return out
 
 
@@ -315,11 +303,7 @@ def parse_sets(items: list[dict]) -> dict[str, tuple[str, tuple[str, ...]]]:
 
 def parse_chains(items: list[dict], table: str, family: str | None = None) -> list[str]:
     """`list chains` -> the names of the chains of ``table`` (in ``family``, when given)."""
-    return [
-        c["name"]
-        for i in items
-        if (c := i.get("chain")) and c.get("table") == table and (family is None or c.get("family") == family)
-    ]
+    return [c["name"] for i in items if (c := i.get("chain")) and c.get("table") == table and (family is None or c.get("family") == family)]
 
 
 def parse_rules(items: list[dict]) -> dict[str, list[str]]:

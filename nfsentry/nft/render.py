@@ -334,12 +334,7 @@ def _forward(spec: RulesetSpec, backend: str) -> ChainDef:
         ),
         ([], f"ct state new,invalid,untracked udp dport @udp_ports {q_udp}"),
     ]
-    return ChainDef(
-        "forward",
-        "forward priority filter - 10",
-        ["Traffic routed through this host to the protected networks."],
-        rules,
-    )
+    return ChainDef("forward", "forward priority filter - 10", ["Traffic routed through this host to the protected networks."], rules)
 
 
 def _ftp_chains(spec: RulesetSpec, backend: str) -> list[ChainDef]:
@@ -349,11 +344,7 @@ def _ftp_chains(spec: RulesetSpec, backend: str) -> list[ChainDef]:
         "output",
         "output priority filter - 10",
         ["This host's own FTP control traffic (as a server: its replies; as a client:", "its commands)."],
-        [
-            ([], 'oif "lo" accept'),
-            ([], f"tcp sport {FTP_PORT} jump ftp_control"),
-            ([], f"tcp dport {FTP_PORT} jump ftp_control"),
-        ],
+        [([], 'oif "lo" accept'), ([], f"tcp sport {FTP_PORT} jump ftp_control"), ([], f"tcp dport {FTP_PORT} jump ftp_control")],
     )
     control = ChainDef(
         "ftp_control",
@@ -640,9 +631,7 @@ def compat_listed(binary: str, listing: str, tag: str) -> list[tuple[str, str, l
 def filter_chains(items: list[dict]) -> set[tuple[str, str]]:
     """`list chains` (JSON) -> (family, chain) of the iptables-nft filter tables."""
     return {
-        (c["family"], c["name"])
-        for i in items
-        if (c := i.get("chain")) and c.get("table") == "filter" and c.get("family") in ("ip", "ip6")
+        (c["family"], c["name"]) for i in items if (c := i.get("chain")) and c.get("table") == "filter" and c.get("family") in ("ip", "ip6")
     }
 
 

@@ -30,12 +30,7 @@ def run_command(template: list[str], target: str, port: int, mode: str, timeout:
     argv = substitute(template, target, port, mode)
     try:
         res = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         )
         out = (res.stdout + res.stderr).strip().splitlines()
         return res.returncode, out[0] if out else ""

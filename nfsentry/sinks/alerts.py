@@ -94,20 +94,14 @@ class Alerter:
         self.syslog_problem = None
         logging.raiseExceptions = False  # a dead syslog must never print tracebacks or stop the daemon
         if lg["syslog"] and not Path(lg["syslog_address"]).is_socket():
-            self.syslog_problem = (
-                f"syslog at {lg['syslog_address']} unavailable (no such socket); alerts go to the other sinks"
-            )
+            self.syslog_problem = f"syslog at {lg['syslog_address']} unavailable (no such socket); alerts go to the other sinks"
         elif lg["syslog"]:
             try:
-                h = logging.handlers.SysLogHandler(
-                    address=lg["syslog_address"], facility=_FACILITIES[lg["syslog_facility"]]
-                )
+                h = logging.handlers.SysLogHandler(address=lg["syslog_address"], facility=_FACILITIES[lg["syslog_facility"]])
                 h.setFormatter(logging.Formatter(f"{lg['syslog_ident']}[{os.getpid()}]: %(message)s"))
                 log.addHandler(h)
             except OSError as e:
-                self.syslog_problem = (
-                    f"syslog at {lg['syslog_address']} unavailable ({e.strerror or e}); alerts go to the other sinks"
-                )
+                self.syslog_problem = f"syslog at {lg['syslog_address']} unavailable ({e.strerror or e}); alerts go to the other sinks"
         for p in (self.json_path, self.history_path, self.blocked_path):
             if p:
                 Path(p).parent.mkdir(parents=True, exist_ok=True, mode=0o750)

@@ -151,8 +151,7 @@ def tcp_type_1x(bits: int) -> str:
     if syn and not (fin or ack or psh or rst or urg):
         return "TCP SYN/Normal scan"
     return (
-        f"Unknown Type: TCP Packet Flags: SYN: {int(syn)} FIN: {int(fin)} ACK: {int(ack)} "
-        f"PSH: {int(psh)} URG: {int(urg)} RST: {int(rst)}"
+        f"Unknown Type: TCP Packet Flags: SYN: {int(syn)} FIN: {int(fin)} ACK: {int(ack)} PSH: {int(psh)} URG: {int(urg)} RST: {int(rst)}"
     )
 
 

@@ -291,8 +291,7 @@ def test_row13_history_source_prefix_matches_every_address_inside(admin, lab):
         attacker.nmap("-sS -Pn --max-retries 0 -p 7", victim.ip4)
         d.wait_event("block", attacker.ip4, timeout=60)
         wait_for(
-            "the detection reaches the database",
-            lambda: any(h["event"] == "detection" for h in history(d, "--source", "198.18.0.0/24")),
+            "the detection reaches the database", lambda: any(h["event"] == "detection" for h in history(d, "--source", "198.18.0.0/24"))
         )
         rows = history(d, "--source", "198.18.0.0/24")
         assert {h["src"] for h in rows if h["event"] == "detection"} == {attacker.ip4}

@@ -187,8 +187,7 @@ class BlockStateModel(RuleBasedStateMachine):
 
     def refused_without_table(self, r, what: str) -> None:
         assert r.returncode == 1 and "not loaded" in r.stderr, (
-            f"{what} with the daemon down and no table: expected exit 1 'not loaded', got "
-            f"{r.returncode}\n{r.stdout}{r.stderr}"
+            f"{what} with the daemon down and no table: expected exit 1 'not loaded', got {r.returncode}\n{r.stdout}{r.stderr}"
         )
 
     # -- steps ---------------------------------------------------------------------------------
@@ -300,9 +299,7 @@ class BlockStateModel(RuleBasedStateMachine):
         said_not_blocked = f"{target} is not blocked" in r.stderr
         involved = set(exact) | set(cover) | set(inside)
         if all(presence(view[n], t) == "yes" for n in involved):  # no entry about to end: exact answer
-            assert removed == lifted, (
-                f"unblock {target}: removed {removed}, the rule says {lifted}\n{r.stdout}{r.stderr}"
-            )
+            assert removed == lifted, f"unblock {target}: removed {removed}, the rule says {lifted}\n{r.stdout}{r.stderr}"
             nothing = not lifted and not cover
             assert said_not_blocked == nothing, r.stderr
             assert r.returncode == (1 if nothing or (cover and not covering) else 0), (r.returncode, r.stdout, r.stderr)
@@ -487,12 +484,7 @@ LOST_CASES = {
         None,
     ),
     # rule 7: a 30 s block replaces the record of a 2 h block the next start would have put back
-    "re-block shorter": (
-        ["block", "198.18.5.1", "--for", "2h"],
-        ["block", "198.18.5.1", "--for", "30s"],
-        "198.18.5.1",
-        3600,
-    ),
+    "re-block shorter": (["block", "198.18.5.1", "--for", "2h"], ["block", "198.18.5.1", "--for", "30s"], "198.18.5.1", 3600),
 }
 
 

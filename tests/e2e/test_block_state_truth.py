@@ -77,9 +77,7 @@ def test_lost_ruleset_comes_back_with_every_block_and_detection(lab, daemon, how
     t0 = time.monotonic()
     victim.nft(how)
     assert "198.18.77.1" not in kernel_blocks(victim)
-    after = wait_for(
-        "the table and its blocks back", lambda: (lambda k: k if "198.18.77.1" in k else None)(kernel_blocks(victim))
-    )
+    after = wait_for("the table and its blocks back", lambda: (lambda k: k if "198.18.77.1" in k else None)(kernel_blocks(victim)))
     took = time.monotonic() - t0
     print(f"\n{how}: table and blocks back after {took:.2f}s")
     assert "2001:db8:77::/64" in after

@@ -133,27 +133,10 @@ def test_replay_gives_the_live_daemons_decisions(victim_service, tmp_path):
         import time
 
         time.sleep(0.5)
-        live = [
-            (e["event"], e["network"], e["label"], e["port"])
-            for e in d.events()
-            if e["event"] in ("detection", "block")
-        ]
+        live = [(e["event"], e["network"], e["label"], e["port"]) for e in d.events() if e["event"] in ("detection", "block")]
     finally:
         d.close()
-    res = victim.run(
-        [
-            NFSENTRY,
-            "replay",
-            str(cap),
-            "--json",
-            "--config",
-            str(d.config),
-            "--local",
-            victim.ip4,
-            "--local",
-            victim.ip6,
-        ]
-    )
+    res = victim.run([NFSENTRY, "replay", str(cap), "--json", "--config", str(d.config), "--local", victim.ip4, "--local", victim.ip6])
     replayed = [(e["event"], e["network"], e["label"], e["port"]) for e in json.loads(res.stdout)]
     assert live == replayed, (live, replayed)
     # the attacker shares the victim's /64, so its IPv6 block is narrowed to its own address

@@ -174,20 +174,12 @@ print(json.dumps(out), flush=True)
 
 
 def download(
-    client: Host,
-    server_addr: str,
-    mode: str,
-    count: int = 2,
-    timeout: float = 10,
-    check: bool = True,
-    split: bool = False,
+    client: Host, server_addr: str, mode: str, count: int = 2, timeout: float = 10, check: bool = True, split: bool = False
 ) -> dict | None:
     """ftplib on `client`: `count` RETRs of data.bin and one NLST over one control connection
     (`split`: each PORT/EPRT line sent in three TCP segments)."""
     res = client.run(
-        [PYTHON, "-c", CLIENT, server_addr, mode, str(count), str(timeout), *(["split"] if split else [])],
-        check=False,
-        timeout=60,
+        [PYTHON, "-c", CLIENT, server_addr, mode, str(count), str(timeout), *(["split"] if split else [])], check=False, timeout=60
     )
     if not check and res.returncode != 0:
         return None
@@ -202,9 +194,7 @@ class HeldDownload:
         self.p = client.popen([PYTHON, "-u", "-c", CLIENT, server_addr, mode, "1", "10", "wait"], stdin=subprocess.PIPE)
         line = self.p.stdout.readline()
         if not line.startswith("{"):
-            raise RuntimeError(
-                f"held ftp client failed: {line}{self.p.stderr.read() if self.p.poll() is not None else ''}"
-            )
+            raise RuntimeError(f"held ftp client failed: {line}{self.p.stderr.read() if self.p.poll() is not None else ''}")
         self.port = json.loads(line)["port"]
 
     def release(self) -> dict:
@@ -319,10 +309,7 @@ def test_victim_active_client_and_passive_server_ipv4_ipv6(lab, tmp_path, helper
         # The kernel keeps only each control connection's last expectation (the others were
         # withdrawn when superseded) until its timeout.
         kernel = expectations(victim)
-        assert len(kernel) == 4 and {(p, a) for p, a, _ in kernel} == {
-            (legit.ip4, victim.ip4),
-            (legit.ip6, victim.ip6),
-        }, kernel
+        assert len(kernel) == 4 and {(p, a) for p, a, _ in kernel} == {(legit.ip4, victim.ip4), (legit.ip6, victim.ip6)}, kernel
         print(f"\nhelper={helper} queued_tcp={st['kernel']['queued_tcp']} ftp={json.dumps(ftp)}")
     finally:
         d.close()
@@ -350,9 +337,7 @@ def test_gateway_inside_active_client_and_passive_server_ipv4_ipv6(lab, tmp_path
     in passive mode (legit connects to the inside host's port 40000-40009)."""
     (inside,) = lab.add_inside()
     victim, legit, attacker = lab["victim"], lab["legit"], lab["attacker"]
-    d = ftp_daemon(
-        victim, tmp_path / "nfs", mode="gateway", exclude=["21"], protect=["198.18.1.0/24", "2001:db8:1::/64"]
-    )
+    d = ftp_daemon(victim, tmp_path / "nfs", mode="gateway", exclude=["21"], protect=["198.18.1.0/24", "2001:db8:1::/64"])
     d.start()
     try:
         remote = vsftpd(legit, tmp_path / "legit")
@@ -488,9 +473,7 @@ def test_bounce_and_hostile_lines_are_reported_and_control_keeps_flowing(lab, tm
             ev = d.wait_event("ftp_malformed", src)
             assert "999 > 255" in ev["reason"] and "\\x1b[2J" in ev["line"] and "\x1b" not in json.dumps(ev), ev
         lines = "\n".join(d.syslog.lines)
-        assert (
-            "ftp_bounce: " in lines and f"announced={attacker.ip4}" in lines and f"announced={attacker.ip6}" in lines
-        ), lines
+        assert "ftp_bounce: " in lines and f"announced={attacker.ip4}" in lines and f"announced={attacker.ip6}" in lines, lines
         assert "\x1b" not in lines, lines
         assert not any(attacker.ip4 in k or attacker.ip6 in k for k in expectations(victim))
         st = assert_quiet(d)

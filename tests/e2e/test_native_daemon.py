@@ -22,9 +22,7 @@ CONNECT = 30.0
 
 def probe(host, addr: str, port: int, timeout: float = 1.0) -> str:
     """TCP connect with bash's /dev/tcp: one cheap program start (python costs seconds under TCG)."""
-    res = host.run(
-        ["timeout", str(timeout), "bash", "-c", f"exec 3<>/dev/tcp/{addr}/{port}"], check=False, timeout=timeout + 20
-    )
+    res = host.run(["timeout", str(timeout), "bash", "-c", f"exec 3<>/dev/tcp/{addr}/{port}"], check=False, timeout=timeout + 20)
     return {0: "connected", 124: "timeout"}.get(res.returncode, "refused")
 
 

@@ -170,9 +170,7 @@ def test_native_queue_statement_delivers_exactly_the_selected_syns_and_obeys_ver
     for i, (family, dst) in enumerate([(4, victim.ip4), (6, victim.ip6)]):
         for j, port in enumerate((ACCEPT_PORT, DROP_PORT, OTHER_PORT)):
             sport = 41000 + 10 * i + j
-            probes.append(
-                dict(family=family, dst=dst, dport=port, sport=sport, seq=1000 + sport, answer=port != DROP_PORT)
-            )
+            probes.append(dict(family=family, dst=dst, dport=port, sport=sport, seq=1000 + sport, answer=port != DROP_PORT))
     res = attacker.run([PYTHON, "-c", ATTACKER, json.dumps(probes), attacker.ip4], check=False, timeout=90)
     assert res.returncode == 0, res.stderr
     answered = json.loads(res.stdout.strip().splitlines()[-1])

@@ -44,11 +44,7 @@ def test_block_and_unblock_ipv4_ipv6_addresses_and_prefixes(lab):
     assert got == [["198.18.0.2", "blocked4", False], ["2001:db8::2", "blocked6", True]]
     assert reach(lab, "attacker") == ("timeout", "timeout")
     assert reach(lab, "legit") == ("connected", "connected")
-    assert nft_py(victim, "out = [n.unblock('198.18.0.2'), n.unblock('2001:db8::2'), n.unblock('2001:db8::2')]") == [
-        True,
-        True,
-        False,
-    ]
+    assert nft_py(victim, "out = [n.unblock('198.18.0.2'), n.unblock('2001:db8::2'), n.unblock('2001:db8::2')]") == [True, True, False]
     assert reach(lab, "attacker") == ("connected", "connected")
 
     # Prefixes: .2/31 and ::2/127 cover attacker and legit, not ignored (.4).
@@ -57,10 +53,7 @@ def test_block_and_unblock_ipv4_ipv6_addresses_and_prefixes(lab):
     assert reach(lab, "legit") == ("timeout", "timeout")
     assert reach(lab, "ignored") == ("connected", "connected")
     # The daemon's IPv6 prefix (/64: hash set blocked6_64 matched through a mask) covers the lan.
-    got = nft_py(
-        victim,
-        "n.block('2001:db8::/64', 600); out = [b['set'] for b in n.list_blocked() if b['network'] == '2001:db8::/64']",
-    )
+    got = nft_py(victim, "n.block('2001:db8::/64', 600); out = [b['set'] for b in n.list_blocked() if b['network'] == '2001:db8::/64']")
     assert got == ["blocked6_64"]
     assert reach(lab, "ignored") == ("connected", "timeout")
     counters = nft_py(victim, "out = n.counters()")
@@ -75,10 +68,7 @@ def test_block_timeouts_expire_by_themselves(lab):
     # T: long enough that a busy machine cannot expire the entries before they are checked (the
     # blocked connects and the listing take ~2 s quiet: 10x that), short enough to wait for.
     T = 20
-    nft_py(
-        victim,
-        f"n.load(RulesetSpec()); n.block('198.18.0.2', {T}); n.block('2001:db8::2/127', {T}); n.block('198.18.0.3', 600)",
-    )
+    nft_py(victim, f"n.load(RulesetSpec()); n.block('198.18.0.2', {T}); n.block('2001:db8::2/127', {T}); n.block('198.18.0.3', 600)")
     t0 = time.monotonic()
     assert reach(lab, "attacker") == ("timeout", "timeout")
     left = nft_py(victim, "out = {b['network']: b['expires_in'] for b in n.list_blocked()}")
@@ -86,10 +76,7 @@ def test_block_timeouts_expire_by_themselves(lab):
     time.sleep(max(0.0, T + 0.5 - (time.monotonic() - t0)))
     # gone from the listing within a generous deadline (a busy machine runs the snippet slowly)
     deadline = time.monotonic() + 60
-    while (
-        nft_py(victim, "out = [b['network'] for b in n.list_blocked()]") != ["198.18.0.3"]
-        and time.monotonic() < deadline
-    ):
+    while nft_py(victim, "out = [b['network'] for b in n.list_blocked()]") != ["198.18.0.3"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert reach(lab, "attacker") == ("connected", "connected")
     assert reach(lab, "legit") == ("timeout", "connected")
@@ -215,8 +202,7 @@ def test_gateway_protects_the_network_behind_it(lab):
     (inside,) = lab.add_inside()
     inside.tcp_service(SERVICE)
     nft_py(
-        victim,
-        "n.load(RulesetSpec(variant='gateway', protect=['198.18.1.0/24', '2001:db8:1::/64'], tcp_ports=[(1, 1023), (9000, 9001)]))",
+        victim, "n.load(RulesetSpec(variant='gateway', protect=['198.18.1.0/24', '2001:db8:1::/64'], tcp_ports=[(1, 1023), (9000, 9001)]))"
     )
     targets = [(inside.ip4, SERVICE), (inside.ip6, SERVICE)]
     assert set(connect_many(attacker, targets).values()) == {"connected"}

@@ -71,9 +71,7 @@ def test_a_netfilterqueue_listener_sees_scan_syns_but_not_connections_to_open_po
     listener = start_listener(victim, 0)
     for target in (victim.ip4, victim.ip6):
         res = attacker.nmap(f"-sS -Pn -p {OPEN_TCP},{UNUSED_TCP} --max-retries 1", target)
-        assert f"{OPEN_TCP}/tcp open" in res.stdout and f"{UNUSED_TCP}/tcp closed" in res.stdout, (
-            res.stdout + res.stderr
-        )
+        assert f"{OPEN_TCP}/tcp open" in res.stdout and f"{UNUSED_TCP}/tcp closed" in res.stdout, res.stdout + res.stderr
     assert set(connect_many(attacker, [(victim.ip4, OPEN_TCP), (victim.ip6, OPEN_TCP)]).values()) == {"connected"}
     seen = stop_listener(listener)
     print(f"\nbackend {st['backend']}: queue 0 saw {[(p['src'], p['dport'], p['flags']) for p in seen]}")
@@ -109,14 +107,7 @@ def test_ftp_control_segments_with_payload_go_to_the_ftp_queue_both_ways(lab):
     assert all(p["payload"] > 0 for p in seen), seen
     got = {(p["family"], p["sport"] == 21, p["payload"]) for p in seen}
     banner, cmd = len("220 nfsentry test\n"), len("USER anonymous\r\n")
-    assert got == {
-        (4, True, banner),
-        (4, False, cmd),
-        (4, True, cmd),
-        (6, True, banner),
-        (6, False, cmd),
-        (6, True, cmd),
-    }, seen
+    assert got == {(4, True, banner), (4, False, cmd), (4, True, cmd), (6, True, banner), (6, False, cmd), (6, True, cmd)}, seen
     assert nft_py(victim, "out = n.counters()['queued_ftp']") == len(seen)
 
 

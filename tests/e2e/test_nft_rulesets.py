@@ -64,19 +64,13 @@ def test_each_shipped_ruleset_loads_with_nft_f_in_a_fresh_namespace(lab, tmp_pat
             for i in errs:
                 src, marks = lines[i + 1], lines[i + 2]
                 col = marks.index("^")
-                assert src[col:].startswith("queue flags bypass to"), (
-                    f"{name}: kernel refused something else:\n{res.stderr}"
-                )
+                assert src[col:].startswith("queue flags bypass to"), f"{name}: kernel refused something else:\n{res.stderr}"
             print(
                 f"\n{name}: kernel {lab['victim'].run(['uname', '-r']).stdout.strip()} has no nft_queue "
                 f"({len(errs)} queue statements refused: {lines[errs[0]].split('Error: ')[-1]}); loading the compat rendering"
             )
             # Everything else in the native file is accepted by this kernel (check mode) ...
-            rest = (
-                path.read_text()
-                .replace("queue flags bypass to 0", "accept")
-                .replace("queue flags bypass to 1", "accept")
-            )
+            rest = path.read_text().replace("queue flags bypass to 0", "accept").replace("queue flags bypass to 1", "accept")
             victim.nft(["-c", "-f", "-"], stdin=rest)
             # ... and the compat rendering of the same variant loads for real, twice.
             compat = tmp_path / f"compat-{name}"
@@ -140,17 +134,7 @@ def test_user_tables_and_iptables_rules_are_untouched_by_load_reload_unload(lab)
             assert n_ours == want, f"{what}: {n_ours} compat rules\n{now}"
     # Loading the same spec twice is idempotent: same table, no duplicated compat rules.
     assert listings["load"] == listings["load again"]
-    assert victim.nft("list tables").stdout.split() == [
-        "table",
-        "inet",
-        "filter",
-        "table",
-        "ip",
-        "filter",
-        "table",
-        "ip6",
-        "filter",
-    ]
+    assert victim.nft("list tables").stdout.split() == ["table", "inet", "filter", "table", "ip", "filter", "table", "ip6", "filter"]
     assert not ours(victim.run("iptables-nft -S").stdout) and not ours(victim.run("ip6tables-nft -S").stdout)
 
 
@@ -170,10 +154,7 @@ def test_a_failed_transaction_changes_nothing(lab):
             out = str(e)
     """
     for backend in ("auto", "compat"):
-        nft_py(
-            victim,
-            f"n.load(RulesetSpec(), backend={backend!r}); n.block('198.18.0.2', 600); n.block('2001:db8:9::/64')",
-        )
+        nft_py(victim, f"n.load(RulesetSpec(), backend={backend!r}); n.block('198.18.0.2', 600); n.block('2001:db8:9::/64')")
         before = _stateless(victim, "ruleset"), victim.run("iptables-nft -S").stdout
         err = nft_py(victim, sabotage.replace("BACKEND", repr(backend)))
         assert "No such file or directory" in err, err

@@ -25,11 +25,7 @@ out = None
 
 def nft_py(host, code: str, timeout: float = 60):
     """Run ``code`` in ``host``'s namespace (``n`` is an Nft); returns the value it left in ``out``."""
-    res = host.run(
-        [PYTHON, "-c", PRELUDE + textwrap.dedent(code) + "\nprint('@@' + json.dumps(out))"],
-        check=False,
-        timeout=timeout,
-    )
+    res = host.run([PYTHON, "-c", PRELUDE + textwrap.dedent(code) + "\nprint('@@' + json.dumps(out))"], check=False, timeout=timeout)
     if res.returncode != 0:
         raise AssertionError(f"nft snippet failed in {host.role} (rc={res.returncode}):\n{res.stdout}\n{res.stderr}")
     line = next(ln for ln in reversed(res.stdout.splitlines()) if ln.startswith("@@"))
@@ -127,9 +123,7 @@ def start_listener(host, queue: int):
     p = host.popen([PYTHON, "-u", "-c", LISTENER, str(queue)], stdin=subprocess.PIPE)
     line = p.stdout.readline()
     if "READY" not in line:
-        raise AssertionError(
-            f"queue {queue} listener did not start: {line}{p.stderr.read() if p.poll() is not None else ''}"
-        )
+        raise AssertionError(f"queue {queue} listener did not start: {line}{p.stderr.read() if p.poll() is not None else ''}")
     return p
 
 

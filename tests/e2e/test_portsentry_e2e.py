@@ -15,9 +15,7 @@ pytestmark = pytest.mark.e2e
 FILTER = "/etc/fail2ban/filter.d/portsentry.conf"
 
 
-@pytest.mark.skipif(
-    shutil.which("fail2ban-regex") is None, reason="fail2ban not installed (make deps-test installs it)"
-)
+@pytest.mark.skipif(shutil.which("fail2ban-regex") is None, reason="fail2ban not installed (make deps-test installs it)")
 def test_fail2ban_and_logcheck_match_a_real_scan(lab, tmp_path):
     victim, attackers = lab["victim"], [lab["attacker"], lab["legit"]]
     history = tmp_path / "portsentry.history"

@@ -47,9 +47,7 @@ def test_kill9_during_a_flood_then_restart(lab, tmp_path, fail_open):
     for key in ("all", "default", "eth0"):
         victim.run(["sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=0"])
     victim.tcp_service(OPEN_PORT)
-    d = Nfsentry(
-        victim, tmp_path / "nfs", overrides={"response": {"max_blocks_per_minute": 25}, "nft": {"fail_open": fail_open}}
-    )
+    d = Nfsentry(victim, tmp_path / "nfs", overrides={"response": {"max_blocks_per_minute": 25}, "nft": {"fail_open": fail_open}})
     d.start()
     try:
         attacker.nmap("-sS -Pn --max-retries 0 -p 7", victim.ip6)  # a real scanner, blocked first

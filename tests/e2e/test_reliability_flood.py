@@ -50,15 +50,7 @@ def run_flood(lab, d, count: int, rate: int, seconds: float = 12) -> dict:
         time.sleep(0.2)
     time.sleep(1)
     st = d.status()
-    return {
-        "rss0": rss0,
-        "peak": max(peak, proc_rss_kb(pid)),
-        "lat": lat,
-        "replies": replies,
-        "sent": sent,
-        "legit": legit,
-        "status": st,
-    }
+    return {"rss0": rss0, "peak": max(peak, proc_rss_kb(pid)), "lat": lat, "replies": replies, "sent": sent, "legit": legit, "status": st}
 
 
 def common_asserts(r: dict) -> None:
@@ -99,11 +91,7 @@ def test_blocking_flood_is_bounded_by_the_block_rate_limit(lab, tmp_path):
     victim = lab["victim"]
     off_link_sources_allowed(victim)
     victim.tcp_service(OPEN_PORT)
-    d = Nfsentry(
-        victim,
-        tmp_path / "nfs",
-        overrides={"response": {"max_blocks_per_minute": 20}, "detection": {"max_sources": 1000}},
-    )
+    d = Nfsentry(victim, tmp_path / "nfs", overrides={"response": {"max_blocks_per_minute": 20}, "detection": {"max_sources": 1000}})
     d.start()
     try:
         r = run_flood(lab, d, count=40_000, rate=10_000, seconds=8)

@@ -23,18 +23,7 @@ from pathlib import Path
 import pytest
 from daemon_util import NFSENTRY, Nfsentry, write_config
 from lab import PYTHON
-from scapy.all import (
-    IP,
-    TCP,
-    UDP,
-    IPv6,
-    IPv6ExtHdrDestOpt,
-    IPv6ExtHdrFragment,
-    IPv6ExtHdrHopByHop,
-    IPv6ExtHdrRouting,
-    PadN,
-    raw,
-)
+from scapy.all import IP, TCP, UDP, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, PadN, raw
 from test_reliability_util import send_frames, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -108,11 +97,7 @@ def test_unusable_paths_are_refused_before_the_kernel_is_touched(lab, tmp_path):
         cfg = write_config(tmp_path / "bad.toml", merged(tmp_path, extra))
         one_line(victim.run([NFSENTRY, "run", "--config", str(cfg)], check=False), 2, frag)
         kernel_untouched(victim)
-    one_line(
-        victim.run([NFSENTRY, "run", "--config", str(tmp_path / "nonexistent.toml")], check=False),
-        2,
-        "no such configuration file",
-    )
+    one_line(victim.run([NFSENTRY, "run", "--config", str(tmp_path / "nonexistent.toml")], check=False), 2, "no such configuration file")
     # a read-only file system (a read-only tmpfs in a private mount namespace of this command only)
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -124,21 +109,7 @@ def test_unusable_paths_are_refused_before_the_kernel_is_touched(lab, tmp_path):
         cfg = write_config(tmp_path / "ro.toml", merged(tmp_path, extra))
         script = f'mount -t tmpfs -o ro,size=64k nfsentry-ro {ro} && exec "$@"'
         res = victim.run(
-            [
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                script,
-                "sh",
-                NFSENTRY,
-                "run",
-                "--config",
-                str(cfg),
-            ],
-            check=False,
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", NFSENTRY, "run", "--config", str(cfg)], check=False
         )
         one_line(res, 2, frag)
         kernel_untouched(victim)
@@ -180,10 +151,7 @@ def test_non_root_users_are_refused_and_nothing_listens_on_the_network(lab, tmp_
         d = Nfsentry(
             victim,
             tmp_path / "nfs",
-            overrides={
-                "daemon": {"control_socket": str(pub / "run" / "control.sock")},
-                "storage": {"state_dir": str(pub / "state")},
-            },
+            overrides={"daemon": {"control_socket": str(pub / "run" / "control.sock")}, "storage": {"state_dir": str(pub / "state")}},
         )
         cfg = pub / "nfsentry.toml"
         shutil.copy(d.config, cfg)
@@ -296,12 +264,7 @@ def malformed_packets(dst4: str, dst6: str) -> list[tuple[str, str, bytes]]:
     b = bytearray(raw(IP(src=src, dst=dst4) / UDP(sport=41000, dport=7) / b"xx"))
     b[24:26] = b"\x00\x04"
     add("udp length 4", src, bytes(b))
-    chain = (
-        IPv6ExtHdrHopByHop()
-        / IPv6ExtHdrDestOpt()
-        / IPv6ExtHdrRouting(type=0, addresses=[])
-        / IPv6ExtHdrFragment(m=0, offset=0, id=7)
-    )
+    chain = IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / IPv6ExtHdrRouting(type=0, addresses=[]) / IPv6ExtHdrFragment(m=0, offset=0, id=7)
     src = s6()
     add("ipv6 extension chain", src, raw(IPv6(src=src, dst=dst6) / chain / TCP(sport=41000, dport=7, flags="S")))
     many = IPv6ExtHdrDestOpt()
@@ -311,11 +274,7 @@ def malformed_packets(dst4: str, dst6: str) -> list[tuple[str, str, bytes]]:
     add("ipv6 16 destination options", src, raw(IPv6(src=src, dst=dst6) / many / TCP(sport=41000, dport=9, flags="S")))
     src = s6()
     b = bytearray(
-        raw(
-            IPv6(src=src, dst=dst6)
-            / IPv6ExtHdrDestOpt(options=[PadN(optdata=b"\0" * 4)])
-            / TCP(sport=41000, dport=13, flags="S")
-        )
+        raw(IPv6(src=src, dst=dst6) / IPv6ExtHdrDestOpt(options=[PadN(optdata=b"\0" * 4)]) / TCP(sport=41000, dport=13, flags="S"))
     )
     b[43] = 0xFF
     add("ipv6 option length past its header", src, bytes(b))
@@ -370,16 +329,8 @@ def test_malformed_packets_get_verdicts_and_the_loop_keeps_working(lab, tmp_path
         det = {e["src"]: e for e in d.events("detection")}
         assert st["counters"]["queued"] >= len(det) >= 6, (st["counters"], det.keys())
         by_name = {name: det.get(src) for name, src, _ in pkts}
-        for name in (
-            "tcp data offset 2",
-            "tcp options past the end",
-            "tcp header cut at 10 bytes",
-            "ipv6 tcp data offset 0",
-        ):
-            assert by_name[name] and by_name[name]["label"] == "MALFORMED" and by_name[name]["malformed"], (
-                name,
-                by_name[name],
-            )
+        for name in ("tcp data offset 2", "tcp options past the end", "tcp header cut at 10 bytes", "ipv6 tcp data offset 0"):
+            assert by_name[name] and by_name[name]["label"] == "MALFORMED" and by_name[name]["malformed"], (name, by_name[name])
         assert by_name["ipv6 16 destination options"]["label"] == "SYN"  # a long but valid chain is decoded
         # every source the daemon saw is blocked; the loop still handles an ordinary scan
         assert {b["network"].split("/")[0].rstrip(":") for b in d.blocked()} >= {s for s in det if ":" not in s}

@@ -65,9 +65,7 @@ class NfsentryOnTmpfs(Nfsentry):
         return self
 
     def in_mount_ns(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["nsenter", "-t", str(self.pid), "-m", *argv], capture_output=True, text=True, timeout=60, check=check
-        )
+        return subprocess.run(["nsenter", "-t", str(self.pid), "-m", *argv], capture_output=True, text=True, timeout=60, check=check)
 
     def db_blocks(self) -> set[str]:
         code = (
@@ -113,9 +111,7 @@ def test_locked_database_keeps_protecting_and_catches_up(lab, tmp_path):
         d.cli("block", "198.19.3.3", "--reason", "while locked")
         attacker.nmap("-sS -Pn --max-retries 0 -p 7", victim.ip4)
         assert attacker.connect(victim.ip4, OPEN_PORT, timeout=1.5) == "timeout"  # blocked in the kernel at once
-        st = wait_for(
-            lambda: (s := d.status())["counters"]["storage_errors"] and s, timeout=60, what="the storage fault"
-        )
+        st = wait_for(lambda: (s := d.status())["counters"]["storage_errors"] and s, timeout=60, what="the storage fault")
         assert st["blocked"] == 2
         wait_for(lambda: storage_log(d, "storage fault"), timeout=60, what="the fault logged")
         holder.kill()  # (it holds the lock for up to 10 minutes: longer than any wait above)
@@ -176,12 +172,8 @@ def test_database_deleted_then_overwritten_while_running_is_rebuilt_from_the_ker
         with open(state / "nfsentry.db", "r+b") as f:
             f.write(os.urandom(4096))
         d.cli("block", "198.19.6.6")
-        wait_for(
-            lambda: any(".corrupt-" in p.name for p in state.iterdir()), timeout=60, what="the corrupt file moved aside"
-        )
-        wait_for(
-            lambda: db_blocks(d) == {"198.19.5.5", "198.19.6.6", attacker.ip4}, timeout=60, what="the rebuilt database"
-        )
+        wait_for(lambda: any(".corrupt-" in p.name for p in state.iterdir()), timeout=60, what="the corrupt file moved aside")
+        wait_for(lambda: db_blocks(d) == {"198.19.5.5", "198.19.6.6", attacker.ip4}, timeout=60, what="the rebuilt database")
         assert storage_log(d, "database is corrupt")
         assert d.status()["counters"]["errors"] == 0
     finally:

@@ -180,20 +180,13 @@ print(json.dumps({"ok": ok, "fail": fail, "errors": errors, "seconds": a["second
 """
 
 
-def legit_rate_start(
-    client: Host, addr: str, port: int, seconds: float, timeout: float = 30.0, interval: float = 0.0
-) -> subprocess.Popen:
+def legit_rate_start(client: Host, addr: str, port: int, seconds: float, timeout: float = 30.0, interval: float = 0.0) -> subprocess.Popen:
     """Start the client loop; ``interval`` paces it (a long loop at full speed would run out of
     ephemeral ports: every session leaves a TIME_WAIT socket for a minute). ``timeout`` per session:
     long enough for a SYN lost under load to be retransmitted (1 s, then 2 s) -- a failed session
     is one that does not happen, not a slow one."""
     return client.popen(
-        [
-            PYTHON,
-            "-c",
-            _CLIENT,
-            json.dumps({"addr": addr, "port": port, "seconds": seconds, "timeout": timeout, "interval": interval}),
-        ]
+        [PYTHON, "-c", _CLIENT, json.dumps({"addr": addr, "port": port, "seconds": seconds, "timeout": timeout, "interval": interval})]
     )
 
 

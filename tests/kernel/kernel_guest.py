@@ -87,22 +87,12 @@ class GuestResult:
 
     @property
     def summary(self) -> str:
-        parts = [
-            f"{self.count(o)} {o}" for o in ("passed", "failed", "error", "skipped", "interrupted") if self.count(o)
-        ]
-        return (
-            f"{', '.join(parts) or 'no tests'} in the guest (kernel {self.kernel or '?'}, {self.wall:.1f}s boot+tests)"
-        )
+        parts = [f"{self.count(o)} {o}" for o in ("passed", "failed", "error", "skipped", "interrupted") if self.count(o)]
+        return f"{', '.join(parts) or 'no tests'} in the guest (kernel {self.kernel or '?'}, {self.wall:.1f}s boot+tests)"
 
     @property
     def ok(self) -> bool:
-        return (
-            not self.timed_out
-            and self.rc == 0
-            and self.count("passed") > 0
-            and not self.count("failed")
-            and not self.count("error")
-        )
+        return not self.timed_out and self.rc == 0 and self.count("passed") > 0 and not self.count("failed") and not self.count("error")
 
     def explain(self) -> str:
         """Why the tier failed, with the guest's own failure text."""
@@ -170,9 +160,7 @@ def build_image(timeout: float = BUILD_TIMEOUT) -> Image:
     """Download/build the stock-kernel image, or reuse the cached one (then about a second)."""
     start = time.monotonic()
     try:
-        res = subprocess.run(
-            ["bash", str(BUILD)], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-        )
+        res = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:
         raise TierError(f"building the kernel image took more than {timeout:.0f}s\n{e.stderr or ''}") from None
     if res.returncode != 0:
@@ -257,9 +245,7 @@ def write_job(out: Path, selection: str | None, guest_timeout: float) -> None:
         keep.touch()
 
 
-def boot(
-    image: Image, out: Path, selection: str | None = None, timeout: float = BOOT_TIMEOUT, live: bool = False
-) -> GuestResult:
+def boot(image: Image, out: Path, selection: str | None = None, timeout: float = BOOT_TIMEOUT, live: bool = False) -> GuestResult:
     """Boot the guest once, run the selected tests in it, return what it reported."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("rc", "junit.xml", "pytest.log", "kernel"):
@@ -358,10 +344,7 @@ def main(argv: list[str]) -> int:
         print(f"missing: {' '.join(reason)} (make deps-test)", file=sys.stderr)
         return 2
     image = build_image()
-    print(
-        f"image {image.path} ({image.package}, kernel {image.kernel_release}) in {image.build_seconds:.1f}s",
-        file=sys.stderr,
-    )
+    print(f"image {image.path} ({image.package}, kernel {image.kernel_release}) in {image.build_seconds:.1f}s", file=sys.stderr)
     selection = shlex.join(argv) if argv else None
     if argv and argv[0] == "-k":
         selection = f"{SELECTION} {shlex.join(argv)}"

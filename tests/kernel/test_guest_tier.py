@@ -13,18 +13,13 @@ import warnings
 import kernel_guest as kg
 import pytest
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(kg.disabled_reason() is not None, reason=f"qemu tier: {kg.disabled_reason()}"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(kg.disabled_reason() is not None, reason=f"qemu tier: {kg.disabled_reason()}")]
 
 
 @pytest.mark.timeout(kg.BUILD_TIMEOUT + kg.BOOT_TIMEOUT + 60)
 def test_native_backend_e2e_on_debian_stock_kernel(tmp_path, pytestconfig):
     missing = kg.missing_tools()
-    assert not missing, (
-        f"qemu tier needs {' '.join(missing)}: run `make deps-test` (or NFSENTRY_KERNEL_TIER=0 to opt out)"
-    )
+    assert not missing, f"qemu tier needs {' '.join(missing)}: run `make deps-test` (or NFSENTRY_KERNEL_TIER=0 to opt out)"
     try:
         image = kg.build_image()
     except kg.TierError as e:
@@ -36,8 +31,4 @@ def test_native_backend_e2e_on_debian_stock_kernel(tmp_path, pytestconfig):
     assert res.kernel == image.kernel_release, f"guest ran kernel {res.kernel!r}, expected {image.kernel_release!r}"
     skipped = [c for c in res.cases if c.outcome == "skipped"]
     if skipped:
-        warnings.warn(
-            pytest.PytestWarning(
-                "stock-kernel guest skipped: " + "; ".join(f"{c.nodeid}: {c.message}" for c in skipped)
-            )
-        )
+        warnings.warn(pytest.PytestWarning("stock-kernel guest skipped: " + "; ".join(f"{c.nodeid}: {c.message}" for c in skipped)))

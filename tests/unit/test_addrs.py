@@ -130,8 +130,7 @@ def test_contains_agrees_with_ipaddress(nets, addrs):
 def test_contains_with_prefilters_agrees_with_ipaddress(nets, addrs):
     """Prefix lengths >= 8 keep the first-bytes prefilters on; probe near every network."""
     networks = [
-        ipaddress.ip_network((v, p), strict=False) if six else ipaddress.ip_network((v % 2**32, p % 33), strict=False)
-        for six, v, p in nets
+        ipaddress.ip_network((v, p), strict=False) if six else ipaddress.ip_network((v % 2**32, p % 33), strict=False) for six, v, p in nets
     ]
     s = PrefixSet(networks)
     probes = []
@@ -139,9 +138,7 @@ def test_contains_with_prefilters_agrees_with_ipaddress(nets, addrs):
         for x in (int(net.network_address), int(net.broadcast_address)):
             for delta in (-1, 0, 1):
                 if 0 <= x + delta <= (2**32 - 1 if net.version == 4 else 2**128 - 1):
-                    probes.append(
-                        ipaddress.ip_address(x + delta) if net.version == 6 else ipaddress.IPv4Address(x + delta)
-                    )
+                    probes.append(ipaddress.ip_address(x + delta) if net.version == 6 else ipaddress.IPv4Address(x + delta))
     probes += [ipaddress.IPv6Address(v) for v in addrs] + [ipaddress.IPv4Address(v % 2**32) for v in addrs]
     for a in probes:
         assert s.contains(a.packed) == any(a in net for net in networks if net.version == a.version)

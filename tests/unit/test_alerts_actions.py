@@ -97,8 +97,7 @@ def test_command_substitution_is_an_argument_list(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "target, port, mode",
-    [("198.18.0.2; rm -rf /", 22, "SYN"), ("198.18.0.2", 70000, "SYN"), ("198.18.0.2", 22, "$(id)")],
+    "target, port, mode", [("198.18.0.2; rm -rf /", 22, "SYN"), ("198.18.0.2", 70000, "SYN"), ("198.18.0.2", 22, "$(id)")]
 )
 def test_command_refuses_anything_but_validated_values(target, port, mode):
     with pytest.raises(ValueError):

@@ -43,9 +43,7 @@ def test_udp_malformed_fragment_and_other_protocols():
     assert C.classify(decode(raw(IP(src=A4, dst=B4) / UDP(dport=161)))) == "UDP"
     assert C.classify(decode(raw(IP(src=A4, dst=B4) / TCP(dport=22))[:30])) == "MALFORMED"
     assert C.classify(decode(b"")) == "MALFORMED"
-    later = decode(
-        raw(IPv6(src="2001:db8::2", dst="2001:db8::1") / IPv6ExtHdrFragment(offset=8, nh=6) / (b"\x00" * 24))
-    )
+    later = decode(raw(IPv6(src="2001:db8::2", dst="2001:db8::1") / IPv6ExtHdrFragment(offset=8, nh=6) / (b"\x00" * 24)))
     assert later.frag_offset == 64 and C.classify(later) == "UNKNOWN"
     assert C.classify(decode(raw(IP(src=A4, dst=B4) / ICMP()))) == "UNKNOWN"
 

@@ -65,9 +65,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(tmp_path, args, fragme
 
 
 def test_missing_or_bad_config_is_exit_2(tmp_path):
-    one_line_error(
-        runner.invoke(app, ["config", "check", str(tmp_path / "nope.toml")]), 2, "no such configuration file"
-    )
+    one_line_error(runner.invoke(app, ["config", "check", str(tmp_path / "nope.toml")]), 2, "no such configuration file")
     bad = tmp_path / "bad.toml"
     bad.write_text('[monitor]\ntcp_ports = ["1-70000"]\n')
     one_line_error(runner.invoke(app, ["status", "--config", str(bad)]), 2, "[monitor] tcp_ports")
@@ -133,9 +131,7 @@ def test_history_json_from_the_database(tmp_path):
 
 
 def test_rules_show_renders_the_config(tmp_path):
-    c = cfg_file(
-        tmp_path, '[monitor]\ntcp_ports = [22, 2222]\nudp_ports = [53]\n[ignore]\naddresses = ["198.18.9.0/24"]\n'
-    )
+    c = cfg_file(tmp_path, '[monitor]\ntcp_ports = [22, 2222]\nudp_ports = [53]\n[ignore]\naddresses = ["198.18.9.0/24"]\n')
     res = runner.invoke(app, ["rules", "show", "--config", c])
     assert res.exit_code == 0
     assert "table inet nfsentry" in res.stdout and "queue" in res.stdout
@@ -155,9 +151,7 @@ def _run_as_nobody(*args):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
-@pytest.mark.parametrize(
-    "args", [["block", "198.18.0.2"], ["unblock", "--all"], ["rules", "unload"], ["blocked"], ["run"]]
-)
+@pytest.mark.parametrize("args", [["block", "198.18.0.2"], ["unblock", "--all"], ["rules", "unload"], ["blocked"], ["run"]])
 def test_not_root_is_exit_77_one_line(args):
     res = _run_as_nobody(*args)
     assert res.returncode == 77, (res.returncode, res.stdout, res.stderr)
@@ -204,9 +198,7 @@ def test_replay_reports_scans_with_capture_timestamps_and_ignores_benign(tmp_pat
     cap = tmp_path / "cap.pcap"
     make_capture(cap)
     c = cfg_file(tmp_path, "[detection]\nscan_trigger = 2\n")
-    res = runner.invoke(
-        app, ["replay", str(cap), "--config", c, "--json", "--local", "198.18.0.1", "--local", "2001:db8::1"]
-    )
+    res = runner.invoke(app, ["replay", str(cap), "--config", c, "--json", "--local", "198.18.0.1", "--local", "2001:db8::1"])
     assert res.exit_code == 0, res.stderr
     evs = json.loads(res.stdout)
     got = [(e["event"], e["network"], e["label"], e["port"]) for e in evs]
@@ -224,17 +216,13 @@ def test_replay_reports_scans_with_capture_timestamps_and_ignores_benign(tmp_pat
     ], got
     assert abs(evs[0]["ts"] - (1_700_000_000.0 + 0.07)) < 0.001
     assert all(e["src"] != "198.18.0.3" for e in evs)
-    text = runner.invoke(
-        app, ["replay", str(cap), "--config", c, "--local", "198.18.0.1", "--local", "2001:db8::1"]
-    ).stdout
+    text = runner.invoke(app, ["replay", str(cap), "--config", c, "--local", "198.18.0.1", "--local", "2001:db8::1"]).stdout
     assert "BLOCK 198.18.0.2" in text and "BLOCK 2001:db8:5::/64" in text and "BLOCK 2001:db8::9 " in text
 
 
 def test_replay_bad_capture(tmp_path):
     c = cfg_file(tmp_path)
-    one_line_error(
-        runner.invoke(app, ["replay", str(tmp_path / "none.pcap"), "--config", c]), 2, "no such capture file"
-    )
+    one_line_error(runner.invoke(app, ["replay", str(tmp_path / "none.pcap"), "--config", c]), 2, "no such capture file")
     junk = tmp_path / "junk.pcap"
     junk.write_bytes(b"\x00" * 64)
     one_line_error(runner.invoke(app, ["replay", str(junk), "--config", c]), 2, "not a readable capture")

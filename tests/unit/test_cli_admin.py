@@ -131,8 +131,7 @@ def test_a_builtin_name_is_never_taken_for_a_folder_of_that_name(tmp_path, monke
 
 
 @pytest.mark.parametrize(
-    "name, fragment",
-    [("./nfsentry", "is a directory"), ("nowhere", "unknown rule file"), ("/dev/null", "not a regular file")],
+    "name, fragment", [("./nfsentry", "is a directory"), ("nowhere", "unknown rule file"), ("/dev/null", "not a regular file")]
 )
 def test_a_path_must_be_a_regular_file(tmp_path, monkeypatch, capsys, name, fragment):
     monkeypatch.chdir(tmp_path)

@@ -21,9 +21,7 @@ def test_defaults_monitor_low_ports_plus_trojans_and_one_hour_blocks():
 
 def test_file_overrides_only_what_it_names(tmp_path):
     p = tmp_path / "c.toml"
-    p.write_text(
-        '[response]\nblock_duration = "2h30m"\n[monitor]\ntcp_ports = [22, "100-200"]\ntcp_exclude = ["150-160"]\n'
-    )
+    p.write_text('[response]\nblock_duration = "2h30m"\n[monitor]\ntcp_ports = [22, "100-200"]\ntcp_exclude = ["150-160"]\n')
     cfg = C.load(p)
     assert cfg.durations["block_duration"] == 9000
     assert cfg.tcp_ports == [(22, 22), (100, 149), (161, 200)]
@@ -75,9 +73,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_command_with_placeholders_is_accepted():
-    cfg = C.validate(
-        {"response": {"command": ["/usr/local/sbin/notify", "--host=$TARGET$", "$PORT$", "$MODE$"], "tcp": "command"}}
-    )
+    cfg = C.validate({"response": {"command": ["/usr/local/sbin/notify", "--host=$TARGET$", "$PORT$", "$MODE$"], "tcp": "command"}})
     assert cfg["response"]["command"][1] == "--host=$TARGET$"
 
 

@@ -24,17 +24,7 @@ def tcp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes, seq: 
         ip = struct.pack("!IHBB", 6 << 28, len(tcp) + len(payload), 6, 64)
         return ip + socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + tcp + payload
     ip = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(tcp) + len(payload),
-        1,
-        0x4000,
-        64,
-        6,
-        0,
-        socket.inet_aton(src),
-        socket.inet_aton(dst),
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), 1, 0x4000, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst)
     )
     return ip + tcp + payload
 

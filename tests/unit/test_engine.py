@@ -21,14 +21,7 @@ V4 = "198.18.0.2"
 DST4 = "198.18.0.1"
 DST6 = "2001:db8::1"
 
-COUNT, ALERT, BLOCK, DROP, IGNORE, PASS = (
-    Action.COUNT,
-    Action.ALERT,
-    Action.BLOCK,
-    Action.DROP,
-    Action.IGNORE,
-    Action.PASS,
-)
+COUNT, ALERT, BLOCK, DROP, IGNORE, PASS = (Action.COUNT, Action.ALERT, Action.BLOCK, Action.DROP, Action.IGNORE, Action.PASS)
 
 
 def syn(src=V4, dport=22, flags="S", sport=40000, **tcp_kw):
@@ -46,26 +39,7 @@ def fast_syn(i: int, dport: int = 22):
     src = (0x0A000000 + i).to_bytes(4, "big")
     return decode(
         struct.pack(
-            "!BBHHHBBH4s4sHHIIBBHHH",
-            0x45,
-            0,
-            40,
-            0,
-            0,
-            64,
-            6,
-            0,
-            src,
-            bytes([198, 18, 0, 1]),
-            40000,
-            dport,
-            0,
-            0,
-            0x50,
-            0x02,
-            1024,
-            0,
-            0,
+            "!BBHHHBBH4s4sHHIIBBHHH", 0x45, 0, 40, 0, 0, 64, 6, 0, src, bytes([198, 18, 0, 1]), 40000, dport, 0, 0, 0x50, 0x02, 1024, 0, 0
         )
     )
 
@@ -392,12 +366,7 @@ def test_two_addresses_in_one_slash64_are_one_source():
 
 @pytest.mark.parametrize(
     "prefix,other,same",
-    [
-        (48, "2001:db8:1:ffff::1", True),
-        (56, "2001:db8:1:ff::1", True),
-        (56, "2001:db8:1:100::1", False),
-        (128, "2001:db8:1::2", False),
-    ],
+    [(48, "2001:db8:1:ffff::1", True), (56, "2001:db8:1:ff::1", True), (56, "2001:db8:1:100::1", False), (128, "2001:db8:1::2", False)],
 )
 def test_configurable_ipv6_prefix(prefix, other, same):
     e = Engine(cfg(ipv6_prefix=prefix))
@@ -625,16 +594,7 @@ def test_engine_labels_agree_with_classify():
 def test_cheap_decisions_carry_packet_fields():
     e = Engine(cfg(scan_trigger=5))
     d = e.process(syn("2001:db8:7::3", dport=80, sport=1234, flags="F"), 7.0)
-    assert (d.action, d.ts, d.proto, d.sport, d.dport, d.label, d.flags, d.hits) == (
-        COUNT,
-        7.0,
-        6,
-        1234,
-        80,
-        "FIN",
-        "F",
-        1,
-    )
+    assert (d.action, d.ts, d.proto, d.sport, d.dport, d.label, d.flags, d.hits) == (COUNT, 7.0, 6, 1234, 80, "FIN", "F", 1)
     assert d.labels == () and d.ports == () and d.reason == "counted" and d.hint == ""
     assert d.src == ipaddress.ip_address("2001:db8:7::3").packed and d.family == 6
 
@@ -660,11 +620,7 @@ def test_source_status():
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.lists(st.tuples(st.binary(max_size=80), st.floats(0, 1e6, allow_nan=False)), max_size=30),
-    st.integers(-1, 3),
-    st.integers(0, 4),
-)
+@given(st.lists(st.tuples(st.binary(max_size=80), st.floats(0, 1e6, allow_nan=False)), max_size=30), st.integers(-1, 3), st.integers(0, 4))
 def test_engine_never_raises_and_stays_bounded(items, trigger, window):
     e = Engine(cfg(scan_trigger=trigger, window_ports=window, max_sources=5, max_offenders=5))
     valid = [bytes(raw(IP(src=f"10.0.0.{i}", dst=DST4) / TCP(dport=i + 1, flags="S"))) for i in range(8)]
@@ -688,9 +644,7 @@ def test_midstream_shapes_are_unknown_but_never_instant():
     from nfsentry.core.packet import decode
 
     def tcp(src_last, flags):
-        ip = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, bytes([198, 18, 0, src_last]), bytes([198, 18, 0, 1])
-        )
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, bytes([198, 18, 0, src_last]), bytes([198, 18, 0, 1]))
         return ip + struct.pack("!HHIIBBHHH", 40000, 80, 1, 1, 5 << 4, flags, 512, 0, 0)
 
     e = Engine(EngineConfig(scan_trigger=2))

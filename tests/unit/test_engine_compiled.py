@@ -57,17 +57,8 @@ def _require_fastpath():
         )
 
 
-COUNT, ALERT, BLOCK, DROP, IGNORE, PASS = (
-    Action.COUNT,
-    Action.ALERT,
-    Action.BLOCK,
-    Action.DROP,
-    Action.IGNORE,
-    Action.PASS,
-)
-HYP = dict(
-    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
-)
+COUNT, ALERT, BLOCK, DROP, IGNORE, PASS = (Action.COUNT, Action.ALERT, Action.BLOCK, Action.DROP, Action.IGNORE, Action.PASS)
+HYP = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
 
 def ip(text: str) -> bytes:
@@ -191,14 +182,7 @@ V4_OPTIONS = (
     b"\x07\x30\x00\x00",  # runs past the header
     b"\x94\x04\x00\x00",  # router alert (opt-148)
 )
-TCP_OPTIONS = (
-    b"",
-    b"",
-    b"",
-    b"\x02\x04\x05\xb4",
-    b"\x02\x04\x05\xb4\x04\x02\x08\x0a" + bytes(8) + b"\x01\x03\x03\x07",
-    b"\x01\x01\x01",
-)
+TCP_OPTIONS = (b"", b"", b"", b"\x02\x04\x05\xb4", b"\x02\x04\x05\xb4\x04\x02\x08\x0a" + bytes(8) + b"\x01\x03\x03\x07", b"\x01\x01\x01")
 
 
 @st.composite
@@ -224,9 +208,7 @@ def packets(draw) -> bytes:
         return draw(st.binary(max_size=100))
     v6 = kind == "v6"
     hot = draw(st.booleans())  # a few sources often: tracked sources, repeated hits
-    src = draw(
-        st.sampled_from((V6_SOURCES[:4] if hot else V6_SOURCES) if v6 else (V4_SOURCES[:3] if hot else V4_SOURCES))
-    )
+    src = draw(st.sampled_from((V6_SOURCES[:4] if hot else V6_SOURCES) if v6 else (V4_SOURCES[:3] if hot else V4_SOURCES)))
     dst = draw(st.sampled_from((DST6, DST6, DST6B) if v6 else (DST4, DST4, DST4B)))
     proto = draw(st.sampled_from((6,) * 6 + (17,) * 3 + (1, 47, 58, 132)))
     sport = draw(st.sampled_from(SPORTS))
@@ -256,9 +238,7 @@ def shaped(draw, v6, src, dst, proto, sport, dport) -> bytes:
             exts = tuple(
                 draw(
                     st.lists(
-                        st.sampled_from(
-                            ((0,), (60,), (43, 0), (43, 2), (44, 0), (44, 1), (44, 8), (44, 9), (51,), (99,))
-                        ),
+                        st.sampled_from(((0,), (60,), (43, 0), (43, 2), (44, 0), (44, 1), (44, 8), (44, 9), (51,), (99,))),
                         min_size=1,
                         max_size=3,
                     )
@@ -300,10 +280,7 @@ def configs(draw) -> EngineConfig:
         window_ports=draw(st.sampled_from((0, 0, 0, 1, 2, 3, 5))),
         window_seconds=draw(st.sampled_from((1.0, 2.5, 5.0, 10.0, 30.0))),
         instant_labels=draw(st.sampled_from(INSTANT_SETS)),
-        respond={
-            "tcp": draw(st.sampled_from(("log", "block", "command"))),
-            "udp": draw(st.sampled_from(("log", "block"))),
-        },
+        respond={"tcp": draw(st.sampled_from(("log", "block", "command"))), "udp": draw(st.sampled_from(("log", "block")))},
         block_duration=draw(st.sampled_from((0.0, 1.0, 5.0, 60.0, 3600.0))),
         block_max_duration=draw(st.sampled_from((0.0, 10.0, 604800.0))),
         escalation_factor=draw(st.sampled_from((1.0, 2.0, 3.0))),
@@ -424,13 +401,7 @@ def ops(draw):
             v6,
             src,
             [
-                (
-                    proto,
-                    dport,
-                    d,
-                    draw(shaped(v6, src, DST6 if v6 else DST4, proto, 40000, dport)) if seed == 0 else None,
-                    seed,
-                )
+                (proto, dport, d, draw(shaped(v6, src, DST6 if v6 else DST4, proto, 40000, dport)) if seed == 0 else None, seed)
                 for proto, dport, d, seed in hits
             ],
         )
@@ -440,9 +411,7 @@ def ops(draw):
         target = draw(st.sampled_from(V4_SOURCES[:4] + V6_SOURCES[:6]))
         shape = draw(st.sampled_from(("text", "bytes", "kw")))
         arg = (
-            draw(st.sampled_from((None, 0, 0.5, 2.0, 100.0, -1.0, math.inf)))
-            if kind == "mark"
-            else draw(st.sampled_from((0, 1, 2, 5, 70)))
+            draw(st.sampled_from((None, 0, 0.5, 2.0, 100.0, -1.0, math.inf))) if kind == "mark" else draw(st.sampled_from((0, 1, 2, 5, 70)))
         )
         return (kind, delta, target, shape, arg)
     if kind == "ignore_set":
@@ -453,23 +422,9 @@ def ops(draw):
         v6 = draw(st.booleans())
         peer = draw(st.sampled_from(V6_SOURCES[:3] if v6 else V4_SOURCES[:3]))
         addr = DST6 if v6 else DST4
-        return (
-            kind,
-            delta,
-            v6,
-            peer,
-            addr,
-            draw(st.sampled_from((2121, 22, 80))),
-            draw(st.sampled_from((0.5, 3.0, 60.0))),
-        )
+        return (kind, delta, v6, peer, addr, draw(st.sampled_from((2121, 22, 80))), draw(st.sampled_from((0.5, 3.0, 60.0))))
     if kind == "expect_hit":  # the data connection of a pending expectation (if any)
-        return (
-            kind,
-            delta,
-            draw(st.integers(0, 7)),
-            draw(st.sampled_from(SPORTS)),
-            draw(st.sampled_from((0x02, 0x02, 0x12, 0x10, 0x01))),
-        )
+        return (kind, delta, draw(st.integers(0, 7)), draw(st.sampled_from(SPORTS)), draw(st.sampled_from((0x02, 0x02, 0x12, 0x10, 0x01))))
     if kind == "flood":
         return (
             kind,
@@ -557,11 +512,7 @@ def state_view(e: Engine, values=num) -> dict:
     states = []
     for k, s in e._states.items():
         assert type(k) is bytes and type(s.labels) is tuple and type(s.seen) is bool
-        ports = (
-            ports_view(s.ports)
-            if values is num
-            else (("int", s.ports) if type(s.ports) is int else ("dict", list(s.ports.items())))
-        )
+        ports = ports_view(s.ports) if values is num else (("int", s.ports) if type(s.ports) is int else ("dict", list(s.ports.items())))
         states.append((k, s.hits, ports, s.labels, s.protos, values(s.first), values(s.last), s.seen))
     return {
         "states": states,
@@ -675,9 +626,7 @@ def advance(now: float, delta, cfg: EngineConfig, e: Engine | None = None) -> fl
         elif delta == "Q":
             ends = [s.last + w for s in e._states.values() if s.last + w >= now]
         else:
-            ends = [
-                t + w for s in e._states.values() if type(s.ports) is dict for t in s.ports.values() if t + w >= now
-            ]
+            ends = [t + w for s in e._states.values() if type(s.ports) is dict for t in s.ports.values() if t + w >= now]
         return min(ends) if ends else now
     return now + {"W": w, "W+": w + 1e-6, "W-": w - 1e-6, "B": b, "B+": b + 0.5}[delta]
 
@@ -743,11 +692,7 @@ def run_scenario(cfg, ignore, expect, t0, steps):
             for proto, dport, d, data, seed in hits:
                 now = advance(now, d, current, pair.p)
                 if data is None:  # a clean SYN / UDP datagram (the fast shapes)
-                    l4 = (
-                        udp_dgram(5000, dport)
-                        if proto == 17
-                        else tcp_seg(40000, dport, COMMON_FLAGS[seed % len(COMMON_FLAGS)])
-                    )
+                    l4 = udp_dgram(5000, dport) if proto == 17 else tcp_seg(40000, dport, COMMON_FLAGS[seed % len(COMMON_FLAGS)])
                     data = ip6(src, DST6, proto, l4) if v6 else ip4(src, DST4, proto, l4)
                 pair.raw(data, now)
                 pair.check_state(f"{where}: burst hit at {now!r}")
@@ -991,15 +936,7 @@ def test_a_source_flows_between_c_and_python():
 def test_source_record_type_behaves_like_python_one():
     s = fastpath.Source()
     s.hits, s.ports, s.labels, s.protos, s.first, s.last, s.seen = 3, 6 << 16 | 22, ("SYN",), 1, 1.5, 2.5, True
-    assert (s.hits, s.ports, s.labels, s.protos, s.first, s.last, s.seen) == (
-        3,
-        6 << 16 | 22,
-        ("SYN",),
-        1,
-        1.5,
-        2.5,
-        True,
-    )
+    assert (s.hits, s.ports, s.labels, s.protos, s.first, s.last, s.seen) == (3, 6 << 16 | 22, ("SYN",), 1, 1.5, 2.5, True)
     s.ports = {1: 2.0}
     s.labels += ("FIN",)
     assert s.ports == {1: 2.0} and s.labels == ("SYN", "FIN")
@@ -1104,13 +1041,7 @@ def hostile_bytes(draw) -> bytes:
 )
 def test_any_bytes_never_raise_and_match_python(items, trigger, ignore):
     pair = Pair(
-        EngineConfig(
-            scan_trigger=trigger,
-            window_ports=3,
-            max_sources=4,
-            max_offenders=3,
-            instant_labels=DEFAULT_INSTANT | {"IPOPTS"},
-        ),
+        EngineConfig(scan_trigger=trigger, window_ports=3, max_sources=4, max_offenders=3, instant_labels=DEFAULT_INSTANT | {"IPOPTS"}),
         ["192.0.2.0/24", "2001:db8:99::/48", "10.0.0.9"] if ignore else None,
     )
     for data, wrap, now in items:
@@ -1139,10 +1070,7 @@ SPECIAL = (0.0, -0.0, 1.0, 1e-300, 5e-324, 1e15, 2.0**53, 2.0**53 + 2, 1e300, -1
 @given(
     configs(),
     st.lists(
-        st.tuples(
-            st.sampled_from(VALID[:6] + [syn4(dport=23), udp4(dport=9)]),
-            st.one_of(st.sampled_from(SPECIAL), st.floats()),
-        ),
+        st.tuples(st.sampled_from(VALID[:6] + [syn4(dport=23), udp4(dport=9)]), st.one_of(st.sampled_from(SPECIAL), st.floats())),
         min_size=1,
         max_size=25,
     ),
@@ -1168,9 +1096,7 @@ INT_CLOCKS = (0, 1, 2, 10, 100, 2**31, 2**53 - 26 * 10**6, -5)
     configs(),
     st.sampled_from(INT_CLOCKS),
     st.lists(
-        st.tuples(
-            st.sampled_from(VALID[:6] + [syn4(dport=23), udp4(dport=9)]), st.sampled_from((0, 1, 2, 3, 30, 10**6))
-        ),
+        st.tuples(st.sampled_from(VALID[:6] + [syn4(dport=23), udp4(dport=9)]), st.sampled_from((0, 1, 2, 3, 30, 10**6))),
         min_size=1,
         max_size=25,
     ),

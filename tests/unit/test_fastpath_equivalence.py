@@ -28,9 +28,7 @@ import nfsentry.core._fastpath  # noqa: E402,F401  (must be built: fail, not ski
 
 DST4 = bytes([198, 18, 0, 1])
 DST6 = bytes.fromhex("20010db8000000000000000000000001")
-SOURCES = [
-    bytes(map(int, a.split("."))) for a in ("198.18.0.2", "198.18.0.3", "198.18.1.7", "198.18.0.1", "10.1.2.3")
-] + [
+SOURCES = [bytes(map(int, a.split("."))) for a in ("198.18.0.2", "198.18.0.3", "198.18.1.7", "198.18.0.1", "10.1.2.3")] + [
     bytes.fromhex(h)
     for h in (
         "20010db8000100000000000000000001",
@@ -52,27 +50,15 @@ def packet(src: bytes, kind: str, flags: int, dport: int, shape: str) -> bytes:
     proto = 6 if kind == "tcp" else 17
     if len(src) == 4:
         if shape == "ipopts":  # IHL 6: a record-route-ish option
-            return (
-                struct.pack("!BBHHHBBH4s4s", 0x46, 0, 24 + len(l4), 0, 0, 64, proto, 0, src, DST4)
-                + b"\x07\x04\x00\x00"
-                + l4
-            )
+            return struct.pack("!BBHHHBBH4s4s", 0x46, 0, 24 + len(l4), 0, 0, 64, proto, 0, src, DST4) + b"\x07\x04\x00\x00" + l4
         frag = 0x2000 if shape == "first-frag" else 0x0010 if shape == "frag" else 0x4000
         pkt = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, frag, 64, proto, 0, src, DST4) + l4
     else:
         if shape == "ipopts":  # a hop-by-hop header before the transport
-            return (
-                struct.pack("!IHBB16s16s", 6 << 28, 8 + len(l4), 0, 64, src, DST6)
-                + bytes([proto, 0, 1, 4, 0, 0, 0, 0])
-                + l4
-            )
+            return struct.pack("!IHBB16s16s", 6 << 28, 8 + len(l4), 0, 64, src, DST6) + bytes([proto, 0, 1, 4, 0, 0, 0, 0]) + l4
         if shape in ("frag", "first-frag"):
             fo = 0x0010 if shape == "frag" else 0x0001
-            return (
-                struct.pack("!IHBB16s16s", 6 << 28, 8 + len(l4), 44, 64, src, DST6)
-                + struct.pack("!BBHI", proto, 0, fo, 7)
-                + l4
-            )
+            return struct.pack("!IHBB16s16s", 6 << 28, 8 + len(l4), 44, 64, src, DST6) + struct.pack("!BBHI", proto, 0, fo, 7) + l4
         pkt = struct.pack("!IHBB16s16s", 6 << 28, len(l4), proto, 64, src, DST6) + l4
     if shape == "truncated":
         return pkt[: len(pkt) - 5]
@@ -106,16 +92,7 @@ def norm(r):
 
 def state(e: Engine):
     sts = [
-        (
-            k,
-            s.hits,
-            s.ports if s.ports.__class__ is int else list(s.ports.items()),
-            s.labels,
-            s.protos,
-            s.first,
-            s.last,
-            s.seen,
-        )
+        (k, s.hits, s.ports if s.ports.__class__ is int else list(s.ports.items()), s.labels, s.protos, s.first, s.last, s.seen)
         for k, s in e._states.items()
     ]
     stats = {k: v for k, v in e.stats.items() if not k.startswith("compiled_")}
@@ -135,9 +112,7 @@ configs = st.builds(
             frozenset({"UDP", "FIN"}),
         ]
     ),
-    respond=st.sampled_from(
-        [{"tcp": "block", "udp": "block"}, {"tcp": "log", "udp": "block"}, {"tcp": "block", "udp": "log"}]
-    ),
+    respond=st.sampled_from([{"tcp": "block", "udp": "block"}, {"tcp": "log", "udp": "block"}, {"tcp": "block", "udp": "log"}]),
     block_duration=st.sampled_from([0.0, 2.0, 3600.0]),
     escalation_factor=st.sampled_from([1.0, 2.0]),
     ipv6_prefix=st.sampled_from([48, 64, 100, 128]),
@@ -152,10 +127,7 @@ ops = st.lists(
             st.just("pkt"),
             st.integers(0, len(SOURCES) - 1),
             st.sampled_from(["tcp", "tcp", "udp"]),
-            st.one_of(
-                st.sampled_from([0x02, 0x02, 0x01, 0x00, 0x29, 0x3F, 0x10, 0x11, 0x12, 0x14, 0x18, 0xC2]),
-                st.integers(0, 255),
-            ),
+            st.one_of(st.sampled_from([0x02, 0x02, 0x01, 0x00, 0x29, 0x3F, 0x10, 0x11, 0x12, 0x14, 0x18, 0xC2]), st.integers(0, 255)),
             st.sampled_from([7, 7, 22, 23, 53, 2121]),
             st.sampled_from(["plain"] * 6 + ["ipopts", "frag", "first-frag", "truncated", "long"]),
             st.sampled_from([0.0, 0.001, 0.5, 0.5, 3.0, 40.0, -2.0]),
@@ -200,9 +172,7 @@ def run_both(cfg: EngineConfig, sequence, with_expectation: bool):
             from nfsentry.core.addrs import network_text
 
             net = network_text(SOURCES[op[1]])
-            assert engines[0].mark_blocked(net, now + op[2] if op[2] else 0) == engines[1].mark_blocked(
-                net, now + op[2] if op[2] else 0
-            )
+            assert engines[0].mark_blocked(net, now + op[2] if op[2] else 0) == engines[1].mark_blocked(net, now + op[2] if op[2] else 0)
         assert state(engines[0]) == state(engines[1]), op
     return engines
 
@@ -236,9 +206,7 @@ def test_any_bytes_give_the_same_result_and_never_raise(data, wrap):
 
 # == the compiled path really decides ===================================================================
 def test_a_flood_from_one_tracked_source_is_decided_in_c():
-    e = Engine(
-        EngineConfig(scan_trigger=10**6), ignore=PrefixSet(IGNORE), expectations=ExpectationTable(), compiled=True
-    )
+    e = Engine(EngineConfig(scan_trigger=10**6), ignore=PrefixSet(IGNORE), expectations=ExpectationTable(), compiled=True)
     raw = packet(SOURCES[0], "tcp", 0x02, 7, "plain")
     results = {e.process_raw(raw, 1000.0 + i * 1e-4) for i in range(1000)}
     assert results == {2 << 8 | 6}

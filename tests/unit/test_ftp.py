@@ -185,9 +185,7 @@ def test_port_split_into_4_and_5_packets_at_every_point(n):
 
 def test_pipelined_lines_mixed_crlf_lf():
     t = FtpTracker()
-    payload = (
-        b"USER anonymous\r\nPASS x\nTYPE I\r\nPORT 192,0,2,10,195,80\nRETR a\r\nEPRT |1|192.0.2.10|50001|\r\nNOOP\n"
-    )
+    payload = b"USER anonymous\r\nPASS x\nTYPE I\r\nPORT 192,0,2,10,195,80\nRETR a\r\nEPRT |1|192.0.2.10|50001|\r\nNOOP\n"
     events = cli(t, payload)
     assert [(e.command, e.port) for e in events] == [("PORT", 50000), ("EPRT", 50001)]
     assert t.stats["lines"] == 7 and len(t) == 0
@@ -395,9 +393,7 @@ def test_non_control_packets_and_bad_addresses_ignored():
 
 def test_bytes_like_inputs_accepted():
     t = FtpTracker()
-    e = only(
-        t.feed(bytearray(C4), memoryview(S4), CPORT, 21, memoryview(b"PORT 192,0,2,10,195,80\r\n"), 0.0), Expectation
-    )
+    e = only(t.feed(bytearray(C4), memoryview(S4), CPORT, 21, memoryview(b"PORT 192,0,2,10,195,80\r\n"), 0.0), Expectation)
     assert type(e.peer) is bytes and type(e.addr) is bytes and e.addr == C4
 
 

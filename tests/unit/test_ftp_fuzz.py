@@ -18,9 +18,7 @@ EVENT_TYPES = (Expectation, Bounce, PasvMismatch, Malformed, Oversized)
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Lines of the grammar (valid and broken announcements, other commands), with CRLF or LF.
-_num = st.one_of(st.sampled_from([192, 0, 2, 1, 10, 195, 80]), st.integers(0, 255), st.integers(256, 2000)).map(
-    lambda n: str(n).encode()
-)
+_num = st.one_of(st.sampled_from([192, 0, 2, 1, 10, 195, 80]), st.integers(0, 255), st.integers(256, 2000)).map(lambda n: str(n).encode())
 _valid = st.sampled_from(
     [
         b"PORT 192,0,2,10,195,80",
@@ -111,9 +109,9 @@ _noise = st.binary(max_size=64)
 _random_chunk = st.lists(st.one_of(_atoms, _noise), max_size=12).map(b"".join)
 # A slice of a stream of grammar lines, so that whole and split announcements (valid, bounces,
 # mismatches, malformed) reach the tracker among the noise.
-_grammar_slice = st.tuples(
-    st.one_of(_line_stream(_client_line), _line_stream(_server_line)), st.integers(0, 400), st.integers(0, 400)
-).map(lambda t: t[0][min(t[1], t[2]) : max(t[1], t[2])] if t[1] != t[2] else t[0])
+_grammar_slice = st.tuples(st.one_of(_line_stream(_client_line), _line_stream(_server_line)), st.integers(0, 400), st.integers(0, 400)).map(
+    lambda t: t[0][min(t[1], t[2]) : max(t[1], t[2])] if t[1] != t[2] else t[0]
+)
 _chunk = st.one_of(_random_chunk, _grammar_slice)
 
 
@@ -144,13 +142,9 @@ def test_random_traffic_never_raises_and_stays_bounded(packets, max_line, max_fl
         # (a lost segment), arbitrary, or none at all.
         flow = (i, from_client)
         nxt = next_seq.get(flow, 2**32 - 100 + i)
-        seq = {
-            None: None,
-            "next": nxt,
-            "retransmit": nxt - len(payload) // 2 - 1,
-            "gap": nxt + 7,
-            "random": (nxt * 2654435761) % 2**32,
-        }[mode]
+        seq = {None: None, "next": nxt, "retransmit": nxt - len(payload) // 2 - 1, "gap": nxt + 7, "random": (nxt * 2654435761) % 2**32}[
+            mode
+        ]
         if seq is not None:
             seq %= 2**32
             next_seq[flow] = max(nxt, seq + len(payload)) % 2**32

@@ -153,11 +153,7 @@ def test_active_mode_end_to_end(fam):
 def test_passive_mode_end_to_end(fam):
     c, s, x = (C4, S4, X4) if fam == 4 else (C6, S6, X6)
     tr, tab = FtpTracker(expect_timeout=30), ExpectationTable()
-    line = (
-        b"227 Entering Passive Mode (192,0,2,1,195,80).\r\n"
-        if fam == 4
-        else b"229 Entering Extended Passive Mode (|||50000|)\r\n"
-    )
+    line = b"227 Entering Passive Mode (192,0,2,1,195,80).\r\n" if fam == 4 else b"229 Entering Extended Passive Mode (|||50000|)\r\n"
     for e in tr.feed(s, c, 21, 40000, line, now=0.0):
         tab.add(e)
     assert not tab.match(x, s, 50000, 1.0)

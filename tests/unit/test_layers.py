@@ -60,10 +60,7 @@ def imports(path: Path) -> list[tuple[int, str]]:
             else:
                 mod = node.module or ""
             # "from nfsentry.x import y" may name a submodule y
-            out += [
-                (node.lineno, f"{mod}.{a.name}" if mod in ("nfsentry",) or mod.startswith("nfsentry.") else mod)
-                for a in node.names
-            ]
+            out += [(node.lineno, f"{mod}.{a.name}" if mod in ("nfsentry",) or mod.startswith("nfsentry.") else mod) for a in node.names]
     return out
 
 

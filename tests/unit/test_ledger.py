@@ -56,8 +56,7 @@ class Kernel:
         return [
             b
             for b in self.list_blocked()
-            if ipaddress.ip_network(b["network"]).version == net.version
-            and net.subnet_of(ipaddress.ip_network(b["network"]))
+            if ipaddress.ip_network(b["network"]).version == net.version and net.subnet_of(ipaddress.ip_network(b["network"]))
         ]
 
     def blocks_inside(self, network) -> list[dict]:
@@ -65,8 +64,7 @@ class Kernel:
         return [
             b
             for b in self.list_blocked()
-            if ipaddress.ip_network(b["network"]).version == net.version
-            and ipaddress.ip_network(b["network"]).subnet_of(net)
+            if ipaddress.ip_network(b["network"]).version == net.version and ipaddress.ip_network(b["network"]).subnet_of(net)
         ]
 
 

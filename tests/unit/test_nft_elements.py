@@ -41,9 +41,7 @@ def test_parse_set_text():
         {"network": "198.18.5.2", "timeout": 0, "expires_in": None, "set": "blocked4net"},
         {"network": "198.18.7.0/24", "timeout": 1.5, "expires_in": 0.9, "set": "blocked4net"},
     ]
-    six = E.parse_set_text(
-        "blocked6_64", "set blocked6_64 {\n elements = { 2001:db8:5:: timeout 30s expires 29s, 2001:db8:6:: }\n}"
-    )
+    six = E.parse_set_text("blocked6_64", "set blocked6_64 {\n elements = { 2001:db8:5:: timeout 30s expires 29s, 2001:db8:6:: }\n}")
     assert [b["network"] for b in six] == ["2001:db8:5::/64", "2001:db8:6::/64"]
     assert E.parse_set_text("blocked4", "set blocked4 {\n type ipv4_addr\n}") == []
 
@@ -92,11 +90,7 @@ def test_the_session_picks_the_set_with_its_ipv6_prefix():
 
 # == set choice =====================================================================================
 def test_set_for_without_a_known_ipv6_prefix_uses_the_interval_set():
-    assert E.set_for("2001:db8:1::/64", None) == (
-        "blocked6net",
-        "2001:db8:1::/64",
-        ipaddress.ip_network("2001:db8:1::/64"),
-    )
+    assert E.set_for("2001:db8:1::/64", None) == ("blocked6net", "2001:db8:1::/64", ipaddress.ip_network("2001:db8:1::/64"))
     assert E.set_for("2001:db8:1::/56", 56)[:2] == ("blocked6_56", "2001:db8:1::")
     assert E.set_for("2001:db8::7/128", None)[:2] == ("blocked6", "2001:db8::7")
 
@@ -143,8 +137,7 @@ def test_delete_replace_and_flush_commands():
     assert E.delete_command("t", "blocked4", ["198.18.0.2"]) == "delete element inet t blocked4 { 198.18.0.2 }"
     halves = [N("198.18.0.0/25"), N("198.18.0.128/25")]
     assert E.replace_commands("t", "blocked4net", halves, "198.18.0.0/24 timeout 5s") == (
-        "delete element inet t blocked4net { 198.18.0.0/25, 198.18.0.128/25 }\n"
-        "add element inet t blocked4net { 198.18.0.0/24 timeout 5s }"
+        "delete element inet t blocked4net { 198.18.0.0/25, 198.18.0.128/25 }\nadd element inet t blocked4net { 198.18.0.0/24 timeout 5s }"
     )
     assert E.replace_commands("t", "ignore4", [], "10.0.0.0/8") == "add element inet t ignore4 { 10.0.0.0/8 }"
     assert E.flush_commands("t", ["blocked4", "blocked6"]) == "flush set inet t blocked4\nflush set inet t blocked6"
@@ -169,14 +162,7 @@ def test_block_items_normalizes_every_form():
             {"network": "198.18.0.6", "timeout": 30, "expires_in": 12},
             {"network": "198.18.0.7", "expires_in": None, "timeout": 0},
         ]
-    ) == [
-        ("198.18.0.2", 0),
-        ("198.18.0.3", 60),
-        ("198.18.0.4", 0),
-        ("198.18.0.5", 30),
-        ("198.18.0.6", 12),
-        ("198.18.0.7", 0),
-    ]
+    ) == [("198.18.0.2", 0), ("198.18.0.3", 60), ("198.18.0.4", 0), ("198.18.0.5", 30), ("198.18.0.6", 12), ("198.18.0.7", 0)]
     assert E.block_items([]) == []
     assert E.block_items(iter(["198.18.0.2"])) == [("198.18.0.2", 0)]
 
@@ -205,10 +191,7 @@ def test_bulk_commands_group_by_set_and_merge_prefixes():
 
 
 def test_bulk_commands_the_last_timeout_of_a_repeated_address_wins():
-    assert (
-        E.bulk_commands("t", [("198.18.0.2", 5), ("198.18.0.2", 9)], {}, 64)
-        == "add element inet t blocked4 { 198.18.0.2 timeout 9s }"
-    )
+    assert E.bulk_commands("t", [("198.18.0.2", 5), ("198.18.0.2", 9)], {}, 64) == "add element inet t blocked4 { 198.18.0.2 timeout 9s }"
 
 
 def test_bulk_commands_nothing_new():
@@ -238,12 +221,7 @@ def test_expect_ftp_commands():
         == "add element inet t ftp_expect4 { 198.18.0.2 . 198.18.0.1 . 40000 timeout 1s }"
     )
     text = E.expect_ftp_commands(
-        "t",
-        "2001:db8::2",
-        "2001:db8::1",
-        40001,
-        30,
-        remove=[("2001:db8::2", "2001:db8::1", 40000), ("198.18.0.2", "198.18.0.1", 5)],
+        "t", "2001:db8::2", "2001:db8::1", 40001, 30, remove=[("2001:db8::2", "2001:db8::1", 40000), ("198.18.0.2", "198.18.0.1", 5)]
     )
     assert text.splitlines() == [
         "add element inet t ftp_expect6 { 2001:db8::2 . 2001:db8::1 . 40000 timeout 1s }",
@@ -301,10 +279,7 @@ def test_parse_set_items_concatenated_ftp_elements():
 def test_elem_networks():
     N = ipaddress.ip_network
     assert E.elem_networks("blocked4net", {"prefix": {"addr": "198.18.0.0", "len": 24}}) == [N("198.18.0.0/24")]
-    assert E.elem_networks("blocked4net", {"range": ["198.18.0.1", "198.18.0.2"]}) == [
-        N("198.18.0.1/32"),
-        N("198.18.0.2/32"),
-    ]
+    assert E.elem_networks("blocked4net", {"range": ["198.18.0.1", "198.18.0.2"]}) == [N("198.18.0.1/32"), N("198.18.0.2/32")]
     assert E.elem_networks("blocked6_56", "2001:db8:1::") == [N("2001:db8:1::/56")]
     assert E.elem_networks("blocked4", "198.18.0.2") == [N("198.18.0.2/32")]
 

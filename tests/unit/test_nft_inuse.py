@@ -36,10 +36,7 @@ def test_listening_ports_here_returns_sets():
 
 
 @settings(deadline=None)  # timing is not the point; a busy machine can stall one cheap example
-@given(
-    st.lists(st.tuples(st.integers(1, 2000), st.integers(0, 300)), max_size=8),
-    st.sets(st.integers(1, 2400), max_size=30),
-)
+@given(st.lists(st.tuples(st.integers(1, 2000), st.integers(0, 300)), max_size=8), st.sets(st.integers(1, 2400), max_size=30))
 def test_subtract_ports_is_set_difference(pairs, holes):
     ranges = _ports([(lo, min(65535, lo + w)) for lo, w in pairs], "tcp_ports")
     got = inuse.subtract_ports(ranges, holes)

@@ -154,9 +154,7 @@ def test_native_and_compat_statements():
 
 def test_compat_rules_per_variant():
     host = compat_rules(RulesetSpec())
-    assert {(b, c) for b, c, _ in host} == {
-        (b, c) for b in ("iptables-nft", "ip6tables-nft") for c in ("INPUT", "OUTPUT")
-    }
+    assert {(b, c) for b, c, _ in host} == {(b, c) for b in ("iptables-nft", "ip6tables-nft") for c in ("INPUT", "OUTPUT")}
     assert len(host) == 6
     assert len(compat_rules(RulesetSpec(variant="gateway"))) == 10
     assert len(compat_rules(RulesetSpec(ftp=False))) == 2
@@ -316,8 +314,7 @@ def test_compat_listed_finds_only_our_tag():
     listing = "\n".join(
         [
             "-P INPUT ACCEPT",
-            "-A INPUT -m mark --mark 0x4e460001/0xffff0003 -m comment --comment nfsentry -j NFQUEUE --queue-num 0 "
-            "--queue-bypass",
+            "-A INPUT -m mark --mark 0x4e460001/0xffff0003 -m comment --comment nfsentry -j NFQUEUE --queue-num 0 --queue-bypass",
             "-A OUTPUT -m mark --mark 0x4e460002/0xffff0003 -m comment --comment nfsentry:other -j NFQUEUE --queue-num 1",
             "-A INPUT -p tcp -j ACCEPT",
             '-A FORWARD -m comment --comment "nfsentry" -j NFQUEUE --queue-num 5',

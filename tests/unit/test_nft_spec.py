@@ -80,11 +80,7 @@ def test_error_kinds():
 
 # == the ports and networks of a spec ===============================================================
 def test_ports_accepts_ints_pairs_and_range_strings_and_merges():
-    assert S._ports([22, (20, 21), [80, 81], " 1000 - 1002 ", "23", (24, 24)], "x") == [
-        (20, 24),
-        (80, 81),
-        (1000, 1002),
-    ]
+    assert S._ports([22, (20, 21), [80, 81], " 1000 - 1002 ", "23", (24, 24)], "x") == [(20, 24), (80, 81), (1000, 1002)]
     assert S._ports([], "x") == []
     assert S._ports([(1, 10), (3, 4)], "x") == [(1, 10)]
 
@@ -96,9 +92,7 @@ def test_ports_refuses(bad):
 
 
 def test_networks_collapse_per_family():
-    v4, v6 = S._networks(
-        ["198.18.0.1", " 198.18.0.0/31 ", "198.18.0.5/24", "2001:db8::/33", "2001:db8:8000::/33"], "ignore"
-    )
+    v4, v6 = S._networks(["198.18.0.1", " 198.18.0.0/31 ", "198.18.0.5/24", "2001:db8::/33", "2001:db8:8000::/33"], "ignore")
     assert [str(n) for n in v4] == ["198.18.0.0/24"]
     assert [str(n) for n in v6] == ["2001:db8::/32"]
     with pytest.raises(ValueError, match="ignore: bad address or prefix"):
@@ -145,15 +139,7 @@ def test_normalized_passes_a_spec_error_on_as_is(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "kw",
-    [
-        {"queue": -1},
-        {"ftp_queue": "1"},
-        {"ipv6_prefix": 129},
-        {"table": "a" * 33},
-        {"table": "9abc"},
-        {"mark_mask": 0xFFFF0001},
-    ],
+    "kw", [{"queue": -1}, {"ftp_queue": "1"}, {"ipv6_prefix": 129}, {"table": "a" * 33}, {"table": "9abc"}, {"mark_mask": 0xFFFF0001}]
 )
 def test_more_invalid_specs(kw):
     with pytest.raises(S.SpecError):

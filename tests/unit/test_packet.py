@@ -87,16 +87,7 @@ def test_ipv4_udp_empty_payload_and_trailing_padding():
 
 def test_ipv6_tcp_and_udp():
     p = both(raw(IPv6(src=A6, dst=B6, hlim=33) / TCP(sport=1234, dport=443, flags="F")))
-    assert (p.family, p.src, p.dst, p.proto, p.sport, p.dport, p.flags, p.ttl) == (
-        6,
-        n6(A6),
-        n6(B6),
-        6,
-        1234,
-        443,
-        0x01,
-        33,
-    )
+    assert (p.family, p.src, p.dst, p.proto, p.sport, p.dport, p.flags, p.ttl) == (6, n6(A6), n6(B6), 6, 1234, 443, 0x01, 33)
     assert p.payload_offset == 60
     u = both(raw(IPv6(src=A6, dst=B6) / UDP(sport=9, dport=53) / b"x"))
     assert (u.proto, u.sport, u.dport, u.payload_offset, u.malformed) == (17, 9, 53, 48, None)
@@ -153,13 +144,7 @@ def _tcp(dport: int, flags: int, doff_words: int = 5, options: bytes = b"", spor
 
 
 def _ip4(
-    options: bytes,
-    payload: bytes,
-    proto: int = 6,
-    ihl: int | None = None,
-    tot: int | None = None,
-    frag: int = 0,
-    ver: int = 4,
+    options: bytes, payload: bytes, proto: int = 6, ihl: int | None = None, tot: int | None = None, frag: int = 0, ver: int = 4
 ) -> bytes:
     ihl = (20 + len(options)) // 4 if ihl is None else ihl
     tot = 20 + len(options) + len(payload) if tot is None else tot
@@ -210,9 +195,7 @@ def test_ipv6_ah_length_rule():
 
 
 def test_ipv6_first_fragment_has_transport_and_later_fragments_do_not():
-    first = raw(
-        IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(offset=0, m=1, id=7) / UDP(sport=1, dport=69, len=3000) / (b"x" * 64)
-    )
+    first = raw(IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(offset=0, m=1, id=7) / UDP(sport=1, dport=69, len=3000) / (b"x" * 64))
     p = both(first)
     assert (p.proto, p.dport, p.more_frags, p.frag_offset, p.ext_headers, p.malformed) == (17, 69, True, 0, (44,), None)
     later = raw(IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(offset=3, m=0, id=7, nh=6) / (b"\x00\x16" * 20))
@@ -310,10 +293,7 @@ MALFORMED = [
     (_ip4(b"", struct.pack("!HHHH", 1, 53, 9, 0), proto=17), "bad udp length 9 (8 bytes present)"),
     (_ip4(b"", b"\x00\x01\x00", proto=17), "truncated udp header (3 bytes)"),
     (b"\x60" + b"\x00" * 30, "truncated ipv6 header (31 bytes)"),
-    (
-        struct.pack("!IHBB16s16s", 6 << 28, 20, 6, 64, n6(A6), n6(B6)),
-        "truncated ipv6 packet (payload length 20 > 0 bytes)",
-    ),
+    (struct.pack("!IHBB16s16s", 6 << 28, 20, 6, 64, n6(A6), n6(B6)), "truncated ipv6 packet (payload length 20 > 0 bytes)"),
 ]
 
 
@@ -345,10 +325,7 @@ VALID = [
     raw(IP(src=A4, dst=B4, options=[IPOption_RR(routers=["192.0.2.1"])]) / TCP(dport=1, flags="")),
     raw(IP(src=A4, dst=B4) / UDP(sport=1, dport=161) / b"abc"),
     raw(IP(src=A4, dst=B4, flags="MF") / UDP(sport=1, dport=161) / b"abc"),
-    raw(
-        IPv6(src=A6, dst=B6)
-        / TCP(dport=443, flags="SEC", options=[("MSS", 1440), ("SAckOK", b""), ("Timestamp", (1, 0)), ("WScale", 7)])
-    ),
+    raw(IPv6(src=A6, dst=B6) / TCP(dport=443, flags="SEC", options=[("MSS", 1440), ("SAckOK", b""), ("Timestamp", (1, 0)), ("WScale", 7)])),
     raw(IPv6(src=A6, dst=B6) / UDP(dport=53) / b"x"),
     raw(
         IPv6(src=A6, dst=B6)
@@ -380,9 +357,7 @@ def test_random_bytes_never_raise(data):
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.binary(max_size=100).map(lambda b: b"\x45" + b),
-)
+@given(st.binary(max_size=100).map(lambda b: b"\x45" + b))
 def test_random_ipv4_looking_bytes_never_raise(data):
     _check(data)
 

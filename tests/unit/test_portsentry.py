@@ -105,11 +105,7 @@ def test_2_0_file_parses_with_ranges():
         ('SCAN_TRIGGER\t=\t"1"', "SCAN_TRIGGER", "1"),
         ('SCAN_TRIGGER="1"   # after the value', "SCAN_TRIGGER", "1"),
         ('SCAN_TRIGGER="1"\r', "SCAN_TRIGGER", "1"),
-        (
-            "KILL_RUN_CMD=\"/usr/bin/logger -t ps 'scan from $TARGET$'\"",
-            "KILL_RUN_CMD",
-            "/usr/bin/logger -t ps 'scan from $TARGET$'",
-        ),
+        ("KILL_RUN_CMD=\"/usr/bin/logger -t ps 'scan from $TARGET$'\"", "KILL_RUN_CMD", "/usr/bin/logger -t ps 'scan from $TARGET$'"),
         ('PORT_BANNER="** GO AWAY **"', "PORT_BANNER", "** GO AWAY **"),
     ],
 )
@@ -222,10 +218,7 @@ def test_debian_1_2_classic_modes(tmp_path, etc):
     assert cfg.durations["block_duration"] == 0  # PortSentry blocks forever
     assert r["hosts_deny"] == "/etc/hosts.deny" and r["command"] == []
     assert cfg["ignore"]["files"] == [str(etc / "portsentry.ignore")]
-    assert (
-        ipaddress.ip_network("192.168.10.0/24") in cfg.ignore
-        and ipaddress.ip_network("2001:db8:100::/48") in cfg.ignore
-    )
+    assert ipaddress.ip_network("192.168.10.0/24") in cfg.ignore and ipaddress.ip_network("2001:db8:100::/48") in cfg.ignore
     assert lg["format"] == "portsentry1" and lg["history_format"] == "portsentry1" and lg["syslog_facility"] == "daemon"
     assert lg["history_file"] == "/var/lib/portsentry/portsentry.history"
     assert lg["blocked_file"] == "/var/lib/portsentry/portsentry.blocked"
@@ -277,9 +270,7 @@ def test_advanced_port_count_edges(tmp_path, etc):
         tmp_path, etc, DEBIAN, ('ADVANCED_PORTS_TCP="1024"', 'ADVANCED_PORTS_TCP="oops"'), defaults='TCP_MODE="atcp"\n'
     )
     assert cfg.tcp_ports[-1] == (140, 1023) and problems[0].line == 50
-    cfg, _, _ = load(
-        tmp_path, etc, DEBIAN, ('ADVANCED_PORTS_TCP="1024"', 'ADVANCED_PORTS_TCP="1"'), defaults='TCP_MODE="atcp"\n'
-    )
+    cfg, _, _ = load(tmp_path, etc, DEBIAN, ('ADVANCED_PORTS_TCP="1024"', 'ADVANCED_PORTS_TCP="1"'), defaults='TCP_MODE="atcp"\n')
     assert cfg.tcp_ports == []
 
 
@@ -296,15 +287,7 @@ def test_2_0_file(tmp_path, etc):
     assert (32770, 32774) in cfg.udp_ports
     r, lg = cfg["response"], cfg["logging"]
     assert (r["tcp"], r["udp"]) == ("block", "command")
-    assert r["command"] == [
-        "/usr/local/sbin/portsentry-notify",
-        "--host",
-        "$TARGET$",
-        "--port",
-        "$PORT$",
-        "--mode",
-        "$MODE$",
-    ]
+    assert r["command"] == ["/usr/local/sbin/portsentry-notify", "--host", "$TARGET$", "--port", "$PORT$", "--mode", "$MODE$"]
     assert r["command_first"] is True and r["hosts_deny"] == ""
     assert cfg["detection"]["scan_trigger"] == 1  # SCAN_TRIGGER="2": reaction on hit 2
     assert lg["format"] == "portsentry2" and lg["history_format"] == "portsentry2" and lg["resolve_hosts"] is True
@@ -338,9 +321,7 @@ def test_scan_trigger_beyond_1_2s_state_table_is_reported(tmp_path, etc):
 )
 def test_block_tcp_udp(tmp_path, etc, tcp, udp, cmd, expected):
     extra = [('#KILL_RUN_CMD="/some/path/here/script $TARGET$ $PORT$"', f'KILL_RUN_CMD="{cmd}"')] if cmd else []
-    cfg, toml, _ = load(
-        tmp_path, etc, DEBIAN, ('BLOCK_TCP="0"', f'BLOCK_TCP="{tcp}"'), ('BLOCK_UDP="0"', f'BLOCK_UDP="{udp}"'), *extra
-    )
+    cfg, toml, _ = load(tmp_path, etc, DEBIAN, ('BLOCK_TCP="0"', f'BLOCK_TCP="{tcp}"'), ('BLOCK_UDP="0"', f'BLOCK_UDP="{udp}"'), *extra)
     assert (cfg["response"]["tcp"], cfg["response"]["udp"]) == expected
 
 
@@ -359,14 +340,7 @@ def test_kill_run_cmd_shlex_split_keeps_placeholders(tmp_path, etc):
         ('#KILL_RUN_CMD="/some/path/here/script $TARGET$ $PORT$"', f'KILL_RUN_CMD="{cmd}"'),
         ('#KILL_RUN_CMD_FIRST = "0"', 'KILL_RUN_CMD_FIRST = "0"'),
     )
-    assert cfg["response"]["command"] == [
-        "/usr/local/bin/alert",
-        "--subject",
-        "port scan",
-        "$TARGET$",
-        "$PORT$",
-        "$MODE$",
-    ]
+    assert cfg["response"]["command"] == ["/usr/local/bin/alert", "--subject", "port scan", "$TARGET$", "$PORT$", "$MODE$"]
     assert cfg["response"]["command_first"] is False and problems == []
 
 
@@ -398,10 +372,7 @@ def test_kill_run_cmd_program_found_in_path_is_made_absolute(tmp_path, etc):
     if not found:
         pytest.skip("no logger(1) on this machine")
     cfg, toml, _ = load(
-        tmp_path,
-        etc,
-        DEBIAN,
-        ('#KILL_RUN_CMD="/some/path/here/script $TARGET$ $PORT$"', 'KILL_RUN_CMD="logger -t portsentry $TARGET$"'),
+        tmp_path, etc, DEBIAN, ('#KILL_RUN_CMD="/some/path/here/script $TARGET$ $PORT$"', 'KILL_RUN_CMD="logger -t portsentry $TARGET$"')
     )
     assert cfg["response"]["command"] == [found, "-t", "portsentry", "$TARGET$"]
     assert "resolved to" in toml
@@ -424,9 +395,7 @@ def test_kill_run_cmd_first_without_a_command_is_a_comment(tmp_path, etc):
     ],
 )
 def test_kill_hosts_deny(tmp_path, etc, template, carried, note):
-    cfg, toml, _ = load(
-        tmp_path, etc, DEBIAN, ('KILL_HOSTS_DENY="ALL: $TARGET$ : DENY"', f'KILL_HOSTS_DENY="{template}"')
-    )
+    cfg, toml, _ = load(tmp_path, etc, DEBIAN, ('KILL_HOSTS_DENY="ALL: $TARGET$ : DENY"', f'KILL_HOSTS_DENY="{template}"'))
     assert cfg["response"]["hosts_deny"] == ("/etc/hosts.deny" if carried else "")
     if note:
         assert note in toml
@@ -455,8 +424,7 @@ def test_missing_ignore_file_is_commented_out_not_fatal(tmp_path, etc):
 
 def test_ignore_file_nfsentry_cannot_read_is_copied_the_way_portsentry_reads_it(tmp_path, etc):
     (etc / "portsentry.ignore").write_text(
-        "# hosts\n127.0.0.1\n192.168.1.1 router\n10.1.0.0/16\tlab\n"
-        "gateway.example.net\n10.9.9.9/40\n2001:db8::/32 office\n"
+        "# hosts\n127.0.0.1\n192.168.1.1 router\n10.1.0.0/16\tlab\ngateway.example.net\n10.9.9.9/40\n2001:db8::/32 office\n"
     )
     cfg, toml, problems = load(tmp_path, etc, DEBIAN)
     assert cfg["ignore"]["files"] == []
@@ -498,9 +466,7 @@ def test_import_reads_debians_defaults_file_when_present(tmp_path, etc, monkeypa
 
 
 def test_unreadable_files_raise_one_line(tmp_path):
-    with pytest.raises(
-        ConfigError, match=r"^cannot read PortSentry configuration .*/nope.conf: No such file or directory$"
-    ):
+    with pytest.raises(ConfigError, match=r"^cannot read PortSentry configuration .*/nope.conf: No such file or directory$"):
         P.import_config(tmp_path / "nope.conf", "")
     conf = tmp_path / "ps.conf"
     conf.write_text('TCP_PORTS="1"\n')
@@ -529,9 +495,9 @@ def test_config_load_accepts_the_written_file(tmp_path, etc):
 
 # == the importer never writes what nfsentry refuses ===============================================
 _port = st.integers(min_value=0, max_value=70000).map(str)
-_ports = st.lists(
-    st.one_of(_port, st.tuples(_port, _port).map("-".join), st.sampled_from(["", " 22", "x", "1-"])), max_size=6
-).map(",".join)
+_ports = st.lists(st.one_of(_port, st.tuples(_port, _port).map("-".join), st.sampled_from(["", " 22", "x", "1-"])), max_size=6).map(
+    ",".join
+)
 _cmd = st.sampled_from(
     [
         "/usr/local/bin/x $TARGET$ $PORT$",
@@ -584,11 +550,7 @@ def test_any_portsentry_file_imports_to_a_valid_config(keys, tcp_mode, udp_mode,
 
 def test_odd_paths_cannot_break_the_toml():
     toml, problems, raw = P.convert(
-        'BOGUS="1"\nHISTORY_FILE="/var/log/a b\\c"\n',
-        'TCP_MODE="x"\n',
-        "1",
-        source="/tmp/we\nird\r.conf",
-        defaults_source="/tmp/de\nfault",
+        'BOGUS="1"\nHISTORY_FILE="/var/log/a b\\c"\n', 'TCP_MODE="x"\n', "1", source="/tmp/we\nird\r.conf", defaults_source="/tmp/de\nfault"
     )
     assert tomllib.loads(toml) == raw and raw["logging"]["history_file"] == "/var/log/a b\\c"
     assert "/tmp/we\\nird\\r.conf:1: unknown key BOGUS" in toml
@@ -630,9 +592,7 @@ def test_ignore_file_entries_portsentry_accepts(tmp_path, line, expected):
     assert [str(n) for n in C.read_ignore_file(f)] == [expected]
 
 
-@pytest.mark.parametrize(
-    "line, expected", [("192.168.1.1 router", "192.168.1.1/32"), ("10.1.0.0/16\tlab", "10.1.0.0/16")]
-)
+@pytest.mark.parametrize("line, expected", [("192.168.1.1 router", "192.168.1.1/32"), ("10.1.0.0/16\tlab", "10.1.0.0/16")])
 def test_ignore_file_trailing_text_is_ignored_like_portsentry(tmp_path, line, expected):
     """PortSentry 1.2 takes the leading address of a line; so does config.read_ignore_file."""
     f = tmp_path / "ignore"

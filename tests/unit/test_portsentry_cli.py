@@ -86,9 +86,7 @@ def test_problems_go_to_stderr_with_line_numbers(app, tmp_path, conf):
 def test_unreadable_file_exits_2_with_one_line(app, tmp_path):
     r = run(app, tmp_path / "nope.conf")
     assert r.exit_code == 2 and r.stdout == ""
-    assert (
-        r.stderr == f"nfsentry: cannot read PortSentry configuration {tmp_path}/nope.conf: No such file or directory\n"
-    )
+    assert r.stderr == f"nfsentry: cannot read PortSentry configuration {tmp_path}/nope.conf: No such file or directory\n"
     d = tmp_path / "dir.conf"
     d.mkdir()
     r = run(app, d)

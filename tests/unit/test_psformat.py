@@ -82,27 +82,21 @@ def test_v1_tcp_lines_use_1_2_wording_for_the_packet_flags(label, flags, wording
 
 def test_v1_label_alone_is_enough_when_the_event_has_no_flag_string():
     for label, wording in (("SYN", "TCP SYN/Normal"), ("FIN", "TCP FIN"), ("NULL", " TCP NULL"), ("XMAS", "TCP XMAS")):
-        assert F.syslog_line(ev(label=label, flags=None), "portsentry1").startswith(
-            f"attackalert: {wording} scan from host:"
-        )
+        assert F.syslog_line(ev(label=label, flags=None), "portsentry1").startswith(f"attackalert: {wording} scan from host:")
 
 
 def test_v1_udp_and_resolved_names_and_ipv6():
     line = F.syslog_line(ev(proto="udp", label="UDP", flags="", port=161, host="scanner.example.net"), "portsentry1")
     assert line == "attackalert: UDP scan from host: scanner.example.net/198.18.0.2 to UDP port: 161"
     v6 = ev(src="2001:db8:1::5", network="2001:db8:1::/64", family=6)
-    assert (
-        F.syslog_line(v6, "portsentry1")
-        == "attackalert: TCP SYN/Normal scan from host: 2001:db8:1::5/2001:db8:1::5 to TCP port: 22"
-    )
+    assert F.syslog_line(v6, "portsentry1") == "attackalert: TCP SYN/Normal scan from host: 2001:db8:1::5/2001:db8:1::5 to TCP port: 22"
 
 
 def test_v1_ip_options_get_1_2s_second_line():
     lines = F.syslog_lines(ev(ip_options=["RR"], label="FIN", flags="F"), "portsentry1")
     assert lines == [
         "attackalert: TCP FIN scan from host: 198.18.0.2/198.18.0.2 to TCP port: 22",
-        "attackalert: Packet from host: 198.18.0.2/198.18.0.2 to TCP port: 22 has IP options set "
-        "(detection avoidance technique).",
+        "attackalert: Packet from host: 198.18.0.2/198.18.0.2 to TCP port: 22 has IP options set (detection avoidance technique).",
     ]
     assert F.syslog_line(ev(ip_options=["RR"]), "portsentry1") == lines[0].replace("FIN", "SYN/Normal")
 
@@ -127,19 +121,14 @@ def test_v1_silent_for_ignored_and_untriggered_like_1_2():
 
 def test_admin_events_are_adminalert_lines():
     assert (
-        F.syslog_line(
-            {"ts": TS, "event": "unblock", "network": "198.18.0.2", "reason": "unblocked by admin"}, "portsentry1"
-        )
+        F.syslog_line({"ts": TS, "event": "unblock", "network": "198.18.0.2", "reason": "unblocked by admin"}, "portsentry1")
         == "adminalert: Host 198.18.0.2 has been unblocked (unblocked by admin)"
     )
     assert (
         F.syslog_line({"ts": TS, "event": "expire", "network": "2001:db8::/64"}, "portsentry2")
         == "adminalert: Block of host 2001:db8::/64 has expired"
     )
-    assert (
-        F.syslog_line({"ts": TS, "event": "error", "reason": "nft failed"}, "portsentry1")
-        == "adminalert: ERROR: nft failed"
-    )
+    assert F.syslog_line({"ts": TS, "event": "error", "reason": "nft failed"}, "portsentry1") == "adminalert: ERROR: nft failed"
 
 
 def test_action_lines_for_hosts_deny_and_commands():
@@ -184,9 +173,7 @@ def test_v2_scan_line_exact():
     ],
 )
 def test_v2_type_field_names_nfsentrys_labels(label, flags, kind):
-    line = F.syslog_line(
-        ev(label=label, flags=flags, malformed="truncated tcp header" if label == "MALFORMED" else None), "portsentry2"
-    )
+    line = F.syslog_line(ev(label=label, flags=flags, malformed="truncated tcp header" if label == "MALFORMED" else None), "portsentry2")
     assert f" type: [{kind}] " in line
 
 
@@ -209,9 +196,7 @@ def test_v2_flags_follow_2_0s_meaning(changes, tail):
 
 
 def test_v2_udp():
-    assert F.syslog_line(
-        ev(proto="udp", label="UDP", flags="", port=53, action="alert", blocked=False), "portsentry2"
-    ) == (
+    assert F.syslog_line(ev(proto="udp", label="UDP", flags="", port=53, action="alert", blocked=False), "portsentry2") == (
         "Scan from: [198.18.0.2] (198.18.0.2) protocol: [UDP] port: [53] type: [UDP] IP opts: [not set] "
         "ignored: [false] triggered: [true] noblock: [true] blocked: [false]"
     )
@@ -220,16 +205,10 @@ def test_v2_udp():
 # == history and blocked files =====================================================================
 def test_v1_history_line_exact_local_time():
     b = ev(event="block")
-    assert (
-        F.history_line(b, "portsentry1")
-        == "1763770000 - 11/22/2025 01:06:40 Host: 198.18.0.2/198.18.0.2 Port: 22 TCP Blocked"
-    )
+    assert F.history_line(b, "portsentry1") == "1763770000 - 11/22/2025 01:06:40 Host: 198.18.0.2/198.18.0.2 Port: 22 TCP Blocked"
     assert F.blocked_line(b) == F.history_line(b, "portsentry1")
     u = ev(proto="udp", label="UDP", flags="", port=161, host="scanner.example.net", action="alert", blocked=False)
-    assert (
-        F.history_line(u)
-        == "1763770000 - 11/22/2025 01:06:40 Host: scanner.example.net/198.18.0.2 Port: 161 UDP Blocked"
-    )
+    assert F.history_line(u) == "1763770000 - 11/22/2025 01:06:40 Host: scanner.example.net/198.18.0.2 Port: 161 UDP Blocked"
 
 
 def test_v1_history_one_line_per_block_and_one_per_log_only_detection():
@@ -328,8 +307,7 @@ def fail2ban_counts(logfile, filter_arg):
 
 
 needs_fail2ban = pytest.mark.skipif(
-    shutil.which("fail2ban-regex") is None
-    or not __import__("os").path.exists("/etc/fail2ban/filter.d/portsentry.conf"),
+    shutil.which("fail2ban-regex") is None or not __import__("os").path.exists("/etc/fail2ban/filter.d/portsentry.conf"),
     reason="Debian's fail2ban (fail2ban-regex and filter.d/portsentry.conf) is not installed",
 )
 
@@ -374,9 +352,7 @@ def test_logcheck_style_grep_finds_every_v1_detection(tmp_path):
     # every detection line, plus the block lines and the IP-options line, all say attackalert
     assert found == len(detections) + 2 + 1
     scan = subprocess.run(
-        ["grep", "-cE", r"attackalert: .* from host: [^ ]+/[^ ]+ to (TCP|UDP) port: [0-9]+$", str(syslog)],
-        capture_output=True,
-        text=True,
+        ["grep", "-cE", r"attackalert: .* from host: [^ ]+/[^ ]+ to (TCP|UDP) port: [0-9]+$", str(syslog)], capture_output=True, text=True
     )
     assert int(scan.stdout) == len(detections)
 

@@ -102,15 +102,7 @@ def test_atheris_fuzz_of_the_packet_path(tmp_path):
     script = tmp_path / "fuzz_packet_path.py"
     script.write_text(HARNESS)
     res = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "-runs=200000",
-            "-max_total_time=15",
-            "-max_len=256",
-            "-rss_limit_mb=1024",
-            "-print_final_stats=1",
-        ],
+        [sys.executable, str(script), "-runs=200000", "-max_total_time=15", "-max_len=256", "-rss_limit_mb=1024", "-print_final_stats=1"],
         capture_output=True,
         text=True,
         timeout=180,

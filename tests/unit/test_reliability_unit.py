@@ -173,19 +173,11 @@ def fake_ip(monkeypatch, addrs=IP_ADDR, route4=IP_ROUTE4, route6=IP_ROUTE6):
 def test_never_block_list_has_own_addresses_gateways_resolvers_ignore_list_and_ssh_session(tmp_path, monkeypatch):
     fake_ip(monkeypatch)
     resolv = tmp_path / "resolv.conf"
-    resolv.write_text(
-        "# test\nsearch example\nnameserver 198.18.0.53\nnameserver 2001:db8::53%eth0\nnameserver bogus\n"
-    )
+    resolv.write_text("# test\nsearch example\nnameserver 198.18.0.53\nnameserver 2001:db8::53%eth0\nnameserver bogus\n")
     monkeypatch.setenv("SSH_CONNECTION", "198.18.0.22 50522 198.18.0.1 22")
     cfg = make_cfg(
         tmp_path,
-        ignore={
-            "own_addresses": True,
-            "gateways": True,
-            "resolvers": True,
-            "resolv_conf": str(resolv),
-            "addresses": ["198.18.9.0/24"],
-        },
+        ignore={"own_addresses": True, "gateways": True, "resolvers": True, "resolv_conf": str(resolv), "addresses": ["198.18.9.0/24"]},
     )
     nets = NB.never_block_networks(cfg)
     for n in (
@@ -212,10 +204,7 @@ def test_each_fact_can_be_turned_off_and_a_missing_resolv_conf_is_no_error(tmp_p
     fake_ip(monkeypatch)
     monkeypatch.delenv("SSH_CONNECTION", raising=False)
     monkeypatch.delenv("SSH_CLIENT", raising=False)
-    cfg = make_cfg(
-        tmp_path,
-        ignore={"own_addresses": False, "gateways": True, "resolvers": True, "resolv_conf": str(tmp_path / "missing")},
-    )
+    cfg = make_cfg(tmp_path, ignore={"own_addresses": False, "gateways": True, "resolvers": True, "resolv_conf": str(tmp_path / "missing")})
     assert NB.never_block_networks(cfg) == ["198.18.0.254/32", "2001:db8::fffe/128"]
 
 
@@ -521,11 +510,7 @@ def test_hostile_configuration_is_refused_with_one_line(raw_cfg, frag):
 def test_command_arguments_are_validated_values_only():
     argv = substitute(["/usr/local/sbin/x", "$TARGET$", "--port=$PORT$", "$MODE$"], "198.18.0.2", 22, "SYN")
     assert argv == ["/usr/local/sbin/x", "198.18.0.2", "--port=22", "SYN"]
-    for target, port, mode in (
-        ("198.18.0.2; reboot", 22, "SYN"),
-        ("198.18.0.2", 70000, "SYN"),
-        ("198.18.0.2", 22, "SYN;id"),
-    ):
+    for target, port, mode in (("198.18.0.2; reboot", 22, "SYN"), ("198.18.0.2", 70000, "SYN"), ("198.18.0.2", 22, "SYN;id")):
         with pytest.raises(ValueError):
             substitute(["/bin/true", "$TARGET$"], target, port, mode)
 

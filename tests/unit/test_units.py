@@ -30,9 +30,7 @@ def test_durations(text, seconds):
     assert U.parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize(
-    "bad", ["", "x", "1x", "h", "1h x", "-5s", True, None, [], -1, float("nan"), float("inf"), "11000d"]
-)
+@pytest.mark.parametrize("bad", ["", "x", "1x", "h", "1h x", "-5s", True, None, [], -1, float("nan"), float("inf"), "11000d"])
 def test_bad_durations(bad):
     with pytest.raises(ValueError, match="bad block_duration"):
         U.parse_duration(bad, "block_duration")
