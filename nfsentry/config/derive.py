@@ -19,19 +19,15 @@ def engine_config(cfg: Config) -> EngineConfig:
     from nfsentry.core.engine import EngineConfig
 
     d, r = cfg["detection"], cfg["response"]
+    durations = cfg.durations
+    # fmt: off
     return EngineConfig(
-        scan_trigger=d["scan_trigger"],
-        window_ports=d["window_ports"],
-        window_seconds=cfg.durations["window_seconds"],
-        instant_labels=frozenset(d["instant_labels"]),
-        respond={"tcp": r["tcp"], "udp": r["udp"]},
-        block_duration=cfg.durations["block_duration"],
-        block_max_duration=cfg.durations["max_block_duration"],
-        escalation_factor=float(r["escalation_factor"]),
-        ipv6_prefix=d["ipv6_prefix"],
-        max_sources=d["max_sources"],
-        max_ports_per_source=d["max_ports_per_source"],
-    )
+        scan_trigger=d["scan_trigger"], window_ports=d["window_ports"], window_seconds=durations["window_seconds"],
+        instant_labels=frozenset(d["instant_labels"]), respond={"tcp": r["tcp"], "udp": r["udp"]},
+        block_duration=durations["block_duration"], block_max_duration=durations["max_block_duration"],
+        escalation_factor=float(r["escalation_factor"]), ipv6_prefix=d["ipv6_prefix"], max_sources=d["max_sources"],
+        max_ports_per_source=d["max_ports_per_source"])
+    # fmt: on
 
 
 def build_valves(cfg: Config, never_block: list[str], blocked_count: Callable[[], int]) -> Valves:
@@ -46,18 +42,9 @@ def ruleset_spec(cfg: Config, never_block: list[str]) -> RulesetSpec:
     from nfsentry.nft.spec import RulesetSpec
 
     m, n = cfg["monitor"], cfg["nft"]
+    # fmt: off
     return RulesetSpec(
-        bypass=n["fail_open"],
-        variant=m["mode"],
-        tcp_ports=list(cfg.tcp_ports),
-        udp_ports=list(cfg.udp_ports),
-        ignore=list(never_block),
-        queue=n["queue"],
-        ftp_queue=n["ftp_queue"],
-        ftp=m["ftp"],
-        inuse=m["inuse"],
-        mark=n["mark"],
-        table=n["table"],
-        ipv6_prefix=cfg["detection"]["ipv6_prefix"],
-        protect=list(m["protect"]),
-    )
+        bypass=n["fail_open"], variant=m["mode"], tcp_ports=list(cfg.tcp_ports), udp_ports=list(cfg.udp_ports),
+        ignore=list(never_block), queue=n["queue"], ftp_queue=n["ftp_queue"], ftp=m["ftp"], inuse=m["inuse"],
+        mark=n["mark"], table=n["table"], ipv6_prefix=cfg["detection"]["ipv6_prefix"], protect=list(m["protect"]))
+    # fmt: on

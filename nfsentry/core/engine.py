@@ -254,18 +254,9 @@ class Decision:
         n = len(self.packet.src)
         return 4 if n == 4 else 6 if n == 16 else 0
 
-    @property
-    def proto_name(self) -> str:
-        return _PROTO_NAME.get(self.proto, "other")
-
-    @property
-    def label_text(self) -> str:
-        """``UNKNOWN(SR)`` for unknown flag combinations, the label otherwise."""
-        return label_text(self.label, self.flags)
-
-    @property
-    def reacted(self) -> bool:
-        return self.action == _ALERT or self.action == _BLOCK
+    proto_name = property(lambda self: _PROTO_NAME.get(self.proto, "other"))
+    label_text = property(lambda self: label_text(self.label, self.flags), doc="UNKNOWN(SR) or the label")
+    reacted = property(lambda self: self.action == _ALERT or self.action == _BLOCK)
 
 
 def _format_reason(d: Decision, why: tuple) -> str:
@@ -473,6 +464,7 @@ class Engine:
         (Documentation only, like :meth:`process`.)"""
         return self._build_process()[1](raw, now)  # pragma: no cover - shadowed by the instance attribute
 
+    # fmt: off
     def _build_process(self):
         """The hot path, as closures over the configuration and the state tables, so that every
         per-packet read is a local or closure variable instead of an attribute lookup. The state
@@ -487,7 +479,7 @@ class Engine:
         measured hot path. Every helper call or attribute lookup split out of it costs on each
         packet (bench/bench_core.py; the daemon's loop holds 0.8 of a bare NetfilterQueue loop
         only with this shape), and its numbered sections (1. the packet ... 5. a reaction) read
-        top to bottom as the rules."""
+        top to bottom as the rules. Hand-formatted (fmt: off): one decision per line."""
         engine = self
         counts = self._counts
         states = self._states
@@ -514,14 +506,8 @@ class Engine:
         new_source = self._new_source
         v4tcp, v4udp, v6tcp, v6udp = _LEAN_V4TCP, _LEAN_V4UDP, _LEAN_V6TCP, _LEAN_V6UDP
         # the fast shapes' checks, by the names core/packet.py defines (decode() uses the same)
-        ip4_no_options, frag_bits, ip4_hdr, ip6_hdr, tcp_hdr, udp_hdr = (
-            P.IP4_NO_OPTIONS,
-            P.IP4_FRAG_BITS,
-            P.IP4_HDR,
-            P.IP6_HDR,
-            P.TCP_HDR,
-            P.UDP_HDR,
-        )
+        ip4_no_options, frag_bits, ip4_hdr, ip6_hdr, tcp_hdr, udp_hdr = (P.IP4_NO_OPTIONS, P.IP4_FRAG_BITS, P.IP4_HDR,
+                                                                   P.IP6_HDR, P.TCP_HDR, P.UDP_HDR)
         v4tcp_min, v4udp_min, v6tcp_min, v6udp_min = P.V4TCP_MIN, P.V4UDP_MIN, P.V6TCP_MIN, P.V6UDP_MIN
         ip4_proto_at, ip6_next_at = P.IP4_PROTO_AT, P.IP6_NEXT_AT
         # lean results and per-action counter indexes as plain ints (see lean_code)
@@ -541,7 +527,8 @@ class Engine:
                         if proto == 6:
                             if n >= v4tcp_min:
                                 tot, frag, src, dport, doff, flags = v4tcp(raw)
-                                if v4tcp_min <= tot <= n and not frag & frag_bits and tcp_hdr <= (doff >> 4) << 2 <= tot - ip4_hdr:
+                                if v4tcp_min <= tot <= n and not frag & frag_bits and \
+                                        tcp_hdr <= (doff >> 4) << 2 <= tot - ip4_hdr:
                                     key = src
                                     plen = 32
                                 else:
@@ -587,7 +574,7 @@ class Engine:
                 lean = True
             else:
                 lean = False
-            if pkt is None:  # a fast shape: clean, unfragmented, no IP options
+            if pkt is None:                 # a fast shape: clean, unfragmented, no IP options
                 clean = True
                 ipopts = ()
                 label = label_by_flags[flags] if proto == 6 else "UDP"
@@ -611,55 +598,20 @@ class Engine:
                     counts[i_count] += 1
                     if lean:
                         return lean_count | proto
-                    return _decision(
-                        _COUNT,
-                        now,
-                        b"",
-                        0,
-                        pkt,
-                        raw,
-                        proto,
-                        label,
-                        flag_strings[flags] if proto == 6 else "",
-                        (),
-                        (),
-                        0,
-                        "undecodable packet: no source address",
-                        0.0,
-                        0,
-                    )
+                    return _decision(_COUNT, now, b"", 0, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
+                                     (), (), 0, "undecodable packet: no source address", 0.0, 0)
 
             # -- 2. ignore list, FTP data expectations, sources already blocked
             ignore = engine.ignore
             # (the set's prefilter inlined: most sources fail it, and then no call is made)
-            if (
-                ignore is not None
-                and (
-                    src in ignore.exact
-                    or (src[0] in ignore.pre4 if len(src) == 4 else ignore.pre6 is None or src[: ignore.pre6_bytes] in ignore.pre6)
-                )
-                and ignore.contains(src)
-            ):
+            if ignore is not None and (src in ignore.exact or (
+                    src[0] in ignore.pre4 if len(src) == 4
+                    else ignore.pre6 is None or src[:ignore.pre6_bytes] in ignore.pre6)) and ignore.contains(src):
                 counts[i_ignore] += 1
                 if lean:
                     return lean_ignore | proto
-                return _decision(
-                    _IGNORE,
-                    now,
-                    key,
-                    plen,
-                    pkt,
-                    raw,
-                    proto,
-                    label,
-                    flag_strings[flags] if proto == 6 else "",
-                    (),
-                    (),
-                    0,
-                    "source in the ignore list",
-                    0.0,
-                    0,
-                )
+                return _decision(_IGNORE, now, key, plen, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
+                                 (), (), 0, "source in the ignore list", 0.0, 0)
             expectations = engine.expectations
             if proto == 6 and expectations is not None and clean and expectations.pending:
                 if pkt is None:
@@ -668,56 +620,26 @@ class Engine:
                     counts[i_pass] += 1
                     if lean:
                         return lean_pass | proto
-                    return _decision(
-                        _PASS,
-                        now,
-                        key,
-                        plen,
-                        pkt,
-                        raw,
-                        proto,
-                        label,
-                        flag_strings[flags],
-                        (),
-                        (),
-                        0,
-                        "expected FTP data connection",
-                        0.0,
-                        0,
-                    )
+                    return _decision(_PASS, now, key, plen, pkt, raw, proto, label, flag_strings[flags], (), (), 0,
+                                     "expected FTP data connection", 0.0, 0)
             until = blocked.get(key)
             if until is not None:
                 if now < until:
                     counts[i_drop] += 1
                     if lean:
                         return lean_drop | proto
-                    return _decision(
-                        _DROP,
-                        now,
-                        key,
-                        plen,
-                        pkt,
-                        raw,
-                        proto,
-                        label,
-                        flag_strings[flags] if proto == 6 else "",
-                        (),
-                        (),
-                        0,
-                        "already blocked",
-                        0.0,
-                        0,
-                    )
+                    return _decision(_DROP, now, key, plen, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
+                                     (), (), 0, "already blocked", 0.0, 0)
                 del blocked[key]
                 counts[_EXPIRED_BLOCKS] += 1
 
             # -- 3. record the hit: hits and distinct ports so far, this packet included
             pk = (proto << 16) | dport
             st = states.get(key)
-            if st is None or now - st.last > window:  # new, or quiet longer than the window
+            if st is None or now - st.last > window:   # new, or quiet longer than the window
                 hits = nports = 1
             else:
-                st.seen = True  # CLOCK reference bit: spare it once
+                st.seen = True                 # CLOCK reference bit: spare it once
                 hits = st.hits = st.hits + 1
                 if label not in st.labels:
                     st.labels += (label,)
@@ -738,7 +660,7 @@ class Engine:
                     elif len(ports) >= port_cap:
                         del ports[next(iter(ports))]
                     ports[pk] = now
-                    if window_ports:  # last-hit order: prune the ports that left the window
+                    if window_ports:     # last-hit order: prune the ports that left the window
                         oldest = now - window
                         if ports[next(iter(ports))] < oldest:
                             for stale in [p for p, t in ports.items() if t < oldest]:
@@ -747,11 +669,12 @@ class Engine:
                 st.last = now
 
             # -- 4. the policies
-            instant = (label in instant_labels and not (label == "UNKNOWN" and stream[flags])) or (ipopts_instant and ipopts)
+            instant = (label in instant_labels and not (label == "UNKNOWN" and stream[flags])) \
+                or (ipopts_instant and ipopts)
             triggered = hits > trigger
             windowed = window_ports and nports >= window_ports
             if not (instant or triggered or windowed) or (guard and proto == 6 and reply[flags] and clean):
-                if hits == 1:  # (re)start the source's state
+                if hits == 1:                  # (re)start the source's state
                     if st is None:
                         st = new_source()
                         st.seen = False
@@ -771,23 +694,8 @@ class Engine:
                 counts[i_count] += 1
                 if lean:
                     return lean_count | proto
-                return _decision(
-                    _COUNT,
-                    now,
-                    key,
-                    plen,
-                    pkt,
-                    raw,
-                    proto,
-                    label,
-                    flag_strings[flags] if proto == 6 else "",
-                    (),
-                    (),
-                    hits,
-                    "counted",
-                    0.0,
-                    0,
-                )
+                return _decision(_COUNT, now, key, plen, pkt, raw, proto, label, flag_strings[flags] if proto == 6 else "",
+                                 (), (), hits, "counted", 0.0, 0)
             # -- 5. a reaction (once per reacting source): resets the source's counts
             if hits == 1:
                 if st is not None:
@@ -801,29 +709,14 @@ class Engine:
                 labels = st.labels
             action = react_udp if proto == 17 else react_tcp
             valve = None
-            if action is _BLOCK and engine.valves is not None:  # before anything is recorded
+            if action is _BLOCK and engine.valves is not None:   # before anything is recorded
                 valve = engine.valves.judge(key, plen, src, now)
-                if valve is _DUPLICATE:  # blocked alone moments ago: its kernel block is landing
+                if valve is _DUPLICATE:       # blocked alone moments ago: its kernel block is landing
                     counts[i_drop] += 1
                     if lean:
                         return lean_drop | proto
-                    return _decision(
-                        _DROP,
-                        now,
-                        key,
-                        plen,
-                        pkt,
-                        raw,
-                        proto,
-                        label,
-                        flag_strings[flags] if proto == 6 else "",
-                        (),
-                        (),
-                        0,
-                        "already blocked",
-                        0.0,
-                        0,
-                    )
+                    return _decision(_DROP, now, key, plen, pkt, raw, proto, label,
+                                     flag_strings[flags] if proto == 6 else "", (), (), 0, "already blocked", 0.0, 0)
                 if valve.__class__ is _Admit:
                     key, plen = valve.key, valve.prefixlen
                 else:
@@ -835,22 +728,22 @@ class Engine:
                 if offences > 1:
                     offenders.move_to_end(key)
                 else:
-                    while len(offenders) > max_offenders:  # least recently offending first
+                    while len(offenders) > max_offenders:     # least recently offending first
                         offenders.popitem(last=False)
                         counts[_OFFENDERS_EVICTED] += 1
                 duration = durations[offences] if offences < 65 else engine.duration_for(offences)
                 # the key is not in ``blocked`` here (an ended block was deleted above)
                 if valve is not None and valve.narrowed:
-                    pass  # looked up by prefix, never by this key: the kernel drops the address
+                    pass   # looked up by prefix, never by this key: the kernel drops the address
                 elif duration > 0:
                     until = now + duration
                     blocked[key] = until
-                    heappush(block_heap, (until, key))  # expire() pops ended blocks off this heap
+                    heappush(block_heap, (until, key))   # expire() pops ended blocks off this heap
                     if len(block_heap) > 2 * len(blocked) + 64:
                         engine._rebuild_block_heap()
                 else:
                     blocked[key] = INF
-                while len(blocked) > max_sources:  # oldest block first
+                while len(blocked) > max_sources:             # oldest block first
                     blocked.popitem(last=False)
                     counts[_BLOCKED_EVICTED] += 1
                 block = (offences, duration)
@@ -860,32 +753,11 @@ class Engine:
             counts[action] += 1
             # The reason text is formatted when first read (_format_reason), which the daemon does
             # on its worker thread: the verdict path only stores what the text is made of.
-            why = (
-                label in instant_labels if instant else None,
-                trigger_text if triggered else None,
-                window_text if windowed else None,
-                hits,
-                labels,
-                port_keys,
-                block,
-            )
-            d = _decision(
-                action,
-                now,
-                key,
-                plen,
-                pkt,
-                raw,
-                proto,
-                label,
-                flag_strings[flags] if proto == 6 else "",
-                labels,
-                port_keys,
-                hits,
-                why,
-                duration,
-                offences,
-            )
+            why = (label in instant_labels if instant else None, trigger_text if triggered else None,
+                   window_text if windowed else None, hits, labels, port_keys, block)
+            d = _decision(action, now, key, plen, pkt, raw, proto, label,
+                          flag_strings[flags] if proto == 6 else "", labels, port_keys, hits, why,
+                          duration, offences)
             if valve is not None and (valve.__class__ is not _Admit or valve.narrowed):
                 d.valve = valve
             return d
@@ -896,27 +768,17 @@ class Engine:
         process.__doc__ = Engine.process.__doc__
         run.__doc__ = Engine.process_raw.__doc__
         if not self.compiled:
-            return process, run  # run(raw, now) is process_raw: no wrapper on the hot path
-        labels = _LABEL_BY_FLAGS + ("UDP",)  # by TCP flags byte, [256] for UDP
-        instant = bytes((label in instant_labels and not (label == "UNKNOWN" and f < 256 and _STREAM[f])) for f, label in enumerate(labels))
+            return process, run      # run(raw, now) is process_raw: no wrapper on the hot path
+        labels = _LABEL_BY_FLAGS + ("UDP",)          # by TCP flags byte, [256] for UDP
+        instant = bytes((label in instant_labels and not (label == "UNKNOWN" and f < 256 and _STREAM[f]))
+                        for f, label in enumerate(labels))
         fast = _fastpath.FastPath(
-            engine=self,
-            states=states,
-            blocked=blocked,
-            counts=counts,
-            clock=clock,
-            fallback=run,
-            labels=labels,
-            one_labels=tuple(_ONE_LABEL.get(label) or (label,) for label in labels),
-            instant=instant,
-            window=window,
-            trigger=float(trigger),
-            window_ports=window_ports,
-            port_cap=port_cap,
-            max_sources=max_sources,
-            v6len=v6len,
-        )
+            engine=self, states=states, blocked=blocked, counts=counts, clock=clock, fallback=run,
+            labels=labels, one_labels=tuple(_ONE_LABEL.get(label) or (label,) for label in labels),
+            instant=instant, window=window, trigger=float(trigger), window_ports=window_ports,
+            port_cap=port_cap, max_sources=max_sources, v6len=v6len)
         return process, fast
+    # fmt: on
 
     def _evict(self) -> None:
         """Bring the tracked sources back under ``max_sources`` (CLOCK, an approximation of LRU).
@@ -969,24 +831,22 @@ class Engine:
             d = min(d, cap)
         return 0.0 if d == INF else d
 
+    def _put(self, table: OrderedDict, key: bytes, value, cap: int, counter: int) -> None:
+        """``table[key] = value`` as its newest entry, then the cap (oldest entries go, counted)."""
+        table[key] = value
+        table.move_to_end(key)
+        self._trim(table, cap, counter)
+
     def _set_offences(self, key: bytes, offences: int) -> None:
-        off = self._offenders
-        off[key] = offences
-        off.move_to_end(key)
-        if len(off) > self._max_offenders:
-            self._trim_offenders()
+        self._put(self._offenders, key, offences, self._max_offenders, _OFFENDERS_EVICTED)
 
     def _set_blocked(self, key: bytes, until: float) -> None:
         """Record a block (restoration and manual blocks; the packet path inlines this)."""
-        blocked = self._blocked
-        blocked[key] = until
-        blocked.move_to_end(key)
-        if len(blocked) > self._max_sources:
-            self._trim_blocked()
+        self._put(self._blocked, key, until, self._max_sources, _BLOCKED_EVICTED)
         if until != INF:  # expire() pops ended blocks from this heap instead of scanning
             heap = self._block_heap
             heappush(heap, (until, key))
-            if len(heap) > 2 * len(blocked) + 64:
+            if len(heap) > 2 * len(self._blocked) + 64:
                 self._rebuild_block_heap()
 
     def _trim(self, table: OrderedDict, cap: int, counter: int) -> None:

@@ -7,14 +7,13 @@ daemon, replay and the CLI build events here; nothing else writes these dicts' s
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .addrs import addr_text
 from .engine import Action
 
-__all__ = ["EventPolicy", "PROTO_NAMES", "decision_event", "manual_block_event", "ftp_report_event", "latency_summary"]
+__all__ = ["EventPolicy", "PROTO_NAMES", "decision_event", "ftp_report_event", "latency_summary"]
 
 PROTO_NAMES = {6: "tcp", 17: "udp"}
 
@@ -77,28 +76,6 @@ def decision_event(d, kind: str, policy: EventPolicy) -> dict[str, Any]:
         "ignored": False,
         "triggered": d.action in (Action.ALERT, Action.BLOCK, Action.DROP),
         "blocked": action == "block",
-    }
-
-
-def manual_block_event(net: str, duration: float, reason: str, now: float | None = None) -> dict[str, Any]:
-    """A block made by hand (``nfsentry block``) -> ``block`` event. ``now`` defaults to the
-    wall clock (the time the block was made)."""
-    now = time.time() if now is None else now
-    return {
-        "ts": now,
-        "event": "block",
-        "network": net,
-        "src": net,
-        "family": 6 if ":" in net else 4,
-        "reason": reason,
-        "duration": duration,
-        "expires": now + duration if duration else None,
-        "offences": 1,
-        "action": "manual",
-        "origin": "manual",
-        "labels": [],
-        "ports": [],
-        "blocked": True,
     }
 
 

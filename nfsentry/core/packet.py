@@ -309,17 +309,9 @@ def _decode4(raw: bytes, n: int) -> Packet:
             return Packet(4, src, dst, proto, ip_options=opts, frag_offset=frag_offset, more_frags=more, ttl=ttl, malformed=err)
     if frag_offset:
         if frag_offset + tot - ihl > 65535:
+            err = "ipv4 fragment ends beyond 65535 bytes"
             return Packet(
-                4,
-                src,
-                dst,
-                proto,
-                ip_options=opts,
-                frag_offset=frag_offset,
-                more_frags=more,
-                payload_offset=ihl,
-                ttl=ttl,
-                malformed="ipv4 fragment ends beyond 65535 bytes",
+                4, src, dst, proto, ip_options=opts, frag_offset=frag_offset, more_frags=more, payload_offset=ihl, ttl=ttl, malformed=err
             )
         return Packet(4, src, dst, proto, 0, 0, 0, 0, b"", opts, (), frag_offset, more, ihl, ttl, None)
     return _transport(raw, ihl, tot, 4, src, dst, proto, opts, (), 0, more, ttl)

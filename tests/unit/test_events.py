@@ -7,8 +7,9 @@ import struct
 import pytest
 
 from nfsentry.core.engine import Action, Engine, EngineConfig
-from nfsentry.core.events import EventPolicy, decision_event, latency_summary, manual_block_event
+from nfsentry.core.events import EventPolicy, decision_event, latency_summary
 from nfsentry.core.packet import decode
+from nfsentry.ledger.ledger import block_event
 
 
 def _decision(respond="block"):
@@ -64,7 +65,7 @@ def test_block_event_expires():
 
 
 def test_manual_block_event():
-    ev = manual_block_event("2001:db8::/64", 60, "by hand", now=1000.0)
+    ev = block_event("2001:db8::/64", 60, "by hand", "manual", 1000.0)
     assert ev == {
         "ts": 1000.0,
         "event": "block",
@@ -81,8 +82,9 @@ def test_manual_block_event():
         "ports": [],
         "blocked": True,
     }
-    assert manual_block_event("198.18.0.2", 0, "x", now=5.0)["expires"] is None
-    assert manual_block_event("198.18.0.2", 0, "x")["family"] == 4
+    assert block_event("198.18.0.2", 0, "x", "manual", 5.0)["expires"] is None
+    assert block_event("198.18.0.2", 0.5, "x", "manual", 5.0)["expires"] == 6.0  # never 0 by rounding
+    assert block_event("198.18.0.2", 0, "x", "manual", 5.0)["family"] == 4
 
 
 def test_latency_summary():
