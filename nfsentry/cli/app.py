@@ -166,6 +166,17 @@ def fmt_left(seconds: float | None) -> str:
     return format_duration(max(0, seconds)) or "0s"
 
 
+def json_or_nothing(rows: list, as_json: bool, nothing: str) -> bool:
+    """Print ``rows`` as JSON, or say there is nothing to list; True when that was all to print."""
+    if as_json:
+        typer.echo(json.dumps(rows, sort_keys=True, default=str))
+        return True
+    if not rows:
+        typer.echo(nothing)
+        return True
+    return False
+
+
 def print_table(title: str, columns: list[str], rows: list[list]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -486,11 +497,7 @@ def history(
             s.close()
         except StoreError as e:
             fail(str(e), EXIT_RUNTIME)
-    if as_json:
-        typer.echo(json.dumps(rows, sort_keys=True, default=str))
-        return
-    if not rows:
-        typer.echo("no history")
+    if json_or_nothing(rows, as_json, "no history"):
         return
     print_table(
         "history",
@@ -649,11 +656,7 @@ def replay(
         events = R.replay(capture, cfg, local=local or None)
     except R.ReplayError as e:
         fail(str(e))
-    if as_json:
-        typer.echo(json.dumps(events, sort_keys=True, default=str))
-        return
-    if not events:
-        typer.echo("nothing would have been detected")
+    if json_or_nothing(events, as_json, "nothing would have been detected"):
         return
     for ev in events:
         ts = dt.datetime.fromtimestamp(ev["ts"]).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
