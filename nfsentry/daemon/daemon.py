@@ -84,6 +84,7 @@ class Daemon:
         self.worker = Worker(self)
         self.ftpq: FtpQueue | None = None
         self.degraded: str | None = None  # why protection is not what it should be (status: DEGRADED)
+        self.engine_stats: dict[str, Any] = {}  # the engine's stats as of the last tick (main thread)
         self.unloaded_by_admin = False  # `rules unload --force`: not put back until loaded again by hand
 
     # == start-up ===================================================================================
@@ -108,6 +109,7 @@ class Daemon:
         self.engine = Engine(engine_config(self.cfg), ignore=PrefixSet(self.never_block), expectations=self.ftpq.expectations)
         self.engine.valves = self.valves = self.make_valves(self.cfg)
         self.verdicts.engine = self.engine
+        self.engine_stats = dict(self.engine.stats)
 
     def make_valves(self, cfg: Config):
         """The engine's safety valves; the blocked count they read is the main thread's (Verdicts)."""
@@ -234,6 +236,7 @@ class Daemon:
         now = time.time()
         if now - self._last_tick >= 1.0:
             self._last_tick = now
+            self.engine_stats = dict(self.engine.stats)  # for status, read on the control thread
             self.ftpq.expectations.expire(now)
             # the quiet-source sweep walks every tracked source (~5 ms per 100,000):
             # every 10 s is plenty, since a returning source is re-checked on its next hit
@@ -441,7 +444,7 @@ def status_of(d: Daemon) -> dict[str, Any]:
         "never_block": len(d.never_block),
         "config": cfg.path,
         "counters": d.counters.total(),
-        "engine": dict(getattr(d.engine, "stats", {})),
+        "engine": d.engine_stats,  # the main thread's snapshot (the control thread never reads the engine)
         "event_backlog": d.events.qsize(),
         "pending_storage_writes": len(d.worker.pending_store),
         "queue_drops": queue_drops(),
