@@ -186,3 +186,23 @@ def test_safety_valves_bound_what_a_spoofed_scan_can_block(lab, tmp_path, key, v
         assert legit.connect(victim.ip4, OPEN_PORT) == "connected"
     finally:
         d.close()
+
+
+def test_neighbours_narrowed_out_of_a_protected_64_escalate_each_on_their_own(lab, tmp_path):
+    """Issue 16 row 14: several addresses of one IPv6 /64 that holds a never-block address (here the
+    victim's own) are each blocked alone; each is a first offence (1 h), not 1 h, 2 h, 4 h ... as
+    when they shared the /64's offence count."""
+    victim, attacker = lab["victim"], lab["attacker"]
+    accept_forged(victim)
+    d = Nfsentry(victim, tmp_path / "nfs")
+    d.start()
+    try:
+        neighbours = ["2001:db8::99", "2001:db8::9a", "2001:db8::9b"]
+        for n in neighbours:
+            forge(attacker, victim, [n])
+            ev = d.wait_event("block", n, timeout=60)
+            assert ev["network"] == n and ev["offences"] == 1 and ev["duration"] == 3600, ev
+        assert {n for n in neighbours} <= blocked_nets(d)
+        assert d.status()["counters"]["blocks_narrowed"] == 3
+    finally:
+        d.close()
