@@ -18,7 +18,7 @@ from typing import Any
 from nfsentry.core.addrs import parse_network
 from nfsentry.core.classify import LABELS
 from nfsentry.core.events import EventPolicy
-from nfsentry.core.units import TROJAN_TCP, TROJAN_UDP, parse_duration, parse_ports, ranges_text, subtract_ranges
+from nfsentry.core.units import RATE, TROJAN_TCP, TROJAN_UDP, parse_duration, parse_ports, ranges_text, subtract_ranges
 
 DEFAULT_PATH = "/etc/nfsentry/nfsentry.toml"
 
@@ -58,6 +58,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_blocks_per_minute": 0,  # 0 = unlimited
         "max_blocked": 100000,  # cap on the blocked sets' size (a spoofed flood cannot grow them without bound); 0 = unlimited
         "keep_blocks_on_exit": True,  # on SIGTERM keep the table (and its blocks) loaded
+        "kernel_block": True,  # the rule that queues a first probe the policy blocks also blocks its source, in the kernel
+        "kernel_block_rate": "100/second",  # new kernel-side blocks allowed, all sources together (N/second or N/minute)
     },
     "ignore": {
         "addresses": [],  # addresses and CIDRs, IPv4 and IPv6
@@ -273,6 +275,10 @@ def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = Tr
             parse_network(entry, "network")
         except ValueError as e:
             raise ConfigError(f"[monitor] protect: {e}") from None
+    if not RATE.fullmatch(data["response"]["kernel_block_rate"]):
+        raise ConfigError(
+            f'[response] kernel_block_rate: {data["response"]["kernel_block_rate"]!r} is not a rate like "100/second" or "600/minute"'
+        )
     if data["monitor"]["mode"] == "gateway" and not data["monitor"]["protect"]:
         raise ConfigError('[monitor] protect: gateway mode needs the networks behind this host (e.g. ["198.18.1.0/24"])')
     for entry in data["ignore"]["addresses"]:

@@ -227,6 +227,7 @@ class Daemon:
         """Duties of the main thread (the only one that touches the engine): control requests,
         duties other threads handed over, reload, periodic expiry."""
         self.verdicts.pending = False
+        self.verdicts.withdraw_pending()  # before any request: a block asked for now is never withdrawn
         self.commands.run()
         while not self.duties.empty():
             self.duties.get_nowait()()
@@ -451,9 +452,14 @@ def status_of(d: Daemon) -> dict[str, Any]:
         "block_latency_ms": latency_summary(d.verdicts.block_latency),
         "ftp": d.ftpq.status(),
     }
+    kb = d.verdicts.kb
+    st["kernel_block"] = {"active": False}
+    if kb is not None:
+        st["kernel_block"] = {"active": True, "tcp": bool(kb.tcp_flags), "udp": kb.udp, "rate": kb.rate, "timeout": kb.timeout}
     try:
         st["kernel"] = d.nft.counters()
         st["blocked"] = d.nft.blocked_count()
+        st["kernel_block"]["blocks"] = st["kernel"].get("kernel_blocks", 0)
     except Exception as e:
         st["kernel_error"] = str(e)
     st["state"] = "degraded" if d.degraded else "running"

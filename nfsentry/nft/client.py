@@ -47,7 +47,7 @@ from nfsentry.nft import compat as _compat
 from nfsentry.nft import elements as E
 from nfsentry.nft import inuse as _inuse
 from nfsentry.nft.errors import NftError, NftInconsistent, NftUnavailable, SpecError
-from nfsentry.nft.render import cleanup_commands, compat_rules, filter_chains, format_table, model, reload_plan
+from nfsentry.nft.render import cleanup_commands, compat_rules, filter_chains, format_table, model, near_prefixes, reload_plan
 from nfsentry.nft.spec import COUNTERS, TABLE_NAME, RulesetSpec, check_backend
 
 __all__ = ["Nft", "Session", "probe_backend", "MISSING_BINDINGS", "LIST_ATTEMPTS", "ONE_MESSAGE", "EXPIRY_SLACK"]
@@ -120,7 +120,7 @@ class Session:
     # libnftables 1.0.6 fills its cache with every set element before most list commands
     # (~0.35 s per 100,000 blocks); `list chains`, terse `list sets table` and `list set X` do not,
     # so the frequent paths use only those.
-    def _sets(self) -> dict[str, tuple[str, tuple[str, ...]]] | None:
+    def _sets(self) -> dict[str, tuple[str, tuple[str, ...], int]] | None:
         """{set name: (type, flags)} of our table, without contents; None when the table is absent."""
         with self._lock:
             self._n.set_terse_output(True)
@@ -463,6 +463,16 @@ class Nft(Session):
             self._require_loaded()
             return False
 
+    def withdraw(self, networks: Iterable[Any]) -> None:
+        """Remove these exact entries in one transaction, present or not (each is added, a no-op
+        when present, then deleted: `delete` alone fails on a missing element)."""
+        cmds = []
+        for network in networks:
+            setname, elem, _ = self._set_for(network)
+            cmds.append(f"add element inet {self.table} {setname} {{ {elem} }}\n{E.delete_command(self.table, setname, [elem])}")
+        if cmds:
+            self._cmd("\n".join(cmds), f"withdrawing {len(cmds)} kernel-side block(s)")
+
     def _blocked_sets(self) -> list[str]:
         sets = self._sets()
         if sets is None:
@@ -536,7 +546,16 @@ class Nft(Session):
         adds, deletes = E.plan_nets({net: 0}, self._networks(setname))
         if not adds:
             return False
-        self._cmd(E.replace_commands(self.table, setname, deletes, str(net)), f"ignoring {E.network_text(net)}")
+        cmds = E.replace_commands(self.table, setname, deletes, str(net))
+        v6p = self._v6_prefix() if net.version == 6 else None
+        near = f"near6_{v6p}"
+        if v6p and (sets := self._sets()) and near in sets:  # the kernel-side block narrows next to it too
+            for prefix in near_prefixes([str(net)], v6p):
+                n = ipaddress.ip_network(prefix)
+                n_adds, n_deletes = E.plan_nets({n: 0}, self._networks(near))
+                if n_adds:
+                    cmds += "\n" + E.replace_commands(self.table, near, n_deletes, prefix)
+        self._cmd(cmds, f"ignoring {E.network_text(net)}")
         return True
 
     def expect_ftp(self, peer: str, server: str, port: int, timeout: float, remove: Iterable[tuple[str, str, int]] = ()) -> None:

@@ -290,14 +290,14 @@ def parse_set_items(setname: str, items: list[str]) -> list[dict]:
 
 
 # == JSON listings (`nft -j`) ===================================================================
-def parse_sets(items: list[dict]) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """`list sets table ...` -> {set name: (type, sorted flags)}."""
+def parse_sets(items: list[dict]) -> dict[str, tuple[str, tuple[str, ...], int]]:
+    """`list sets table ...` -> {set name: (type, sorted flags, size (0 = none))}."""
     sets = {}
     for i in items:
         if "set" in i:
             st = i["set"]
             typ = st["type"] if isinstance(st["type"], str) else " . ".join(st["type"])
-            sets[st["name"]] = (typ, tuple(sorted(st.get("flags", []))))
+            sets[st["name"]] = (typ, tuple(sorted(st.get("flags", []))), int(st.get("size", 0)))
     return sets
 
 

@@ -46,10 +46,11 @@ class SetDef:
     flags: tuple[str, ...]
     elements: list[str]
     doc: list[str]
+    size: int = 0  # the most elements the set holds (0 = no limit)
 
     @property
-    def signature(self) -> tuple[str, tuple[str, ...]]:
-        return self.type, tuple(sorted(self.flags))
+    def signature(self) -> tuple[str, tuple[str, ...], int]:
+        return self.type, tuple(sorted(self.flags)), self.size
 
 
 @dataclass
@@ -144,7 +145,38 @@ def _blocked_sets(spec: RulesetSpec) -> list[SetDef]:
             )
         )
     sets.append(SetDef("blocked6net", "ipv6_addr", ("interval", "timeout"), [], ["IPv6 prefixes of any other length."]))
+    kb = spec.kernel_block
+    if kb is not None:  # the hash sets the packet path adds to (6a): dynamic, and bounded
+        for st in sets:
+            if "interval" not in st.flags:
+                st.flags, st.size = ("dynamic", "timeout"), kb.size
+        sets[0].doc += [
+            "   The kernel adds a first probe's source itself (6a below): these hash sets are",
+            f"   `dynamic`, and hold at most {kb.size} entries each." if kb.size else "   `dynamic`.",
+        ]
+        near = near_prefixes(spec.ignore, v6p)
+        if v6p != 128:
+            sets.append(
+                SetDef(
+                    f"near6_{v6p}",
+                    "ipv6_addr",
+                    ("interval",),
+                    near,
+                    [
+                        f"The /{v6p} networks that hold a never-block address (own, gateway, resolver, ignored):",
+                        "a source in one is blocked alone (6a), never with its whole network.",
+                    ],
+                )
+            )
     return sets
+
+
+def near_prefixes(ignore: list[str], v6p: int) -> list[str]:
+    """The /``v6p`` networks holding a never-block IPv6 network narrower than /``v6p`` (a source
+    in one is blocked alone, as the daemon's valves narrow it: core/valves.py)."""
+    nets = [ipaddress.ip_network(n, strict=False) for n in ignore if ":" in n]
+    near = {n.supernet(new_prefix=v6p) for n in nets if n.prefixlen > v6p}
+    return [str(n) for n in ipaddress.collapse_addresses(sorted(near))]
 
 
 def _sets(spec: RulesetSpec) -> list[SetDef]:
@@ -257,6 +289,51 @@ _EXPECT: list[Rule] = [
 ]
 
 
+def _flags_match(flags: tuple[int, ...]) -> str:
+    """`tcp flags` matching exactly these flags bytes (the shorter of the set and its complement)."""
+    other = [f for f in range(256) if f not in flags]
+    if len(other) < len(flags):
+        return "tcp flags != { " + ", ".join(f"{f:#04x}" for f in other) + " }"
+    return "tcp flags { " + ", ".join(f"{f:#04x}" for f in flags) + " }"
+
+
+def kernel_block_rules(spec: RulesetSpec) -> list[Rule]:
+    """6a. The first probe blocked by the kernel, in the rule before the one that queues it."""
+    kb = spec.kernel_block
+    if kb is None:
+        return []
+    v6p = spec.ipv6_prefix
+    t = f" timeout {kb.timeout}s" if kb.timeout else ""
+    add = "limit name kernel_block counter name kernel_blocks add"
+    matches = []
+    if kb.tcp_flags:
+        matches.append(f"tcp dport @tcp_ports {_flags_match(kb.tcp_flags)}")
+    if kb.udp:
+        matches.append("udp dport @udp_ports")
+    rules: list[Rule] = []
+    for m in matches:
+        rules.append(([], f"meta nfproto ipv4 ct state new {m} {add} @blocked4 {{ ip saddr{t} }}"))
+        if v6p == 128:
+            rules.append(([], f"meta nfproto ipv6 ct state new {m} {add} @blocked6 {{ ip6 saddr{t} }}"))
+            continue
+        rules.append(([], f"meta nfproto ipv6 ct state new {m} ip6 saddr @near6_{v6p} {add} @blocked6 {{ ip6 saddr{t} }}"))
+        rules.append(
+            ([], f"meta nfproto ipv6 ct state new {m} ip6 saddr != @near6_{v6p} {add} @blocked6_{v6p} {{ ip6 saddr & {_v6_mask(v6p)}{t} }}")
+        )
+    what = "TCP and UDP" if kb.tcp_flags and kb.udp else "TCP" if kb.tcp_flags else "UDP"
+    doc = [
+        f"6a. Kernel-side block: a {what} probe the daemon blocks on any hit (the flags below are",
+        "    the ones its policy reacts to; never a stack's replies) puts its source into the blocked",
+        "    set right here, before it is queued: nothing after it gets through. IPv4 by address, IPv6",
+        f"    by its /{v6p} (alone next to a never-block address). Only `ct state new`: conntrack checked",
+        "    the checksum (a bad one is `invalid`; the daemon decides those). At most",
+        f"    {kb.rate} new entries (limit kernel_block). The daemon still gets the packet: it records",
+        "    the block, escalates a repeat offender's time, or withdraws what its valves refuse.",
+    ]
+    rules[0] = (doc, rules[0][1])
+    return rules
+
+
 def _input(spec: RulesetSpec, backend: str) -> ChainDef:
     q_tcp = f"counter name queued_tcp {_verdict(spec, backend, False)}"
     q_udp = f"counter name queued_udp {_verdict(spec, backend, False)}"
@@ -301,7 +378,7 @@ def _input(spec: RulesetSpec, backend: str) -> ChainDef:
         rules.append(([], "# 4. In-use ports: polled from /proc/net and left out of tcp_ports/udp_ports."))
     else:
         rules.append(([], "# 4. In-use detection is off: only the FTP expectations exempt a port."))
-    rules += _EXPECT + queue_rules
+    rules += _EXPECT + kernel_block_rules(spec) + queue_rules
     return ChainDef(
         "input",
         "input priority filter - 10",
@@ -324,6 +401,7 @@ def _forward(spec: RulesetSpec, backend: str) -> ChainDef:
         (["3. Ignored sources."], "ip saddr @ignore4 accept"),
         ([], "ip6 saddr @ignore6 accept"),
         *_EXPECT,
+        *kernel_block_rules(spec),
         (
             [
                 "6. Connection attempts to monitored ports of a protected host: to the scan verdict",
@@ -403,12 +481,20 @@ def format_table(m: Model) -> str:
         out.append(f"\tcounter {name} {{")
         out.append(f"\t\t# {doc}")
         out.append("\t}")
+    if m.spec.kernel_block is not None:
+        out.append("")
+        out.append("\t# 6a. How many sources the kernel may block itself (a spoofed flood cannot fill the sets).")
+        out.append("\tlimit kernel_block {")
+        out.append(f"\t\trate {m.spec.kernel_block.rate}")
+        out.append("\t}")
     for s in m.sets:
         out.append("")
         out += [f"\t# {line}" for line in s.doc]
         out.append(f"\tset {s.name} {{")
         out.append(f"\t\ttype {s.type}")
         out.append(f"\t\tflags {', '.join(s.flags)}")
+        if s.size:
+            out.append(f"\t\tsize {s.size}")
         if s.elements:
             out.append("\t\telements = {")
             out += _wrap(s.elements, "\t\t\t")

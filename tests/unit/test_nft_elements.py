@@ -287,16 +287,16 @@ def test_elem_networks():
 def test_parse_sets():
     items = [
         {"metainfo": {}},
-        {"set": {"name": "blocked4", "type": "ipv4_addr", "flags": ["timeout"]}},
+        {"set": {"name": "blocked4", "type": "ipv4_addr", "flags": ["dynamic", "timeout"], "size": 1000}},
         {"set": {"name": "blocked4net", "type": "ipv4_addr", "flags": ["timeout", "interval"]}},
         {"set": {"name": "ftp_expect4", "type": ["ipv4_addr", "ipv4_addr", "inet_service"], "flags": ["timeout"]}},
         {"set": {"name": "tcp_ports", "type": "inet_service"}},
     ]
     assert E.parse_sets(items) == {
-        "blocked4": ("ipv4_addr", ("timeout",)),
-        "blocked4net": ("ipv4_addr", ("interval", "timeout")),
-        "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",)),
-        "tcp_ports": ("inet_service", ()),
+        "blocked4": ("ipv4_addr", ("dynamic", "timeout"), 1000),
+        "blocked4net": ("ipv4_addr", ("interval", "timeout"), 0),
+        "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",), 0),
+        "tcp_ports": ("inet_service", (), 0),
     }
     assert E.parse_sets([]) == {}
 

@@ -228,8 +228,8 @@ def test_model_sets_and_signatures():
 
     m = model(RulesetSpec(variant="gateway", protect=["fd00::/8", "192.168.0.0/16"]), "compat")
     assert m.backend == "compat" and m.spec.protect == ["192.168.0.0/16", "fd00::/8"]
-    assert m.set("blocked4net").signature == ("ipv4_addr", ("interval", "timeout"))
-    assert m.set("ftp_expect6").signature == ("ipv6_addr . ipv6_addr . inet_service", ("timeout",))
+    assert m.set("blocked4net").signature == ("ipv4_addr", ("interval", "timeout"), 0)
+    assert m.set("ftp_expect6").signature == ("ipv6_addr . ipv6_addr . inet_service", ("timeout",), 0)
     assert m.set("protect4").elements == ["192.168.0.0/16"] and m.set("protect6").elements == ["fd00::/8"]
     assert m.set("nope") is None
     assert [c.name for c in m.chains] == ["prerouting", "input", "forward", "output", "ftp_control"]
@@ -243,11 +243,11 @@ def test_reload_plan_keeps_unchanged_blocked_sets_and_moves_changed_ones():
     current = {
         "chains": ["prerouting", "input"],
         "sets": {
-            "blocked4": ("ipv4_addr", ("timeout",)),  # unchanged: kept
-            "blocked6_64": ("ipv6_addr", ("timeout",)),  # gone: entries move
-            "blocked4net": ("ipv4_addr", ("interval",)),  # changed: entries move
-            "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",)),  # kept
-            "tcp_ports": ("inet_service", ("interval",)),
+            "blocked4": ("ipv4_addr", ("timeout",), 0),  # unchanged: kept
+            "blocked6_64": ("ipv6_addr", ("timeout",), 0),  # gone: entries move
+            "blocked4net": ("ipv4_addr", ("interval",), 0),  # changed: entries move
+            "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",), 0),  # kept
+            "tcp_ports": ("inet_service", ("interval",), 0),
         },
     }  # config: always rewritten
     cmds, moved = reload_plan(m, current)
