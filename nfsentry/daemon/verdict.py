@@ -28,7 +28,6 @@ from nfsentry.core.packet import decode
 from nfsentry.core.valves import Admit
 from nfsentry.daemon.counters import Part
 
-
 # Kernel-side blocks to withdraw are removed in one transaction once this many wait, or at the
 # main thread's next duties (within 0.2 s when the queue is idle, 1 s when busy): under a spoofed
 # flood the valves refuse, one nft transaction per packet would slow the verdict loop to a crawl.
