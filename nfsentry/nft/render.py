@@ -534,6 +534,8 @@ def reload_plan(m: Model, current: dict | None) -> tuple[list[str], list[str]]:
         if name.startswith("blocked"):  # definition changed or set renamed: move the entries
             moved.append(name)
         cmds.append(f"delete set inet {t} {name}")
+    if m.spec.kernel_block is not None:  # a declared limit keeps its old rate: made anew (created first, if absent)
+        cmds += [f"add limit inet {t} kernel_block {{ rate {m.spec.kernel_block.rate} }}", f"delete limit inet {t} kernel_block"]
     return cmds, moved
 
 

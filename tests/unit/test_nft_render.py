@@ -10,7 +10,7 @@ import pytest
 
 from nfsentry.nft import SHIPPED, RulesetSpec, compat_rules, default_spec, render, write_shipped
 from nfsentry.nft.__main__ import main
-from nfsentry.nft.spec import COUNTERS
+from nfsentry.nft.spec import COUNTERS, KernelBlock
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -238,12 +238,12 @@ def test_model_sets_and_signatures():
 def test_reload_plan_keeps_unchanged_blocked_sets_and_moves_changed_ones():
     from nfsentry.nft.render import model, reload_plan
 
-    m = model(RulesetSpec(ipv6_prefix=56), "native")
+    m = model(RulesetSpec(ipv6_prefix=56, kernel_block=KernelBlock(tcp_flags=(2,), rate="5/minute")), "native")
     assert reload_plan(m, None) == ([], [])
     current = {
         "chains": ["prerouting", "input"],
         "sets": {
-            "blocked4": ("ipv4_addr", ("timeout",), 0),  # unchanged: kept
+            "blocked4": ("ipv4_addr", ("dynamic", "timeout"), 100000),  # unchanged: kept
             "blocked6_64": ("ipv6_addr", ("timeout",), 0),  # gone: entries move
             "blocked4net": ("ipv4_addr", ("interval",), 0),  # changed: entries move
             "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",), 0),  # kept
@@ -259,6 +259,9 @@ def test_reload_plan_keeps_unchanged_blocked_sets_and_moves_changed_ones():
         "delete set inet nfsentry blocked6_64",
         "delete set inet nfsentry blocked4net",
         "delete set inet nfsentry tcp_ports",
+        # the kernel-side block's limit: a declared one keeps its old rate, so it is made anew
+        "add limit inet nfsentry kernel_block { rate 5/minute }",
+        "delete limit inet nfsentry kernel_block",
     ]
     assert moved == ["blocked6_64", "blocked4net"]
 
