@@ -120,8 +120,8 @@ class Session:
     # libnftables 1.0.6 fills its cache with every set element before most list commands
     # (~0.35 s per 100,000 blocks); `list chains`, terse `list sets table` and `list set X` do not,
     # so the frequent paths use only those.
-    def _sets(self) -> dict[str, tuple[str, tuple[str, ...]]] | None:
-        """{set name: (type, flags)} of our table, without contents; None when the table is absent."""
+    def _sets(self) -> dict[str, tuple[str, tuple[str, ...], int]] | None:
+        """{set name: (type, flags, timeout)} of our table, without contents; None when the table is absent."""
         with self._lock:
             self._n.set_terse_output(True)
             try:
