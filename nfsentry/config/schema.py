@@ -18,7 +18,17 @@ from typing import Any
 from nfsentry.core.addrs import parse_network
 from nfsentry.core.classify import LABELS
 from nfsentry.core.events import EventPolicy
-from nfsentry.core.units import RATE, TROJAN_TCP, TROJAN_UDP, parse_duration, parse_ports, ranges_text, subtract_ranges
+from nfsentry.core.units import (
+    MAX_SERVICE_GRACE,
+    RATE,
+    TROJAN_TCP,
+    TROJAN_UDP,
+    format_duration,
+    parse_duration,
+    parse_ports,
+    ranges_text,
+    subtract_ranges,
+)
 
 DEFAULT_PATH = "/etc/nfsentry/nfsentry.toml"
 
@@ -31,6 +41,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "tcp_exclude": [],
         "udp_exclude": [],
         "inuse": "auto",  # auto | socket | poll | off
+        "recent_service_grace": "10m",  # a port in use stays exempt this long after its socket is gone; 0 = off
         "mode": "host",  # host | gateway | observe
         "ftp": True,  # follow FTP control channels (queue 1)
         "protect": [],  # gateway mode: networks behind this host whose ports are watched too
@@ -126,6 +137,7 @@ ENUMS = {
     ("nft", "backend"): ("auto", "native", "compat"),
 }
 DURATIONS = {
+    ("monitor", "recent_service_grace"),
     ("detection", "window_seconds"),
     ("response", "block_duration"),
     ("response", "max_block_duration"),
@@ -246,6 +258,8 @@ def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = Tr
             cfg.durations[key] = parse_duration(data[section][key], "duration")
         except ValueError as e:
             raise ConfigError(f"[{section}] {key}: {e}") from None
+    if cfg.durations["recent_service_grace"] > MAX_SERVICE_GRACE:
+        raise ConfigError(f"[monitor] recent_service_grace: longer than {format_duration(MAX_SERVICE_GRACE)}")
     if cfg.durations["window_seconds"] <= 0:
         raise ConfigError("[detection] window_seconds: must be more than 0")
     if cfg.durations["max_block_duration"] and cfg.durations["block_duration"] > cfg.durations["max_block_duration"]:

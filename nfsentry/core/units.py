@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "TROJAN_TCP",
     "TROJAN_UDP",
+    "MAX_SERVICE_GRACE",
     "PORT_MIN",
     "PORT_MAX",
     "MAX_DURATION",
@@ -42,6 +43,7 @@ TROJAN_UDP = (31335, 31337, 32770, 32771, 32772, 32773, 32774, 34555, 37444, 543
 
 PORT_MIN, PORT_MAX = 1, 65535
 MAX_DURATION = 10 * 365 * 86400  # ten years: longer is a typo
+MAX_SERVICE_GRACE = 86400  # the longest recent_service_grace: "recently served" is about restarts
 
 Ranges = list[tuple[int, int]]
 

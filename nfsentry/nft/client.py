@@ -120,8 +120,8 @@ class Session:
     # libnftables 1.0.6 fills its cache with every set element before most list commands
     # (~0.35 s per 100,000 blocks); `list chains`, terse `list sets table` and `list set X` do not,
     # so the frequent paths use only those.
-    def _sets(self) -> dict[str, tuple[str, tuple[str, ...], int]] | None:
-        """{set name: (type, flags)} of our table, without contents; None when the table is absent."""
+    def _sets(self) -> dict[str, tuple[str, tuple[str, ...], int, int]] | None:
+        """{set name: (type, flags, timeout, size)} of our table, without contents; None when the table is absent."""
         with self._lock:
             self._n.set_terse_output(True)
             try:
@@ -247,6 +247,7 @@ class Nft(Session):
         self._v6p: int | None = None
         self._probed: dict[str, bool] = {}
         self._applied_ports: tuple | None = None
+        self._recent = _inuse.RecentPorts()  # poll: ports in use within recent_service_grace
         self._poller: threading.Thread | None = None
         self._poll_stop = threading.Event()
 
@@ -299,7 +300,8 @@ class Nft(Session):
     # -- load / unload ---------------------------------------------------------------------------
     def _load_batch(self, spec: RulesetSpec, backend: str) -> str:
         if spec.inuse == "poll":
-            tcp_in, udp_in = _inuse.listening_ports()
+            self._recent.grace = spec.recent_service_grace
+            tcp_in, udp_in = self._recent.seen(*_inuse.listening_ports(), time.monotonic())
             spec = replace(
                 spec, tcp_ports=_inuse.subtract_ports(spec.tcp_ports, tcp_in), udp_ports=_inuse.subtract_ports(spec.udp_ports, udp_in)
             )
@@ -309,6 +311,8 @@ class Nft(Session):
         pre, moved = reload_plan(m, info)
         migrate = [b for name in moved for b in self._list_set(name)]
         batch = "\n".join(pre + [format_table(m)])
+        if m.set("served_tcp"):  # services listening now count as served from now on
+            batch += E.served_commands(self.table, *_inuse.listening_ports(), (spec.tcp_ports, spec.udp_ports))
         if migrate:
             # Entries of a set that changed shape (e.g. a new ipv6_prefix) move to where the new
             # ruleset keeps them, with their remaining time, in the same transaction.
@@ -569,11 +573,12 @@ class Nft(Session):
 
     # -- in-use ports by polling -----------------------------------------------------------------
     def refresh_inuse(self) -> bool:
-        """inuse=poll: make tcp_ports/udp_ports = monitored minus ports in use now (one transaction,
-        only when something changed). Returns True when the sets were rewritten."""
+        """inuse=poll: make tcp_ports/udp_ports = monitored minus ports in use now or within
+        recent_service_grace (one transaction, only when something changed). Returns True when
+        the sets were rewritten."""
         if self._spec is None or self._inuse != "poll":
             return False
-        tcp_in, udp_in = _inuse.listening_ports()
+        tcp_in, udp_in = self._recent.seen(*_inuse.listening_ports(), time.monotonic())
         ports = (_inuse.subtract_ports(self._spec.tcp_ports, tcp_in), _inuse.subtract_ports(self._spec.udp_ports, udp_in))
         if ports == self._applied_ports:
             return False

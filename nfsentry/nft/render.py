@@ -46,11 +46,14 @@ class SetDef:
     flags: tuple[str, ...]
     elements: list[str]
     doc: list[str]
-    size: int = 0  # the most elements the set holds (0 = no limit)
+    timeout: int = 0  # the elements' default timeout (seconds; 0: none)
+    size: int = 0  # the most elements (0: no limit); a set filled from the packet path needs one
 
     @property
-    def signature(self) -> tuple[str, tuple[str, ...], int]:
-        return self.type, tuple(sorted(self.flags)), self.size
+    def signature(self) -> tuple[str, tuple[str, ...], int, int]:
+        """What must match for a loaded set to be kept: type, flags, default timeout, size.
+        ``dynamic`` is left out: nft 1.0.6's JSON listing omits it (the kernel keeps it)."""
+        return self.type, tuple(sorted(f for f in self.flags if f != "dynamic")), self.timeout, self.size
 
 
 @dataclass
@@ -179,6 +182,40 @@ def near_prefixes(ignore: list[str], v6p: int) -> list[str]:
     return [str(n) for n in ipaddress.collapse_addresses(sorted(near))]
 
 
+def _served(spec: RulesetSpec) -> bool:
+    """Does the ruleset remember recently served ports (``recent_service_grace``)? Only with the
+    `socket` expression: it is what sees a service answer. (poll keeps the grace in the daemon's
+    poller; off detects no service.)"""
+    return spec.recent_service_grace > 0 and spec.inuse in ("auto", "socket")
+
+
+def _nft_time(seconds: float) -> str:
+    """Whole seconds as nft writes a time: 600 -> "10m", 5400 -> "1h30m", 0 -> "0s"."""
+    seconds, out = int(seconds), ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            out += f"{seconds // size}{unit}"
+            seconds %= size
+    return out or "0s"
+
+
+def _served_sets(spec: RulesetSpec) -> list[SetDef]:
+    if not _served(spec):
+        return []
+    t, grace = spec.table, int(spec.recent_service_grace)  # normalized: whole seconds
+    doc = [
+        "4. Ports served recently: a connection attempt or a datagram found a local socket on them",
+        f"   within the last {_nft_time(grace)} (recent_service_grace). Filled and refreshed from the packet",
+        "   path by the in-use rule of the input chain (and seeded with the listening ports when the",
+        "   daemon loads the table); a restarting service's port stays exempt this long after its",
+        f"   socket is gone:  nft list set inet {t} served_tcp",
+    ]
+    return [
+        SetDef("served_tcp", "inet_service", ("dynamic", "timeout"), [], doc, grace, 65536),
+        SetDef("served_udp", "inet_service", ("dynamic", "timeout"), [], [], grace, 65536),
+    ]
+
+
 def _sets(spec: RulesetSpec) -> list[SetDef]:
     t = spec.table
     sets = _blocked_sets(spec) + [
@@ -234,7 +271,7 @@ def _sets(spec: RulesetSpec) -> list[SetDef]:
         ),
         SetDef("ftp_expect6", "ipv6_addr . ipv6_addr . inet_service", ("timeout",), [], []),
     ]
-    return sets
+    return sets + _served_sets(spec)
 
 
 def _prerouting(spec: RulesetSpec) -> ChainDef:
@@ -364,7 +401,29 @@ def _input(spec: RulesetSpec, backend: str) -> ChainDef:
         (["3. Ignored sources."], "ip saddr @ignore4 accept"),
         ([], "ip6 saddr @ignore6 accept"),
     ]
-    if inuse == "socket":
+    if inuse == "socket" and _served(spec):
+        grace = _nft_time(spec.recent_service_grace)
+        rules += [
+            (
+                [
+                    "4. The port is in use right now (a listening or bound socket exists): a service",
+                    "   started after nfsentry is never mistaken for a monitored port. The port is",
+                    f"   remembered as served for {grace} (recent_service_grace; `update` restarts the timeout).",
+                ],
+                "meta l4proto tcp socket transparent 0 update @served_tcp { tcp dport } accept",
+            ),
+            ([], "meta l4proto udp socket transparent 0 update @served_udp { udp dport } accept"),
+            (
+                [
+                    f"   Or it was in use within the last {grace}: a service that stops or restarts (a deploy,",
+                    "   a crash) does not turn the clients retrying meanwhile into scanners. Nothing",
+                    "   answers them but the kernel (TCP reset, ICMP port unreachable).",
+                ],
+                "tcp dport @served_tcp accept",
+            ),
+            ([], "udp dport @served_udp accept"),
+        ]
+    elif inuse == "socket":
         rules.append(
             (
                 [
@@ -493,6 +552,8 @@ def format_table(m: Model) -> str:
         out.append(f"\tset {s.name} {{")
         out.append(f"\t\ttype {s.type}")
         out.append(f"\t\tflags {', '.join(s.flags)}")
+        if s.timeout:
+            out.append(f"\t\ttimeout {_nft_time(s.timeout)}")
         if s.size:
             out.append(f"\t\tsize {s.size}")
         if s.elements:
@@ -517,9 +578,10 @@ def format_table(m: Model) -> str:
 
 def reload_plan(m: Model, current: dict | None) -> tuple[list[str], list[str]]:
     """What loading ``m`` over the table now in the kernel (``current``: {"chains": [names],
-    "sets": {name: (type, flags)}}, None when absent) must clear first: (commands, the blocked sets
-    whose entries must move to where ``m`` keeps them). Blocked sets and FTP expectations whose
-    definition is unchanged are kept, with their contents and running timeouts."""
+    "sets": {name: (type, flags, timeout)}}, None when absent) must clear first: (commands, the
+    blocked sets whose entries must move to where ``m`` keeps them). Blocked sets, FTP expectations
+    and recently served ports whose definition is unchanged are kept, with their contents and
+    running timeouts (a daemon reload during a service restart does not forget the service)."""
     if not current:
         return [], []
     t = m.spec.table
@@ -528,7 +590,7 @@ def reload_plan(m: Model, current: dict | None) -> tuple[list[str], list[str]]:
     moved = []
     for name, sig in current["sets"].items():
         want = m.set(name)
-        keep = name.startswith(("blocked", "ftp_expect"))
+        keep = name.startswith(("blocked", "ftp_expect", "served"))
         if keep and want is not None and want.signature == sig:
             continue
         if name.startswith("blocked"):  # definition changed or set renamed: move the entries
@@ -628,7 +690,12 @@ def render(spec: RulesetSpec | None = None, backend: str = "native", *, standalo
             "socket": "the `socket` expression.",
             "poll": "polled from /proc/net by the daemon.",
             "off": "not detected (FTP expectations only).",
-        }[inuse],
+        }[inuse]
+        + (
+            f"\n# A port once in use stays exempt for {_nft_time(s.recent_service_grace)} after its socket is gone (recent_service_grace)."
+            if inuse != "off" and s.recent_service_grace
+            else ""
+        ),
         "#",
         f"# Load:    nft -f FILE     (replaces table inet {t}: running it again forgets the blocked",
         "#                           sources; `nfsentry rules load` and the daemon keep them)",

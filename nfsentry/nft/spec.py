@@ -8,13 +8,14 @@ configuration (it may import this module alone).
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nfsentry.core.addrs import parse_network
-from nfsentry.core.units import RATE, TROJAN_TCP, TROJAN_UDP, parse_ports
+from nfsentry.core.units import MAX_SERVICE_GRACE, RATE, TROJAN_TCP, TROJAN_UDP, parse_ports
 from nfsentry.nft.errors import SpecError
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "TROJAN_UDP",
     "COUNTERS",
     "TABLE_NAME",
+    "MAX_SERVICE_GRACE",
     "RulesetSpec",
     "KernelBlock",
     "SpecError",
@@ -138,6 +140,9 @@ class RulesetSpec:
     backend: str = "auto"  # auto | native | compat
     bypass: bool = True  # scan queue: no daemon listening -> packet passes (fail-open)
     kernel_block: KernelBlock | None = None  # the first probe blocked by the kernel (None: off)
+    recent_service_grace: float = 600  # seconds a port stays "in use" after its socket is gone
+    #                                    (kernel sets served_tcp/served_udp; 0 = off); whole seconds,
+    #                                    a fraction rounds up
 
     def normalized(self) -> RulesetSpec:
         """A validated copy (merged port ranges, collapsed networks). Raises SpecError (a ValueError)."""
@@ -165,6 +170,9 @@ class RulesetSpec:
             raise ValueError(f"bad table name {self.table!r}")
         if not isinstance(self.ipv6_prefix, int) or not 1 <= self.ipv6_prefix <= 128:
             raise ValueError(f"ipv6_prefix must be 1-128, not {self.ipv6_prefix!r}")
+        grace = self.recent_service_grace
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace <= MAX_SERVICE_GRACE:
+            raise ValueError(f"recent_service_grace must be 0-{MAX_SERVICE_GRACE} seconds, not {grace!r}")
         mask, mark = self.mark_mask & 0xFFFFFFFF, self.mark & 0xFFFFFFFF
         if mask & 3 != 3:
             raise ValueError(f"mark_mask {self.mark_mask:#x} must include the two lowest bits (0x3)")
@@ -189,6 +197,7 @@ class RulesetSpec:
             mark_mask=mask,
             bypass=bool(self.bypass),
             kernel_block=kb,
+            recent_service_grace=math.ceil(grace),
         )
 
     @property

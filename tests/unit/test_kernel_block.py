@@ -55,7 +55,7 @@ def test_no_kernel_side_block_where_the_policy_does_not_block_on_the_first_hit(r
     cfg = C.validate(raw_cfg)
     assert kernel_block(cfg) is None
     text = render(ruleset_spec(cfg, []), "compat")
-    assert "add @blocked" not in text and "dynamic" not in text
+    assert "add @blocked" not in text and "limit kernel_block" not in text and "size 100000" not in text
 
 
 def test_instant_labels_alone_block_only_their_flags_in_the_kernel():
