@@ -140,8 +140,9 @@ def test_disk_full_keeps_protecting_and_catches_up_when_space_is_back(lab, tmp_p
         attacker.nmap("-sS -Pn --max-retries 0 -p 7", victim.ip4)
         d.wait_event("block", attacker.ip4)
         assert attacker.connect(victim.ip4, OPEN_PORT, timeout=1.5) == "timeout"
-        st = d.status()
-        assert st["counters"]["storage_errors"] >= 1 and st["pending_storage_writes"] >= 1
+        # (whether writes are still pending at this instant depends on timing: SQLite may find a
+        # freed page for a retry; what must hold is the fault seen, protection kept, and no loss)
+        assert d.status()["counters"]["storage_errors"] >= 1
         assert wait_for(lambda: storage_log(d, "disk is full"), timeout=60, what="the fault logged")
         kernel = {b["network"] for b in d.blocked()}
         d.in_mount_ns(["rm", fill])
