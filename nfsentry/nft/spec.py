@@ -100,6 +100,9 @@ class RulesetSpec:
     ipv6_prefix: int = 64  # the daemon's IPv6 block prefix (hash set blocked6_<len>)
     backend: str = "auto"  # auto | native | compat
     bypass: bool = True  # scan queue: no daemon listening -> packet passes (fail-open)
+    before_input: bool = True  # report what the kernel drops before the input hook (source-routed
+    #                            IPv4 to monitored ports, bad IPv4 headers) through NFLOG
+    nflog_group: int = 20038  # their NFLOG group (0x4e46, "NF", as the mark)
 
     def normalized(self) -> RulesetSpec:
         """A validated copy (merged port ranges, collapsed networks). Raises SpecError (a ValueError)."""
@@ -123,6 +126,11 @@ class RulesetSpec:
                 raise ValueError(f"{name} must be a queue number 0-65535, not {v!r}")
         if self.queue == self.ftp_queue:
             raise ValueError("queue and ftp_queue must differ")
+        g = self.nflog_group
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= 65535:
+            raise ValueError(f"nflog_group must be an NFLOG group number 0-65535, not {g!r}")
+        if g in (self.queue, self.ftp_queue):
+            raise ValueError("nflog_group must differ from queue and ftp_queue")
         if not TABLE_NAME.fullmatch(str(self.table)):
             raise ValueError(f"bad table name {self.table!r}")
         if not isinstance(self.ipv6_prefix, int) or not 1 <= self.ipv6_prefix <= 128:
@@ -147,6 +155,7 @@ class RulesetSpec:
             mark=mark,
             mark_mask=mask,
             bypass=bool(self.bypass),
+            before_input=bool(self.before_input),
         )
 
     @property
