@@ -478,6 +478,9 @@ def bad_checksum(raw: bytes | bytearray | memoryview, pkt: Packet | None = None)
     if type(raw) is not bytes:
         raw = bytes(raw)
     if pkt is None:
+        fast = _bad_fast(raw)
+        if fast is not None:
+            return fast
         pkt = decode(raw)
     proto = pkt.proto
     if (proto != 6 and proto != 17) or pkt.malformed is not None or pkt.frag_offset or pkt.more_frags:
@@ -506,11 +509,50 @@ def bad_checksum(raw: bytes | bytearray | memoryview, pkt: Packet | None = None)
         end = start + _H_UNPACK(raw, start + 4)[0]
     if start < 0 or end > len(raw) or end - start < (TCP_HDR if proto == 6 else UDP_HDR):
         return False
-    seg = raw[start:end]
-    if len(seg) & 1:
-        seg += b"\0"
     if pkt.family == 4:
         pseudo = pkt.src + pkt.dst + bytes((0, proto)) + (end - start).to_bytes(2, "big")
     else:
         pseudo = pkt.src + pkt.dst + (end - start).to_bytes(4, "big") + bytes((0, 0, 0, proto))
+    return _sum_bad(pseudo, raw[start:end])
+
+
+def _sum_bad(pseudo: bytes, seg: bytes) -> bool:
+    """Pseudo-header + segment (checksum included) do not sum to 0 (one's complement)."""
+    if len(seg) & 1:
+        seg += b"\0"
     return int.from_bytes(pseudo + seg, "big") % 0xFFFF != 0
+
+
+_CK4 = struct.Struct("!2xH2xHxB2x8s").unpack_from  # totlen frag proto src+dst
+_CK6 = struct.Struct("!4xHB1x32s").unpack_from  # plen next src+dst
+
+
+def _bad_fast(raw: bytes) -> bool | None:
+    """:func:`bad_checksum` for the fast shapes (see below: what the engine's hot path reads from
+    the bytes), without decoding; None for anything else (decode() then decides)."""
+    n = len(raw)
+    if n >= V4UDP_MIN and raw[0] == IP4_NO_OPTIONS:
+        tot, frag, proto, addrs = _CK4(raw)
+        if frag & IP4_FRAG_BITS or tot > n:
+            return None
+        if proto == PROTO_TCP and tot >= V4TCP_MIN and TCP_HDR <= (raw[IP4_HDR + TCP_DOFF_AT] >> 4) << 2 <= tot - IP4_HDR:
+            return _sum_bad(addrs + bytes((0, 6)) + (tot - IP4_HDR).to_bytes(2, "big"), raw[IP4_HDR:tot])
+        if proto == PROTO_UDP and tot >= V4UDP_MIN:
+            ulen, csum = _H2(raw, IP4_HDR + UDP_LEN_AT)
+            if UDP_HDR <= ulen <= tot - IP4_HDR:
+                return csum != 0 and _sum_bad(addrs + bytes((0, 17)) + ulen.to_bytes(2, "big"), raw[IP4_HDR : IP4_HDR + ulen])
+        return None
+    if n >= V6UDP_MIN and raw[0] >> 4 == 6:
+        plen, proto, addrs = _CK6(raw)
+        if plen > n - IP6_HDR:
+            return None
+        if proto == PROTO_TCP and plen >= TCP_HDR and n >= V6TCP_MIN and TCP_HDR <= (raw[IP6_HDR + TCP_DOFF_AT] >> 4) << 2 <= plen:
+            return _sum_bad(addrs + plen.to_bytes(4, "big") + b"\0\0\0\x06", raw[IP6_HDR : IP6_HDR + plen])
+        if proto == PROTO_UDP and plen >= UDP_HDR:
+            ulen, csum = _H2(raw, IP6_HDR + UDP_LEN_AT)
+            if UDP_HDR <= ulen <= plen:
+                return csum == 0 or _sum_bad(addrs + ulen.to_bytes(4, "big") + b"\0\0\0\x11", raw[IP6_HDR : IP6_HDR + ulen])
+    return None
+
+
+_H2 = struct.Struct("!HH").unpack_from
