@@ -5,6 +5,8 @@ never reacted to; a right checksum reacts as before; packets that would not reac
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from inet_checksum import fill_checksum
 from scapy.all import IP, TCP, UDP, IPOption_LSRR, IPOption_RR, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, raw
 
@@ -148,3 +150,26 @@ def test_a_blocked_source_still_drops_whatever_its_checksum():
     bad = corrupt(raw(IP(src=S4, dst=D4) / TCP(dport=7, flags="S")))
     assert e.process_raw(bad, 1.0) == int(Action.DROP) << 8 | 6
     assert e.stats["badsum"] == 0
+
+
+_SEEDS = [fill_checksum(raw(p)) for p in GOOD.values()] + [
+    raw(IP(src=S4, dst=D4) / UDP(dport=9, chksum=0) / b"xy"),
+    raw(IPv6(src=S6, dst=D6) / UDP(dport=9, chksum=0)),
+    raw(IP(src=S4, dst=D4, flags="MF") / TCP(dport=7)),
+]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    seed=st.sampled_from(_SEEDS),
+    edits=st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), max_size=3),
+    cut=st.one_of(st.none(), st.integers(0, 120)),
+    extra=st.binary(max_size=6),
+)
+def test_the_fast_shapes_read_from_the_bytes_agree_with_the_decoded_path(seed, edits, cut, extra):
+    data = bytearray(seed)
+    for at, value in edits:
+        if data:
+            data[at % len(data)] = value
+    data = bytes(data[:cut] if cut is not None else data) + extra
+    assert bad_checksum(data) == bad_checksum(data, decode(data))
