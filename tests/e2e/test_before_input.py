@@ -15,6 +15,8 @@ Waits poll with deadlines far above what they take on a quiet machine (about a s
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import subprocess
 import time
 
@@ -210,3 +212,48 @@ def test_bad_checksum_probes_never_block_and_are_counted(lab, daemon):
     daemon.wait_event("block", attacker.ip4)
     assert attacker.ip4 in blocked4(victim)
     assert counted()[1] == bad
+
+
+def pcap_of(frame: bytes) -> bytes:
+    """A one-frame pcap (Ethernet), written without scapy: tcpreplay sends it (one program start,
+    cheap under the qemu tier's TCG)."""
+    return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + struct.pack("<IIII", 0, 0, len(frame), len(frame)) + frame
+
+
+def bad_header_frame(src_mac: str, dst_mac: str, src: str, dst: str, first_byte: int) -> bytes:
+    tcp = struct.pack("!HHIIBBHHH", 40002, 7, 1, 0, 5 << 4, 0x02, 1024, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", first_byte, 0, 40, 1, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    mac = bytes.fromhex
+    return mac(dst_mac.replace(":", "")) + mac(src_mac.replace(":", "")) + b"\x08\x00" + ip + tcp
+
+
+@pytest.mark.native
+def test_lean_on_this_kernel_source_route_bad_header_and_bad_checksum(lab, tmp_path):
+    """Kept lean for the qemu stock-kernel tier (Debian's kernel, native backend; compat here):
+    an LSRR probe and an IHL-4 frame are reported and blocked, a --badsum probe only counted."""
+    victim, attacker, legit, other = lab["victim"], lab["attacker"], lab["legit"], lab["ignored"]
+    subprocess.run(
+        ["ip", "netns", "exec", lab.segments["lan"][0], "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"], capture_output=True
+    )
+    d = Nfsentry(victim, tmp_path / "nfs").start()
+    try:
+        assert victim.run(["sysctl", "-n", "net.ipv4.conf.all.accept_source_route"]).stdout.strip() == "0"
+        assert netdev_devices(victim) == {"eth0"}
+        # a bad checksum: counted, nothing else
+        legit.nmap("-sS -Pn --badsum --max-retries 0 --host-timeout 20s -p 7", victim.ip4)
+        wait_for("the bad checksum counted", lambda: d.control("status")["engine"]["badsum"] >= 1, timeout=120)
+        # a source-routed probe: reported with its option, blocked
+        attacker.nmap(f"-sS -Pn --max-retries 0 --host-timeout 20s --ip-options 'L {legit.ip4}' -p 7", victim.ip4)
+        ev = d.wait_event("detection", attacker.ip4, timeout=120)
+        assert ev["ip_options"] == ["LSRR"] and ev["action"] == "block", ev
+        wait_for("LSRR source blocked", lambda: attacker.ip4 in blocked4(victim), timeout=120)
+        # an IPv4 header of 16 bytes: MALFORMED, blocked
+        pcap = tmp_path / "ihl4.pcap"
+        pcap.write_bytes(pcap_of(bad_header_frame(mac_of(other, "eth0"), mac_of(victim, "eth0"), other.ip4, victim.ip4, 0x44)))
+        other.run(["tcpreplay", "-q", "-i", "eth0", str(pcap)], timeout=120)
+        ev = d.wait_event("detection", other.ip4, timeout=120)
+        assert ev["label"] == "MALFORMED" and ev["malformed"] == "ipv4 ihl 4 < 5" and ev["action"] == "block", ev
+        wait_for("MALFORMED source blocked", lambda: other.ip4 in blocked4(victim), timeout=120)
+        assert legit.ip4 not in blocked4(victim) and not d.events("detection", legit.ip4)
+    finally:
+        d.close()
