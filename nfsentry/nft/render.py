@@ -389,7 +389,10 @@ def _report(spec: RulesetSpec, what: str) -> ChainDef:
         "to_daemon",
         None,
         [f"To the daemon through NFLOG group {spec.nflog_group} ({what}), at most {REPORT_LIMIT};", f"the rest of a flood is {rest}."],
-        [([], f"limit rate over {REPORT_LIMIT} counter{drop}"), ([], f"counter log group {spec.nflog_group}{drop}")],
+        [
+            ([], f"limit rate over {REPORT_LIMIT} counter {'drop' if drop else 'return'}"),
+            ([], f"counter log group {spec.nflog_group}{drop}"),
+        ],
     )
 
 

@@ -38,7 +38,8 @@ def test_source_routed_packets_to_monitored_ports_go_to_the_daemon_from_prerouti
     assert "chain source_routed {\n\t\ttype filter hook prerouting priority raw - 5; policy accept;" in text
     assert text.index("chain prerouting {") < text.index("chain source_routed {") < text.index("chain input {")
     drop = "" if variant == "observe" else " drop"
-    assert chain(text, "to_daemon") == [f"limit rate over {REPORT_LIMIT} counter{drop}", f"counter log group 20038{drop}"]
+    over = "return" if variant == "observe" else "drop"  # observe: the excess is not logged either
+    assert chain(text, "to_daemon") == [f"limit rate over {REPORT_LIMIT} counter {over}", f"counter log group 20038{drop}"]
     # the queue rules are untouched: such packets never reach them on a default host
     assert "ip option" not in " ".join(chain(text, "input"))
 
@@ -69,7 +70,7 @@ def test_the_netdev_table_hooks_every_interface_but_lo_and_sends_bad_headers():
     assert chain(text, "ingress") == ["meta protocol ip meta pkttype host @nh,0,8 != 0x45-0x4f jump to_daemon"]
     assert chain(text, "to_daemon") == [f"limit rate over {REPORT_LIMIT} counter drop", "counter log group 20038 drop"]
     observe = format_ingress(RulesetSpec(variant="observe", nflog_group=9), ["eth0"])
-    assert chain(observe, "to_daemon") == [f"limit rate over {REPORT_LIMIT} counter", "counter log group 9"]
+    assert chain(observe, "to_daemon") == [f"limit rate over {REPORT_LIMIT} counter return", "counter log group 9"]
 
 
 def test_names_nft_cannot_quote_are_left_out_and_many_interfaces_take_more_chains():
