@@ -321,7 +321,7 @@ class Worker(Part):
         if not d.cfg["monitor"]["before_input"] or d.unloaded_by_admin or d.degraded:
             return
         try:
-            if d.nft.sync_ingress():
+            if d.nft.sync_ingress(spec=ruleset_spec(d.cfg, d.never_block)):
                 log.info("interfaces changed: table netdev %s hooks %s", d.nft.table, ", ".join(sorted(d.nft.ingress_listed() or ())))
             self._ingress_problem = None
         except Exception as e:

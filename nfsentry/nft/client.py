@@ -397,12 +397,14 @@ class Nft(Session):
         end = next((i for i, line in enumerate(block) if line.startswith("}")), len(block))
         return E.parse_ingress_devices("\n".join(block[:end]))
 
-    def sync_ingress(self, devices: Iterable[str] | None = None) -> bool:
+    def sync_ingress(self, devices: Iterable[str] | None = None, spec: RulesetSpec | None = None) -> bool:
         """Make our netdev table hook every interface there is (``devices``: the host's, by
         default), loading it again (one transaction) when it does not: the interfaces changed,
         a device went away and came back (its hook is gone), the table was deleted, the ruleset
-        changed. Cheap when nothing changed (one chain listing). True when it was (re)loaded."""
-        spec = self._spec
+        changed. Cheap when nothing changed (one chain listing). True when it was (re)loaded.
+        ``spec``: the ruleset's (default: the one this session loaded; the daemon passes its own,
+        since the table may have been loaded again by another process, `nfsentry rules load`)."""
+        spec = spec or self._spec
         if spec is None or not spec.before_input:
             return False
         want = ingress_devices(devices if devices is not None else (name for _, name in socket.if_nameindex()))

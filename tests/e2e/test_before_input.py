@@ -157,6 +157,15 @@ def test_interfaces_added_later_are_watched_and_the_netdev_table_leaves_with_the
         wait_for("the deleted link unhooked", lambda: netdev_devices(victim) == {"eth0"})
         st = d.status()
         assert st["before_input"]["devices"] == ["eth0"] and st["before_input"]["nflog_group"] == 20038, st["before_input"]
+        # `rules unload --force` takes it away with our table, `rules load` (another process)
+        # brings it back, and the daemon still follows the interfaces
+        d.cli("rules", "unload", "--force")
+        assert netdev_devices(victim) is None
+        d.cli("rules", "load")
+        assert netdev_devices(victim) == {"eth0"}
+        victim.run(["ip", "link", "add", "nfsx2", "type", "veth", "peer", "name", "nfsx3"])
+        wait_for("a link added after rules load hooked", lambda: netdev_devices(victim) == {"eth0", "nfsx2", "nfsx3"})
+        victim.run(["ip", "link", "del", "nfsx2"])
     finally:
         d.close()
     # keep_blocks_on_exit = false: both tables gone
