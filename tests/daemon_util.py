@@ -17,6 +17,28 @@ from lab import VENV_BIN, Host
 NFSENTRY = str(VENV_BIN / "nfsentry")
 
 
+def kernel_blocks(host: Host) -> dict[str, int | None]:
+    """network -> seconds left (None: permanent), straight from the kernel's blocked sets in
+    ``host``'s namespace (IPv6 networks of a ``blocked6_<len>`` set with their length)."""
+    out: dict[str, int | None] = {}
+    res = host.nft(["-j", "list", "table", "inet", "nfsentry"], check=False)
+    if res.returncode != 0:
+        return out
+    for item in json.loads(res.stdout)["nftables"]:
+        st = item.get("set")
+        if not st or not st["name"].startswith("blocked"):
+            continue
+        for e in st.get("elem", []):
+            val = e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e}
+            v = val["val"]
+            if isinstance(v, dict) and "prefix" in v:
+                v = f"{v['prefix']['addr']}/{v['prefix']['len']}"
+            if st["name"].startswith("blocked6_"):
+                v = f"{v}/{st['name'].split('_')[1]}"
+            out[str(v)] = val.get("expires")
+    return out
+
+
 def toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

@@ -225,6 +225,7 @@ def status(config: str | None = ConfigOpt, as_json: bool = typer.Option(False, "
         f"  monitored tcp:     {reply.get('tcp_ports')} ({reply.get('tcp_port_count')} ports)",
         f"  monitored udp:     {reply.get('udp_ports')} ({reply.get('udp_port_count')} ports)",
         f"  never-block:       {reply.get('never_block')} networks",
+        f"  kernel-side block: {kernel_block_text(reply.get('kernel_block') or {}, c)}",
         f"  packets queued:    {c.get('queued', 0)}   detections: {c.get('detections', 0)}   blocks: {c.get('blocks', 0)}",
         f"  currently blocked: {reply.get('blocked', '?')}",
         f"  engine sources:    {e.get('tracked', '?')} tracked, {e.get('evicted', 0)} evicted",
@@ -247,6 +248,17 @@ def status(config: str | None = ConfigOpt, as_json: bool = typer.Option(False, "
     typer.echo("\n".join(lines))
     if degraded:
         raise typer.Exit(EXIT_RUNTIME)
+
+
+def kernel_block_text(kb: dict, counters: dict) -> str:
+    """status: is the first probe blocked by the kernel itself, and how often it did it."""
+    if not kb.get("active"):
+        return "off (the daemon blocks; see [response] kernel_block)"
+    what = " and ".join(p for p, on in (("TCP", kb.get("tcp")), ("UDP", kb.get("udp"))) if on)
+    return (
+        f"active for {what} ({kb.get('rate')}): {kb.get('blocks', '?')} first probes blocked in the kernel, "
+        f"{counters.get('kernel_blocks_withdrawn', 0)} withdrawn"
+    )
 
 
 # == blocked / list =================================================================================

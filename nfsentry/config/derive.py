@@ -12,7 +12,7 @@ from nfsentry.config.schema import Config
 if TYPE_CHECKING:  # imported where used: the CLI's commands need not load the engine
     from nfsentry.core.engine import EngineConfig
     from nfsentry.core.valves import Valves
-    from nfsentry.nft.spec import RulesetSpec
+    from nfsentry.nft.spec import KernelBlock, RulesetSpec
 
 
 def engine_config(cfg: Config) -> EngineConfig:
@@ -38,6 +38,28 @@ def build_valves(cfg: Config, never_block: list[str], blocked_count: Callable[[]
     return Valves(r["max_blocks_per_minute"], r["max_blocked"], never_block, blocked_count)
 
 
+def kernel_block(cfg: Config) -> KernelBlock | None:
+    """The kernel-side block of first probes the configuration allows (None: none): the packets
+    the engine blocks on any hit (core.engine.first_hit_reactions), for each protocol whose
+    response is ``block``, outside dry-run and observe mode; the first offence's duration."""
+    from nfsentry.core.engine import first_hit_reactions
+    from nfsentry.core.units import kernel_timeout
+    from nfsentry.nft.spec import KernelBlock
+
+    r = cfg["response"]
+    if not r["kernel_block"] or r["dry_run"] or cfg["monitor"]["mode"] == "observe":
+        return None
+    fh = first_hit_reactions(engine_config(cfg))
+    kb = KernelBlock(
+        tcp_flags=tuple(sorted(fh.tcp_flags)) if r["tcp"] == "block" else (),
+        udp=fh.udp and r["udp"] == "block",
+        timeout=kernel_timeout(cfg.durations["block_duration"]),
+        rate=r["kernel_block_rate"],
+        size=r["max_blocked"],
+    )
+    return kb if kb.active else None
+
+
 def ruleset_spec(cfg: Config, never_block: list[str]) -> RulesetSpec:
     from nfsentry.nft.spec import RulesetSpec
 
@@ -47,5 +69,6 @@ def ruleset_spec(cfg: Config, never_block: list[str]) -> RulesetSpec:
         bypass=n["fail_open"], variant=m["mode"], tcp_ports=list(cfg.tcp_ports), udp_ports=list(cfg.udp_ports),
         ignore=list(never_block), queue=n["queue"], ftp_queue=n["ftp_queue"], ftp=m["ftp"], inuse=m["inuse"],
         mark=n["mark"], table=n["table"], ipv6_prefix=cfg["detection"]["ipv6_prefix"], protect=list(m["protect"]),
+        kernel_block=kernel_block(cfg), recent_service_grace=cfg.durations["recent_service_grace"],
         before_input=m["before_input"], nflog_group=n["nflog_group"])
     # fmt: on

@@ -18,7 +18,17 @@ from typing import Any
 from nfsentry.core.addrs import parse_network
 from nfsentry.core.classify import LABELS
 from nfsentry.core.events import EventPolicy
-from nfsentry.core.units import TROJAN_TCP, TROJAN_UDP, parse_duration, parse_ports, ranges_text, subtract_ranges
+from nfsentry.core.units import (
+    MAX_SERVICE_GRACE,
+    RATE,
+    TROJAN_TCP,
+    TROJAN_UDP,
+    format_duration,
+    parse_duration,
+    parse_ports,
+    ranges_text,
+    subtract_ranges,
+)
 
 DEFAULT_PATH = "/etc/nfsentry/nfsentry.toml"
 
@@ -31,6 +41,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "tcp_exclude": [],
         "udp_exclude": [],
         "inuse": "auto",  # auto | socket | poll | off
+        "recent_service_grace": "10m",  # a port in use stays exempt this long after its socket is gone; 0 = off
         "mode": "host",  # host | gateway | observe
         "ftp": True,  # follow FTP control channels (queue 1)
         "protect": [],  # gateway mode: networks behind this host whose ports are watched too
@@ -60,6 +71,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_blocks_per_minute": 0,  # 0 = unlimited
         "max_blocked": 100000,  # cap on the blocked sets' size (a spoofed flood cannot grow them without bound); 0 = unlimited
         "keep_blocks_on_exit": True,  # on SIGTERM keep the table (and its blocks) loaded
+        "kernel_block": True,  # the rule that queues a first probe the policy blocks also blocks its source, in the kernel
+        "kernel_block_rate": "100/second",  # new kernel-side blocks allowed, all sources together (N/second or N/minute)
     },
     "ignore": {
         "addresses": [],  # addresses and CIDRs, IPv4 and IPv6
@@ -127,6 +140,7 @@ ENUMS = {
     ("nft", "backend"): ("auto", "native", "compat"),
 }
 DURATIONS = {
+    ("monitor", "recent_service_grace"),
     ("detection", "window_seconds"),
     ("response", "block_duration"),
     ("response", "max_block_duration"),
@@ -248,6 +262,8 @@ def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = Tr
             cfg.durations[key] = parse_duration(data[section][key], "duration")
         except ValueError as e:
             raise ConfigError(f"[{section}] {key}: {e}") from None
+    if cfg.durations["recent_service_grace"] > MAX_SERVICE_GRACE:
+        raise ConfigError(f"[monitor] recent_service_grace: longer than {format_duration(MAX_SERVICE_GRACE)}")
     if cfg.durations["window_seconds"] <= 0:
         raise ConfigError("[detection] window_seconds: must be more than 0")
     if cfg.durations["max_block_duration"] and cfg.durations["block_duration"] > cfg.durations["max_block_duration"]:
@@ -277,6 +293,10 @@ def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = Tr
             parse_network(entry, "network")
         except ValueError as e:
             raise ConfigError(f"[monitor] protect: {e}") from None
+    if not RATE.fullmatch(data["response"]["kernel_block_rate"]):
+        raise ConfigError(
+            f'[response] kernel_block_rate: {data["response"]["kernel_block_rate"]!r} is not a rate like "100/second" or "600/minute"'
+        )
     if data["monitor"]["mode"] == "gateway" and not data["monitor"]["protect"]:
         raise ConfigError('[monitor] protect: gateway mode needs the networks behind this host (e.g. ["198.18.1.0/24"])')
     for entry in data["ignore"]["addresses"]:

@@ -114,6 +114,8 @@ __all__ = [
     "Action",
     "Decision",
     "EngineConfig",
+    "FirstHit",
+    "first_hit_reactions",
     "Engine",
     "RESPONSE_MODES",
     "DEFAULT_MAX_SOURCES",
@@ -353,6 +355,35 @@ class EngineConfig:
             raise ValueError("max_sources, max_offenders and max_ports_per_source must be >= 1")
         if self.window_seconds <= 0:
             raise ValueError("window_seconds must be > 0")
+
+
+@dataclass(frozen=True)
+class FirstHit:
+    """The packets the engine reacts to whatever the source did before (its first hit included):
+    what the kernel may block from the very rule that queues them (issue 17, the ruleset's
+    kernel-side block). For clean packets (no fragment, decodable): options and malformed packets
+    only add reactions, and the kernel never adds those on its own.
+
+    ``tcp_flags``: the TCP flags bytes (0-255) that react; ``udp``: every UDP datagram reacts."""
+
+    tcp_flags: frozenset
+    udp: bool
+
+
+def first_hit_reactions(cfg: EngineConfig) -> FirstHit:
+    """Which packets react on any hit under ``cfg`` (the rules of :meth:`Engine.process`, step 4):
+    every packet when ``scan_trigger`` is 0 or one port fills the window, else the instant labels
+    (stream-shaped UNKNOWN excepted); the backscatter guard never reacts to a stack's replies.
+    The response mode (log/block) is the caller's business. tests/unit/test_engine.py checks this
+    against the engine, flags byte by flags byte."""
+    every = cfg.scan_trigger == 0 or cfg.window_ports == 1
+    tcp = frozenset(
+        f
+        for f in range(256)
+        if (every or (_LABEL_BY_FLAGS[f] in cfg.instant_labels and not (_LABEL_BY_FLAGS[f] == "UNKNOWN" and _STREAM[f])))
+        and not (cfg.backscatter_guard and _REPLY[f])
+    )
+    return FirstHit(tcp, every or "UDP" in cfg.instant_labels)
 
 
 class _Source:

@@ -12,6 +12,7 @@ Pure: standard library only.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -19,11 +20,14 @@ from typing import Any
 __all__ = [
     "TROJAN_TCP",
     "TROJAN_UDP",
+    "MAX_SERVICE_GRACE",
     "PORT_MIN",
     "PORT_MAX",
     "MAX_DURATION",
     "parse_duration",
     "format_duration",
+    "kernel_timeout",
+    "RATE",
     "parse_ports",
     "merge_ranges",
     "subtract_ranges",
@@ -39,6 +43,7 @@ TROJAN_UDP = (31335, 31337, 32770, 32771, 32772, 32773, 32774, 34555, 37444, 543
 
 PORT_MIN, PORT_MAX = 1, 65535
 MAX_DURATION = 10 * 365 * 86400  # ten years: longer is a typo
+MAX_SERVICE_GRACE = 86400  # the longest recent_service_grace: "recently served" is about restarts
 
 Ranges = list[tuple[int, int]]
 
@@ -73,6 +78,21 @@ def parse_duration(value: Any, what: str = "duration") -> float:
     if total > MAX_DURATION:
         raise ValueError(f"bad {what} {value!r}: longer than 10 years")
     return total
+
+
+def kernel_timeout(duration: float) -> int:
+    """Seconds for the kernel element (0 = until unblocked). Rule 8 of ledger/rule.py: never 0 by rounding."""
+    if duration < 0 or math.isnan(duration):
+        raise ValueError(f"a block duration cannot be negative: {duration!r}")
+    if duration == 0:
+        return 0
+    if math.isinf(duration):
+        return 0
+    return max(1, math.ceil(duration))
+
+
+# An nft `limit rate` as configured ("100/second", "600/minute").
+RATE = re.compile(r"[1-9][0-9]{0,6}/(second|minute)")
 
 
 def format_duration(seconds: float) -> str:

@@ -9,7 +9,7 @@ Who writes what:
 
 - ``main`` (the scan queue's callback, control commands, duties): queued, dropped_by_verdict,
   detections, blocks, blocks_narrowed, blocks_rate_limited, blocks_capped, never_block_refused,
-  alerts_suppressed, errors, events_lost.
+  kernel_blocks_withdrawn, alerts_suppressed, errors, events_lost.
 - ``ftp`` (the FTP queue's thread): ftp_packets, ftp_expectations, ftp_reports,
   ftp_reports_suppressed, errors, events_lost.
 - ``worker`` (the worker thread): storage_errors, storage_dropped, never_block_refreshes,
@@ -33,6 +33,7 @@ MAIN = (
     "blocks_rate_limited",
     "blocks_capped",
     "never_block_refused",
+    "kernel_blocks_withdrawn",
     "alerts_suppressed",
     "errors",
     "events_lost",

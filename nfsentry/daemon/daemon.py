@@ -240,6 +240,7 @@ class Daemon:
         """Duties of the main thread (the only one that touches the engine): control requests,
         duties other threads handed over, reload, periodic expiry."""
         self.verdicts.pending = False
+        self.verdicts.withdraw_pending()  # before any request: a block asked for now is never withdrawn
         if self.early is not None and self.early.backlog:
             self.early.drain()
         self.commands.run()
@@ -471,12 +472,17 @@ def status_of(d: Daemon) -> dict[str, Any]:
         "ftp": d.ftpq.status(),
         "before_input": d.early.status() if d.early is not None else None,
     }
+    kb = d.verdicts.kb
+    st["kernel_block"] = {"active": False}
+    if kb is not None:
+        st["kernel_block"] = {"active": True, "tcp": bool(kb.tcp_flags), "udp": kb.udp, "rate": kb.rate, "timeout": kb.timeout}
     try:
         st["kernel"] = d.nft.counters()
         st["blocked"] = d.nft.blocked_count()
         if d.early is not None:
             st["before_input"]["devices"] = sorted(d.nft.ingress_listed() or ())
             st["before_input"]["ingress_error"] = d.nft.ingress_error
+        st["kernel_block"]["blocks"] = st["kernel"].get("kernel_blocks", 0)
     except Exception as e:
         st["kernel_error"] = str(e)
     st["state"] = "degraded" if d.degraded else "running"

@@ -6,6 +6,13 @@ small int (``lean_code(action, proto)``), turned into the verdict by one table l
 (``lean_verdicts``, built from the configuration); only reactions come back as a Decision
 (:meth:`Verdicts.decided`): a block goes into the kernel set through the ledger right after the
 verdict, and the reports go to the worker. Counters written: ``Counters.main``.
+
+Kernel-side block (``[response] kernel_block``): the rule that queued a first probe may have put
+its source into the blocked set already (nft/render.py, 6a). When the engine blocks it too, the
+ledger's block records it (and sets the escalated time); when the engine does not (a valve
+refused it, it narrowed it, the source is ignored or expected, the checksum is bad), the element
+is withdrawn: collected here, removed by :meth:`Verdicts.withdraw_pending` at the start of the
+main thread's next duties (one transaction for a batch), unless a block of it was made meanwhile.
 """
 
 from __future__ import annotations
@@ -14,9 +21,17 @@ import collections
 import time
 from typing import Any
 
+from nfsentry.config.derive import kernel_block
+from nfsentry.core.addrs import mask, network_text
 from nfsentry.core.engine import LEAN_CODES, Action, lean_code
+from nfsentry.core.packet import decode
 from nfsentry.core.valves import Admit
 from nfsentry.daemon.counters import Part
+
+# Kernel-side blocks to withdraw are removed in one transaction once this many wait, or at the
+# main thread's next duties (within 0.2 s when the queue is idle, 1 s when busy): under a spoofed
+# flood the valves refuse, one nft transaction per packet would slow the verdict loop to a crawl.
+WITHDRAW_BATCH = 64
 
 
 class Stop(BaseException):
@@ -38,6 +53,7 @@ class Verdicts(Part):
         self._valve_alerts: collections.deque = collections.deque()  # alerts reported for refused blocks
         self._valve_warned = -1e9
         self._valve_refused = 0
+        self.withdrawals: dict[str, None] = {}  # kernel-side blocks to withdraw (ordered, no repeats)
         self.build_lean_verdicts()
 
     def on_packet(self, p) -> None:
@@ -47,7 +63,8 @@ class Verdicts(Part):
         keep it flat."""
         self.counts["queued"] += 1
         try:
-            r = self.engine.process_raw(p.get_payload(), time.time())
+            raw = p.get_payload()
+            r = self.engine.process_raw(raw, time.time())
         except Exception as e:
             self.failed(p, e, False)
         else:
@@ -55,9 +72,14 @@ class Verdicts(Part):
                 v = self.lean_verdicts[r]
                 try:
                     if v:
-                        p.drop()
-                        if v == 2:
-                            self.counts["dropped_by_verdict"] += 1
+                        if v & 1:
+                            p.drop()
+                            if v & 2:
+                                self.counts["dropped_by_verdict"] += 1
+                        else:
+                            p.accept()
+                        if v & 4:
+                            self.not_blocked_here(decode(raw), False)
                     else:
                         p.accept()
                 except Exception as e:
@@ -80,6 +102,8 @@ class Verdicts(Part):
                 return
             self.probe_verdict(p)
             verdict_done = True
+            if self.kb is not None:
+                self.not_blocked_here(d.packet, False)
             if d.action >= Action.ALERT:  # ALERT, or BLOCK in log/command/dry-run/observe modes
                 self.counts["detections"] += 1
                 self.enqueue("detection", d)
@@ -107,16 +131,23 @@ class Verdicts(Part):
 
     def build_lean_verdicts(self) -> None:
         """The verdict for each lean result of ``Engine.process_raw`` (index ``lean_code(action,
-        proto)``): 0 accept, 1 drop, 2 drop and count it in ``dropped_by_verdict``. PASS and
+        proto)``): bits: 1 drop (else accept), 2 count it in ``dropped_by_verdict``. PASS and
         IGNORE accept; COUNT gets ``probe_verdict``; DROP (a source already blocked, still in the
-        queue) is dropped when the kernel blocks that protocol, else gets ``probe_verdict``.
-        Rebuilt on reload."""
-        probe = 1 if self.d.cfg["response"]["probe_verdict"] == "drop" else 0
+        queue) is dropped when the kernel blocks that protocol, else gets ``probe_verdict``. Plus 4:
+        the kernel may have blocked the source from the queueing rule (PASS, IGNORE, COUNT of a
+        protocol it does that for): :meth:`not_blocked_here` checks. Rebuilt on reload."""
+        cfg = self.d.cfg
+        self.kb = kernel_block(cfg)
+        probe = 1 if cfg["response"]["probe_verdict"] == "drop" else 0
         table = bytearray(LEAN_CODES)
         for proto in range(256):
             table[lean_code(Action.COUNT, proto)] = probe
-            table[lean_code(Action.DROP, proto)] = 2 if self.kernel_blocks(proto) else probe
+            table[lean_code(Action.DROP, proto)] = 3 if self.kernel_blocks(proto) else probe
+            if self.kb is not None and ((proto == 6 and self.kb.tcp_flags) or (proto == 17 and self.kb.udp)):
+                for action in (Action.PASS, Action.IGNORE, Action.COUNT):
+                    table[lean_code(action, proto)] |= 4
         self.lean_verdicts = bytes(table)
+        self.kb_tcp = frozenset(self.kb.tcp_flags) if self.kb else frozenset()
 
     def probe_verdict(self, p) -> None:
         if self.d.cfg["response"]["probe_verdict"] == "drop":
@@ -130,13 +161,57 @@ class Verdicts(Part):
         mode = r["tcp"] if proto == 6 else r["udp"]
         return mode == "block" and not r["dry_run"] and cfg["monitor"]["mode"] != "observe"
 
+    def not_blocked_here(self, pkt, narrowed: bool) -> None:
+        """The engine did not block ``pkt``'s source as the kernel's first-probe rule does (6a):
+        if that rule matched this packet, its element is withdrawn (soon, see withdraw_pending).
+        IPv4: the address; IPv6: its /prefix, and the address alone unless the engine blocked
+        exactly that (``narrowed``): the kernel's near-never-block set decides which it added."""
+        kb = self.kb
+        if kb is None or pkt.malformed is not None or pkt.frag_offset:
+            return
+        if not ((pkt.proto == 6 and pkt.flags in self.kb_tcp) or (pkt.proto == 17 and kb.udp)):
+            return
+        src = pkt.src
+        if len(src) == 4:
+            self.withdrawals[network_text(src, 32)] = None
+        elif len(src) == 16:
+            v6p = self.engine.cfg.ipv6_prefix
+            self.withdrawals[network_text(mask(src, v6p), v6p)] = None
+            if not narrowed and v6p < 128:
+                self.withdrawals[network_text(src, 128)] = None
+        else:
+            return
+        if len(self.withdrawals) >= WITHDRAW_BATCH:  # else the next duties (0.2 s idle, 1 s busy) do it
+            self.pending = True
+
+    def withdraw_pending(self) -> None:
+        """Main thread, first of its duties: remove the kernel-side blocks the engine disagreed
+        with, except those blocked since (by the engine or by hand: both run on this thread)."""
+        if not self.withdrawals:
+            return
+        nets, self.withdrawals = list(self.withdrawals), {}
+        now = time.time()
+        nets = [n for n in nets if not self.engine.is_blocked(n, now)]
+        if not nets:
+            return
+        try:
+            self.d.ledger.withdraw(nets)
+        except Exception as e:
+            self.internal_error("nft withdraw", e)
+            return
+        self.counts["kernel_blocks_withdrawn"] += len(nets)
+
     def block_now(self, d) -> None:
         """The source goes into the kernel set now (the verdict is already given). The engine
         consulted the safety valves before it recorded the block (core.valves): the decision is
         already narrowed, or turned into an alert (``d.valve`` is a Refused)."""
         if d.valve is not None and d.valve.__class__ is not Admit:
+            if self.kb is not None:
+                self.not_blocked_here(d.packet, False)
             self.not_blocked(d, d.valve)
             return
+        if d.valve is not None and self.kb is not None:  # narrowed to the address: not its network
+            self.not_blocked_here(d.packet, True)
         try:
             self.d.ledger.block_detected(d.network, d.duration)
         except Exception as e:

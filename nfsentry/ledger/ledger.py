@@ -29,6 +29,7 @@ class BlockSets(Protocol):
     def block(self, network: Any, timeout_s: float | None = 0) -> bool: ...
     def bulk_block(self, items: Any) -> int: ...
     def unblock(self, network: Any) -> bool: ...
+    def withdraw(self, networks: Any) -> None: ...
     def unblock_all(self) -> int: ...
     def list_blocked(self) -> list[dict]: ...
     def find_blocks(self, network: Any) -> list[dict]: ...
@@ -129,6 +130,9 @@ class Ledger:
             store.add_history(ev)
         elif op == "forget":  # nothing in the kernel: make sure no record brings it back
             store.remove_block(ev["network"])
+        elif op == "withdraw":  # kernel-side blocks withdrawn (rule 9): no record may bring one back
+            for net in ev["networks"]:
+                store.remove_block(net)
         elif op == "unblock_all":
             store.remove_all_blocks()
             store.forget_all_offenders()
@@ -173,6 +177,12 @@ class Ledger:
         lost = plan_restore(kernel, db, now).put_back
         if lost:
             self.nft.bulk_block(lost)
+
+    def withdraw(self, networks: list[str]) -> None:
+        """Rule 9: kernel-side blocks the daemon's rules refused leave the kernel, whether or not
+        it still holds them, and no record of them stays (a restore may have adopted one)."""
+        self.nft.withdraw(networks)
+        self.record("withdraw", {"networks": list(networks)})
 
     def block_detected(self, network: str, duration: float) -> None:
         """The packet path's block (kernel only): its event reaches :meth:`persist` through the

@@ -17,6 +17,12 @@ THE RULE
    block stays (permanent is the longest), and the caller is told.
 8. A duration is never made permanent by rounding: the kernel's timeouts are whole seconds, so a
    fractional duration is rounded up (0.5 s -> 1 s); 0 alone means until unblocked.
+9. A block the kernel makes itself from the packet path (``[response] kernel_block``: the rule
+   that queues a first probe adds its source) is the daemon's to confirm: when its engine blocks
+   the source too, the block is recorded like any detection (with the escalated time); when it
+   does not (a safety valve, narrowing, an ignored source, a bad checksum), the entry is
+   withdrawn from the kernel and no record of it stays. Made while no daemon reads the queue, it
+   is adopted at the next start (rule 5).
 
 So ``nfsentry blocked`` (a listing of the kernel, annotated from the database) shows exactly what
 the kernel drops, and the database says why.
@@ -24,21 +30,11 @@ the kernel drops, and the database says why.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+from nfsentry.core.units import kernel_timeout  # rule 8 (the kernel-side block's timeout uses it too)
+
 PERMANENT = None  # an entry's end when it has none
-
-
-def kernel_timeout(duration: float) -> int:
-    """Seconds for the kernel element (0 = until unblocked). Rule 8: never 0 by rounding."""
-    if duration < 0 or math.isnan(duration):
-        raise ValueError(f"a block duration cannot be negative: {duration!r}")
-    if duration == 0:
-        return 0
-    if math.isinf(duration):
-        return 0
-    return max(1, math.ceil(duration))
 
 
 def ends_at(duration: float, now: float) -> float | None:

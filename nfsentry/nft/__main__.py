@@ -11,13 +11,16 @@ from typing import Any
 from nfsentry.nft.client import Nft
 from nfsentry.nft.errors import NftError
 from nfsentry.nft.render import render, write_shipped
-from nfsentry.nft.spec import BACKENDS, VARIANTS, RulesetSpec
+from nfsentry.nft.spec import BACKENDS, VARIANTS, KernelBlock, RulesetSpec, default_kernel_block
 
 
 def _spec_from_args(a) -> RulesetSpec:
+    """--spec JSON over the default configuration's spec ("kernel_block": null turns it off)."""
     kw = json.loads(a.spec) if getattr(a, "spec", None) else {}
     if getattr(a, "variant", None):
         kw["variant"] = a.variant
+    kb = kw.get("kernel_block", {})
+    kw["kernel_block"] = None if kb is None else KernelBlock(**{**vars(default_kernel_block()), **kb})
     return RulesetSpec(**kw)
 
 

@@ -56,6 +56,7 @@ from nfsentry.nft.render import (
     format_table,
     ingress_devices,
     model,
+    near_prefixes,
     reload_plan,
 )
 from nfsentry.nft.spec import COUNTERS, TABLE_NAME, RulesetSpec, check_backend
@@ -130,8 +131,8 @@ class Session:
     # libnftables 1.0.6 fills its cache with every set element before most list commands
     # (~0.35 s per 100,000 blocks); `list chains`, terse `list sets table` and `list set X` do not,
     # so the frequent paths use only those.
-    def _sets(self) -> dict[str, tuple[str, tuple[str, ...]]] | None:
-        """{set name: (type, flags)} of our table, without contents; None when the table is absent."""
+    def _sets(self) -> dict[str, tuple[str, tuple[str, ...], int, int]] | None:
+        """{set name: (type, flags, timeout, size)} of our table, without contents; None when the table is absent."""
         with self._lock:
             self._n.set_terse_output(True)
             try:
@@ -257,6 +258,7 @@ class Nft(Session):
         self._v6p: int | None = None
         self._probed: dict[str, bool] = {}
         self._applied_ports: tuple | None = None
+        self._recent = _inuse.RecentPorts()  # poll: ports in use within recent_service_grace
         self._poller: threading.Thread | None = None
         self._poll_stop = threading.Event()
         self._ingress_text: str | None = None  # the netdev table as last loaded (rule 9)
@@ -311,7 +313,8 @@ class Nft(Session):
     # -- load / unload ---------------------------------------------------------------------------
     def _load_batch(self, spec: RulesetSpec, backend: str) -> str:
         if spec.inuse == "poll":
-            tcp_in, udp_in = _inuse.listening_ports()
+            self._recent.grace = spec.recent_service_grace
+            tcp_in, udp_in = self._recent.seen(*_inuse.listening_ports(), time.monotonic())
             spec = replace(
                 spec, tcp_ports=_inuse.subtract_ports(spec.tcp_ports, tcp_in), udp_ports=_inuse.subtract_ports(spec.udp_ports, udp_in)
             )
@@ -321,6 +324,8 @@ class Nft(Session):
         pre, moved = reload_plan(m, info)
         migrate = [b for name in moved for b in self._list_set(name)]
         batch = "\n".join(pre + [format_table(m)])
+        if m.set("served_tcp"):  # services listening now count as served from now on
+            batch += E.served_commands(self.table, *_inuse.listening_ports(), (spec.tcp_ports, spec.udp_ports))
         if migrate:
             # Entries of a set that changed shape (e.g. a new ipv6_prefix) move to where the new
             # ruleset keeps them, with their remaining time, in the same transaction.
@@ -539,6 +544,16 @@ class Nft(Session):
             self._require_loaded()
             return False
 
+    def withdraw(self, networks: Iterable[Any]) -> None:
+        """Remove these exact entries in one transaction, present or not (each is added, a no-op
+        when present, then deleted: `delete` alone fails on a missing element)."""
+        cmds = []
+        for network in networks:
+            setname, elem, _ = self._set_for(network)
+            cmds.append(f"add element inet {self.table} {setname} {{ {elem} }}\n{E.delete_command(self.table, setname, [elem])}")
+        if cmds:
+            self._cmd("\n".join(cmds), f"withdrawing {len(cmds)} kernel-side block(s)")
+
     def _blocked_sets(self) -> list[str]:
         sets = self._sets()
         if sets is None:
@@ -612,7 +627,16 @@ class Nft(Session):
         adds, deletes = E.plan_nets({net: 0}, self._networks(setname))
         if not adds:
             return False
-        self._cmd(E.replace_commands(self.table, setname, deletes, str(net)), f"ignoring {E.network_text(net)}")
+        cmds = E.replace_commands(self.table, setname, deletes, str(net))
+        v6p = self._v6_prefix() if net.version == 6 else None
+        near = f"near6_{v6p}"
+        if v6p and (sets := self._sets()) and near in sets:  # the kernel-side block narrows next to it too
+            for prefix in near_prefixes([str(net)], v6p):
+                n = ipaddress.ip_network(prefix)
+                n_adds, n_deletes = E.plan_nets({n: 0}, self._networks(near))
+                if n_adds:
+                    cmds += "\n" + E.replace_commands(self.table, near, n_deletes, prefix)
+        self._cmd(cmds, f"ignoring {E.network_text(net)}")
         return True
 
     def expect_ftp(self, peer: str, server: str, port: int, timeout: float, remove: Iterable[tuple[str, str, int]] = ()) -> None:
@@ -626,11 +650,12 @@ class Nft(Session):
 
     # -- in-use ports by polling -----------------------------------------------------------------
     def refresh_inuse(self) -> bool:
-        """inuse=poll: make tcp_ports/udp_ports = monitored minus ports in use now (one transaction,
-        only when something changed). Returns True when the sets were rewritten."""
+        """inuse=poll: make tcp_ports/udp_ports = monitored minus ports in use now or within
+        recent_service_grace (one transaction, only when something changed). Returns True when
+        the sets were rewritten."""
         if self._spec is None or self._inuse != "poll":
             return False
-        tcp_in, udp_in = _inuse.listening_ports()
+        tcp_in, udp_in = self._recent.seen(*_inuse.listening_ports(), time.monotonic())
         ports = (_inuse.subtract_ports(self._spec.tcp_ports, tcp_in), _inuse.subtract_ports(self._spec.udp_ports, udp_in))
         if ports == self._applied_ports:
             return False

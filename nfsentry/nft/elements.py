@@ -45,6 +45,7 @@ __all__ = [
     "element_expires",
     "elem_networks",
     "parse_sets",
+    "served_commands",
     "parse_chains",
     "parse_rules",
     "parse_counters",
@@ -209,6 +210,18 @@ def expect_ftp_commands(table: str, peer: Any, server: Any, port: Any, timeout: 
     return "\n".join(cmds)
 
 
+def served_commands(table: str, tcp: Iterable[int], udp: Iterable[int], monitored: tuple) -> str:
+    """Commands adding the ``tcp``/``udp`` ports inside the ``monitored`` (tcp ranges, udp ranges)
+    to served_tcp/served_udp (with the sets' own timeout); "" when there are none. Each starts on a
+    new line."""
+    out = ""
+    for name, ports, ranges in (("served_tcp", tcp, monitored[0]), ("served_udp", udp, monitored[1])):
+        inside = sorted(p for p in set(ports) if any(lo <= p <= hi for lo, hi in ranges))
+        if inside:
+            out += f"\nadd element inet {table} {name} {{ {', '.join(map(str, inside))} }}"
+    return out
+
+
 def port_set_commands(table: str, ports: tuple) -> str:
     """Rewrite tcp_ports and udp_ports: ``ports`` = (tcp ranges, udp ranges)."""
     cmds = []
@@ -291,14 +304,16 @@ def parse_set_items(setname: str, items: list[str]) -> list[dict]:
 
 
 # == JSON listings (`nft -j`) ===================================================================
-def parse_sets(items: list[dict]) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """`list sets table ...` -> {set name: (type, sorted flags)}."""
+def parse_sets(items: list[dict]) -> dict[str, tuple[str, tuple[str, ...], int, int]]:
+    """`list sets table ...` -> {set name: (type, sorted flags, default timeout in seconds or 0, size or 0)},
+    comparable with ``render.SetDef.signature``: ``dynamic`` is left out (nft 1.0.6's JSON omits it)."""
     sets = {}
     for i in items:
         if "set" in i:
             st = i["set"]
             typ = st["type"] if isinstance(st["type"], str) else " . ".join(st["type"])
-            sets[st["name"]] = (typ, tuple(sorted(st.get("flags", []))))
+            flags = tuple(sorted(f for f in st.get("flags", []) if f != "dynamic"))
+            sets[st["name"]] = (typ, flags, int(st.get("timeout", 0)), int(st.get("size", 0)))
     return sets
 
 

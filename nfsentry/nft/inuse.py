@@ -6,6 +6,10 @@ the monitored port sets equal to *monitored minus in use* (see ``Nft.refresh_inu
 
 A TCP port is in use when a socket LISTENs on it; a UDP port when any socket is bound to it
 (UDP has no listen state). The files describe the network namespace of the reading process.
+
+:class:`RecentPorts` is ``recent_service_grace`` for the poll method: a port seen in use stays
+exempt for the grace after its socket is gone (the `socket` method keeps that in the kernel sets
+``served_tcp``/``served_udp`` instead).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from nfsentry.core import units as _units
 
 TCP_LISTEN = "0A"
 
-__all__ = ["listening_ports", "parse_proc_net", "subtract_ports", "ports_to_ranges"]
+__all__ = ["listening_ports", "parse_proc_net", "subtract_ports", "ports_to_ranges", "RecentPorts"]
 
 
 def parse_proc_net(text: str, listen_only: bool) -> set[int]:
@@ -63,3 +67,26 @@ def ports_to_ranges(ports) -> list[tuple[int, int]]:
 def subtract_ports(ranges: list[tuple[int, int]], ports) -> list[tuple[int, int]]:
     """Ranges minus single ports: [(1, 1023)] - {22} -> [(1, 21), (23, 1023)] (core.units)."""
     return _units.subtract_ranges(ranges, _units.ports_to_ranges(ports))
+
+
+class RecentPorts:
+    """Ports in use now or within the last ``grace`` seconds, per protocol (poll's grace).
+
+    ``seen(tcp, udp, now)`` records the ports in use at ``now`` (a monotonic clock) and returns
+    (TCP ports, UDP ports) in use within the grace, those included; forgotten ports are dropped.
+    With grace 0 it returns just what it was given.
+    """
+
+    def __init__(self, grace: float = 0) -> None:
+        self.grace = grace
+        self._last: tuple[dict[int, float], dict[int, float]] = ({}, {})
+
+    def seen(self, tcp: set[int], udp: set[int], now: float) -> tuple[set[int], set[int]]:
+        out = []
+        for last, ports in zip(self._last, (tcp, udp)):
+            for p in ports:
+                last[p] = now
+            for p in [p for p, t in last.items() if now - t > self.grace]:
+                del last[p]
+            out.append(set(last))
+        return out[0], out[1]

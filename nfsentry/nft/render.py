@@ -51,10 +51,14 @@ class SetDef:
     flags: tuple[str, ...]
     elements: list[str]
     doc: list[str]
+    timeout: int = 0  # the elements' default timeout (seconds; 0: none)
+    size: int = 0  # the most elements (0: no limit); a set filled from the packet path needs one
 
     @property
-    def signature(self) -> tuple[str, tuple[str, ...]]:
-        return self.type, tuple(sorted(self.flags))
+    def signature(self) -> tuple[str, tuple[str, ...], int, int]:
+        """What must match for a loaded set to be kept: type, flags, default timeout, size.
+        ``dynamic`` is left out: nft 1.0.6's JSON listing omits it (the kernel keeps it)."""
+        return self.type, tuple(sorted(f for f in self.flags if f != "dynamic")), self.timeout, self.size
 
 
 @dataclass
@@ -149,7 +153,72 @@ def _blocked_sets(spec: RulesetSpec) -> list[SetDef]:
             )
         )
     sets.append(SetDef("blocked6net", "ipv6_addr", ("interval", "timeout"), [], ["IPv6 prefixes of any other length."]))
+    kb = spec.kernel_block
+    if kb is not None:  # the hash sets the packet path adds to (6a): dynamic, and bounded
+        for st in sets:
+            if "interval" not in st.flags:
+                st.flags, st.size = ("dynamic", "timeout"), kb.size
+        sets[0].doc += [
+            "   The kernel adds a first probe's source itself (6a below): these hash sets are",
+            f"   `dynamic`, and hold at most {kb.size} entries each." if kb.size else "   `dynamic`.",
+        ]
+        near = near_prefixes(spec.ignore, v6p)
+        if v6p != 128:
+            sets.append(
+                SetDef(
+                    f"near6_{v6p}",
+                    "ipv6_addr",
+                    ("interval",),
+                    near,
+                    [
+                        f"The /{v6p} networks that hold a never-block address (own, gateway, resolver, ignored):",
+                        "a source in one is blocked alone (6a), never with its whole network.",
+                    ],
+                )
+            )
     return sets
+
+
+def near_prefixes(ignore: list[str], v6p: int) -> list[str]:
+    """The /``v6p`` networks holding a never-block IPv6 network narrower than /``v6p`` (a source
+    in one is blocked alone, as the daemon's valves narrow it: core/valves.py)."""
+    nets = [ipaddress.ip_network(n, strict=False) for n in ignore if ":" in n]
+    near = {n.supernet(new_prefix=v6p) for n in nets if n.prefixlen > v6p}
+    return [str(n) for n in ipaddress.collapse_addresses(sorted(near))]
+
+
+def _served(spec: RulesetSpec) -> bool:
+    """Does the ruleset remember recently served ports (``recent_service_grace``)? Only with the
+    `socket` expression: it is what sees a service answer. (poll keeps the grace in the daemon's
+    poller; off detects no service.)"""
+    return spec.recent_service_grace > 0 and spec.inuse in ("auto", "socket")
+
+
+def _nft_time(seconds: float) -> str:
+    """Whole seconds as nft writes a time: 600 -> "10m", 5400 -> "1h30m", 0 -> "0s"."""
+    seconds, out = int(seconds), ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            out += f"{seconds // size}{unit}"
+            seconds %= size
+    return out or "0s"
+
+
+def _served_sets(spec: RulesetSpec) -> list[SetDef]:
+    if not _served(spec):
+        return []
+    t, grace = spec.table, int(spec.recent_service_grace)  # normalized: whole seconds
+    doc = [
+        "4. Ports served recently: a connection attempt or a datagram found a local socket on them",
+        f"   within the last {_nft_time(grace)} (recent_service_grace). Filled and refreshed from the packet",
+        "   path by the in-use rule of the input chain (and seeded with the listening ports when the",
+        "   daemon loads the table); a restarting service's port stays exempt this long after its",
+        f"   socket is gone:  nft list set inet {t} served_tcp",
+    ]
+    return [
+        SetDef("served_tcp", "inet_service", ("dynamic", "timeout"), [], doc, grace, 65536),
+        SetDef("served_udp", "inet_service", ("dynamic", "timeout"), [], [], grace, 65536),
+    ]
 
 
 def _sets(spec: RulesetSpec) -> list[SetDef]:
@@ -207,7 +276,7 @@ def _sets(spec: RulesetSpec) -> list[SetDef]:
         ),
         SetDef("ftp_expect6", "ipv6_addr . ipv6_addr . inet_service", ("timeout",), [], []),
     ]
-    return sets
+    return sets + _served_sets(spec)
 
 
 def _prerouting(spec: RulesetSpec) -> ChainDef:
@@ -262,6 +331,51 @@ _EXPECT: list[Rule] = [
 ]
 
 
+def _flags_match(flags: tuple[int, ...]) -> str:
+    """`tcp flags` matching exactly these flags bytes (the shorter of the set and its complement)."""
+    other = [f for f in range(256) if f not in flags]
+    if len(other) < len(flags):
+        return "tcp flags != { " + ", ".join(f"{f:#04x}" for f in other) + " }"
+    return "tcp flags { " + ", ".join(f"{f:#04x}" for f in flags) + " }"
+
+
+def kernel_block_rules(spec: RulesetSpec) -> list[Rule]:
+    """6a. The first probe blocked by the kernel, in the rule before the one that queues it."""
+    kb = spec.kernel_block
+    if kb is None:
+        return []
+    v6p = spec.ipv6_prefix
+    t = f" timeout {kb.timeout}s" if kb.timeout else ""
+    add = "limit name kernel_block counter name kernel_blocks add"
+    matches = []
+    if kb.tcp_flags:
+        matches.append(f"tcp dport @tcp_ports {_flags_match(kb.tcp_flags)}")
+    if kb.udp:
+        matches.append("udp dport @udp_ports")
+    rules: list[Rule] = []
+    for m in matches:
+        rules.append(([], f"meta nfproto ipv4 ct state new {m} {add} @blocked4 {{ ip saddr{t} }}"))
+        if v6p == 128:
+            rules.append(([], f"meta nfproto ipv6 ct state new {m} {add} @blocked6 {{ ip6 saddr{t} }}"))
+            continue
+        rules.append(([], f"meta nfproto ipv6 ct state new {m} ip6 saddr @near6_{v6p} {add} @blocked6 {{ ip6 saddr{t} }}"))
+        rules.append(
+            ([], f"meta nfproto ipv6 ct state new {m} ip6 saddr != @near6_{v6p} {add} @blocked6_{v6p} {{ ip6 saddr & {_v6_mask(v6p)}{t} }}")
+        )
+    what = "TCP and UDP" if kb.tcp_flags and kb.udp else "TCP" if kb.tcp_flags else "UDP"
+    doc = [
+        f"6a. Kernel-side block: a {what} probe the daemon blocks on any hit (the flags below are",
+        "    the ones its policy reacts to; never a stack's replies) puts its source into the blocked",
+        "    set right here, before it is queued: nothing after it gets through. IPv4 by address, IPv6",
+        f"    by its /{v6p} (alone next to a never-block address). Only `ct state new`: conntrack checked",
+        "    the checksum (a bad one is `invalid`; the daemon decides those). At most",
+        f"    {kb.rate} new entries (limit kernel_block). The daemon still gets the packet: it records",
+        "    the block, escalates a repeat offender's time, or withdraws what its valves refuse.",
+    ]
+    rules[0] = (doc, rules[0][1])
+    return rules
+
+
 def _input(spec: RulesetSpec, backend: str) -> ChainDef:
     q_tcp = f"counter name queued_tcp {_verdict(spec, backend, False)}"
     q_udp = f"counter name queued_udp {_verdict(spec, backend, False)}"
@@ -292,7 +406,29 @@ def _input(spec: RulesetSpec, backend: str) -> ChainDef:
         (["3. Ignored sources."], "ip saddr @ignore4 accept"),
         ([], "ip6 saddr @ignore6 accept"),
     ]
-    if inuse == "socket":
+    if inuse == "socket" and _served(spec):
+        grace = _nft_time(spec.recent_service_grace)
+        rules += [
+            (
+                [
+                    "4. The port is in use right now (a listening or bound socket exists): a service",
+                    "   started after nfsentry is never mistaken for a monitored port. The port is",
+                    f"   remembered as served for {grace} (recent_service_grace; `update` restarts the timeout).",
+                ],
+                "meta l4proto tcp socket transparent 0 update @served_tcp { tcp dport } accept",
+            ),
+            ([], "meta l4proto udp socket transparent 0 update @served_udp { udp dport } accept"),
+            (
+                [
+                    f"   Or it was in use within the last {grace}: a service that stops or restarts (a deploy,",
+                    "   a crash) does not turn the clients retrying meanwhile into scanners. Nothing",
+                    "   answers them but the kernel (TCP reset, ICMP port unreachable).",
+                ],
+                "tcp dport @served_tcp accept",
+            ),
+            ([], "udp dport @served_udp accept"),
+        ]
+    elif inuse == "socket":
         rules.append(
             (
                 [
@@ -306,7 +442,7 @@ def _input(spec: RulesetSpec, backend: str) -> ChainDef:
         rules.append(([], "# 4. In-use ports: polled from /proc/net and left out of tcp_ports/udp_ports."))
     else:
         rules.append(([], "# 4. In-use detection is off: only the FTP expectations exempt a port."))
-    rules += _EXPECT + queue_rules
+    rules += _EXPECT + kernel_block_rules(spec) + queue_rules
     return ChainDef(
         "input",
         "input priority filter - 10",
@@ -329,6 +465,7 @@ def _forward(spec: RulesetSpec, backend: str) -> ChainDef:
         (["3. Ignored sources."], "ip saddr @ignore4 accept"),
         ([], "ip6 saddr @ignore6 accept"),
         *_EXPECT,
+        *kernel_block_rules(spec),
         (
             [
                 "6. Connection attempts to monitored ports of a protected host: to the scan verdict",
@@ -495,12 +632,22 @@ def format_table(m: Model) -> str:
         out.append(f"\tcounter {name} {{")
         out.append(f"\t\t# {doc}")
         out.append("\t}")
+    if m.spec.kernel_block is not None:
+        out.append("")
+        out.append("\t# 6a. How many sources the kernel may block itself (a spoofed flood cannot fill the sets).")
+        out.append("\tlimit kernel_block {")
+        out.append(f"\t\trate {m.spec.kernel_block.rate}")
+        out.append("\t}")
     for s in m.sets:
         out.append("")
         out += [f"\t# {line}" for line in s.doc]
         out.append(f"\tset {s.name} {{")
         out.append(f"\t\ttype {s.type}")
         out.append(f"\t\tflags {', '.join(s.flags)}")
+        if s.timeout:
+            out.append(f"\t\ttimeout {_nft_time(s.timeout)}")
+        if s.size:
+            out.append(f"\t\tsize {s.size}")
         if s.elements:
             out.append("\t\telements = {")
             out += _wrap(s.elements, "\t\t\t")
@@ -534,9 +681,10 @@ def _table_text(name: str, doc: list[str], head: list[str], chains: list[ChainDe
 
 def reload_plan(m: Model, current: dict | None) -> tuple[list[str], list[str]]:
     """What loading ``m`` over the table now in the kernel (``current``: {"chains": [names],
-    "sets": {name: (type, flags)}}, None when absent) must clear first: (commands, the blocked sets
-    whose entries must move to where ``m`` keeps them). Blocked sets and FTP expectations whose
-    definition is unchanged are kept, with their contents and running timeouts."""
+    "sets": {name: (type, flags, timeout)}}, None when absent) must clear first: (commands, the
+    blocked sets whose entries must move to where ``m`` keeps them). Blocked sets, FTP expectations
+    and recently served ports whose definition is unchanged are kept, with their contents and
+    running timeouts (a daemon reload during a service restart does not forget the service)."""
     if not current:
         return [], []
     t = m.spec.table
@@ -545,12 +693,14 @@ def reload_plan(m: Model, current: dict | None) -> tuple[list[str], list[str]]:
     moved = []
     for name, sig in current["sets"].items():
         want = m.set(name)
-        keep = name.startswith(("blocked", "ftp_expect"))
+        keep = name.startswith(("blocked", "ftp_expect", "served"))
         if keep and want is not None and want.signature == sig:
             continue
         if name.startswith("blocked"):  # definition changed or set renamed: move the entries
             moved.append(name)
         cmds.append(f"delete set inet {t} {name}")
+    if m.spec.kernel_block is not None:  # a declared limit keeps its old rate: made anew (created first, if absent)
+        cmds += [f"add limit inet {t} kernel_block {{ rate {m.spec.kernel_block.rate} }}", f"delete limit inet {t} kernel_block"]
     return cmds, moved
 
 
@@ -652,7 +802,12 @@ def render(spec: RulesetSpec | None = None, backend: str = "native", *, standalo
             "socket": "the `socket` expression.",
             "poll": "polled from /proc/net by the daemon.",
             "off": "not detected (FTP expectations only).",
-        }[inuse],
+        }[inuse]
+        + (
+            f"\n# A port once in use stays exempt for {_nft_time(s.recent_service_grace)} after its socket is gone (recent_service_grace)."
+            if inuse != "off" and s.recent_service_grace
+            else ""
+        ),
         "#",
         f"# Load:    nft -f FILE     (replaces table inet {t}: running it again forgets the blocked",
         "#                           sources; `nfsentry rules load` and the daemon keep them)",

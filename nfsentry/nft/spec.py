@@ -8,13 +8,14 @@ configuration (it may import this module alone).
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nfsentry.core.addrs import parse_network
-from nfsentry.core.units import TROJAN_TCP, TROJAN_UDP, parse_ports
+from nfsentry.core.units import MAX_SERVICE_GRACE, RATE, TROJAN_TCP, TROJAN_UDP, parse_ports
 from nfsentry.nft.errors import SpecError
 
 __all__ = [
@@ -26,7 +27,9 @@ __all__ = [
     "TROJAN_UDP",
     "COUNTERS",
     "TABLE_NAME",
+    "MAX_SERVICE_GRACE",
     "RulesetSpec",
+    "KernelBlock",
     "SpecError",
     "default_spec",
 ]
@@ -46,6 +49,7 @@ COUNTERS = {
     "queued_tcp": "TCP packets handed to the scan verdict loop",
     "queued_udp": "UDP packets handed to the scan verdict loop",
     "queued_ftp": "FTP control packets handed to the FTP tracker",
+    "kernel_blocks": "first probes whose source the kernel put into a blocked set itself (6a)",
 }
 
 
@@ -75,6 +79,41 @@ def check_backend(backend: str) -> None:
         raise SpecError(f"backend must be auto, native or compat, not {backend!r}")
 
 
+@dataclass(frozen=True)
+class KernelBlock:
+    """The kernel-side block of a first probe: the rule that queues a packet the engine would
+    block on any hit also adds its source to the blocked set (the /``ipv6_prefix`` for IPv6, the
+    address alone next to a never-block address), with the first offence's timeout; the daemon
+    then records it, escalates it or withdraws it.
+
+    ``tcp_flags``: the TCP flags bytes that are blocked this way (empty: no TCP); ``udp``: UDP too;
+    ``timeout``: seconds (0 = until unblocked); ``rate``: new kernel blocks allowed, all sources
+    together ("100/second"); ``size``: the most entries each blocked hash set holds (0 = no size),
+    so a spoofed flood cannot grow them without bound."""
+
+    tcp_flags: tuple[int, ...] = ()
+    udp: bool = False
+    timeout: int = 3600
+    rate: str = "100/second"
+    size: int = 100_000
+
+    def check(self) -> KernelBlock:
+        flags = tuple(sorted(set(self.tcp_flags)))
+        if any(isinstance(f, bool) or not isinstance(f, int) or not 0 <= f <= 255 for f in flags):
+            raise ValueError(f"kernel_block tcp_flags must be bytes 0-255, not {self.tcp_flags!r}")
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, int) or self.timeout < 0:
+            raise ValueError(f"kernel_block timeout must be whole seconds >= 0, not {self.timeout!r}")
+        if not RATE.fullmatch(str(self.rate)):
+            raise ValueError(f"kernel_block rate must look like 100/second or 600/minute, not {self.rate!r}")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
+            raise ValueError(f"kernel_block size must be >= 0, not {self.size!r}")
+        return replace(self, tcp_flags=flags, udp=bool(self.udp))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.tcp_flags or self.udp)
+
+
 @dataclass
 class RulesetSpec:
     """What to render and load. ``config.py`` builds it from the configuration.
@@ -100,6 +139,10 @@ class RulesetSpec:
     ipv6_prefix: int = 64  # the daemon's IPv6 block prefix (hash set blocked6_<len>)
     backend: str = "auto"  # auto | native | compat
     bypass: bool = True  # scan queue: no daemon listening -> packet passes (fail-open)
+    kernel_block: KernelBlock | None = None  # the first probe blocked by the kernel (None: off)
+    recent_service_grace: float = 600  # seconds a port stays "in use" after its socket is gone
+    #                                    (kernel sets served_tcp/served_udp; 0 = off); whole seconds,
+    #                                    a fraction rounds up
     before_input: bool = True  # report what the kernel drops before the input hook (source-routed
     #                            IPv4 to monitored ports, bad IPv4 headers) through NFLOG
     nflog_group: int = 20038  # their NFLOG group (0x4e46, "NF", as the mark)
@@ -135,6 +178,9 @@ class RulesetSpec:
             raise ValueError(f"bad table name {self.table!r}")
         if not isinstance(self.ipv6_prefix, int) or not 1 <= self.ipv6_prefix <= 128:
             raise ValueError(f"ipv6_prefix must be 1-128, not {self.ipv6_prefix!r}")
+        grace = self.recent_service_grace
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace <= MAX_SERVICE_GRACE:
+            raise ValueError(f"recent_service_grace must be 0-{MAX_SERVICE_GRACE} seconds, not {grace!r}")
         mask, mark = self.mark_mask & 0xFFFFFFFF, self.mark & 0xFFFFFFFF
         if mask & 3 != 3:
             raise ValueError(f"mark_mask {self.mark_mask:#x} must include the two lowest bits (0x3)")
@@ -143,6 +189,9 @@ class RulesetSpec:
                 f"mark {self.mark:#x} must lie inside mark_mask {self.mark_mask:#x} "
                 "and leave its two lowest bits clear (they select the queue)"
             )
+        kb = self.kernel_block.check() if self.kernel_block is not None else None
+        if kb is not None and (not kb.active or self.variant == "observe"):
+            kb = None  # nothing to block in the kernel (observe mode never blocks)
         i4, i6 = _networks(self.ignore, "ignore")
         p4, p6 = _networks(self.protect, "protect")
         return replace(
@@ -155,6 +204,8 @@ class RulesetSpec:
             mark=mark,
             mark_mask=mask,
             bypass=bool(self.bypass),
+            kernel_block=kb,
+            recent_service_grace=math.ceil(grace),
             before_input=bool(self.before_input),
         )
 
@@ -167,6 +218,15 @@ class RulesetSpec:
         return self.mark | 2
 
 
+def default_kernel_block() -> KernelBlock:
+    """The default configuration's kernel-side block (scan_trigger 0: every probe but a stack's
+    replies, TCP and UDP; 1 h; 100 new blocks a second; 100,000 entries per set)."""
+    from nfsentry.core.engine import EngineConfig, first_hit_reactions
+
+    fh = first_hit_reactions(EngineConfig())
+    return KernelBlock(tcp_flags=tuple(sorted(fh.tcp_flags)), udp=fh.udp)
+
+
 def default_spec(variant: str = "host") -> RulesetSpec:
-    """The shipped rules/<variant> file's specification."""
-    return RulesetSpec(variant=variant, inuse="socket")
+    """The shipped rules/<variant> file's specification (the default configuration's)."""
+    return RulesetSpec(variant=variant, inuse="socket", kernel_block=default_kernel_block())

@@ -41,7 +41,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from daemon_util import Nfsentry
+from daemon_util import Nfsentry, kernel_blocks
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
@@ -64,28 +64,6 @@ SLACK = 2.5  # s of tolerance on an end: CLI start-up, the kernel's whole second
 MAX_WAITS = 2  # expiry waits per example (real time: the kernel's clock cannot be faked)
 
 End = "tuple[float, float] | None"  # (earliest, latest) end of a block; None = permanent
-
-
-def kernel_blocks(victim) -> dict[str, int | None]:
-    """network -> seconds left (None: permanent), straight from the kernel's sets (as in
-    test_block_state_truth.py)."""
-    out: dict[str, int | None] = {}
-    res = victim.nft(["-j", "list", "table", "inet", "nfsentry"], check=False)
-    if res.returncode != 0:
-        return out
-    for item in json.loads(res.stdout)["nftables"]:
-        st_ = item.get("set")
-        if not st_ or not st_["name"].startswith("blocked"):
-            continue
-        for e in st_.get("elem", []):
-            val = e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e}
-            v = val["val"]
-            if isinstance(v, dict) and "prefix" in v:
-                v = f"{v['prefix']['addr']}/{v['prefix']['len']}"
-            if st_["name"].startswith("blocked6_"):
-                v = f"{v}/{st_['name'].split('_')[1]}"
-            out[str(v)] = val.get("expires")
-    return out
 
 
 def db_blocks(path: Path, now: float) -> dict[str, float | None]:

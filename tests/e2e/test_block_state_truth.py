@@ -16,7 +16,7 @@ import json
 import time
 
 import pytest
-from daemon_util import Nfsentry, write_config
+from daemon_util import Nfsentry, kernel_blocks, write_config
 
 from nfsentry.ipc import ControlError
 
@@ -35,27 +35,6 @@ def wait_for(what: str, check, timeout: float = MARGIN):
             return last
         time.sleep(0.1)
     raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
-
-
-def kernel_blocks(victim) -> dict[str, int | None]:
-    """network -> seconds left (None: permanent), straight from the kernel's sets."""
-    out: dict[str, int | None] = {}
-    res = victim.nft(["-j", "list", "table", "inet", "nfsentry"], check=False)
-    if res.returncode != 0:
-        return out
-    for item in json.loads(res.stdout)["nftables"]:
-        st = item.get("set")
-        if not st or not st["name"].startswith("blocked"):
-            continue
-        for e in st.get("elem", []):
-            val = e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e}
-            v = val["val"]
-            if isinstance(v, dict) and "prefix" in v:
-                v = f"{v['prefix']['addr']}/{v['prefix']['len']}"
-            if st["name"].startswith("blocked6_"):
-                v = f"{v}/{st['name'].split('_')[1]}"
-            out[str(v)] = val.get("expires")
-    return out
 
 
 @pytest.fixture

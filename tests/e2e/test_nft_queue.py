@@ -142,7 +142,8 @@ def test_polled_in_use_ports_are_left_out_of_the_monitored_sets(lab):
         victim,
         f"""
         import socket
-        n.load(RulesetSpec(inuse='poll', tcp_ports=[(1, 1023)], udp_ports=[(1, 1023)]), poll_interval=0.2)
+        # (a 1 s recent_service_grace: a stopped service's port is monitored again 1 s after the poller last saw it)
+        n.load(RulesetSpec(inuse='poll', tcp_ports=[(1, 1023)], udp_ports=[(1, 1023)], recent_service_grace=1), poll_interval=0.2)
         first = n.status()
         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(('0.0.0.0', {UNUSED_TCP})); s.listen(4)      # a service started after load

@@ -54,6 +54,10 @@ def test_file_overrides_only_what_it_names(tmp_path):
         ("[nft]\nftp_queue = 0", "must differ"),
         ('[nft]\ntable = "x y"', "bad table name"),
         ("this is not toml", "TOML syntax error"),
+        ('[monitor]\nrecent_service_grace = "soon"', "[monitor] recent_service_grace: bad duration"),
+        ("[monitor]\nrecent_service_grace = -1", "[monitor] recent_service_grace: bad duration"),
+        ("[monitor]\nrecent_service_grace = true", "[monitor] recent_service_grace: expected a duration"),
+        ('[monitor]\nrecent_service_grace = "2d"', "[monitor] recent_service_grace: longer than 1d"),
     ],
 )
 def test_bad_values_are_refused_with_one_line_naming_the_key(tmp_path, toml, fragment):
@@ -65,6 +69,16 @@ def test_bad_values_are_refused_with_one_line_naming_the_key(tmp_path, toml, fra
     assert fragment in msg
     assert "\n" not in msg
     assert str(p) in msg
+
+
+@pytest.mark.parametrize("value,seconds", [(None, 600), ('"0"', 0), ("0", 0), ('"90s"', 90), ('"0.5s"', 1), ('"1d"', 86400)])
+def test_recent_service_grace_reaches_the_ruleset_spec(tmp_path, value, seconds):
+    from nfsentry.config.derive import ruleset_spec
+
+    p = tmp_path / "c.toml"
+    p.write_text("" if value is None else f"[monitor]\nrecent_service_grace = {value}\n")
+    spec = ruleset_spec(C.load(p), []).normalized()
+    assert spec.recent_service_grace == seconds  # whole seconds, a fraction rounded up (never 0 by rounding)
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

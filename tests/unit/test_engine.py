@@ -656,3 +656,39 @@ def test_midstream_shapes_are_unknown_but_never_instant():
     src = 7
     acts = [e.process(decode(tcp(src, 0x18)), 2.0 + i).action for i in range(3)]
     assert acts == [Action.COUNT, Action.COUNT, Action.BLOCK]  # scan_trigger 2 still counts them
+
+
+# --- which packets react whatever came before (the kernel's first-probe block) ------------------------
+FIRST_HIT_CONFIGS = [
+    {},  # the default: scan_trigger 0
+    {"scan_trigger": 2},  # instant labels only
+    {"scan_trigger": 2, "instant_labels": frozenset({"UDP", "SYN"})},
+    {"scan_trigger": -1, "instant_labels": frozenset()},  # nothing
+    {"scan_trigger": 3, "window_ports": 1},  # one port fills the window: every hit
+    {"backscatter_guard": False},
+]
+
+
+@pytest.mark.parametrize("kw", FIRST_HIT_CONFIGS)
+def test_first_hit_reactions_are_exactly_what_the_engine_blocks_on_a_first_and_a_later_hit(kw):
+    """The kernel blocks what first_hit_reactions() names from the rule that queues the packet:
+    each of those must make the engine block (on a source's first hit and after earlier counted
+    hits), and nothing else may block on a first hit, or the kernel and the engine disagree."""
+    from nfsentry.core.engine import first_hit_reactions
+
+    c = cfg(**kw)
+    fh = first_hit_reactions(c)
+    for f in range(256):
+        first = decode(raw(IP(src=V4, dst=DST4) / TCP(sport=40000, dport=22, flags=f)))
+        e = Engine(c)
+        assert (e.process(first, 100.0).action == BLOCK) == (f in fh.tcp_flags), (kw, f)
+        later = Engine(c)
+        earlier = later.process(syn(flags="SA", dport=23), 100.0).action  # a reply shape: counted unless unguarded
+        if f in fh.tcp_flags:  # blocked now, or dropped when the earlier hit blocked already
+            assert later.process(first, 101.0).action == (DROP if earlier == BLOCK else BLOCK), (kw, f)
+    e = Engine(c)
+    assert (e.process(udp(), 100.0).action == BLOCK) == fh.udp
+    if kw == {}:
+        assert len(fh.tcp_flags) == 256 - 12 and fh.udp  # all but RST, RST+ACK, SYN+ACK (with or without ECE/CWR)
+    if kw.get("scan_trigger") == -1:
+        assert not fh.tcp_flags and not fh.udp

@@ -39,6 +39,10 @@ class Kernel:
     def unblock(self, network) -> bool:
         return self._live().pop(str(network), False) is not False
 
+    def withdraw(self, networks) -> None:
+        for n in networks:
+            self._live().pop(str(n), None)
+
     def unblock_all(self) -> int:
         n = len(self._live())
         self.sets.clear()
@@ -135,6 +139,19 @@ def test_unblock_not_blocked_covered_and_inside(ledger):
     assert store.blocks(clock.now) == [] and lg.nft.list_blocked() == []
     events = [(h["event"], h["network"]) for h in store.history()]
     assert ("unblock", "198.18.99.9") not in events  # no history row for what was not blocked
+
+
+def test_a_withdrawn_kernel_side_block_leaves_the_kernel_and_no_record_brings_it_back(ledger):
+    """Rule 9: the kernel added it from the packet path, a restore adopted it (rule 5), then the
+    daemon's valves refused it: gone from both, so the next restore does not put it back."""
+    lg, clock, store = ledger
+    lg.nft.block("198.18.0.7", 3600)  # the queueing rule's own add
+    lg.block("198.18.0.8", 3600)
+    assert lg.restore().adopted == 1 and {b["network"] for b in store.blocks(clock.now)} == {"198.18.0.7", "198.18.0.8"}
+    lg.withdraw(["198.18.0.7", "198.18.0.9"])  # one the kernel no longer holds is fine too
+    assert [b["network"] for b in lg.nft.list_blocked()] == ["198.18.0.8"]
+    assert [b["network"] for b in store.blocks(clock.now)] == ["198.18.0.8"]
+    assert lg.restore().put_back == 0 and [b["network"] for b in lg.nft.list_blocked()] == ["198.18.0.8"]
 
 
 def test_unblock_all_clears_the_database_so_a_restore_brings_nothing_back(ledger):

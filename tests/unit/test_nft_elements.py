@@ -284,20 +284,36 @@ def test_elem_networks():
     assert E.elem_networks("blocked4", "198.18.0.2") == [N("198.18.0.2/32")]
 
 
+def test_served_commands_add_the_listening_monitored_ports():
+    mon = ([(1, 1023)], [(1, 1023), (31337, 31337)])
+    assert E.served_commands("t", {22, 80, 8080}, {53, 31337, 40000}, mon) == (
+        "\nadd element inet t served_tcp { 22, 80 }\nadd element inet t served_udp { 53, 31337 }"
+    )
+    assert E.served_commands("t", {8080}, set(), mon) == ""
+
+
 def test_parse_sets():
     items = [
         {"metainfo": {}},
-        {"set": {"name": "blocked4", "type": "ipv4_addr", "flags": ["timeout"]}},
+        {"set": {"name": "blocked4", "type": "ipv4_addr", "flags": ["dynamic", "timeout"], "size": 1000}},
         {"set": {"name": "blocked4net", "type": "ipv4_addr", "flags": ["timeout", "interval"]}},
         {"set": {"name": "ftp_expect4", "type": ["ipv4_addr", "ipv4_addr", "inet_service"], "flags": ["timeout"]}},
         {"set": {"name": "tcp_ports", "type": "inet_service"}},
+        {"set": {"name": "served_tcp", "type": "inet_service", "flags": ["dynamic", "timeout"], "timeout": 600, "size": 65536}},
     ]
     assert E.parse_sets(items) == {
-        "blocked4": ("ipv4_addr", ("timeout",)),
-        "blocked4net": ("ipv4_addr", ("interval", "timeout")),
-        "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",)),
-        "tcp_ports": ("inet_service", ()),
+        "blocked4": ("ipv4_addr", ("timeout",), 0, 1000),
+        "blocked4net": ("ipv4_addr", ("interval", "timeout"), 0, 0),
+        "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",), 0, 0),
+        "tcp_ports": ("inet_service", (), 0, 0),
+        "served_tcp": ("inet_service", ("timeout",), 600, 65536),
     }
+    # ...comparable with what the renderer would load (dynamic or not in the listing).
+    from nfsentry.nft.render import model
+    from nfsentry.nft.spec import KernelBlock, RulesetSpec
+
+    m = model(RulesetSpec(recent_service_grace=600, kernel_block=KernelBlock(tcp_flags=(2,), size=1000)), "native")
+    assert all(m.set(n).signature == E.parse_sets(items)[n] for n in ("blocked4", "ftp_expect4", "served_tcp"))
     assert E.parse_sets([]) == {}
 
 

@@ -44,3 +44,14 @@ def test_subtract_ports_is_set_difference(pairs, holes):
     assert {p for lo, hi in got for p in range(lo, hi + 1)} == expect
     assert all(lo <= hi for lo, hi in got) and got == sorted(got)
     assert inuse.ports_to_ranges(expect) == _ports(got, "x") if got else not expect
+
+
+def test_recent_ports_keep_a_port_for_the_grace_after_its_socket_is_gone():
+    r = inuse.RecentPorts(grace=10)
+    assert r.seen({80, 22}, {53}, now=100.0) == ({22, 80}, {53})
+    assert r.seen({22}, set(), now=105.0) == ({22, 80}, {53})  # 80 and 53 stopped 5 s ago: still exempt
+    assert r.seen({22}, set(), now=110.0) == ({22, 80}, {53})  # exactly the grace
+    assert r.seen({22}, set(), now=110.5) == ({22}, set())  # past it: monitored again
+    assert r.seen({22, 80}, set(), now=111.0) == ({22, 80}, set())  # back: counted from now
+    off = inuse.RecentPorts(grace=0)
+    assert off.seen({80}, {53}, 1.0) == ({80}, {53}) and off.seen(set(), set(), 1.5) == (set(), set())

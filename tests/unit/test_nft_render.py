@@ -10,7 +10,7 @@ import pytest
 
 from nfsentry.nft import SHIPPED, RulesetSpec, compat_rules, default_spec, render, write_shipped
 from nfsentry.nft.__main__ import main
-from nfsentry.nft.spec import COUNTERS
+from nfsentry.nft.spec import COUNTERS, KernelBlock
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,6 +83,8 @@ def test_ruleset_structure(variant, backend):
         "udp_ports",
         "ftp_expect4",
         "ftp_expect6",
+        "served_tcp",
+        "served_udp",
     ):
         assert f"\tset {name} {{\n" in text
     assert ("set protect4" in text) == (variant == "gateway")
@@ -105,7 +107,10 @@ def test_ruleset_structure(variant, backend):
             "ct state established,related accept",
             "fib daddr type != local accept",
             "@ignore4",
-            "socket transparent 0 accept",
+            "meta l4proto tcp socket transparent 0 update @served_tcp { tcp dport } accept",
+            "meta l4proto udp socket transparent 0 update @served_udp { udp dport } accept",
+            "tcp dport @served_tcp accept",
+            "udp dport @served_udp accept",
             "@ftp_expect4",
             "tcp dport @tcp_ports",
             "udp dport @udp_ports",
@@ -168,8 +173,62 @@ def test_compat_rules_per_variant():
 
 @pytest.mark.parametrize("inuse,socket_rule", [("auto", True), ("socket", True), ("poll", False), ("off", False)])
 def test_inuse_methods(inuse, socket_rule):
-    text = render(RulesetSpec(inuse=inuse), "native")
+    text = render(RulesetSpec(inuse=inuse, recent_service_grace=0), "native")
     assert ("socket transparent 0 accept" in chain(text, "input")) == socket_rule
+    assert "served" not in text
+
+
+# == recent_service_grace: ports served recently are no trap ========================================
+SERVED_RULES = [
+    "meta l4proto tcp socket transparent 0 update @served_tcp { tcp dport } accept",
+    "meta l4proto udp socket transparent 0 update @served_udp { udp dport } accept",
+    "tcp dport @served_tcp accept",
+    "udp dport @served_udp accept",
+]
+
+
+@pytest.mark.parametrize("backend", ["native", "compat"])
+@pytest.mark.parametrize("variant", ["host", "gateway", "observe"])
+def test_served_ports_are_remembered_and_exempt_before_the_queue(variant, backend):
+    text = render(RulesetSpec(variant=variant, recent_service_grace=600), backend)
+    for name in ("served_tcp", "served_udp"):
+        body = text.split(f"\tset {name} {{\n")[1].split("\t}")[0].split()
+        assert body == ["type", "inet_service", "flags", "dynamic,", "timeout", "timeout", "10m", "size", "65536"]
+    inp = chain(text, "input")
+    at = [inp.index(r) for r in SERVED_RULES]
+    assert at == sorted(at) and at[-1] - at[0] == 3
+    # The in-use rule is what fills the sets; it replaces the plain socket rule (one lookup per packet).
+    assert "socket transparent 0 accept" not in inp
+    # After the ignored sources (3), before the FTP data (5) and the queue rules (6).
+    assert index_of(inp, "@ignore6") < at[0] and at[-1] < index_of(inp, "@ftp_expect4") < index_of(inp, "@tcp_ports")
+    # The forward path (gateway) does not see the protected hosts' sockets: no grace there.
+    if variant == "gateway":
+        assert not any("served" in r for r in chain(text, "forward"))
+    assert "A port once in use stays exempt for 10m after its socket is gone" in text
+
+
+@pytest.mark.parametrize("spec_kw", [{"recent_service_grace": 0}, {"inuse": "poll"}, {"inuse": "off"}], ids=["grace-0", "poll", "off"])
+def test_no_served_sets_without_the_socket_match_or_with_grace_off(spec_kw):
+    text = render(RulesetSpec(**{"recent_service_grace": 600, "inuse": "socket", **spec_kw}), "native")
+    assert "served" not in text.split("table inet nfsentry {")[1]
+    # poll keeps the grace in the daemon's poller: the header still says it.
+    assert ("stays exempt for 10m" in text) == (spec_kw.get("inuse") == "poll")
+
+
+@pytest.mark.parametrize("grace,shown", [(1, "1s"), (0.2, "1s"), (90, "1m30s"), (5400, "1h30m"), (86400, "1d")])
+def test_grace_is_whole_seconds_rounded_up_in_nft_time(grace, shown):
+    from nfsentry.nft.render import model
+
+    m = model(RulesetSpec(recent_service_grace=grace), "native")
+    assert m.spec.recent_service_grace == m.set("served_tcp").timeout == m.set("served_udp").timeout
+    assert m.set("served_tcp").timeout >= grace
+    assert f"\t\ttimeout {shown}\n" in render(RulesetSpec(recent_service_grace=grace), "native")
+
+
+def test_shipped_rules_carry_the_default_grace():
+    for variant in SHIPPED:
+        text = render(default_spec(variant), "native")
+        assert "\t\ttimeout 10m\n" in text.split("set served_tcp {")[1]
 
 
 def test_ftp_off_renders_no_ftp_chains():
@@ -230,8 +289,10 @@ def test_model_sets_and_signatures():
 
     m = model(RulesetSpec(variant="gateway", protect=["fd00::/8", "192.168.0.0/16"]), "compat")
     assert m.backend == "compat" and m.spec.protect == ["192.168.0.0/16", "fd00::/8"]
-    assert m.set("blocked4net").signature == ("ipv4_addr", ("interval", "timeout"))
-    assert m.set("ftp_expect6").signature == ("ipv6_addr . ipv6_addr . inet_service", ("timeout",))
+    assert m.set("blocked4net").signature == ("ipv4_addr", ("interval", "timeout"), 0, 0)
+    assert m.set("ftp_expect6").signature == ("ipv6_addr . ipv6_addr . inet_service", ("timeout",), 0, 0)
+    # `dynamic` is not compared (nft 1.0.6's JSON listing omits it); the default timeout and size are.
+    assert m.set("served_tcp").signature == ("inet_service", ("timeout",), 600, 65536)
     assert m.set("protect4").elements == ["192.168.0.0/16"] and m.set("protect6").elements == ["fd00::/8"]
     assert m.set("nope") is None
     assert [c.name for c in m.chains] == ["prerouting", "source_routed", "to_daemon", "input", "forward", "output", "ftp_control"]
@@ -240,16 +301,18 @@ def test_model_sets_and_signatures():
 def test_reload_plan_keeps_unchanged_blocked_sets_and_moves_changed_ones():
     from nfsentry.nft.render import model, reload_plan
 
-    m = model(RulesetSpec(ipv6_prefix=56), "native")
+    m = model(RulesetSpec(ipv6_prefix=56, kernel_block=KernelBlock(tcp_flags=(2,), rate="5/minute")), "native")
     assert reload_plan(m, None) == ([], [])
     current = {
         "chains": ["prerouting", "input"],
         "sets": {
-            "blocked4": ("ipv4_addr", ("timeout",)),  # unchanged: kept
-            "blocked6_64": ("ipv6_addr", ("timeout",)),  # gone: entries move
-            "blocked4net": ("ipv4_addr", ("interval",)),  # changed: entries move
-            "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",)),  # kept
-            "tcp_ports": ("inet_service", ("interval",)),
+            "blocked4": ("ipv4_addr", ("timeout",), 0, 100000),  # unchanged: kept
+            "blocked6_64": ("ipv6_addr", ("timeout",), 0, 0),  # gone: entries move
+            "blocked4net": ("ipv4_addr", ("interval",), 0, 0),  # changed: entries move
+            "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",), 0, 0),  # kept
+            "served_tcp": ("inet_service", ("timeout",), 600, 65536),  # kept: a reload remembers served ports
+            "served_udp": ("inet_service", ("timeout",), 300, 65536),  # another grace: recreated empty
+            "tcp_ports": ("inet_service", ("interval",), 0, 0),
         },
     }  # config: always rewritten
     cmds, moved = reload_plan(m, current)
@@ -260,9 +323,16 @@ def test_reload_plan_keeps_unchanged_blocked_sets_and_moves_changed_ones():
         "delete chain inet nfsentry input",
         "delete set inet nfsentry blocked6_64",
         "delete set inet nfsentry blocked4net",
+        "delete set inet nfsentry served_udp",
         "delete set inet nfsentry tcp_ports",
+        # the kernel-side block's limit: a declared one keeps its old rate, so it is made anew
+        "add limit inet nfsentry kernel_block { rate 5/minute }",
+        "delete limit inet nfsentry kernel_block",
     ]
     assert moved == ["blocked6_64", "blocked4net"]
+    # Grace turned off: the served sets go.
+    cmds, _ = reload_plan(model(RulesetSpec(recent_service_grace=0), "native"), current)
+    assert "delete set inet nfsentry served_tcp" in cmds and "delete set inet nfsentry served_udp" in cmds
 
 
 def test_wrap_an_empty_list_is_no_lines():

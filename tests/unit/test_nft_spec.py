@@ -38,6 +38,11 @@ def test_default_ports_match_the_configuration_defaults():
         ({"mark_mask": 0xFFFF0000}, "mark_mask"),
         ({"table": "bad-name"}, "table"),
         ({"ipv6_prefix": 0}, "ipv6_prefix"),
+        ({"recent_service_grace": -1}, "recent_service_grace"),
+        ({"recent_service_grace": 86401}, "recent_service_grace"),
+        ({"recent_service_grace": True}, "recent_service_grace"),
+        ({"recent_service_grace": "10m"}, "recent_service_grace"),
+        ({"recent_service_grace": float("nan")}, "recent_service_grace"),
     ],
 )
 def test_spec_validation(kw, msg):
@@ -170,3 +175,11 @@ def test_check_backend():
 def test_table_name():
     assert S.TABLE_NAME.fullmatch("nfsentry") and S.TABLE_NAME.fullmatch("_a" + "b" * 30)
     assert not S.TABLE_NAME.fullmatch("bad-name") and not S.TABLE_NAME.fullmatch("")
+
+
+def test_recent_service_grace_is_whole_seconds_rounded_up():
+    assert RulesetSpec().normalized().recent_service_grace == 600 == default_spec().recent_service_grace
+    assert RulesetSpec(recent_service_grace=0).normalized().recent_service_grace == 0
+    assert RulesetSpec(recent_service_grace=0.001).normalized().recent_service_grace == 1
+    assert RulesetSpec(recent_service_grace=86400.0).normalized().recent_service_grace == 86400
+    assert isinstance(RulesetSpec(recent_service_grace=12.5).normalized().recent_service_grace, int)
