@@ -69,11 +69,22 @@ _IP4 = struct.Struct("!BBHHHBBH4s4s").pack
 _IP6 = struct.Struct("!IHBB16s16s").pack
 
 
+def checksummed(pseudo: bytes, proto: int, l4: bytes) -> bytes:
+    """``l4`` (its checksum field 0) with the right TCP/UDP checksum: the engine counts a packet
+    with a wrong one instead of reacting to it, and the bench measures reactions too."""
+    total = int.from_bytes(pseudo + l4 + b"\0" * (len(l4) & 1), "big") % 0xFFFF  # one's complement sum
+    csum = 0xFFFF - (total or 0xFFFF) or (0xFFFF if proto == 17 else 0)
+    at = 16 if proto == 6 else 6
+    return l4[:at] + csum.to_bytes(2, "big") + l4[at + 2 :]
+
+
 def ip4(src: bytes, proto: int, l4: bytes) -> bytes:
+    l4 = checksummed(src + DST4 + bytes((0, proto)) + len(l4).to_bytes(2, "big"), proto, l4)
     return _IP4(0x45, 0, 20 + len(l4), 0, 0x4000, 64, proto, 0, src, DST4) + l4
 
 
 def ip6(src: bytes, proto: int, l4: bytes) -> bytes:
+    l4 = checksummed(src + DST6 + len(l4).to_bytes(4, "big") + bytes((0, 0, 0, proto)), proto, l4)
     return _IP6(6 << 28, len(l4), proto, 64, src, DST6) + l4
 
 

@@ -229,11 +229,20 @@ def status(config: str | None = ConfigOpt, as_json: bool = typer.Option(False, "
         f"  packets queued:    {c.get('queued', 0)}   detections: {c.get('detections', 0)}   blocks: {c.get('blocks', 0)}",
         f"  currently blocked: {reply.get('blocked', '?')}",
         f"  engine sources:    {e.get('tracked', '?')} tracked, {e.get('evicted', 0)} evicted",
+        f"  bad checksums:     {e.get('badsum', 0)} (counted, never reacted to)",
         f"  queue drops:       {sum(q.get('queue_dropped', 0) + q.get('user_dropped', 0) for q in reply.get('queue_drops', {}).values())}",
         f"  errors:            {c.get('errors', 0)} internal, {c.get('storage_errors', 0)} storage",
         f"  blocks refused:    {c.get('blocks_rate_limited', 0)} by max_blocks_per_minute, {c.get('blocks_capped', 0)} by max_blocked",
         f"  ruleset restored:  {c.get('ruleset_restored', 0)} times (removed outside nfsentry)   expired: {c.get('blocks_expired', 0)}",
     ]
+    bi = reply.get("before_input")
+    if bi:
+        hooked = ", ".join(bi.get("devices") or []) or "none"
+        lines.append(
+            f"  before input:      NFLOG group {bi.get('nflog_group')}, {c.get('nflog_packets', 0)} packets"
+            f" ({c.get('nflog_lost', 0)} lost); bad IPv4 headers watched on: {hooked}"
+            + (f" (NOT LOADED: {bi['ingress_error']})" if bi.get("ingress_error") else "")
+        )
     if degraded:
         lines.insert(1, f"  DEGRADED: {reply.get('degraded')}")
     typer.echo("\n".join(lines))

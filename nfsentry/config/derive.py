@@ -69,5 +69,6 @@ def ruleset_spec(cfg: Config, never_block: list[str]) -> RulesetSpec:
         bypass=n["fail_open"], variant=m["mode"], tcp_ports=list(cfg.tcp_ports), udp_ports=list(cfg.udp_ports),
         ignore=list(never_block), queue=n["queue"], ftp_queue=n["ftp_queue"], ftp=m["ftp"], inuse=m["inuse"],
         mark=n["mark"], table=n["table"], ipv6_prefix=cfg["detection"]["ipv6_prefix"], protect=list(m["protect"]),
-        kernel_block=kernel_block(cfg), recent_service_grace=cfg.durations["recent_service_grace"])
+        kernel_block=kernel_block(cfg), recent_service_grace=cfg.durations["recent_service_grace"],
+        before_input=m["before_input"], nflog_group=n["nflog_group"])
     # fmt: on

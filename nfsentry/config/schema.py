@@ -45,6 +45,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "mode": "host",  # host | gateway | observe
         "ftp": True,  # follow FTP control channels (queue 1)
         "protect": [],  # gateway mode: networks behind this host whose ports are watched too
+        "before_input": True,  # report what the kernel drops before the input hook (source-routed
+        #                        IPv4 to monitored ports, bad IPv4 headers), through [nft] nflog_group
     },
     "detection": {
         "scan_trigger": 0,  # PortSentry SCAN_TRIGGER: 0 reacts on the first hit
@@ -106,6 +108,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "backend": "auto",  # auto | native | compat
         "mark": 0x4E460000,
         "fail_open": True,  # no daemon listening: queued packets pass (true) or are dropped (false)
+        "nflog_group": 20038,  # NFLOG group of [monitor] before_input (0x4e46, "NF", like the mark)
     },
 }
 
@@ -155,6 +158,7 @@ RANGES = {
     ("daemon", "queue_maxlen"): (16, 1_000_000),
     ("nft", "queue"): (0, 65535),
     ("nft", "ftp_queue"): (0, 65535),
+    ("nft", "nflog_group"): (0, 65535),
     ("nft", "mark"): (1, 0xFFFFFFFF),
 }
 # Characters never allowed in an external command template: the command is run as an argument
@@ -355,6 +359,8 @@ def _check_names_and_paths(data: dict[str, Any], cfg: Config) -> None:
         raise ConfigError("[daemon] control_socket: must be an absolute path")
     if data["nft"]["queue"] == data["nft"]["ftp_queue"]:
         raise ConfigError("[nft] ftp_queue: must differ from queue")
+    if data["nft"]["nflog_group"] in (data["nft"]["queue"], data["nft"]["ftp_queue"]):
+        raise ConfigError("[nft] nflog_group: must differ from queue and ftp_queue")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", data["nft"]["table"]):
         raise ConfigError(f"[nft] table: bad table name {data['nft']['table']!r}")
 

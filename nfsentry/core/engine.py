@@ -16,7 +16,12 @@ The decision for one packet, in order (the rules live in :meth:`Engine.process`,
 4. source (its key) already blocked and the block not expired -> ``DROP``;
 5. otherwise the hit is recorded for the source and the policies are evaluated; none reacting
    -> ``COUNT``; reacting -> ``BLOCK`` (response mode ``block`` or ``command``) or ``ALERT``
-   (mode ``log``) for the packet's protocol.
+   (mode ``log``) for the packet's protocol; but a packet that would react and whose TCP or UDP
+   checksum is wrong (:func:`~nfsentry.core.packet.bad_checksum`: ``nmap --badsum``, ``hping3
+   -b``) -> ``COUNT``, counted in ``stats["badsum"]``: the host's own stack discards it, so it is
+   never a real connection attempt, and reacting to it would tell the sender a detector is there.
+   Checked only on the bytes :meth:`Engine.process_raw` is given (``process`` has no bytes), and
+   only where a packet would react: the common path costs the same.
 
 Policies (each can react; the reason names every policy that did):
 
@@ -175,7 +180,7 @@ _LEAN_V4UDP = struct.Struct("!xxHxxH4x4s4x2xHH").unpack_from
 _LEAN_V6TCP = struct.Struct("!4xH2x16s16x2xH8xBB").unpack_from
 _LEAN_V6UDP = struct.Struct("!4xH2x16s16x2xHH").unpack_from
 # the engine's own counters, after the per-action ones in Engine._counts
-_EVICTED, _UNDECODABLE, _EXPIRED_BLOCKS, _BLOCKED_EVICTED, _OFFENDERS_EVICTED = range(len(Action), len(Action) + 5)
+_EVICTED, _UNDECODABLE, _EXPIRED_BLOCKS, _BLOCKED_EVICTED, _OFFENDERS_EVICTED, _BADSUM = range(len(Action), len(Action) + 6)
 
 
 @dataclass(slots=True)
@@ -443,7 +448,7 @@ class Engine:
         self._block_heap: list[tuple[float, bytes]] = []  # (until, key), finite blocks
         self._offenders: OrderedDict[bytes, int] = OrderedDict()
         # per-action decision counts, then the hot path's own counters (see _EVICTED ...)
-        self._counts = [0] * (len(Action) + 5)
+        self._counts = [0] * (len(Action) + 6)
         self._expired_sources = 0
         self.configure(cfg or EngineConfig())
 
@@ -545,6 +550,14 @@ class Engine:
         lean_pass, lean_ignore, lean_count, lean_drop = (lean_code(a, 0) for a in (_PASS, _IGNORE, _COUNT, _DROP))
         i_pass, i_ignore, i_count, i_drop = int(_PASS), int(_IGNORE), int(_COUNT), int(_DROP)
         label_by_flags, stream, reply, flag_strings = _LABEL_BY_FLAGS, _STREAM, _REPLY, _FLAG_STRINGS
+        bad_checksum = P.bad_checksum
+
+        def badsum(raw, pkt) -> bool:
+            """Would-be reaction with a wrong TCP/UDP checksum: counted, never reacted to."""
+            if bad_checksum(raw, pkt):
+                counts[_BADSUM] += 1
+                return True
+            return False
 
         def run(raw, now, pkt=None):
             # -- 1. the packet: fast shapes straight from the bytes (pkt stays None until a
@@ -704,7 +717,9 @@ class Engine:
                 or (ipopts_instant and ipopts)
             triggered = hits > trigger
             windowed = window_ports and nports >= window_ports
-            if not (instant or triggered or windowed) or (guard and proto == 6 and reply[flags] and clean):
+            # (the checksum is read only when a packet would react: a bad one never does)
+            if not (instant or triggered or windowed) or (guard and proto == 6 and reply[flags] and clean) or (
+                    raw is not None and (proto == 6 or proto == 17) and badsum(raw, pkt)):
                 if hits == 1:                  # (re)start the source's state
                     if st is None:
                         st = new_source()
@@ -1038,6 +1053,7 @@ class Engine:
             "expired_sources": self._expired_sources,
             "expired_blocks": c[_EXPIRED_BLOCKS],
             "undecodable": c[_UNDECODABLE],
+            "badsum": c[_BADSUM],  # would have reacted, but the TCP/UDP checksum is wrong: counted only
             "packets": sum(c[: len(Action)]),
             **{a.name.lower(): c[a] for a in Action},
             # packets decided by the compiled fast path / handed to the Python body (since the

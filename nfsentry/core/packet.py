@@ -24,8 +24,14 @@ What is walked:
 * UDP: ports; a UDP length < 8 or longer than the packet is malformed (unless the datagram is
   fragmented, when the length legitimately exceeds the first fragment).
 
-Checksums are not verified: NFQUEUE packets may carry offloaded (partial) checksums, and the
-kernel has already validated the IP header before the hook.
+decode() verifies no checksum (the kernel validated the IP header before the hook).
+:func:`bad_checksum` verifies a TCP or UDP checksum on demand: the engine asks only where a packet
+would react (nmap ``--badsum``, ``hping3 -b``: a packet the host's own stack discards is never a
+real connection attempt). NFQUEUE hands over complete checksums (the kernel completes an offloaded,
+partial one before copying a packet to userspace); NFLOG does not, so its copies are never checked.
+
+:func:`decode_ipv4` decodes what a netdev ingress chain logs from an IPv4 frame (link-layer
+protocol 0x0800) whatever its version field says, so a bad version still has a source.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import struct
 
 from .addrs import addr_text  # re-exported: Packet users format addresses with it
 
-__all__ = ["Packet", "decode", "addr_text", "MAX_EXT_HEADERS", "IP4_OPTION_NAMES"]
+__all__ = ["Packet", "decode", "decode_ipv4", "bad_checksum", "addr_text", "MAX_EXT_HEADERS", "IP4_OPTION_NAMES"]
 
 MAX_EXT_HEADERS = 16
 
@@ -439,3 +445,114 @@ def _transport(raw: bytes, off: int, end: int, family: int, src: bytes, dst: byt
                       off + 8, ttl, None)
     return Packet(family, src, dst, proto, 0, 0, 0, 0, b"", opts, exts, frag_offset, more, off, ttl, None)
 # fmt: on
+
+
+def decode_ipv4(raw: bytes | bytearray | memoryview) -> Packet:
+    """An IPv4 frame's packet (link-layer protocol 0x0800: what a netdev ingress chain logs),
+    whatever its version field says. :func:`decode` reads the version from the packet; here a
+    version other than 4 is itself the finding, reported with the addresses and protocol of the
+    IPv4 header the frame claims to carry."""
+    if type(raw) is not bytes:
+        raw = bytes(raw)
+    ver = raw[0] >> 4 if raw else 4
+    if ver == 4 or len(raw) < IP4_HDR:
+        return decode(raw) if ver == 4 else Packet(4, malformed=f"bad ip version {ver} in an ipv4 frame ({len(raw)} bytes)")
+    _vihl, _tos, _tot, _ident, _frag, ttl, proto, _csum, src, dst = _V4_UNPACK(raw)
+    return Packet(4, src, dst, proto, ttl=ttl, malformed=f"bad ip version {ver} in an ipv4 frame")
+
+
+_SOURCE_ROUTES = frozenset(("LSRR", "SSRR"))
+
+
+def bad_checksum(raw: bytes | bytearray | memoryview, pkt: Packet | None = None) -> bool:
+    """True when the TCP or UDP checksum of ``raw`` (an IP packet, ``pkt`` its decoded form if the
+    caller has it) is provably wrong: what ``nmap --badsum`` and ``hping3 -b`` send, and what the
+    host's own stack discards. False when it is right, and whenever it cannot be verified: not TCP
+    or UDP, malformed, a fragment, a copy shorter than the packet, an IPv4 UDP checksum of 0 (none
+    sent), a source route (IPv4 LSRR/SSRR, an IPv6 routing header: the checksum covers the final
+    destination, not the header's). An IPv6 UDP checksum of 0 is wrong (RFC 8200).
+
+    The one's complement sum of 16-bit words is the sum modulo 0xFFFF (2**16 = 1 mod 0xFFFF), so
+    a whole pseudo-header + segment is taken as one big integer: a correct checksum makes it 0.
+    """
+    if type(raw) is not bytes:
+        raw = bytes(raw)
+    if pkt is None:
+        fast = _bad_fast(raw)
+        if fast is not None:
+            return fast
+        pkt = decode(raw)
+    proto = pkt.proto
+    if (proto != 6 and proto != 17) or pkt.malformed is not None or pkt.frag_offset or pkt.more_frags:
+        return False
+    if proto == 6:
+        start = pkt.payload_offset - TCP_HDR - len(pkt.tcp_options)
+    else:
+        start = pkt.payload_offset - UDP_HDR
+    if pkt.family == 4:
+        if _SOURCE_ROUTES.intersection(pkt.ip_options):
+            return False
+        end = _H_UNPACK(raw, IP4_TOTLEN_AT)[0]
+    elif pkt.family == 6:
+        if 43 in pkt.ext_headers:
+            return False
+        plen = _H_UNPACK(raw, IP6_PLEN_AT)[0]
+        if not plen:  # a jumbogram: its length is in a hop-by-hop option
+            return False
+        end = IP6_HDR + plen
+    else:
+        return False
+    if proto == 17:
+        csum = _H_UNPACK(raw, start + 6)[0]
+        if not csum:
+            return pkt.family == 6
+        end = start + _H_UNPACK(raw, start + 4)[0]
+    if start < 0 or end > len(raw) or end - start < (TCP_HDR if proto == 6 else UDP_HDR):
+        return False
+    if pkt.family == 4:
+        pseudo = pkt.src + pkt.dst + bytes((0, proto)) + (end - start).to_bytes(2, "big")
+    else:
+        pseudo = pkt.src + pkt.dst + (end - start).to_bytes(4, "big") + bytes((0, 0, 0, proto))
+    return _sum_bad(pseudo, raw[start:end])
+
+
+def _sum_bad(pseudo: bytes, seg: bytes) -> bool:
+    """Pseudo-header + segment (checksum included) do not sum to 0 (one's complement)."""
+    if len(seg) & 1:
+        seg += b"\0"
+    return int.from_bytes(pseudo + seg, "big") % 0xFFFF != 0
+
+
+_CK4 = struct.Struct("!2xH2xHxB2x8s").unpack_from  # totlen frag proto src+dst
+_CK6 = struct.Struct("!4xHB1x32s").unpack_from  # plen next src+dst
+
+
+def _bad_fast(raw: bytes) -> bool | None:
+    """:func:`bad_checksum` for the fast shapes (see below: what the engine's hot path reads from
+    the bytes), without decoding; None for anything else (decode() then decides)."""
+    n = len(raw)
+    if n >= V4UDP_MIN and raw[0] == IP4_NO_OPTIONS:
+        tot, frag, proto, addrs = _CK4(raw)
+        if frag & IP4_FRAG_BITS or tot > n:
+            return None
+        if proto == PROTO_TCP and tot >= V4TCP_MIN and TCP_HDR <= (raw[IP4_HDR + TCP_DOFF_AT] >> 4) << 2 <= tot - IP4_HDR:
+            return _sum_bad(addrs + bytes((0, 6)) + (tot - IP4_HDR).to_bytes(2, "big"), raw[IP4_HDR:tot])
+        if proto == PROTO_UDP and tot >= V4UDP_MIN:
+            ulen, csum = _H2(raw, IP4_HDR + UDP_LEN_AT)
+            if UDP_HDR <= ulen <= tot - IP4_HDR:
+                return csum != 0 and _sum_bad(addrs + bytes((0, 17)) + ulen.to_bytes(2, "big"), raw[IP4_HDR : IP4_HDR + ulen])
+        return None
+    if n >= V6UDP_MIN and raw[0] >> 4 == 6:
+        plen, proto, addrs = _CK6(raw)
+        if plen > n - IP6_HDR:
+            return None
+        if proto == PROTO_TCP and plen >= TCP_HDR and n >= V6TCP_MIN and TCP_HDR <= (raw[IP6_HDR + TCP_DOFF_AT] >> 4) << 2 <= plen:
+            return _sum_bad(addrs + plen.to_bytes(4, "big") + b"\0\0\0\x06", raw[IP6_HDR : IP6_HDR + plen])
+        if proto == PROTO_UDP and plen >= UDP_HDR:
+            ulen, csum = _H2(raw, IP6_HDR + UDP_LEN_AT)
+            if UDP_HDR <= ulen <= plen:
+                return csum == 0 or _sum_bad(addrs + ulen.to_bytes(4, "big") + b"\0\0\0\x11", raw[IP6_HDR : IP6_HDR + ulen])
+    return None
+
+
+_H2 = struct.Struct("!HH").unpack_from

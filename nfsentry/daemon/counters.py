@@ -14,6 +14,8 @@ Who writes what:
   ftp_reports_suppressed, errors, events_lost.
 - ``worker`` (the worker thread): storage_errors, storage_dropped, never_block_refreshes,
   ruleset_restored, blocks_expired, errors.
+- ``nflog`` (the NFLOG thread, [monitor] before_input): nflog_packets, nflog_lost, errors,
+  events_lost.
 """
 
 from __future__ import annotations
@@ -38,22 +40,24 @@ MAIN = (
 )
 FTP = ("ftp_packets", "ftp_expectations", "ftp_reports", "ftp_reports_suppressed", "errors", "events_lost")
 WORKER = ("storage_errors", "storage_dropped", "never_block_refreshes", "ruleset_restored", "blocks_expired", "errors")
+NFLOG = ("nflog_packets", "nflog_lost", "errors", "events_lost")
 
 
 class Counters:
-    """``main``, ``ftp``, ``worker``: each written by its thread only. ``counters[key]`` and
-    :meth:`total` give the sums, for status and tests."""
+    """``main``, ``ftp``, ``worker``, ``nflog``: each written by its thread only. ``counters[key]``
+    and :meth:`total` give the sums, for status and tests."""
 
-    __slots__ = ("main", "ftp", "worker")
+    __slots__ = ("main", "ftp", "worker", "nflog")
 
     def __init__(self) -> None:
         self.main = dict.fromkeys(MAIN, 0)
         self.ftp = dict.fromkeys(FTP, 0)
         self.worker = dict.fromkeys(WORKER, 0)
+        self.nflog = dict.fromkeys(NFLOG, 0)
 
     def total(self) -> dict[str, int]:
-        out = dict.fromkeys(MAIN + FTP + WORKER, 0)
-        for part in (self.main, self.ftp, self.worker):
+        out = dict.fromkeys(MAIN + FTP + WORKER + NFLOG, 0)
+        for part in (self.main, self.ftp, self.worker, self.nflog):
             for k, v in part.copy().items():
                 out[k] += v
         return out

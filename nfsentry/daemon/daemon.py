@@ -10,6 +10,8 @@ reload, status and shutdown. The parts it wires together:
 - ``nfsentry-ticker``: asks for the main thread's duties once a second.
 - ``nfsentry-worker``: everything slow (:mod:`worker`).
 - ``nfsentry-control``: the control socket (:mod:`control`), handing requests to the main thread.
+- ``nfsentry-nflog`` ([monitor] before_input): packets the kernel drops before the input hook,
+  logged by the rules to NFLOG (:mod:`nflog`), handed to the main thread's engine.
 
 Counters: one dict per writing thread (:mod:`counters`).
 """
@@ -39,6 +41,7 @@ from nfsentry.core.units import count_ports, ranges_text
 from nfsentry.daemon.control import Commands, ControlServer
 from nfsentry.daemon.counters import Counters
 from nfsentry.daemon.ftpqueue import FtpQueue
+from nfsentry.daemon.nflog import EarlyPackets, NflogError
 from nfsentry.daemon.verdict import Stop, Verdicts
 from nfsentry.daemon.worker import Worker
 from nfsentry.ledger.ledger import Ledger
@@ -83,6 +86,7 @@ class Daemon:
         self.commands = Commands(self)
         self.worker = Worker(self)
         self.ftpq: FtpQueue | None = None
+        self.early: EarlyPackets | None = None  # [monitor] before_input: the NFLOG listener
         self.degraded: str | None = None  # why protection is not what it should be (status: DEGRADED)
         self.engine_stats: dict[str, Any] = {}  # the engine's stats as of the last tick (main thread)
         self.unloaded_by_admin = False  # `rules unload --force`: not put back until loaded again by hand
@@ -185,6 +189,13 @@ class Daemon:
             fq = NetfilterQueue()
             fq.bind(self.cfg["nft"]["ftp_queue"], self.ftpq.on_packet, max_len=maxlen, mode=COPY_PACKET, range=4096)
             self.queues.append(fq)
+        if self.cfg["monitor"]["before_input"]:
+            early = EarlyPackets(self)
+            try:
+                early.open(self.cfg["nft"]["nflog_group"])
+            except NflogError as e:
+                raise StartupError(f"nfsentry: [monitor] before_input: {e}", 1) from None
+            self.early = early
 
     # == main loop ===================================================================================
     def run(self) -> int:
@@ -199,6 +210,8 @@ class Daemon:
         threads = [threading.Thread(target=self._ticker, name="nfsentry-ticker", daemon=True)]
         if len(self.queues) > 1:
             threads.append(threading.Thread(target=self.ftpq.run, args=(self.queues[1],), name="nfsentry-ftp", daemon=True))
+        if self.early is not None:
+            threads.append(threading.Thread(target=self.early.run, name="nfsentry-nflog", daemon=True))
         for t in threads:
             t.start()
         try:
@@ -228,6 +241,8 @@ class Daemon:
         duties other threads handed over, reload, periodic expiry."""
         self.verdicts.pending = False
         self.verdicts.withdraw_pending()  # before any request: a block asked for now is never withdrawn
+        if self.early is not None and self.early.backlog:
+            self.early.drain()
         self.commands.run()
         while not self.duties.empty():
             self.duties.get_nowait()()
@@ -277,6 +292,8 @@ class Daemon:
             except Exception:
                 pass
         self.queues = []
+        if self.early is not None:
+            self.early.close()
         if self.server:
             self.server.close()
         self.stop_kernel_side(keep)
@@ -359,6 +376,8 @@ RESTART_ONLY = (
     ("nft", "queue"),
     ("nft", "ftp_queue"),
     ("monitor", "ftp"),
+    ("monitor", "before_input"),
+    ("nft", "nflog_group"),
 )
 
 
@@ -451,6 +470,7 @@ def status_of(d: Daemon) -> dict[str, Any]:
         "queue_drops": queue_drops(),
         "block_latency_ms": latency_summary(d.verdicts.block_latency),
         "ftp": d.ftpq.status(),
+        "before_input": d.early.status() if d.early is not None else None,
     }
     kb = d.verdicts.kb
     st["kernel_block"] = {"active": False}
@@ -459,6 +479,9 @@ def status_of(d: Daemon) -> dict[str, Any]:
     try:
         st["kernel"] = d.nft.counters()
         st["blocked"] = d.nft.blocked_count()
+        if d.early is not None:
+            st["before_input"]["devices"] = sorted(d.nft.ingress_listed() or ())
+            st["before_input"]["ingress_error"] = d.nft.ingress_error
         st["kernel_block"]["blocks"] = st["kernel"].get("kernel_blocks", 0)
     except Exception as e:
         st["kernel_error"] = str(e)

@@ -110,6 +110,15 @@ class Verdicts(Part):
         except Exception as e:
             self.failed(p, e, verdict_done)
 
+    def logged(self, d) -> None:
+        """A reaction to a packet the kernel only logged (NFLOG, :mod:`nflog`): dropped already or
+        never delivered, so no verdict; the block and the reports as for a queued packet."""
+        if (d.action == Action.BLOCK or d.valve is not None) and self.kernel_blocks(d.proto):
+            self.block_now(d)
+        else:
+            self.counts["detections"] += 1
+            self.enqueue("detection", d)
+
     def failed(self, p, e: Exception, verdict_done: bool) -> None:
         """An internal error on the packet path: the packet is accepted unless its verdict went
         out already (a verdict that failed to go out counts as not given), and it is reported."""

@@ -8,6 +8,9 @@ as restarting Debian's nftables service does, removes it): if not, it loads the 
 puts every block back with its remaining time (the ledger's rule 4), or marks the daemon DEGRADED;
 and it reports the blocks the kernel timed out (``expire`` events, rule 6).
 
+With ``[monitor] before_input`` it also keeps table netdev nfsentry on every interface (checked
+every second, loaded again when the interfaces change).
+
 It never touches the engine: what the main thread must apply (a new never-block list, the blocked
 count) is handed over with ``Daemon.in_main_thread``. Through any storage fault the kernel set
 stays authoritative: failed writes wait in order and are retried; a database deleted, replaced or
@@ -53,6 +56,7 @@ class Worker(Part):
         self.pending_store: list[tuple[str, dict]] = []  # writes to retry after a storage fault
         self._store_retry_at = 0.0
         self._next_watch = 0.0
+        self._ingress_problem: str | None = None  # the last netdev table error logged (once each)
         self.thread = threading.Thread(target=self.loop, name="nfsentry-worker", daemon=True)
 
     def open_store(self) -> None:
@@ -92,6 +96,7 @@ class Worker(Part):
                 if time.monotonic() >= self._next_watch:
                     self._next_watch = time.monotonic() + WATCH_INTERVAL
                     self.watch_ruleset()
+                    self.watch_interfaces()
                     self.report_expired()
                 if time.monotonic() - last_refresh >= self.d.cfg.durations["refresh_interval"]:
                     last_refresh = time.monotonic()
@@ -307,6 +312,23 @@ class Worker(Part):
             d.nft.table,
             rep.put_back if rep else 0,
         )
+
+    def watch_interfaces(self) -> None:
+        """[monitor] before_input: table netdev nfsentry hooks every interface there is now (a
+        netdev chain hooks named devices: a link added, or deleted and added again, needs the table
+        loaded again). One chain listing a second when nothing changed; each new error logged once."""
+        d = self.d
+        if not d.cfg["monitor"]["before_input"] or d.unloaded_by_admin or d.degraded:
+            return
+        try:
+            if d.nft.sync_ingress(spec=ruleset_spec(d.cfg, d.never_block)):
+                log.info("interfaces changed: table netdev %s hooks %s", d.nft.table, ", ".join(sorted(d.nft.ingress_listed() or ())))
+            self._ingress_problem = None
+        except Exception as e:
+            d.nft.ingress_error = str(e)
+            if str(e) != self._ingress_problem:
+                self._ingress_problem = str(e)
+                log.warning("table netdev %s (IPv4 with a bad header) not loaded, retrying every second: %s", d.nft.table, e)
 
     def report_expired(self) -> None:
         """Blocks the kernel timed out: an ``expire`` event each (JSON, syslog, history), once."""

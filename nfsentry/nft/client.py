@@ -32,6 +32,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -47,7 +48,17 @@ from nfsentry.nft import compat as _compat
 from nfsentry.nft import elements as E
 from nfsentry.nft import inuse as _inuse
 from nfsentry.nft.errors import NftError, NftInconsistent, NftUnavailable, SpecError
-from nfsentry.nft.render import cleanup_commands, compat_rules, filter_chains, format_table, model, near_prefixes, reload_plan
+from nfsentry.nft.render import (
+    cleanup_commands,
+    compat_rules,
+    filter_chains,
+    format_ingress,
+    format_table,
+    ingress_devices,
+    model,
+    near_prefixes,
+    reload_plan,
+)
 from nfsentry.nft.spec import COUNTERS, TABLE_NAME, RulesetSpec, check_backend
 
 __all__ = ["Nft", "Session", "probe_backend", "MISSING_BINDINGS", "LIST_ATTEMPTS", "ONE_MESSAGE", "EXPIRY_SLACK"]
@@ -250,6 +261,8 @@ class Nft(Session):
         self._recent = _inuse.RecentPorts()  # poll: ports in use within recent_service_grace
         self._poller: threading.Thread | None = None
         self._poll_stop = threading.Event()
+        self._ingress_text: str | None = None  # the netdev table as last loaded (rule 9)
+        self.ingress_error: str | None = None  # why it could not be loaded, if it could not
 
     # -- the table's IPv6 prefix ----------------------------------------------------------------
     def _v6_prefix(self) -> int | None:
@@ -356,7 +369,63 @@ class Nft(Session):
         self._spec, self._backend, self._inuse, self._v6p = spec, backend, spec.inuse, spec.ipv6_prefix
         if spec.inuse == "poll" and poll_interval > 0:
             self.start_inuse_poller(poll_interval)
+        self._load_ingress(spec)
         return {"table": self.table, "backend": backend, "inuse": spec.inuse, "variant": spec.variant}
+
+    # -- table netdev <table>: IPv4 with a bad header, seen on ingress (rule 9) -------------------
+    def _load_ingress(self, spec: RulesetSpec) -> None:
+        """After the inet table, in a transaction of its own (a device that vanishes meanwhile or a
+        kernel without netdev ingress must not cost the whole ruleset): table netdev <table> on
+        every interface, or none when ``before_input`` is off. A failure is kept in
+        ``ingress_error`` (and logged); :meth:`sync_ingress` tries again."""
+        self._ingress_text = None
+        try:
+            if spec.before_input:
+                self.sync_ingress()
+            else:
+                self.drop_ingress()
+        except NftError as e:
+            self.ingress_error = str(e)
+            log.warning("table netdev %s (IPv4 with a bad header) not loaded: %s", self.table, e)
+
+    def ingress_listed(self) -> set[str] | None:
+        """The interfaces the chains of our netdev table hook now (None: no such table). Reads
+        `list chains netdev` (text: libnftables 1.0.6 leaves the devices out of its JSON)."""
+        rc, out, err = self._text("list chains netdev")
+        if rc != 0:
+            raise NftError("listing the netdev chains", err)
+        head = f"table netdev {self.table} {{"
+        lines = out.splitlines()
+        if head not in lines:
+            return None
+        block = lines[lines.index(head) + 1 :]
+        end = next((i for i, line in enumerate(block) if line.startswith("}")), len(block))
+        return E.parse_ingress_devices("\n".join(block[:end]))
+
+    def sync_ingress(self, devices: Iterable[str] | None = None, spec: RulesetSpec | None = None) -> bool:
+        """Make our netdev table hook every interface there is (``devices``: the host's, by
+        default), loading it again (one transaction) when it does not: the interfaces changed,
+        a device went away and came back (its hook is gone), the table was deleted, the ruleset
+        changed. Cheap when nothing changed (one chain listing). True when it was (re)loaded.
+        ``spec``: the ruleset's (default: the one this session loaded; the daemon passes its own,
+        since the table may have been loaded again by another process, `nfsentry rules load`)."""
+        spec = spec or self._spec
+        if spec is None or not spec.before_input:
+            return False
+        want = ingress_devices(devices if devices is not None else (name for _, name in socket.if_nameindex()))
+        text = format_ingress(spec, want)
+        if text == self._ingress_text and self.ingress_listed() == set(want):
+            return False
+        t = self.table
+        self._cmd(f"add table netdev {t}\ndelete table netdev {t}\n{text}", f"loading table netdev {t}")
+        self._ingress_text, self.ingress_error = text, None
+        return True
+
+    def drop_ingress(self) -> None:
+        """Delete our netdev table (idempotent)."""
+        self._ingress_text = None
+        t = self.table
+        self._cmd(f"add table netdev {t}\ndelete table netdev {t}", f"deleting table netdev {t}")
 
     def check(self, spec: RulesetSpec, backend: str | None = None) -> None:
         """Dry-run what load() would send (the kernel checks it; nothing is committed)."""
@@ -374,12 +443,20 @@ class Nft(Session):
         """Remove our table and our compat rules; nothing else. Idempotent."""
         self.stop_inuse_poller()
         self._cmd(f"add table inet {self.table}\ndelete table inet {self.table}", f"deleting table inet {self.table}")
+        self._drop_ingress_quietly()
         _compat.remove(self.table)
         self._spec = self._backend = self._inuse = None
+
+    def _drop_ingress_quietly(self) -> None:
+        try:
+            self.drop_ingress()
+        except NftError as e:  # a kernel without the netdev family never had the table
+            log.warning("%s", e)
 
     def keep_blocks_only(self) -> None:
         """Daemon exit with blocks kept: leave the blocked sets and their drop chain, stop queueing."""
         self.stop_inuse_poller()
+        self._drop_ingress_quietly()  # nobody listens to what it reports any more
         info = self._info()
         if info is None:
             return
@@ -625,6 +702,12 @@ class Nft(Session):
             st["sets"] = {name: self._set_size(name) for name in info["sets"]}
             st["blocked"] = sum(n for s, n in st["sets"].items() if s.startswith("blocked"))
         st["counters"] = self.counters()
+        try:
+            listed = self.ingress_listed()
+            st["ingress_devices"] = sorted(listed) if listed is not None else None
+        except NftError as e:
+            st["ingress_devices"] = None
+            st["ingress_error"] = str(e)
         return st
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "parse_counters",
     "ruleset_facts",
     "v6_prefix_of",
+    "parse_ingress_devices",
 ]
 
 
@@ -360,3 +361,15 @@ def ruleset_facts(chains: list[str], rules: dict[str, list[str]], inuse: str | N
     else:
         variant = "host" if '"drop"' in " ".join(rules.get("prerouting", [])) else "observe"
     return {"backend": backend, "inuse": method, "variant": variant}
+
+
+_HOOKED = re.compile(r'hook ingress (?:devices = \{ ([^}]*) \}|device "?([^"\s]+)"?)')
+
+
+def parse_ingress_devices(text: str) -> set[str]:
+    """The devices the ingress chains hook, from a text listing of a netdev table (libnftables
+    1.0.6 leaves them out of its JSON): ``devices = { eth0, "br-x" }`` or ``device "eth0"``."""
+    found: set[str] = set()
+    for many, one in _HOOKED.findall(text):
+        found |= {d.strip().strip('"') for d in many.split(",") if d.strip()} if many else {one}
+    return found

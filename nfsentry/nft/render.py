@@ -8,6 +8,7 @@ under ``rules/`` (``python -m nfsentry.nft --write-shipped rules``; a unit test 
 from __future__ import annotations
 
 import ipaddress
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,10 @@ __all__ = [
     "compat_listed",
     "filter_chains",
     "cleanup_commands",
+    "REPORT_LIMIT",
+    "NETDEV_MAX",
+    "ingress_devices",
+    "format_ingress",
 ]
 
 SHIPPED = {"host": "nfsentry.nft", "gateway": "gateway.nft", "observe": "observe.nft"}
@@ -503,12 +508,99 @@ def _ftp_chains(spec: RulesetSpec, backend: str) -> list[ChainDef]:
     return [output, control]
 
 
+# == what the kernel drops before the input hook (through NFLOG) ================================
+# At most this many such packets a second reach the daemon (per table); the rest of a flood is
+# dropped unreported (the kernel drops every one of them anyway, see below).
+REPORT_LIMIT = "100/second burst 100 packets"
+# Devices one netdev chain may hook (the kernel's NFT_NETDEVICE_MAX); more take more chains.
+NETDEV_MAX = 256
+# Interface names the netdev table names (Linux allows quotes and commas in them; nft text does not).
+_DEVICE = re.compile(r"[A-Za-z0-9_.+-]{1,15}")
+
+
+def _report(spec: RulesetSpec, what: str) -> ChainDef:
+    """The chain that hands a packet to the daemon (NFLOG group ``spec.nflog_group``) and drops it."""
+    drop = "" if spec.variant == "observe" else " drop"
+    rest = "dropped unreported" if drop else "only counted (observe mode: nothing is dropped here)"
+    return ChainDef(
+        "to_daemon",
+        None,
+        [f"To the daemon through NFLOG group {spec.nflog_group} ({what}), at most {REPORT_LIMIT};", f"the rest of a flood is {rest}."],
+        [
+            ([], f"limit rate over {REPORT_LIMIT} counter {'drop' if drop else 'return'}"),
+            ([], f"counter log group {spec.nflog_group}{drop}"),
+        ],
+    )
+
+
+def _source_routed(spec: RulesetSpec) -> ChainDef:
+    rules: list[Rule] = [
+        ([], "meta nfproto ipv6 accept"),
+        (["Only IPv4 headers longer than 20 bytes carry options."], "ip hdrlength 5 accept"),
+        (["3. Ignored sources."], "ip saddr @ignore4 accept"),
+    ]
+    for proto, ports in (("tcp", "tcp_ports"), ("udp", "udp_ports")):
+        for opt in ("lsrr", "ssrr"):
+            rules.append(([], f"{proto} dport @{ports} ip option {opt} exists jump to_daemon"))
+    return ChainDef(
+        "source_routed",
+        "prerouting priority raw - 5",
+        [
+            "8. Source-routed IPv4 (LSRR/SSRR options) never reaches the input hook: the kernel drops",
+            "   it after prerouting unless net.ipv4.conf.*.accept_source_route is 1 (the default is 0;",
+            "   RFC 7126 recommends dropping it). So the ones to a monitored port go to the daemon from",
+            "   here (an IPOPTS finding), and are dropped here: each is reported once, never queued at",
+            "   input too. After the blocked sources (raw - 10), before connection tracking. IPv4 with",
+            "   other options (RR, TS) reaches input and is queued there (rule 6).",
+        ],
+        rules,
+    )
+
+
+def ingress_devices(names) -> list[str]:
+    """The interfaces a netdev ingress chain hooks: every one but ``lo``, sorted, names nft can
+    quote (any other is left out)."""
+    return sorted({n for n in names if n != "lo" and _DEVICE.fullmatch(n)})
+
+
+def format_ingress(spec: RulesetSpec, devices) -> str:
+    """``table netdev <table>``: IPv4 frames with a bad header on ``devices`` (see
+    :func:`ingress_devices`) to the daemon. The daemon loads it after our inet table and again
+    whenever the host's interfaces change (a netdev chain hooks named devices only)."""
+    spec = spec.normalized()
+    devs = ingress_devices(devices)
+    report = _report(spec, "MALFORMED")
+    chains = [report]
+    for i in range(0, len(devs), NETDEV_MAX):
+        part = ", ".join(f'"{d}"' for d in devs[i : i + NETDEV_MAX])
+        name = "ingress" if not i else f"ingress_{i // NETDEV_MAX + 1}"
+        chains.append(
+            ChainDef(
+                name,
+                f"ingress devices = {{ {part} }} priority -500",
+                [],
+                [([], "meta protocol ip meta pkttype host @nh,0,8 != 0x45-0x4f jump to_daemon")],
+            )
+        )
+    doc = [
+        "9. IPv4 with a bad header (version not 4, header length under 5 words: the first byte",
+        "   outside 0x45-0x4f) is dropped in ip_rcv, before any inet hook; a netdev ingress chain",
+        "   sees it first. Only frames sent to this host (pkttype host), on every interface but lo:",
+        "   a netdev chain hooks named devices, so the daemon loads this table again whenever",
+        "   the interfaces change. Reported as MALFORMED with the source the header names.",
+    ]
+    return "\n".join(_table_text(f"netdev {spec.table}", doc, [], chains)) + "\n"
+
+
 def model(spec: RulesetSpec, backend: str) -> Model:
     """The ruleset of ``spec`` (normalized here) for ``backend`` ("native" or "compat")."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be native or compat to render, not {backend!r}")
     spec = spec.normalized()
-    chains = [_prerouting(spec), _input(spec, backend)]
+    chains = [_prerouting(spec)]
+    if spec.before_input:
+        chains += [_source_routed(spec), _report(spec, "IPOPTS")]
+    chains.append(_input(spec, backend))
     if spec.variant == "gateway":
         chains.append(_forward(spec, backend))
     if spec.ftp:
@@ -561,7 +653,14 @@ def format_table(m: Model) -> str:
             out += _wrap(s.elements, "\t\t\t")
             out.append("\t\t}")
         out.append("\t}")
-    for c in m.chains:
+    out += _chains_text(m.chains)
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _chains_text(chains: list[ChainDef]) -> list[str]:
+    out: list[str] = []
+    for c in chains:
         out.append("")
         out += [f"\t# {line}" for line in c.doc]
         out.append(f"\tchain {c.name} {{")
@@ -572,8 +671,12 @@ def format_table(m: Model) -> str:
             for i, line in enumerate(rule.splitlines()):  # multi-line anonymous sets
                 out.append(("\t\t" if i == 0 or line.startswith("}") else "\t\t\t") + line)
         out.append("\t}")
-    out.append("}")
-    return "\n".join(out) + "\n"
+    return out
+
+
+def _table_text(name: str, doc: list[str], head: list[str], chains: list[ChainDef]) -> list[str]:
+    """``table NAME { ... }`` with its comment, lines ``head`` and chains."""
+    return [*(f"# {line}" for line in doc), f"table {name} {{", *head, *_chains_text(chains)[1:], "}"]
 
 
 def reload_plan(m: Model, current: dict | None) -> tuple[list[str], list[str]]:
@@ -678,6 +781,15 @@ def render(spec: RulesetSpec | None = None, backend: str = "native", *, standalo
         "#   1 blocked sources dropped   2 established accepted   3 ignored sources accepted",
         "#   4 ports in use accepted     5 expected FTP data      6 monitored ports -> daemon",
         "#   7 FTP control -> FTP tracker (checked first, as it is established traffic)",
+        *(
+            [
+                "#   8 source-routed IPv4 -> daemon (prerouting)",
+                f"#   9 bad IPv4 headers -> daemon (table netdev {t}, the daemon's: end of this file)",
+                f"#     (8 and 9: packets the kernel drops before the input hook; NFLOG group {s.nflog_group})",
+            ]
+            if s.before_input
+            else []
+        ),
         "#",
         (
             f"# Queues: {s.queue} = scan verdict loop, {s.ftp_queue} = FTP tracker, both with `bypass`"
@@ -702,7 +814,21 @@ def render(spec: RulesetSpec | None = None, backend: str = "native", *, standalo
         f"# Remove:  nft delete table inet {t}",
         *_backend_header(s, backend),
     ]
-    return "\n".join(head) + f"\n\ntable inet {t}\ndelete table inet {t}\n\n" + body
+    text = "\n".join(head) + f"\n\ntable inet {t}\ndelete table inet {t}\n\n" + body
+    if s.before_input:
+        example = format_ingress(s, ["eth0"]).splitlines()
+        text += "\n".join(
+            [
+                "",
+                f"# The daemon also loads table netdev {t} (not this file: its chains name this host's",
+                f"# interfaces), for instance on a host whose only interface is eth0; `nft delete table netdev {t}`",
+                "# removes it:",
+                "#",
+                *(line if line.startswith("#") else f"#   {line}" if line.strip() else "#" for line in example),
+            ]
+        )
+        text += "\n"
+    return text
 
 
 def write_shipped(directory: str | Path) -> list[Path]:

@@ -143,6 +143,9 @@ class RulesetSpec:
     recent_service_grace: float = 600  # seconds a port stays "in use" after its socket is gone
     #                                    (kernel sets served_tcp/served_udp; 0 = off); whole seconds,
     #                                    a fraction rounds up
+    before_input: bool = True  # report what the kernel drops before the input hook (source-routed
+    #                            IPv4 to monitored ports, bad IPv4 headers) through NFLOG
+    nflog_group: int = 20038  # their NFLOG group (0x4e46, "NF", as the mark)
 
     def normalized(self) -> RulesetSpec:
         """A validated copy (merged port ranges, collapsed networks). Raises SpecError (a ValueError)."""
@@ -166,6 +169,11 @@ class RulesetSpec:
                 raise ValueError(f"{name} must be a queue number 0-65535, not {v!r}")
         if self.queue == self.ftp_queue:
             raise ValueError("queue and ftp_queue must differ")
+        g = self.nflog_group
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= 65535:
+            raise ValueError(f"nflog_group must be an NFLOG group number 0-65535, not {g!r}")
+        if g in (self.queue, self.ftp_queue):
+            raise ValueError("nflog_group must differ from queue and ftp_queue")
         if not TABLE_NAME.fullmatch(str(self.table)):
             raise ValueError(f"bad table name {self.table!r}")
         if not isinstance(self.ipv6_prefix, int) or not 1 <= self.ipv6_prefix <= 128:
@@ -198,6 +206,7 @@ class RulesetSpec:
             bypass=bool(self.bypass),
             kernel_block=kb,
             recent_service_grace=math.ceil(grace),
+            before_input=bool(self.before_input),
         )
 
     @property

@@ -7,12 +7,12 @@ import threading
 
 from nfsentry.config import schema as C
 from nfsentry.daemon import daemon as D
-from nfsentry.daemon.counters import FTP, MAIN, WORKER, Counters
+from nfsentry.daemon.counters import FTP, MAIN, NFLOG, WORKER, Counters
 
 
 def test_each_thread_has_its_own_dict_and_status_sums_them():
     c = Counters()
-    assert set(c.total()) == set(MAIN) | set(FTP) | set(WORKER)
+    assert set(c.total()) == set(MAIN) | set(FTP) | set(WORKER) | set(NFLOG)
     c.main["errors"] += 1
     c.ftp["errors"] += 2
     c.worker["errors"] += 3

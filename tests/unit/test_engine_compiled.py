@@ -33,6 +33,8 @@ from hypothesis import strategies as st
 if os.environ.get("NFSENTRY_PURE_PYTHON"):
     pytest.skip("NFSENTRY_PURE_PYTHON is set: the compiled fast path is disabled on purpose", allow_module_level=True)
 
+from inet_checksum import fill_checksum  # noqa: E402
+
 import nfsentry.core.engine as engine_mod  # noqa: E402
 from nfsentry.core.addrs import PrefixSet  # noqa: E402
 from nfsentry.core.engine import Action, Decision, Engine, EngineConfig  # noqa: E402
@@ -147,7 +149,7 @@ def ip4(src, dst, proto, l4, options=b"", frag=0, tot_delta=0, first=None) -> by
     ihl = 5 + len(options) // 4
     tot = max(0, min(0xFFFF, 4 * ihl + len(l4) + tot_delta))
     first = (0x40 | ihl) if first is None else first
-    return _IP4(first, 0, tot, 1, frag, 64, proto, 0, src, dst) + options + l4
+    return fill_checksum(_IP4(first, 0, tot, 1, frag, 64, proto, 0, src, dst) + options + l4)
 
 
 def ip6(src, dst, nh, l4, exts=(), plen_delta=0, first=0x60) -> bytes:
@@ -170,7 +172,7 @@ def ip6(src, dst, nh, l4, exts=(), plen_delta=0, first=0x60) -> bytes:
         nxt = kind
     body = chain + l4
     plen = max(0, min(0xFFFF, len(body) + plen_delta))
-    return _IP6(first << 24, plen, nxt, 64, src, dst) + body
+    return fill_checksum(_IP6(first << 24, plen, nxt, 64, src, dst) + body)
 
 
 V4_OPTIONS = (

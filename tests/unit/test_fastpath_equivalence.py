@@ -16,6 +16,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from inet_checksum import fill_checksum
 
 from nfsentry.core.addrs import PrefixSet
 from nfsentry.core.engine import Engine, EngineConfig
@@ -50,16 +51,23 @@ def packet(src: bytes, kind: str, flags: int, dport: int, shape: str) -> bytes:
     proto = 6 if kind == "tcp" else 17
     if len(src) == 4:
         if shape == "ipopts":  # IHL 6: a record-route-ish option
-            return struct.pack("!BBHHHBBH4s4s", 0x46, 0, 24 + len(l4), 0, 0, 64, proto, 0, src, DST4) + b"\x07\x04\x00\x00" + l4
+            return fill_checksum(
+                struct.pack("!BBHHHBBH4s4s", 0x46, 0, 24 + len(l4), 0, 0, 64, proto, 0, src, DST4) + b"\x07\x04\x00\x00" + l4
+            )
         frag = 0x2000 if shape == "first-frag" else 0x0010 if shape == "frag" else 0x4000
         pkt = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, frag, 64, proto, 0, src, DST4) + l4
     else:
         if shape == "ipopts":  # a hop-by-hop header before the transport
-            return struct.pack("!IHBB16s16s", 6 << 28, 8 + len(l4), 0, 64, src, DST6) + bytes([proto, 0, 1, 4, 0, 0, 0, 0]) + l4
+            return fill_checksum(
+                struct.pack("!IHBB16s16s", 6 << 28, 8 + len(l4), 0, 64, src, DST6) + bytes([proto, 0, 1, 4, 0, 0, 0, 0]) + l4
+            )
         if shape in ("frag", "first-frag"):
             fo = 0x0010 if shape == "frag" else 0x0001
-            return struct.pack("!IHBB16s16s", 6 << 28, 8 + len(l4), 44, 64, src, DST6) + struct.pack("!BBHI", proto, 0, fo, 7) + l4
+            return fill_checksum(
+                struct.pack("!IHBB16s16s", 6 << 28, 8 + len(l4), 44, 64, src, DST6) + struct.pack("!BBHI", proto, 0, fo, 7) + l4
+            )
         pkt = struct.pack("!IHBB16s16s", 6 << 28, len(l4), proto, 64, src, DST6) + l4
+    pkt = fill_checksum(pkt)
     if shape == "truncated":
         return pkt[: len(pkt) - 5]
     if shape == "long":

@@ -29,6 +29,7 @@ HARNESS = textwrap.dedent(r"""
         from nfsentry.core import classify
         from nfsentry.core import engine
         from nfsentry.daemon import daemon
+        from nfsentry.daemon.ftpqueue import FtpQueue
         from nfsentry.config.derive import engine_config
         from nfsentry.ledger.neverblock import never_block_networks
         from nfsentry.config import schema as config
@@ -46,10 +47,14 @@ HARNESS = textwrap.dedent(r"""
         def block(self, net, timeout=0):
             return True
 
+        def withdraw(self, nets):  # kernel-side blocks the engine disagreed with
+            pass
+
     d = daemon.Daemon(cfg, foreground=False)
     d.never_block = never_block_networks(cfg)
     d.engine = d.verdicts.engine = engine.Engine(engine_config(cfg), ignore=PrefixSet(d.never_block))
     d.use_nft(Nft())
+    d.ftpq = FtpQueue(d)  # the main thread's duties (Daemon.service) expire its expectations
 
     class Pkt:
         __slots__ = ("payload", "n")
