@@ -54,10 +54,18 @@ def kernel_block(cfg: Config) -> KernelBlock | None:
         tcp_flags=tuple(sorted(fh.tcp_flags)) if r["tcp"] == "block" else (),
         udp=fh.udp and r["udp"] == "block",
         timeout=kernel_timeout(cfg.durations["block_duration"]),
-        rate=r["kernel_block_rate"],
+        rate=kernel_rate(r["kernel_block_rate"], r["max_blocks_per_minute"]),
         size=r["max_blocked"],
     )
     return kb if kb.active else None
+
+
+def kernel_rate(rate: str, max_per_minute: int) -> str:
+    """The kernel-side block's limit: ``kernel_block_rate``, or ``max_blocks_per_minute`` when that
+    is stricter (the kernel then never blocks more than the daemon's valve admits)."""
+    n, unit = rate.split("/")
+    per_minute = int(n) * (60 if unit == "second" else 1)
+    return f"{max_per_minute}/minute" if max_per_minute and max_per_minute < per_minute else rate
 
 
 def ruleset_spec(cfg: Config, never_block: list[str]) -> RulesetSpec:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 from daemon_util import Nfsentry
-from test_reliability_util import flood, flood_result, legit_rate_result, legit_rate_start, proc_rss_kb, timed_status
+from test_reliability_util import flood, flood_result, legit_rate_result, legit_rate_start, proc_rss_kb, timed_status, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -97,7 +97,10 @@ def test_blocking_flood_is_bounded_by_the_block_rate_limit(lab, tmp_path):
         r = run_flood(lab, d, count=40_000, rate=10_000, seconds=8)
         common_asserts(r)
         c = r["status"]["counters"]
-        assert c["blocks"] == 20 and r["status"]["blocked"] == 20
+        # the kernel-side block added spoofed sources too (at most 20/minute): the ones the
+        # daemon's valve refused are withdrawn within its next duties
+        wait_for(lambda: d.status()["blocked"] == 20, timeout=20, what="the kernel's refused blocks withdrawn")
+        assert c["blocks"] == 20
         assert c["blocks_rate_limited"] > 10_000 and c["alerts_suppressed"] > 10_000, c
         assert c["events_lost"] == 0
         warnings = [l for l in d.stderr_lines if "block rate limit (20/min) reached" in l]

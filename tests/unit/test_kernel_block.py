@@ -142,3 +142,12 @@ def test_a_block_asked_for_while_a_withdrawal_waits_is_kept(tmp_path):
     d.engine.mark_blocked("198.19.4.2", 0.0)  # blocked meanwhile (as an admin's block does)
     d.service()
     assert sorted(d.nft.sets) == ["198.19.4.1", "198.19.4.2"] and d.counters["kernel_blocks_withdrawn"] == 0
+
+
+def test_the_kernel_never_blocks_faster_than_the_daemons_valve_admits():
+    from nfsentry.config.derive import kernel_rate
+
+    assert kernel_rate("100/second", 0) == "100/second"
+    assert kernel_rate("100/second", 20) == "20/minute"
+    assert kernel_rate("10/minute", 20) == "10/minute"
+    assert kernel_block(C.validate({"response": {"max_blocks_per_minute": 30}})).rate == "30/minute"
