@@ -162,24 +162,34 @@ def block_items(items: Iterable[Any]) -> list[tuple[Any, Any]]:
     return norm
 
 
-def bulk_commands(table: str, items: list, existing: dict, v6_prefix: int | None) -> str:
+def bulk_commands(table: str, items: list, existing: dict, v6_prefix: int | None, replace: Iterable[Any] = ()) -> str:
     """One transaction adding [(network, timeout_s)]. ``existing``: {interval set: its networks},
-    merged with the new prefixes (see :func:`plan_nets`); hash sets take every element as is."""
+    merged with the new prefixes (see :func:`plan_nets`); hash sets take every element as is.
+    ``replace``: networks of ``items`` that are entries already (exactly) in their set, whose
+    timeout is replaced (add, a no-op when present; delete; add: see :func:`block_commands`)."""
     per_set: dict[str, dict] = {}
     nets: dict[str, dict] = {}
+    again = {str(n) for n in replace}
+    refresh: dict[str, list[str]] = {}
     for network, timeout in items:
         setname, elem, net = set_for(network, v6_prefix)
-        if setname.endswith("net"):
+        if str(network) in again:
+            refresh.setdefault(setname, []).append(elem)
+            per_set.setdefault(setname, {})[elem] = timeout
+        elif setname.endswith("net"):
             nets.setdefault(setname, {})[net] = timeout
         else:
             per_set.setdefault(setname, {})[elem] = timeout
     cmds = []
+    for setname, elems in refresh.items():
+        body = ", ".join(elems)
+        cmds.append(f"add element inet {table} {setname} {{ {body} }}\ndelete element inet {table} {setname} {{ {body} }}")
     for setname, new in nets.items():
         adds, deletes = plan_nets(new, existing.get(setname, []))
         if deletes:
             cmds.append(delete_command(table, setname, deletes))
         if adds:
-            per_set[setname] = {str(n): to for n, to in adds.items()}
+            per_set.setdefault(setname, {}).update({str(n): to for n, to in adds.items()})
     for setname, elems in per_set.items():
         body = ", ".join(f"{e}{timeout_text(to)}" for e, to in elems.items())
         cmds.append(f"add element inet {table} {setname} {{ {body} }}")

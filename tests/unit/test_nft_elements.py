@@ -375,3 +375,21 @@ def test_parse_counters():
 )
 def test_ruleset_facts(chains, rules, inuse, want):
     assert E.ruleset_facts(chains, rules, inuse) == want
+
+
+def test_bulk_commands_replace_the_timeout_of_entries_in_force():
+    """Bulk block extending entries already in the kernel: add (a no-op when present), delete and
+    add again with the new timeout, for hash and interval sets, in the one transaction."""
+    N = ipaddress.ip_network
+    items = [("198.18.0.2", 3600), ("198.18.0.3", 60), ("198.19.0.0/24", 0), ("2001:db8:1::/64", 30)]
+    replace = ["198.18.0.2", "198.19.0.0/24"]
+    text = E.bulk_commands("t", items, {"blocked4net": [N("198.19.0.0/24")]}, 64, replace)
+    assert text.splitlines() == [
+        "add element inet t blocked4 { 198.18.0.2 }",
+        "delete element inet t blocked4 { 198.18.0.2 }",
+        "add element inet t blocked4net { 198.19.0.0/24 }",
+        "delete element inet t blocked4net { 198.19.0.0/24 }",
+        "add element inet t blocked4 { 198.18.0.2 timeout 3600s, 198.18.0.3 timeout 60s }",
+        "add element inet t blocked4net { 198.19.0.0/24 }",
+        "add element inet t blocked6_64 { 2001:db8:1:: timeout 30s }",
+    ]
