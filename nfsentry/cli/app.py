@@ -553,7 +553,10 @@ def block_file(conf: DaemonConf, file: str, duration: float | None, reason: str 
     except (OSError, UnicodeDecodeError) as e:
         fail(f"cannot read {name}: {getattr(e, 'strerror', None) or e}")
     ssh = ssh_client()
-    entries = read_block_list(text, name, block_target_checker([ssh] if ssh else []))
+    never = [ssh] if ssh else []  # --force never reaches your own SSH session
+    if conf.cfg is not None and not force:  # the never-block list, each line named (a daemon checks its own again)
+        never = never_block_networks(conf.cfg)
+    entries = read_block_list(text, name, block_target_checker(never))
     need_root("block")
     wire = [[net, d if d is not None else duration, r if r is not None else reason] for net, d, r, _ in entries]
     reply = daemon_request(conf, "block_many", entries=wire, names=[w for *_, w in entries], force=force, timeout=120)
@@ -562,13 +565,6 @@ def block_file(conf: DaemonConf, file: str, duration: float | None, reason: str 
     else:
         cfg = conf.need()
         default = cfg.durations["block_duration"] if duration is None else duration
-        if not force:  # the never-block list, each line named
-            check = block_target_checker(never_block_networks(cfg))
-            for net, _, _, where in entries:
-                try:
-                    check(net)
-                except ValueError as e:
-                    fail(f"{where}: {e} (nothing blocked)")
         N, ledger = open_ledger(cfg)
         try:
             done = ledger.block_many([(net, default if d is None else d, r) for net, d, r in wire])

@@ -75,7 +75,11 @@ def test_block_file_of_10000_entries_in_one_transaction(lab, tmp_path, mode):
         kernel = kernel_blocks(d.host)
         assert len(kernel) == N and set(kernel) == set(want)
         assert 86000 < (kernel["11.0.0.3"] or 0) <= 86400  # the longer block stayed
-        assert kernel["12.0.5.0/24"] is None and 7000 < (kernel["11.0.0.6"] or 0) <= 7200 and 1700 < (kernel["2001:db8:5151:1f3::/64"] or 0) <= 1800
+        assert (
+            kernel["12.0.5.0/24"] is None
+            and 7000 < (kernel["11.0.0.6"] or 0) <= 7200
+            and 1700 < (kernel["2001:db8:5151:1f3::/64"] or 0) <= 1800
+        )
         rows = {r["network"]: r for r in d.blocked()}
         deadline = time.monotonic() + 60  # the daemon's worker writes the database after the kernel
         while sum(1 for r in rows.values() if r["reason"]) < N and time.monotonic() < deadline:
