@@ -254,7 +254,7 @@ def status_lines(reply: dict) -> list[str]:
         f"  monitored tcp:     {reply.get('tcp_ports')} ({reply.get('tcp_port_count')} ports)",
         f"  monitored udp:     {reply.get('udp_ports')} ({reply.get('udp_port_count')} ports)",
         f"  never-block:       {reply.get('never_block')} networks",
-        *wrap_words(reply.get("never_block_list") or [], "                     "),
+        *wrap_words([canonical_text(n) for n in reply.get("never_block_list") or []], "                     "),
         f"  kernel-side block: {kernel_block_text(reply.get('kernel_block') or {}, c)}",
         f"  packets queued:    {c.get('queued', 0)}   detections: {c.get('detections', 0)}   blocks: {c.get('blocks', 0)}",
         f"  last detection:    {fmt_ago(reply.get('last_detection'))}",
@@ -436,7 +436,7 @@ def fmt_until(expires: float | None, seconds: float | None = None) -> str:
 
 @app.command()
 def block(
-    address: str | None = typer.Argument(None, metavar="[ADDR|ADDR/PREFIX]", help="what to block (or -f FILE)"),
+    address: str | None = typer.Argument(None, metavar="ADDR|ADDR/PREFIX", help="what to block (or -f FILE)"),
     file: str | None = typer.Option(
         None,
         "--file",
@@ -583,7 +583,7 @@ def block_file(conf: DaemonConf, file: str, duration: float | None, reason: str 
 
 @app.command()
 def unblock(
-    addresses: list[str] = typer.Argument(None, metavar="[ADDR|ADDR/PREFIX]...", help="what to unblock"),
+    addresses: list[str] = typer.Argument(None, metavar="ADDR|ADDR/PREFIX", help="what to unblock"),
     all_: bool = typer.Option(False, "--all", help="remove every block (kernel and database)"),
     covering: bool = typer.Option(False, "--covering", help="also lift broader blocks that cover an address"),
     ignore: bool = typer.Option(False, "--ignore", help="also add them to the ignore list"),
@@ -1190,7 +1190,7 @@ def rules_check(
 # == config =========================================================================================
 @config_app.command("check")
 def config_check(
-    file: str | None = typer.Argument(None, metavar="[FILE]", help="default /etc/nfsentry/nfsentry.toml if present"),
+    file: str | None = typer.Argument(None, metavar="FILE", help="default /etc/nfsentry/nfsentry.toml if present"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="also print the effective settings"),
     output: str | None = output_option(),
     as_json: bool = json_option(),
@@ -1281,7 +1281,7 @@ def reload(config: str | None = ConfigOpt):
     reply = daemon_request(conf, "reload")
     if reply is None:
         fail(f"the nfsentry daemon is not running (no control socket at {conf.socket}): nothing to reload", EXIT_NOT_RUNNING)
-    typer.echo(visible(f"reloaded the running daemon's configuration ({conf.path or 'its configuration file'})"))
+    typer.echo(visible(f"reloaded the running daemon's configuration from {reply.get('config') or 'its built-in defaults'}"))
 
 
 @app.command()

@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("import-portsentry")
     def import_portsentry(
-        conf: str = typer.Argument(P.DEFAULT_CONF, metavar="[FILE]", help="PortSentry's portsentry.conf"),
+        conf: str = typer.Argument(P.DEFAULT_CONF, metavar="FILE", help="PortSentry's portsentry.conf"),
         defaults: str | None = typer.Option(
             None, "--defaults", metavar="FILE", help=f"Debian's TCP_MODE/UDP_MODE file (default: {P.DEFAULTS_FILE} if it exists)"
         ),

@@ -89,7 +89,7 @@ class ControlServer:
                 if uid != 0:
                     conn.settimeout(1)
                     try:  # take the request first, so the caller is not hung up on mid-send (EPIPE)
-                        conn.recv(MAX_REQUEST)
+                        conn.recv(65536)  # (not MAX_REQUEST: nothing of it is read)
                     except OSError:
                         pass
                     self._reply(conn, {"ok": False, "error": "permission denied: the control socket is for root only"})
@@ -160,7 +160,7 @@ class Commands:
             return self.unblock(req)
         if cmd == "reload":
             ok, msg = self.d.reload()
-            return {"ok": ok, "message": msg} if ok else {"ok": False, "error": msg}
+            return {"ok": ok, "message": msg, "config": self.d.cfg.path} if ok else {"ok": False, "error": msg}
         if cmd == "unload":  # `rules unload --force`: the daemon stops detecting and says so
             d = self.d
             d.nft.unload()

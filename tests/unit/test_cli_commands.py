@@ -104,9 +104,10 @@ def local(monkeypatch, tmp_path):
 def test_reload_asks_the_daemon_and_reports_its_refusal(tmp_path, daemon):
     replies, seen = daemon
     c = cfg_file(tmp_path)
-    replies["reload"] = {"ok": True, "message": "reloaded"}
+    replies["reload"] = {"ok": True, "message": "reloaded", "config": "/etc/nfsentry/nfsentry.toml"}
     res = runner.invoke(A.app, ["reload", "-c", c])
-    assert res.exit_code == 0 and "reloaded" in res.stdout and seen[-1]["cmd"] == "reload"
+    assert res.exit_code == 0 and seen[-1]["cmd"] == "reload"
+    assert res.stdout == "reloaded the running daemon's configuration from /etc/nfsentry/nfsentry.toml\n"
     replies["reload"] = {
         "ok": False,
         "error": "reload refused, the running configuration stays: [nft] table changed, which needs a restart",
