@@ -254,7 +254,7 @@ def status_lines(reply: dict) -> list[str]:
         f"  monitored tcp:     {reply.get('tcp_ports')} ({reply.get('tcp_port_count')} ports)",
         f"  monitored udp:     {reply.get('udp_ports')} ({reply.get('udp_port_count')} ports)",
         f"  never-block:       {reply.get('never_block')} networks",
-        *wrap_words([canonical_text(n) for n in reply.get("never_block_list") or []], "                     "),
+        *never_block_lines(reply.get("never_block_list") or []),
         f"  kernel-side block: {kernel_block_text(reply.get('kernel_block') or {}, c)}",
         f"  packets queued:    {c.get('queued', 0)}   detections: {c.get('detections', 0)}   blocks: {c.get('blocks', 0)}",
         f"  last detection:    {fmt_ago(reply.get('last_detection'))}",
@@ -268,6 +268,15 @@ def status_lines(reply: dict) -> list[str]:
     if reply.get("state") == "degraded":
         lines.insert(1, f"  DEGRADED: {reply.get('degraded')}")
     return lines
+
+
+def never_block_lines(nets: list[str], most: int = 40) -> list[str]:
+    """status: the never-block list under its count, whole addresses, at most ``most`` of them
+    (then how many more, and where to see them all)."""
+    shown = [canonical_text(n) for n in nets[:most]]
+    if len(nets) > most:
+        shown.append(f"... and {len(nets) - most} more (nfsentry ignore list --all)")
+    return wrap_words(shown, " " * 21)
 
 
 def wrap_words(words: list[str], indent: str, width: int = 80) -> list[str]:

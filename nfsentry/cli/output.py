@@ -46,9 +46,9 @@ class Col:
     right: bool = False  # right-aligned (numbers)
 
 
-def output_option(default: None = None) -> Any:
+def output_option() -> Any:
     return typer.Option(
-        default, "--output", "-o", metavar="human|json|tsv", help="output format (default: human on a terminal, tsv when piped)"
+        None, "--output", "-o", metavar="human|json|tsv", help="output format (default: human on a terminal, tsv when piped)"
     )
 
 

@@ -287,6 +287,14 @@ def test_status_lists_the_never_block_list_whole_and_the_last_detection(tmp_path
     assert json.loads(invoke(["status", "-c", cfg_file(tmp_path), "-o", "json"]))["never_block_list"] == STATUS["never_block_list"]
 
 
+def test_a_long_never_block_list_says_how_many_more():
+    nets = [f"2001:db8:{i + 1:x}::/48" for i in range(100)]
+    lines = A.never_block_lines(nets)
+    assert all(len(ln) <= 80 for ln in lines)
+    words = " ".join(lines).split()
+    assert words[:40] == nets[:40] and " ".join(lines).endswith("... and 60 more (nfsentry ignore list --all)")
+
+
 def test_rules_show_writes_ignore_prefixes_whole(tmp_path):
     other = "2001:db8:5152:abcd:ef01:2345:6789:abcd"
     c = cfg_file(tmp_path, f'[ignore]\naddresses = ["{NETS[0]}", "{other}"]\n')
