@@ -38,13 +38,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("import-portsentry")
     def import_portsentry(
-        conf: str = typer.Argument(P.DEFAULT_CONF, help="PortSentry's portsentry.conf"),
+        conf: str = typer.Argument(P.DEFAULT_CONF, metavar="FILE", help="PortSentry's portsentry.conf"),
         defaults: str | None = typer.Option(
-            None, "--defaults", help=f"Debian's TCP_MODE/UDP_MODE file (default: {P.DEFAULTS_FILE} if it exists)"
+            None, "--defaults", metavar="FILE", help=f"Debian's TCP_MODE/UDP_MODE file (default: {P.DEFAULTS_FILE} if it exists)"
         ),
         no_defaults: bool = typer.Option(False, "--no-defaults", help="read no defaults file: TCP_MODE=tcp, UDP_MODE=udp"),
-        output: str | None = typer.Option(None, "--output", "-o", help="write the TOML here instead of stdout"),
-        version: str | None = typer.Option(None, "--portsentry-version", help="1 or 2 (default: guessed from the file)"),
+        output: str | None = typer.Option(None, "--write", metavar="FILE", help="write the TOML to FILE instead of stdout"),
+        version: str | None = typer.Option(None, "--portsentry-version", metavar="1|2", help="1 or 2 (default: guessed from the file)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="do not list the problems on stderr"),
     ):
         """Convert a PortSentry configuration to nfsentry TOML (each key not carried over gets a comment why)."""

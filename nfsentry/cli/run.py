@@ -14,10 +14,12 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def run(
         config: str | None = ConfigOpt,
-        foreground: bool = typer.Option(False, "--foreground", "-f", help="also log to stderr"),
-        portsentry_config: str | None = typer.Option(None, "--portsentry-config", help="run from a PortSentry portsentry.conf"),
+        foreground: bool = typer.Option(False, "--foreground", help="also log to stderr"),
+        portsentry_config: str | None = typer.Option(
+            None, "--portsentry-config", metavar="FILE", help="run from a PortSentry portsentry.conf"
+        ),
         portsentry_defaults: str | None = typer.Option(
-            None, "--portsentry-defaults", help="PortSentry /etc/default/portsentry (TCP_MODE/UDP_MODE)"
+            None, "--portsentry-defaults", metavar="FILE", help="PortSentry /etc/default/portsentry (TCP_MODE/UDP_MODE)"
         ),
     ):
         """Run the daemon (in the foreground of this process; systemd keeps it running)."""

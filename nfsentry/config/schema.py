@@ -9,6 +9,7 @@ daemon and the CLI turn that into exit code 2 with nothing loaded into the kerne
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from nfsentry.core.units import (
 )
 
 DEFAULT_PATH = "/etc/nfsentry/nfsentry.toml"
+DEFAULT_IGNORE_FILE = "/etc/nfsentry/ignore"  # read when it exists (a missing one is empty); others must exist
 
 # The schema: section -> key -> default. Types are checked against the default's type
 # (with the explicit checkers below for durations, ports, networks, enums).
@@ -76,7 +78,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "ignore": {
         "addresses": [],  # addresses and CIDRs, IPv4 and IPv6
-        "files": [],  # PortSentry-style ignore files (one address[/mask] per line)
+        "files": [
+            "/etc/nfsentry/ignore"
+        ],  # PortSentry-style ignore files (one address[/mask] per line); `nfsentry ignore add` writes to the first
         "own_addresses": True,  # the host's own addresses (refreshed when they change)
         "gateways": True,  # default gateway(s)
         "resolvers": True,  # nameservers from resolv_conf
@@ -232,6 +236,10 @@ def read_ignore_file(path: str | Path) -> list:
     nets = []
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError as e:
+        if str(path) == DEFAULT_IGNORE_FILE:  # the built-in default, made by the first `ignore add`
+            return []
+        raise ValueError(f"cannot read ignore file {path}: {e.strerror}") from None
     except OSError as e:
         raise ValueError(f"cannot read ignore file {path}: {e.strerror}") from None
     for num, line in enumerate(text.splitlines(), 1):
@@ -243,6 +251,23 @@ def read_ignore_file(path: str | Path) -> list:
             nets.append(parse_network(entry, "address"))
         except ValueError as e:
             raise ValueError(f"{path}:{num}: {e}") from None
+    return nets
+
+
+def read_ignore(cfg: Config) -> list:
+    """The ignore list of ``cfg`` as it is on disk now: its [ignore] addresses and the files'
+    entries read again (`ignore add/del` changed a file). ConfigError naming a bad entry."""
+    nets = []
+    for entry in cfg["ignore"]["addresses"]:
+        try:
+            nets.append(parse_network(entry, "address"))
+        except ValueError as e:
+            raise ConfigError(f"[ignore] addresses: {e}") from None
+    for f in cfg["ignore"]["files"]:
+        try:
+            nets.extend(read_ignore_file(f))
+        except ValueError as e:
+            raise ConfigError(f"[ignore] files: {e}") from None
     return nets
 
 
@@ -320,12 +345,12 @@ def _merged(raw: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("configuration must be a TOML table")
     for section, values in raw.items():
         if section not in DEFAULTS:
-            raise ConfigError(f"unknown section [{section}] (known: {', '.join(DEFAULTS)})")
+            raise ConfigError(f"unknown section [{section}]{did_you_mean(section, DEFAULTS, '[{}]')} (known: {', '.join(DEFAULTS)})")
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] must be a table")
         for key, value in values.items():
             if key not in DEFAULTS[section]:
-                raise ConfigError(f"[{section}] unknown key '{key}'")
+                raise ConfigError(f"[{section}] unknown key '{key}'{unknown_key_hint(section, key)}")
             default = DEFAULTS[section][key]
             if isinstance(default, bool) != isinstance(value, bool) or (
                 not isinstance(default, bool) and not _type_ok(default, value, (section, key))
@@ -333,6 +358,20 @@ def _merged(raw: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"[{section}] {key}: expected {_type_name(default, (section, key))}, got {value!r}")
             data[section][key] = value
     return data
+
+
+def did_you_mean(word: str, choices: Any, form: str = "'{}'") -> str:
+    """ " (did you mean 'block_duration'?)" for the closest of ``choices``, or ""."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {form.format(close[0])}?)" if close else ""
+
+
+def unknown_key_hint(section: str, key: str) -> str:
+    """An unknown key's hint: the key of that name in another section, else the closest name."""
+    home = [s for s, keys in DEFAULTS.items() if key in keys and s != section]
+    if home:
+        return f" (it belongs in [{home[0]}])"
+    return did_you_mean(key, DEFAULTS[section])
 
 
 def _check_names_and_paths(data: dict[str, Any], cfg: Config) -> None:

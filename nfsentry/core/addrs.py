@@ -39,6 +39,7 @@ __all__ = [
     "addr_text",
     "normalize_network",
     "normalize_block_target",
+    "block_target_checker",
     "MIN_BLOCK_PREFIX",
 ]
 
@@ -190,21 +191,31 @@ def normalize_block_target(text, never_block=()) -> str:
     included), a multicast, link-local, loopback or unspecified address or network, or one that
     overlaps a network of ``never_block`` (own addresses, gateways, resolvers, the ignore list,
     the admin's SSH session)."""
-    net_s = normalize_network(text, allow_everything=True)
-    net = ipaddress.ip_network(net_s)
-    if net.prefixlen < MIN_BLOCK_PREFIX[net.version]:
-        raise ValueError(f"refusing to block {net_s}: a /{net.prefixlen} would cut off most of the network")
-    for attr, kind in _NEVER_SOURCES:
-        if getattr(net, attr):
-            raise ValueError(f"refusing to block {net_s}: {kind} address is never a scanner's source")
-    for p in never_block:
-        pn = ipaddress.ip_network(p)
-        if pn.version == net.version and net.overlaps(pn):
-            raise ValueError(
-                f"refusing to block {net_s}: it covers {p}, which nfsentry never blocks "
-                "(own address, gateway, resolver, ignore list or your SSH session)"
-            )
-    return net_s
+    return block_target_checker(never_block)(text)
+
+
+def block_target_checker(never_block=()):
+    """:func:`normalize_block_target` for many targets against one ``never_block`` list (parsed
+    once: a bulk block checks 10,000 targets)."""
+    nets = [(p, ipaddress.ip_network(p)) for p in never_block]
+
+    def check(text) -> str:
+        net_s = normalize_network(text, allow_everything=True)
+        net = ipaddress.ip_network(net_s)
+        if net.prefixlen < MIN_BLOCK_PREFIX[net.version]:
+            raise ValueError(f"refusing to block {net_s}: a /{net.prefixlen} would cut off most of the network")
+        for attr, kind in _NEVER_SOURCES:
+            if getattr(net, attr):
+                raise ValueError(f"refusing to block {net_s}: {kind} address is never a scanner's source")
+        for p, pn in nets:
+            if pn.version == net.version and net.overlaps(pn):
+                raise ValueError(
+                    f"refusing to block {net_s}: it covers {p}, which nfsentry never blocks "
+                    "(own address, gateway, resolver, ignore list or your SSH session)"
+                )
+        return net_s
+
+    return check
 
 
 class PrefixSet:

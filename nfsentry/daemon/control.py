@@ -20,11 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nfsentry.config.schema import ConfigError
-from nfsentry.core.addrs import normalize_block_target, normalize_network
+from nfsentry.config.schema import ConfigError, read_ignore
+from nfsentry.core.addrs import block_target_checker, normalize_block_target, normalize_network
 from nfsentry.ipc import ControlError, DaemonNotRunning, read_line, request
+from nfsentry.ledger.neverblock import never_block_networks
 
-MAX_REQUEST = 64 * 1024
+MAX_REQUEST = 32 * 1024 * 1024  # a bulk block of 100,000 entries is ~6 MB; only root gets this far
 
 
 class ControlServer:
@@ -88,7 +89,7 @@ class ControlServer:
                 if uid != 0:
                     conn.settimeout(1)
                     try:  # take the request first, so the caller is not hung up on mid-send (EPIPE)
-                        conn.recv(MAX_REQUEST)
+                        conn.recv(65536)  # (not MAX_REQUEST: nothing of it is read)
                     except OSError:
                         pass
                     self._reply(conn, {"ok": False, "error": "permission denied: the control socket is for root only"})
@@ -128,6 +129,11 @@ class Commands:
         """Called in the control thread: hand over to the main thread and wait for the answer."""
         if req["cmd"] == "status":
             return {"ok": True, **self.d.status()}
+        if req["cmd"] == "block_many":  # checking 10,000 targets is pure: here, not on the packet thread
+            try:
+                req = {**req, "checked": self.check_many(req)}
+            except ValueError as e:
+                return {"ok": False, "error": str(e), "code": 2}
         box: dict[str, Any] = {}
         done = threading.Event()
         self.queue.put((req, box, done))
@@ -159,7 +165,7 @@ class Commands:
             return self.unblock(req)
         if cmd == "reload":
             ok, msg = self.d.reload()
-            return {"ok": ok, "message": msg} if ok else {"ok": False, "error": msg}
+            return {"ok": ok, "message": msg, "config": self.d.cfg.path} if ok else {"ok": False, "error": msg}
         if cmd == "unload":  # `rules unload --force`: the daemon stops detecting and says so
             d = self.d
             d.nft.unload()
@@ -172,6 +178,10 @@ class Commands:
             net = normalize_network(req["network"])
             self.add_ignore(net)
             return {"ok": True, "ignored": net}
+        if cmd == "unignore":
+            return self.unignore(normalize_network(req["network"]))
+        if cmd == "block_many":
+            return self.block_many(req)
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def block(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -183,6 +193,44 @@ class Commands:
             d.engine.mark_blocked(net, res.expires or 0.0)
             d.counters.main["blocks"] += 1
         return {"ok": True, "blocked": net, "status": res.status, "expires": res.expires, "by": res.by}
+
+    def check_many(self, req: dict[str, Any]) -> list[tuple[str, float, str | None]]:
+        """`block -f`'s entries [[network, duration or null, reason or null], ...] checked, all or
+        nothing: one refused entry (bad, or never to be blocked) refuses the request, naming it."""
+        d = self.d
+        default = float(d.cfg.durations["block_duration"])
+        check = block_target_checker(d.never_block if not req.get("force") else [])
+        names = req.get("names") or []  # where each entry came from ("list.txt:12"), for the refusal
+        items = []
+        for i, (network, duration, reason) in enumerate(req.get("entries", [])):
+            try:
+                net = check(network)
+                items.append((net, default if duration is None else float(duration), reason))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{names[i] if i < len(names) else network}: {e}") from None
+        return items
+
+    def block_many(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Main thread: the checked entries through the ledger (one kernel transaction)."""
+        d = self.d
+        items = req["checked"] if "checked" in req else self.check_many(req)
+        results = d.ledger.block_many(items)
+        for r in results:
+            if r.status != "kept":
+                d.engine.mark_blocked(r.network, r.expires or 0.0)
+                d.counters.main["blocks"] += 1
+        return {"ok": True, "results": [[r.network, r.status, r.expires, r.by] for r in results]}
+
+    def unignore(self, net: str) -> dict[str, Any]:
+        """`ignore del` while running: the CLI took it out of the ignore file first; the never-block
+        list and the kernel's ignore sets are made again from the configuration's files."""
+        d = self.d
+        d.cfg.ignore = read_ignore(d.cfg)  # ConfigError (a bad line in a file): refused, exit 2
+        d.runtime_ignore.discard(net)
+        nets = sorted(set(never_block_networks(d.cfg)) | d.runtime_ignore)
+        d.nft.set_ignore(nets)
+        d.set_never_block(nets)
+        return {"ok": True, "unignored": net, "still": net in nets}
 
     def unblock(self, req: dict[str, Any]) -> dict[str, Any]:
         d = self.d

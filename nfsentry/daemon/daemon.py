@@ -462,6 +462,8 @@ def status_of(d: Daemon) -> dict[str, Any]:
         "tcp_port_count": count_ports(cfg.tcp_ports),
         "udp_port_count": count_ports(cfg.udp_ports),
         "never_block": len(d.never_block),
+        "never_block_list": list(d.never_block),
+        "last_detection": d.worker.last_detection,
         "config": cfg.path,
         "counters": d.counters.total(),
         "engine": d.engine_stats,  # the main thread's snapshot (the control thread never reads the engine)

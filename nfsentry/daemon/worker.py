@@ -57,6 +57,7 @@ class Worker(Part):
         self._store_retry_at = 0.0
         self._next_watch = 0.0
         self._ingress_problem: str | None = None  # the last netdev table error logged (once each)
+        self.last_detection: float | None = None  # status: the time of the latest detection
         self.thread = threading.Thread(target=self.loop, name="nfsentry-worker", daemon=True)
 
     def open_store(self) -> None:
@@ -134,6 +135,8 @@ class Worker(Part):
             ev = obj
         if ev.get("event") in ("detection", "block") and cfg["logging"]["resolve_hosts"]:
             ev["host"] = resolve(ev["src"])
+        if ev.get("event") == "detection":
+            self.last_detection = ev.get("ts")
         # storage first: a block is only reported once it is durable
         self.store_write("block" if ev["event"] == "block" else "history", ev)
         self.alerter.emit(ev)
@@ -149,6 +152,9 @@ class Worker(Part):
                 self.alerter.emit({"ts": ev["ts"], "event": "unblock", "network": net, "src": net, "reason": ev["reason"]})
         elif op in ("block", "unblock"):
             self.alerter.emit(ev)
+        elif op == "blocks":  # a bulk block: each reported like a manual block
+            for one in ev["events"]:
+                self.alerter.emit(one)
 
     def extra_actions(self, ev: dict) -> None:
         from nfsentry.sinks import actions

@@ -27,7 +27,7 @@ class BlockSets(Protocol):
     """What the ledger needs of the kernel side (nfsentry.nft.Nft)."""
 
     def block(self, network: Any, timeout_s: float | None = 0) -> bool: ...
-    def bulk_block(self, items: Any) -> int: ...
+    def bulk_block(self, items: Any, replace: Any = ()) -> int: ...
     def unblock(self, network: Any) -> bool: ...
     def withdraw(self, networks: Any) -> None: ...
     def unblock_all(self) -> int: ...
@@ -124,6 +124,8 @@ class Ledger:
         if op == "block":  # a block in force: its row (created or refreshed) and its history row
             store.add_block(ev)
             store.add_history(ev)
+        elif op == "blocks":  # many at once (bulk block): the same, in one transaction
+            store.add_blocks(ev["events"], history=True)
         elif op == "unblock":  # a block lifted through nfsentry: gone for good (rule 3)
             store.remove_block(ev["network"])
             store.forget_offender(ev["network"])
@@ -164,6 +166,44 @@ class Ledger:
         ev = block_event(net, duration, reason or (None if exact else "manual block"), origin, now, **extra)
         self.record("block", ev)
         return BlockResult(net, "extended" if exact else "blocked", ev["expires"], net, ev)
+
+    def block_many(self, items: list[tuple[str, float, str | None]], origin: str = "manual") -> list[BlockResult]:
+        """Block many ``(network, duration, reason)`` at once, in one kernel transaction and one
+        database transaction, under :meth:`block`'s rule (7: a block in force is never shortened;
+        a network twice in ``items`` counts once, with its longer duration). The caller has
+        checked the never-block list. Returns one result per distinct network, in ``items``' order."""
+        wanted: dict[str, tuple[float, str | None]] = {}
+        for network, duration, reason in items:
+            net = canonical(network)
+            kernel_timeout(duration)  # rule 8 (and a negative duration is refused before anything)
+            if net in wanted and merge(_left(wanted[net][0]), duration) == "keep":
+                continue
+            wanted[net] = (duration, reason if reason is not None or net not in wanted else wanted[net][1])
+        self._put_back_lost()
+        now = self.clock()
+        inforce = _Blocks(self.nft.list_blocked())
+        results: list[BlockResult] = []
+        adds: list[tuple[str, int]] = []
+        extend: list[str] = []
+        events = []
+        for net, (duration, reason) in wanted.items():
+            found = inforce.covering(net)
+            keep = next((b for b in found if merge(b["expires_in"], duration) == "keep"), None)
+            if keep is not None:
+                end = None if keep["expires_in"] is None else now + keep["expires_in"]
+                results.append(BlockResult(net, "kept", end, keep["network"]))
+                continue
+            exact = any(b["network"] == net for b in found)
+            adds.append((net, kernel_timeout(duration)))
+            if exact:
+                extend.append(net)
+            ev = block_event(net, duration, reason or (None if exact else "manual block"), origin, now)
+            events.append(ev)
+            results.append(BlockResult(net, "extended" if exact else "blocked", ev["expires"], net, ev))
+        if adds:
+            self.nft.bulk_block(adds, replace=extend)
+            self.record("blocks", {"events": events})
+        return results
 
     def _put_back_lost(self) -> None:
         """Rule 4 before a change made without the daemon: the database's blocks the kernel lost
@@ -309,3 +349,34 @@ class Ledger:
             blocks=self.store.blocks(now),
             offenders=self.store.offenders(),
         )
+
+
+def _left(duration: float) -> float | None:
+    """A requested duration as "seconds left" for :func:`merge` (0 = permanent: None)."""
+    t = kernel_timeout(duration)
+    return None if t == 0 else float(t)
+
+
+class _Blocks:
+    """One listing of the blocked sets, asked "which entries are or cover this network" without
+    asking the kernel again (bulk block): exact entries by name, prefixes by (family, length)."""
+
+    def __init__(self, listing: list[dict[str, Any]]) -> None:
+        self.by_net = {b["network"]: b for b in listing}
+        self.lengths: dict[int, set[int]] = {4: set(), 6: set()}
+        for b in listing:
+            if "/" in b["network"]:
+                n = ipaddress.ip_network(b["network"])
+                self.lengths[n.version].add(n.prefixlen)
+
+    def covering(self, network: str) -> list[dict[str, Any]]:
+        """The entry that is exactly ``network`` first, then the broader ones holding it."""
+        net = ipaddress.ip_network(network)
+        out = [self.by_net[network]] if network in self.by_net else []
+        for length in sorted(self.lengths[net.version], reverse=True):
+            if length >= net.prefixlen:
+                continue
+            b = self.by_net.get(str(net.supernet(new_prefix=length)))
+            if b is not None:
+                out.append(b)
+        return out

@@ -517,9 +517,10 @@ class Nft(Session):
         if not self.loaded():
             raise NftError(f"table inet {self.table} is not loaded (start nfsentry or `nfsentry rules load`)")
 
-    def bulk_block(self, items: Iterable[Any]) -> int:
-        """Add many blocks in one transaction (restore). Items: "net", (net, timeout_s) or
-        {"network": net, "timeout"/"expires_in": s}. Returns how many entries were sent."""
+    def bulk_block(self, items: Iterable[Any], replace: Iterable[Any] = ()) -> int:
+        """Add many blocks in one transaction (restore, bulk block). Items: "net", (net, timeout_s)
+        or {"network": net, "timeout"/"expires_in": s}; ``replace``: those already in the kernel
+        (exactly) whose timeout is replaced. Returns how many entries were sent."""
         norm = E.block_items(items)
         if not norm:
             return 0
@@ -529,7 +530,7 @@ class Nft(Session):
         v6p = self._v6p
         if v6p is None and any("/" in str(n) and ":" in str(n) for n, _ in norm):  # IPv6 prefixes
             v6p = self._v6_prefix()
-        text = E.bulk_commands(self.table, norm, existing, v6p)
+        text = E.bulk_commands(self.table, norm, existing, v6p, replace)
         if text:
             self._cmd(text, f"adding {len(norm)} blocks")
         return len(norm)
@@ -638,6 +639,23 @@ class Nft(Session):
                     cmds += "\n" + E.replace_commands(self.table, near, n_deletes, prefix)
         self._cmd(cmds, f"ignoring {E.network_text(net)}")
         return True
+
+    def set_ignore(self, networks: Iterable[Any]) -> None:
+        """The ignore sets (and the kernel-side block's ``near6_<len>``) hold exactly ``networks``
+        from now on (`ignore del`): flushed and filled in one transaction."""
+        v4, v6 = [], []
+        for n in networks:
+            net = E.parse_network(n)
+            (v4 if net.version == 4 else v6).append(net)
+        v4, v6 = list(ipaddress.collapse_addresses(v4)), list(ipaddress.collapse_addresses(v6))
+        fill = {"ignore4": [str(n) for n in v4], "ignore6": [str(n) for n in v6]}
+        v6p = self._v6_prefix()
+        sets = self._sets() or {}
+        if v6p and f"near6_{v6p}" in sets:
+            fill[f"near6_{v6p}"] = near_prefixes([str(n) for n in v6], v6p)
+        cmds = [E.flush_commands(self.table, list(fill))]
+        cmds += [f"add element inet {self.table} {name} {{ {', '.join(elems)} }}" for name, elems in fill.items() if elems]
+        self._cmd("\n".join(cmds), "replacing the ignore sets")
 
     def expect_ftp(self, peer: str, server: str, port: int, timeout: float, remove: Iterable[tuple[str, str, int]] = ()) -> None:
         """Let one FTP data connection in: from ``peer`` to ``server``:``port``, for ``timeout`` s.

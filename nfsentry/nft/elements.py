@@ -138,16 +138,43 @@ def plan_nets(new: dict, existing: list) -> tuple[dict, list]:
     """Non-overlapping interval-set content: (networks to add -> timeout, existing ones to delete).
 
     New networks covered by a broader new or existing one are dropped (already blocked); existing
-    networks covered by a new one are replaced by it.
+    networks covered by a new one are replaced by it. (Lookups by prefix length: a bulk block of
+    thousands of prefixes costs one set lookup per distinct length, not one test per pair.)
     """
+    taken = _Cover(existing)
     adds: dict = {}
     for net in sorted(new, key=lambda n: (n.version, n.prefixlen)):
-        if any(net.version == o.version and net.subnet_of(o) for o in (*adds, *existing)):
+        if taken.holder(net, net.prefixlen) is not None:
             continue
         adds[net] = new[net]
-    deletes = [o for o in existing if any(o.version == n.version and o != n and o.subnet_of(n) for n in adds)]
-    adds = {n: t for n, t in adds.items() if n not in existing}
+        taken.add(net)
+    added = _Cover(adds)
+    deletes = [o for o in existing if added.holder(o, o.prefixlen - 1) is not None]  # a broader add holds it
+    adds = {n: t for n, t in adds.items() if n not in taken.listed}
     return adds, deletes
+
+
+class _Cover:
+    """Networks by (version, prefix length, masked address): "which one holds this network"."""
+
+    def __init__(self, nets: Iterable[Any]) -> None:
+        self.keys: set[tuple[int, int, int]] = set()
+        self.lengths: dict[int, set[int]] = {4: set(), 6: set()}
+        self.listed = set(nets)
+        for n in self.listed:
+            self.add(n)
+
+    def add(self, net: Any) -> None:
+        self.keys.add((net.version, net.prefixlen, int(net.network_address) >> (net.max_prefixlen - net.prefixlen)))
+        self.lengths[net.version].add(net.prefixlen)
+
+    def holder(self, net: Any, longest: int) -> tuple[int, int] | None:
+        """(version, length) of a network here holding ``net`` with a prefix of at most ``longest``."""
+        addr = int(net.network_address)
+        for length in self.lengths[net.version]:
+            if length <= longest and (net.version, length, addr >> (net.max_prefixlen - length)) in self.keys:
+                return net.version, length
+        return None
 
 
 def block_items(items: Iterable[Any]) -> list[tuple[Any, Any]]:
@@ -164,24 +191,34 @@ def block_items(items: Iterable[Any]) -> list[tuple[Any, Any]]:
     return norm
 
 
-def bulk_commands(table: str, items: list, existing: dict, v6_prefix: int | None) -> str:
+def bulk_commands(table: str, items: list, existing: dict, v6_prefix: int | None, replace: Iterable[Any] = ()) -> str:
     """One transaction adding [(network, timeout_s)]. ``existing``: {interval set: its networks},
-    merged with the new prefixes (see :func:`plan_nets`); hash sets take every element as is."""
+    merged with the new prefixes (see :func:`plan_nets`); hash sets take every element as is.
+    ``replace``: networks of ``items`` that are entries already (exactly) in their set, whose
+    timeout is replaced (add, a no-op when present; delete; add: see :func:`block_commands`)."""
     per_set: dict[str, dict] = {}
     nets: dict[str, dict] = {}
+    again = {str(n) for n in replace}
+    refresh: dict[str, list[str]] = {}
     for network, timeout in items:
         setname, elem, net = set_for(network, v6_prefix)
-        if setname.endswith("net"):
+        if str(network) in again:
+            refresh.setdefault(setname, []).append(elem)
+            per_set.setdefault(setname, {})[elem] = timeout
+        elif setname.endswith("net"):
             nets.setdefault(setname, {})[net] = timeout
         else:
             per_set.setdefault(setname, {})[elem] = timeout
     cmds = []
+    for setname, elems in refresh.items():
+        body = ", ".join(elems)
+        cmds.append(f"add element inet {table} {setname} {{ {body} }}\ndelete element inet {table} {setname} {{ {body} }}")
     for setname, new in nets.items():
         adds, deletes = plan_nets(new, existing.get(setname, []))
         if deletes:
             cmds.append(delete_command(table, setname, deletes))
         if adds:
-            per_set[setname] = {str(n): to for n, to in adds.items()}
+            per_set.setdefault(setname, {}).update({str(n): to for n, to in adds.items()})
     for setname, elems in per_set.items():
         body = ", ".join(f"{e}{timeout_text(to)}" for e, to in elems.items())
         cmds.append(f"add element inet {table} {setname} {{ {body} }}")

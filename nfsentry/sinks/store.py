@@ -176,11 +176,14 @@ class Store:
                 (ev["network"], ev["offences"], ev["ts"]),
             )
 
-    def add_blocks(self, events: list[dict[str, Any]]) -> None:
+    def add_blocks(self, events: list[dict[str, Any]], history: bool = False) -> None:
+        """Many blocks in one transaction (restore, bulk block); ``history``: each with its history row."""
         self._run("BEGIN")
         try:
             for ev in events:
                 self.add_block(ev)
+                if history:
+                    self.add_history(ev)
             self._run("COMMIT")
         except BaseException:
             self._run("ROLLBACK")
@@ -241,15 +244,25 @@ class Store:
             ),
         )
 
-    def history(self, since: float | None = None, source: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        """The last ``limit`` history rows (oldest first). ``source``: an address matches rows whose
-        src or network is exactly it (indexed); a prefix matches every row whose source address or
-        network lies inside it (SQLite has no CIDR type: a text prefilter, then ipaddress)."""
+    def history(
+        self, since: float | None = None, source: str | None = None, limit: int = 1000, until: float | None = None, label: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The last ``limit`` history rows (oldest first), each with its row ``id``. ``source``: an
+        address matches rows whose src or network is exactly it (indexed); a prefix matches every
+        row whose source address or network lies inside it (SQLite has no CIDR type: a text
+        prefilter, then ipaddress). ``since`` <= ts < ``until``; ``label``: the row's label
+        (case-insensitive)."""
         inside = _prefix_matcher(source) if source else None
-        sql, args = "SELECT src, network, detail FROM history WHERE 1=1", []
+        sql, args = "SELECT id, src, network, detail FROM history WHERE 1=1", []
         if since is not None:
             sql += " AND ts >= ?"
             args.append(since)
+        if until is not None:
+            sql += " AND ts < ?"
+            args.append(until)
+        if label:
+            sql += " AND upper(label) = upper(?)"
+            args.append(label)
         if source and inside is None:
             sql += " AND (src = ? OR network = ?)"
             args += [source, source]
@@ -272,7 +285,18 @@ class Store:
             rows.append(r)
             if len(rows) >= limit:
                 break
-        return [json.loads(r["detail"]) for r in reversed(rows)]
+        return [self._history_row(r) for r in reversed(rows)]
+
+    def history_entry(self, row_id: int) -> dict[str, Any] | None:
+        """One history row by its id (``history show ID``), or None."""
+        r = self._run("SELECT id, detail FROM history WHERE id = ?", (row_id,)).fetchone()
+        return None if r is None else self._history_row(r)
+
+    @staticmethod
+    def _history_row(r: sqlite3.Row) -> dict[str, Any]:
+        ev = json.loads(r["detail"])
+        ev["id"] = r["id"]
+        return ev
 
 
 def _prefix_matcher(source: str) -> Callable[[str | None], bool] | None:

@@ -71,9 +71,11 @@ def test_missing_or_bad_config_is_exit_2(tmp_path):
     one_line_error(runner.invoke(app, ["status", "--config", str(bad)]), 2, "[monitor] tcp_ports")
 
 
-def test_config_check_prints_effective_settings(tmp_path):
+def test_config_check_prints_only_problems_and_the_effective_settings_with_v(tmp_path):
     c = cfg_file(tmp_path, '[monitor]\ntcp_ports = [22, "100-110"]\ntcp_exclude = [105]\n')
     res = runner.invoke(app, ["config", "check", c])
+    assert res.exit_code == 0 and res.stdout == f"{c}: ok\n"  # nothing to report: one line
+    res = runner.invoke(app, ["config", "check", c, "-v"])
     assert res.exit_code == 0
     assert f"{c}: ok" in res.stdout and 'effective_tcp_ports = "22,100-104,106-110"' in res.stdout
     res = runner.invoke(app, ["config", "check", c, "--json"])
@@ -216,8 +218,12 @@ def test_replay_reports_scans_with_capture_timestamps_and_ignores_benign(tmp_pat
     ], got
     assert abs(evs[0]["ts"] - (1_700_000_000.0 + 0.07)) < 0.001
     assert all(e["src"] != "198.18.0.3" for e in evs)
-    text = runner.invoke(app, ["replay", str(cap), "--config", c, "--local", "198.18.0.1", "--local", "2001:db8::1"]).stdout
-    assert "BLOCK 198.18.0.2" in text and "BLOCK 2001:db8:5::/64" in text and "BLOCK 2001:db8::9 " in text
+    text = runner.invoke(app, ["replay", str(cap), "--config", c, "-o", "human", "--local", "198.18.0.1", "--local", "2001:db8::1"]).stdout
+    blocks = [line.split()[3] for line in text.splitlines() if " block " in line]
+    assert blocks == ["198.18.0.2", "2001:db8:5::/64", "2001:db8::9"], text
+    tsv = runner.invoke(app, ["replay", str(cap), "--config", c, "--local", "198.18.0.1", "--local", "2001:db8::1"]).stdout
+    assert tsv.splitlines()[0] == "time\tevent\tsource\tport\tlabel\taction\tfor\treason"  # piped: tsv
+    assert [r.split("\t")[2] for r in tsv.splitlines() if r.split("\t")[1] == "block"] == blocks
 
 
 def test_replay_bad_capture(tmp_path):

@@ -31,7 +31,8 @@ class Kernel:
         self._live()[str(network)] = None if not timeout_s else self.clock() + timeout_s
         return True
 
-    def bulk_block(self, items) -> int:
+    def bulk_block(self, items, replace=()) -> int:
+        self.transactions = getattr(self, "transactions", 0) + 1
         for net, t in items:
             self.block(net, t)
         return len(items)
@@ -120,6 +121,49 @@ def test_block_keeps_the_longer_block_and_its_reason(ledger):
     assert longer.status == "extended"
     row = store.blocks(clock.now)[0]
     assert row["reason"] == "abuse report" and row["expires"] == clock.now + 10800
+
+
+def test_block_many_is_one_transaction_under_the_same_rule(ledger):
+    """Bulk block (issue 19): one kernel transaction and one database transaction; a block in
+    force is never shortened (rule 7), a network listed twice counts once with its longer time,
+    a broader block as long covers what lies inside it, and every block made is recorded."""
+    lg, clock, store = ledger
+    lg.block("198.18.0.7", 7200, "abuse report")
+    lg.block("198.18.100.0/24", 0, "permanent prefix")
+    lg.block("198.18.0.8", 60, "short")
+    lg.nft.transactions = 0
+    res = lg.block_many(
+        [
+            ("198.18.0.7", 3600, "bulk"),  # kept: 2h in force
+            ("198.18.100.9", 600, None),  # kept: inside a permanent /24
+            ("198.18.0.8", 3600, None),  # extended, keeps its reason
+            ("198.18.0.9", 60, "first"),
+            ("198.18.0.9", 0, "second, longer"),  # the longer (permanent) wins
+            ("198.18.0.10", 30, None),
+            ("2001:db8:5151:abcd::5/64", 30, "a /64"),
+        ]
+    )
+    got = {r.network: (r.status, r.by) for r in res}
+    assert got == {
+        "198.18.0.7": ("kept", "198.18.0.7"),
+        "198.18.100.9": ("kept", "198.18.100.0/24"),
+        "198.18.0.8": ("extended", "198.18.0.8"),
+        "198.18.0.9": ("blocked", "198.18.0.9"),
+        "198.18.0.10": ("blocked", "198.18.0.10"),
+        "2001:db8:5151:abcd::/64": ("blocked", "2001:db8:5151:abcd::/64"),
+    }
+    assert lg.nft.transactions == 1
+    kernel = {b["network"]: b["expires_in"] for b in lg.nft.list_blocked()}
+    assert kernel["198.18.0.7"] == 7200 and kernel["198.18.0.8"] == 3600 and kernel["198.18.0.9"] is None
+    assert "198.18.100.9" not in kernel
+    rows = {b["network"]: b for b in store.blocks(clock.now)}
+    assert rows["198.18.0.8"]["reason"] == "short" and rows["198.18.0.9"]["reason"] == "second, longer"
+    assert rows["198.18.0.10"]["reason"] == "manual block" and rows["198.18.0.7"]["reason"] == "abuse report"
+    made = [h["network"] for h in store.history() if h["event"] == "block"][3:]
+    assert made == ["198.18.0.8", "198.18.0.9", "198.18.0.10", "2001:db8:5151:abcd::/64"]
+    with pytest.raises(ValueError):  # a negative duration: refused before anything changes
+        lg.block_many([("198.18.0.11", 60, None), ("198.18.0.12", -1, None)])
+    assert "198.18.0.11" not in {b["network"] for b in lg.nft.list_blocked()}
 
 
 def test_unblock_not_blocked_covered_and_inside(ledger):

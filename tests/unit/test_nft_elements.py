@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nfsentry.nft import elements as E
 
@@ -391,3 +393,53 @@ def test_parse_counters():
 )
 def test_ruleset_facts(chains, rules, inuse, want):
     assert E.ruleset_facts(chains, rules, inuse) == want
+
+
+def test_bulk_commands_replace_the_timeout_of_entries_in_force():
+    """Bulk block extending entries already in the kernel: add (a no-op when present), delete and
+    add again with the new timeout, for hash and interval sets, in the one transaction."""
+    N = ipaddress.ip_network
+    items = [("198.18.0.2", 3600), ("198.18.0.3", 60), ("198.19.0.0/24", 0), ("2001:db8:1::/64", 30)]
+    replace = ["198.18.0.2", "198.19.0.0/24"]
+    text = E.bulk_commands("t", items, {"blocked4net": [N("198.19.0.0/24")]}, 64, replace)
+    assert text.splitlines() == [
+        "add element inet t blocked4 { 198.18.0.2 }",
+        "delete element inet t blocked4 { 198.18.0.2 }",
+        "add element inet t blocked4net { 198.19.0.0/24 }",
+        "delete element inet t blocked4net { 198.19.0.0/24 }",
+        "add element inet t blocked4 { 198.18.0.2 timeout 3600s, 198.18.0.3 timeout 60s }",
+        "add element inet t blocked4net { 198.19.0.0/24 }",
+        "add element inet t blocked6_64 { 2001:db8:1:: timeout 30s }",
+    ]
+
+
+def _plan_nets_pairwise(new: dict, existing: list) -> tuple[dict, list]:
+    """plan_nets as first written (every pair tested): the reference for the indexed version."""
+    adds: dict = {}
+    for net in sorted(new, key=lambda n: (n.version, n.prefixlen)):
+        if any(net.version == o.version and net.subnet_of(o) for o in (*adds, *existing)):
+            continue
+        adds[net] = new[net]
+    deletes = [o for o in existing if any(o.version == n.version and o != n and o.subnet_of(n) for n in adds)]
+    return {n: t for n, t in adds.items() if n not in existing}, deletes
+
+
+_nets = st.one_of(
+    st.builds(
+        lambda a, p: ipaddress.ip_network((a, p), strict=False),
+        st.integers(0, 2**16 - 1).map(lambda i: ipaddress.IPv4Address(0xC6120000 | i)),
+        st.integers(16, 32),
+    ),
+    st.builds(
+        lambda a, p: ipaddress.ip_network((a, p), strict=False),
+        st.integers(0, 15).map(lambda i: ipaddress.IPv6Address(0x20010DB8 << 96 | i << 80)),
+        st.integers(40, 64),
+    ),
+)
+
+
+@given(st.dictionaries(_nets, st.integers(0, 9), max_size=12), st.lists(_nets, max_size=8, unique=True))
+def test_plan_nets_indexed_agrees_with_pairwise(new, existing):
+    # (the entries of an interval set never overlap)
+    existing = [n for n in existing if not any(n != o and n.version == o.version and n.overlaps(o) for o in existing)]
+    assert E.plan_nets(new, existing) == _plan_nets_pairwise(new, existing)

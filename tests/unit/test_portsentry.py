@@ -417,7 +417,7 @@ def test_every_key_in_the_file_is_named_in_the_output(tmp_path, etc):
 def test_missing_ignore_file_is_commented_out_not_fatal(tmp_path, etc):
     (etc / "portsentry.ignore").unlink()
     cfg, toml, problems = load(tmp_path, etc, DEBIAN)
-    assert cfg["ignore"]["files"] == []
+    assert cfg["ignore"]["files"] == [C.DEFAULT_IGNORE_FILE]  # nfsentry's own (empty while missing) only
     assert any(p.line == 69 and "does not exist" in p.message for p in problems)
     assert f'# files = ["{etc}/portsentry.ignore"]' in toml
 
@@ -427,7 +427,7 @@ def test_ignore_file_nfsentry_cannot_read_is_copied_the_way_portsentry_reads_it(
         "# hosts\n127.0.0.1\n192.168.1.1 router\n10.1.0.0/16\tlab\ngateway.example.net\n10.9.9.9/40\n2001:db8::/32 office\n"
     )
     cfg, toml, problems = load(tmp_path, etc, DEBIAN)
-    assert cfg["ignore"]["files"] == []
+    assert cfg["ignore"]["files"] == [C.DEFAULT_IGNORE_FILE]
     assert cfg["ignore"]["addresses"] == ["127.0.0.1", "192.168.1.1", "10.1.0.0/16", "2001:db8::/32"]
     skipped = sorted(p.line for p in problems if p.source.endswith("portsentry.ignore"))
     assert skipped == [5, 6]  # a host name and a /40 mask: PortSentry matched nothing with them either

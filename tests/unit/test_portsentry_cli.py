@@ -1,4 +1,4 @@
-"""`nfsentry import-portsentry` through typer's CliRunner: stdout, -o FILE, problems on stderr, exit 2."""
+"""`nfsentry import-portsentry` through typer's CliRunner: stdout, --write FILE, problems on stderr, exit 2."""
 
 from __future__ import annotations
 
@@ -57,14 +57,14 @@ def test_defaults_option_and_output_file(app, conf, tmp_path):
     d = tmp_path / "default"
     d.write_text((FIX / "debian-default-advanced").read_text())
     out = tmp_path / "nfsentry.toml"
-    r = run(app, conf, "--defaults", d, "-o", out)
+    r = run(app, conf, "--defaults", d, "--write", out)
     assert r.exit_code == 0, r.stderr
     assert r.stdout == "" and f"wrote {out}" in r.stderr
     cfg = C.load(out)
     assert cfg.tcp_ports == [(1, 112), (114, 138), (140, 1023)]
     assert oct(out.stat().st_mode & 0o777) == "0o644"
     # the default defaults file is used when it exists, --no-defaults reads none
-    r = run(app, conf, "--no-defaults", "-o", out)
+    r = run(app, conf, "--no-defaults", "--write", out)
     assert r.exit_code == 0 and C.load(out).tcp_ports != [(1, 112), (114, 138), (140, 1023)]
 
 
@@ -100,7 +100,7 @@ def test_bad_options_exit_2(app, conf, tmp_path):
     assert r.exit_code == 2 and "cannot read PortSentry defaults file" in r.stderr
     r = run(app, conf, "--defaults", conf, "--no-defaults")
     assert r.exit_code == 2
-    r = run(app, conf, "-o", tmp_path / "no-such-dir" / "x.toml")
+    r = run(app, conf, "--write", tmp_path / "no-such-dir" / "x.toml")
     assert r.exit_code == 2 and r.stderr.startswith("nfsentry: cannot write ")
 
 
