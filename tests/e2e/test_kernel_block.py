@@ -145,3 +145,22 @@ def test_reply_shaped_packets_never_make_a_kernel_block(lab, tmp_path):
         assert not d.events("block", attacker.ip4)
     finally:
         d.close()
+
+
+@pytest.mark.native
+def test_lean_on_this_kernel_the_first_syn_is_blocked_by_the_kernel(lab, tmp_path):
+    """Kept lean for the qemu stock-kernel tier (Debian's kernel, native `queue` backend; compat
+    here): with the daemon frozen, one SYN puts its source into blocked4 from the queueing rule,
+    the open port no longer answers it, and the thawed daemon records the block."""
+    victim, attacker = lab["victim"], lab["attacker"]
+    d = start(lab, tmp_path)
+    try:
+        assert attacker.connect(victim.ip4, OPEN_PORT, timeout=10) == "connected"
+        with frozen(d):
+            one_syn(attacker, victim.ip4)
+            assert attacker.ip4 in kernel_blocks(victim)
+            assert attacker.connect(victim.ip4, OPEN_PORT, timeout=3) == "timeout"
+        d.wait_event("block", attacker.ip4, timeout=120)
+        assert d.status()["kernel_block"]["active"] is True
+    finally:
+        d.close()
