@@ -2,7 +2,7 @@
 may have put the source into the blocked set already; the daemon confirms it (its own block) or
 withdraws it when its engine does not block that packet's source. The fake kernel of
 test_reliability_unit plays the rule: each test adds what the rule would add before the packet
-reaches the verdict loop. The real rule is tested end to end in tests/e2e/test_kernel_block.py."""
+reaches the verdict loop. The real rule is tested end to end in tests/e2e/test_kernel_block.py (hence this file's other name)."""
 
 from __future__ import annotations
 
