@@ -212,6 +212,8 @@ class Verdicts(Part):
             return
         if d.valve is not None and self.kb is not None:  # narrowed to the address: not its network
             self.not_blocked_here(d.packet, True)
+        if self.withdrawals:  # first free the room refused kernel-side blocks hold in a sized set
+            self.withdraw_pending()
         try:
             self.d.ledger.block_detected(d.network, d.duration)
         except Exception as e:
