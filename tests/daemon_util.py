@@ -17,6 +17,19 @@ from lab import VENV_BIN, Host
 NFSENTRY = str(VENV_BIN / "nfsentry")
 
 
+def wait_until(what: str, check, timeout: float):
+    """Poll ``check`` every 0.1 s until it returns something true (returned), or fail naming ``what``
+    after ``timeout`` seconds (tests give a busy machine many times the quiet time)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+
+
 def kernel_blocks(host: Host) -> dict[str, int | None]:
     """network -> seconds left (None: permanent), straight from the kernel's blocked sets in
     ``host``'s namespace (IPv6 networks of a ``blocked6_<len>`` set with their length)."""

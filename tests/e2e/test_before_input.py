@@ -21,7 +21,7 @@ import subprocess
 import time
 
 import pytest
-from daemon_util import Nfsentry
+from daemon_util import Nfsentry, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -30,14 +30,7 @@ MARGIN = 30.0
 
 
 def wait_for(what: str, check, timeout: float = MARGIN):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+    return wait_until(what, check, timeout)
 
 
 def blocked4(victim) -> set[str]:

@@ -16,7 +16,7 @@ import json
 import time
 
 import pytest
-from daemon_util import Nfsentry, kernel_blocks, write_config
+from daemon_util import Nfsentry, kernel_blocks, wait_until, write_config
 
 from nfsentry.ipc import ControlError
 
@@ -27,14 +27,7 @@ MARGIN = 20.0  # seconds: the daemon checks every second; a busy CI machine gets
 
 
 def wait_for(what: str, check, timeout: float = MARGIN):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+    return wait_until(what, check, timeout)
 
 
 @pytest.fixture

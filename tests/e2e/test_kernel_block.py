@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from daemon_util import Nfsentry, kernel_blocks
+from daemon_util import Nfsentry, kernel_blocks, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -26,14 +26,7 @@ MARGIN = 20.0
 
 
 def wait_for(what: str, check, timeout: float = MARGIN):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+    return wait_until(what, check, timeout)
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_util import Nfsentry
+from daemon_util import Nfsentry, wait_until
 from lab import PYTHON
 
 pytestmark = pytest.mark.e2e
@@ -34,14 +34,7 @@ MAX_TRIES = 1500  # the client's hard bound (with its own 300 s time bound)
 
 
 def wait_for(what: str, check, timeout: float = MARGIN):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+    return wait_until(what, check, timeout)
 
 
 def kernel_set(victim, name: str) -> list:
