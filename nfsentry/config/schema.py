@@ -114,6 +114,25 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "fail_open": True,  # no daemon listening: queued packets pass (true) or are dropped (false)
         "nflog_group": 20038,  # NFLOG group of [monitor] before_input (0x4e46, "NF", like the mark)
     },
+    "fleet": {  # share blocks through a CrowdSec Local API (docs/fleet.md); off by default
+        "enabled": False,
+        "url": "",  # the LAPI, e.g. "http://198.18.0.10:8080"
+        "machine_id": "",  # watcher login (cscli machines add NAME --password PW)
+        "password": "",
+        "cert": "",  # or a TLS client certificate and key (https only)
+        "key": "",
+        "ca": "",  # CA bundle for an https LAPI ("" = the system's)
+        "api_key": "",  # bouncer key (cscli bouncers add NAME)
+        "push": True,  # send this host's blocks to the LAPI (needs machine credentials)
+        "pull": True,  # enforce the LAPI's decisions (needs api_key)
+        "pull_interval": "1s",  # deltas this often (100ms works)
+        "resync_interval": "5m",  # a full resync (startup=true) this often
+        "scenario": "nfsentry/portscan",
+        "min_prefix4": 24,  # pulled IPv4 ranges shorter than this are refused
+        "min_prefix6": 48,  # pulled IPv6 ranges shorter than this are refused
+        "max_pulled": 100000,  # the most pulled entries enforced; beyond, refused
+        "timeout": "5s",  # one HTTP request's limit
+    },
 }
 
 ENUMS = {
@@ -149,6 +168,9 @@ DURATIONS = {
     ("response", "block_duration"),
     ("response", "max_block_duration"),
     ("ignore", "refresh_interval"),
+    ("fleet", "pull_interval"),
+    ("fleet", "resync_interval"),
+    ("fleet", "timeout"),
 }
 PORT_LISTS = {("monitor", "tcp_ports"), ("monitor", "udp_ports"), ("monitor", "tcp_exclude"), ("monitor", "udp_exclude")}
 RANGES = {
@@ -164,6 +186,9 @@ RANGES = {
     ("nft", "ftp_queue"): (0, 65535),
     ("nft", "nflog_group"): (0, 65535),
     ("nft", "mark"): (1, 0xFFFFFFFF),
+    ("fleet", "min_prefix4"): (1, 32),
+    ("fleet", "min_prefix6"): (1, 128),
+    ("fleet", "max_pulled"): (0, 10_000_000),
 }
 # Characters never allowed in an external command template: the command is run as an argument
 # list without a shell, but a template that looks like shell code is a configuration mistake.
@@ -220,6 +245,9 @@ class Config:
         out["monitor"]["effective_tcp_ports"] = ranges_text(self.tcp_ports)
         out["monitor"]["effective_udp_ports"] = ranges_text(self.udp_ports)
         out["ignore"]["effective_count"] = len(self.ignore)
+        for secret in ("password", "api_key"):  # never printed
+            if out["fleet"][secret]:
+                out["fleet"][secret] = "(set)"
         return out
 
     def event_policy(self) -> EventPolicy:
@@ -313,6 +341,7 @@ def validate(raw: dict[str, Any], path: str | None = None, read_files: bool = Tr
     if "command" in (data["response"]["tcp"], data["response"]["udp"]) and not data["response"]["command"]:
         raise ConfigError('[response] command: tcp/udp = "command" needs a command')
     _check_names_and_paths(data, cfg)
+    _check_fleet(data["fleet"], cfg)
     for entry in data["monitor"]["protect"]:
         try:
             parse_network(entry, "network")
@@ -402,6 +431,40 @@ def _check_names_and_paths(data: dict[str, Any], cfg: Config) -> None:
         raise ConfigError("[nft] nflog_group: must differ from queue and ftp_queue")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", data["nft"]["table"]):
         raise ConfigError(f"[nft] table: bad table name {data['nft']['table']!r}")
+
+
+def _check_fleet(f: dict[str, Any], cfg: Config) -> None:
+    """[fleet]: a usable URL and the credentials the switched-on directions need."""
+    if not 0.01 <= cfg.durations["pull_interval"] <= 3600:
+        raise ConfigError("[fleet] pull_interval: must be between 10ms and 1h")
+    if not 1 <= cfg.durations["resync_interval"] <= 86400:
+        raise ConfigError("[fleet] resync_interval: must be between 1s and 1d")
+    if not 0.1 <= cfg.durations["timeout"] <= 120:
+        raise ConfigError("[fleet] timeout: must be between 100ms and 2m")
+    if not re.fullmatch(r"[A-Za-z0-9_.:/-]{1,128}", f["scenario"]):
+        raise ConfigError(f"[fleet] scenario: bad scenario name {f['scenario']!r}")
+    if f["machine_id"] and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", f["machine_id"]):
+        raise ConfigError(f"[fleet] machine_id: bad machine name {f['machine_id']!r}")
+    for key in ("cert", "key", "ca"):
+        if f[key] and not f[key].startswith("/"):
+            raise ConfigError(f"[fleet] {key}: {f[key]!r} must be an absolute path")
+    if bool(f["cert"]) != bool(f["key"]):
+        raise ConfigError("[fleet] cert: a TLS client certificate needs both cert and key")
+    if any(c in f["api_key"] for c in "\r\n") or any(c in f["password"] for c in "\r\n"):
+        raise ConfigError("[fleet] api_key: must be one line")
+    if not f["enabled"]:
+        return
+    m = re.fullmatch(r"(https?)://([^/\s]+)/?", f["url"])
+    if not m:
+        raise ConfigError(f"[fleet] url: {f['url']!r} is not a LAPI URL like http://198.18.0.10:8080")
+    if f["cert"] and m.group(1) != "https":
+        raise ConfigError("[fleet] cert: a TLS client certificate needs an https url")
+    if not f["push"] and not f["pull"]:
+        raise ConfigError("[fleet] enabled: push and pull are both off")
+    if f["push"] and not (f["machine_id"] and f["password"]) and not f["cert"]:
+        raise ConfigError("[fleet] machine_id: push needs machine_id and password (or cert and key)")
+    if f["pull"] and not f["api_key"]:
+        raise ConfigError("[fleet] api_key: pull needs a bouncer api_key (cscli bouncers add NAME)")
 
 
 def _type_ok(default: Any, value: Any, where: tuple[str, str]) -> bool:

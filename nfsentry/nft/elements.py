@@ -378,6 +378,7 @@ def parse_counters(items: list[dict], names: Iterable[str]) -> dict[str, int]:
             out[c["name"]] = c.get("packets", 0)
     out["queued"] = out["queued_tcp"] + out["queued_udp"]
     out["blocked_pkts"] = out["blocked_pkts4"] + out["blocked_pkts6"]
+    out["fleet_pkts"] = out.get("fleet_pkts4", 0) + out.get("fleet_pkts6", 0)
     return out
 
 

@@ -204,6 +204,27 @@ def _nft_time(seconds: float) -> str:
     return out or "0s"
 
 
+def _fleet_sets(spec: RulesetSpec) -> list[SetDef]:
+    t = spec.table
+    return [
+        SetDef(
+            "fleet4",
+            "ipv4_addr",
+            ("timeout",),
+            [],
+            [
+                "2. Fleet blocks: decisions pulled from a CrowdSec Local API ([fleet] pull), filled only by",
+                "   the daemon's ledger, each with the decision's time left. Single addresses in hash sets,",
+                "   prefixes (Range decisions) in interval sets, per family; apart from the local blocks so",
+                f"   they are counted on their own:  nft list set inet {t} fleet4",
+            ],
+        ),
+        SetDef("fleet4net", "ipv4_addr", ("interval", "timeout"), [], []),
+        SetDef("fleet6", "ipv6_addr", ("timeout",), [], []),
+        SetDef("fleet6net", "ipv6_addr", ("interval", "timeout"), [], []),
+    ]
+
+
 def _served_sets(spec: RulesetSpec) -> list[SetDef]:
     if not _served(spec):
         return []
@@ -223,7 +244,7 @@ def _served_sets(spec: RulesetSpec) -> list[SetDef]:
 
 def _sets(spec: RulesetSpec) -> list[SetDef]:
     t = spec.table
-    sets = _blocked_sets(spec) + [
+    sets = _blocked_sets(spec) + _fleet_sets(spec) + [
         SetDef(
             "ignore4",
             "ipv4_addr",
@@ -298,6 +319,12 @@ def _prerouting(spec: RulesetSpec) -> ChainDef:
     if v6p != 128:
         rules.append(([], f"ip6 saddr & {_v6_mask(v6p)} @blocked6_{v6p} counter name blocked_pkts6{drop}"))
     rules.append(([], f"ip6 saddr @blocked6net counter name blocked_pkts6{drop}"))
+    rules += [
+        (["2. Fleet blocks (pulled from the CrowdSec LAPI), counted apart."], f"ip saddr @fleet4 counter name fleet_pkts4{drop}"),
+        ([], f"ip saddr @fleet4net counter name fleet_pkts4{drop}"),
+        ([], f"ip6 saddr @fleet6 counter name fleet_pkts6{drop}"),
+        ([], f"ip6 saddr @fleet6net counter name fleet_pkts6{drop}"),
+    ]
     return ChainDef(
         "prerouting",
         "prerouting priority raw - 10",
@@ -693,7 +720,7 @@ def reload_plan(m: Model, current: dict | None) -> tuple[list[str], list[str]]:
     moved = []
     for name, sig in current["sets"].items():
         want = m.set(name)
-        keep = name.startswith(("blocked", "ftp_expect", "served"))
+        keep = name.startswith(("blocked", "fleet", "ftp_expect", "served"))
         if keep and want is not None and want.signature == sig:
             continue
         if name.startswith("blocked"):  # definition changed or set renamed: move the entries

@@ -26,6 +26,7 @@ __all__ = [
     "TROJAN_TCP",
     "TROJAN_UDP",
     "COUNTERS",
+    "FLEET_SETS",
     "TABLE_NAME",
     "MAX_SERVICE_GRACE",
     "RulesetSpec",
@@ -50,7 +51,11 @@ COUNTERS = {
     "queued_udp": "UDP packets handed to the scan verdict loop",
     "queued_ftp": "FTP control packets handed to the FTP tracker",
     "kernel_blocks": "first probes whose source the kernel put into a blocked set itself (6a)",
+    "fleet_pkts4": "packets from IPv4 sources the fleet blocked (pulled from the CrowdSec LAPI)",
+    "fleet_pkts6": "packets from IPv6 sources the fleet blocked (pulled from the CrowdSec LAPI)",
 }
+# The fleet sets (decisions pulled from a CrowdSec LAPI): single addresses, prefixes; per family.
+FLEET_SETS = ("fleet4", "fleet4net", "fleet6", "fleet6net")
 
 
 def _ports(items: Iterable[Any], what: str) -> list[tuple[int, int]]:

@@ -358,6 +358,7 @@ def test_parse_counters():
         "queued_ftp": 0,
         "queued": 7,
         "blocked_pkts": 2,
+        "fleet_pkts": 0,
     }
 
 

@@ -85,6 +85,10 @@ def test_ruleset_structure(variant, backend):
         "ftp_expect6",
         "served_tcp",
         "served_udp",
+        "fleet4",
+        "fleet4net",
+        "fleet6",
+        "fleet6net",
     ):
         assert f"\tset {name} {{\n" in text
     assert ("set protect4" in text) == (variant == "gateway")
@@ -93,7 +97,10 @@ def test_ruleset_structure(variant, backend):
     # 1. blocked sources at raw priority - 10, dropped unless observing.
     assert "type filter hook prerouting priority raw - 10; policy accept;" in text
     pre = chain(text, "prerouting")
-    assert len(pre) == 5 and all("@blocked" in r for r in pre)
+    assert len(pre) == 9 and all("@blocked" in r for r in pre[:5])
+    # 2. then the fleet sets (decisions pulled from a CrowdSec LAPI), with their own counters
+    assert [r.split()[2] for r in pre[5:]] == ["@fleet4", "@fleet4net", "@fleet6", "@fleet6net"]
+    assert all("counter name fleet_pkts" in r for r in pre[5:])
     assert all(r.endswith(" drop") for r in pre) == (variant != "observe")
     assert not any(r.endswith(" drop") for r in pre) == (variant == "observe")
     assert "ip6 saddr & ffff:ffff:ffff:ffff:: @blocked6_64" in " ".join(pre)
@@ -269,7 +276,7 @@ def test_ipv6_prefix_sets():
     t56 = render(RulesetSpec(ipv6_prefix=56), "native")
     assert "set blocked6_56 {" in t56 and "ip6 saddr & ffff:ffff:ffff:ff00:: @blocked6_56" in t56
     t128 = render(RulesetSpec(ipv6_prefix=128), "native")
-    assert "blocked6_" not in t128 and len(chain(t128, "prerouting")) == 4
+    assert "blocked6_" not in t128 and len(chain(t128, "prerouting")) == 8
 
 
 def test_render_needs_an_explicit_backend():
