@@ -129,6 +129,11 @@ class Commands:
         """Called in the control thread: hand over to the main thread and wait for the answer."""
         if req["cmd"] == "status":
             return {"ok": True, **self.d.status()}
+        if req["cmd"] == "fleet_status":
+            fleet = self.d.fleet
+            return {"ok": True, "fleet": fleet.status() if fleet is not None else {"enabled": False}}
+        if req["cmd"] == "unblock" and self.d.fleet is not None and not req.get("all"):
+            return self.unblock_with_fleet(req)
         if req["cmd"] == "block_many":  # checking 10,000 targets is pure: here, not on the packet thread
             try:
                 req = {**req, "checked": self.check_many(req)}
@@ -141,6 +146,24 @@ class Commands:
         if not done.wait(30):
             return {"ok": False, "error": "the daemon did not execute the request within 30s"}
         return box["reply"]
+
+    def unblock_with_fleet(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Control thread: the pulled blocks of the targets are lifted by the fleet thread (their
+        decisions deleted at the LAPI first, unless ``local``); the local ones by the main thread."""
+        fleet = self.d.fleet
+        nets = [normalize_network(n) for n in req.get("networks", [])]
+        try:
+            got = fleet.call(lambda: fleet.unblock(nets, bool(req.get("local"))))
+        except Exception as e:  # the LAPI unreachable: nothing lifted, say so
+            return {"ok": False, "error": f"lifting the fleet block failed, nothing changed: {e} (--local lifts it on this host only)"}
+        reply = self.control_request({**req, "cmd": "unblock_local"})
+        if not reply.get("ok"):
+            return reply
+        lifted = got["lifted"]
+        reply["unblocked"] = list(reply.get("unblocked", [])) + [f"{n} (fleet)" for n in lifted]
+        reply["not_blocked"] = [n for n in reply.get("not_blocked", []) if n not in lifted]
+        reply["fleet"] = got
+        return reply
 
     def run(self) -> None:
         """Main thread: execute the requests waiting."""
@@ -161,7 +184,7 @@ class Commands:
         cmd = req["cmd"]
         if cmd == "block":
             return self.block(req)
-        if cmd == "unblock":
+        if cmd in ("unblock", "unblock_local"):
             return self.unblock(req)
         if cmd == "reload":
             ok, msg = self.d.reload()

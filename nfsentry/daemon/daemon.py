@@ -90,6 +90,7 @@ class Daemon:
         self.degraded: str | None = None  # why protection is not what it should be (status: DEGRADED)
         self.engine_stats: dict[str, Any] = {}  # the engine's stats as of the last tick (main thread)
         self.unloaded_by_admin = False  # `rules unload --force`: not put back until loaded again by hand
+        self.fleet: Any = None  # [fleet] enabled: the fleet thread (daemon/fleet.py)
 
     # == start-up ===================================================================================
     def prepare(self) -> None:
@@ -131,6 +132,11 @@ class Daemon:
             raise StartupError(f"nfsentry: loading the ruleset failed, nothing changed: {e}", 1) from None
         try:
             self.restore_blocks()
+            if self.cfg["fleet"]["enabled"]:  # pulled blocks back before the LAPI is asked anything
+                from nfsentry.daemon.fleet import Fleet
+
+                self.fleet = Fleet(self)
+                self.fleet.restore(self.never_block)
             self.bind_queues()
             self.server = ControlServer(self.cfg["daemon"]["control_socket"], self.commands.control_request)
         except Exception:
@@ -138,6 +144,8 @@ class Daemon:
             raise
         self.server.start()
         self.worker.thread.start()
+        if self.fleet is not None:
+            self.fleet.start()
         st = self.nft.status()
         self.backend = st.get("backend")
         self.inuse = st.get("inuse")
@@ -282,6 +290,9 @@ class Daemon:
         self.never_block = nets
         self.engine.ignore = PrefixSet(nets)
         self.valves.set_never_block(nets)
+        fleet = self.fleet
+        if fleet is not None:  # pulled blocks never hold a never-block address either
+            fleet.post(lambda: fleet.set_never_block(nets))
 
     # == shutdown ===================================================================================
     def shutdown(self) -> None:
@@ -296,6 +307,8 @@ class Daemon:
             self.early.close()
         if self.server:
             self.server.close()
+        if self.fleet is not None:
+            self.fleet.stop()
         self.stop_kernel_side(keep)
         self.verdicts.enqueue("stop", None)
         if self.worker.thread.is_alive():
@@ -378,6 +391,7 @@ RESTART_ONLY = (
     ("monitor", "ftp"),
     ("monitor", "before_input"),
     ("nft", "nflog_group"),
+    *(("fleet", key) for key in C.DEFAULTS["fleet"]),
 )
 
 
@@ -487,6 +501,7 @@ def status_of(d: Daemon) -> dict[str, Any]:
         st["kernel_block"]["blocks"] = st["kernel"].get("kernel_blocks", 0)
     except Exception as e:
         st["kernel_error"] = str(e)
+    st["fleet"] = d.fleet.status() if d.fleet is not None else {"enabled": False}
     st["state"] = "degraded" if d.degraded else "running"
     if d.degraded:
         st["degraded"] = d.degraded

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from nfsentry.ledger.fleet import fleet_entries
 from nfsentry.ledger.rule import ends_at, kernel_timeout, merge, plan_restore
 
 
@@ -34,6 +35,7 @@ class BlockSets(Protocol):
     def list_blocked(self) -> list[dict]: ...
     def find_blocks(self, network: Any) -> list[dict]: ...
     def blocks_inside(self, network: Any) -> list[dict]: ...
+    def list_fleet(self) -> list[dict]: ...
 
 
 Defer = Callable[[str, dict], None]
@@ -124,8 +126,13 @@ class Ledger:
         if op == "block":  # a block in force: its row (created or refreshed) and its history row
             store.add_block(ev)
             store.add_history(ev)
+            if pushed(store, ev):  # [fleet] push: queued for the LAPI (the fleet thread delivers it)
+                store.outbox_add(ev)
         elif op == "blocks":  # many at once (bulk block): the same, in one transaction
             store.add_blocks(ev["events"], history=True)
+            for one in ev["events"]:
+                if pushed(store, one):
+                    store.outbox_add(one)
         elif op == "unblock":  # a block lifted through nfsentry: gone for good (rule 3)
             store.remove_block(ev["network"])
             store.forget_offender(ev["network"])
@@ -323,6 +330,8 @@ class Ledger:
                     "origin": b.get("origin", "kernel"),
                 }
             )
+        if family in (None, 4, 6):
+            out += [e for e in fleet_entries(self.nft, self.store, now) if not family or e["family"] == family]
         return out
 
     # -- restoring ---------------------------------------------------------------------------------
@@ -349,6 +358,12 @@ class Ledger:
             blocks=self.store.blocks(now),
             offenders=self.store.offenders(),
         )
+
+
+def pushed(store: Any, ev: dict[str, Any]) -> bool:
+    """Does this recorded block go to the fleet's outbox? With [fleet] push on, every block the
+    ledger makes but a pulled one (and what only would have been blocked)."""
+    return bool(getattr(store, "fleet_push", False)) and ev.get("origin") != "fleet" and ev.get("blocked", True) is not False
 
 
 def _left(duration: float) -> float | None:

@@ -59,7 +59,7 @@ from nfsentry.nft.render import (
     near_prefixes,
     reload_plan,
 )
-from nfsentry.nft.spec import COUNTERS, TABLE_NAME, RulesetSpec, check_backend
+from nfsentry.nft.spec import COUNTERS, FLEET_SETS, TABLE_NAME, RulesetSpec, check_backend
 
 __all__ = ["Nft", "Session", "probe_backend", "MISSING_BINDINGS", "LIST_ATTEMPTS", "ONE_MESSAGE", "EXPIRY_SLACK"]
 
@@ -619,6 +619,34 @@ class Nft(Session):
     def blocked_count(self) -> int:
         """How many entries the blocked sets hold (cheaper than len(list_blocked()))."""
         return sum(self._set_size(name) for name in self._blocked_sets())
+
+    # -- fleet sets (decisions pulled from a CrowdSec LAPI; the ledger's fleet part) -------------
+    def fleet_apply(self, put: Iterable[tuple[str, int, bool]], remove: Iterable[str] = ()) -> int:
+        """One transaction on the fleet sets (see :func:`elements.fleet_commands`). Returns how
+        many elements it touched."""
+        put, remove = list(put), list(remove)
+        text = E.fleet_commands(self.table, put, remove)
+        if text:
+            self._cmd(text, f"updating the fleet sets ({len(put)} put, {len(remove)} removed)")
+        return len(put) + len(remove)
+
+    def list_fleet(self) -> list[dict]:
+        """Every fleet entry, as list_blocked() entries (``set`` names the fleet set)."""
+        sets = self._sets()
+        if sets is None:
+            raise NftError(f"table inet {self.table} is not loaded")
+        out = []
+        for name in FLEET_SETS:
+            if name in sets:
+                out += self._list_set(name)
+        return out
+
+    def flush_fleet(self) -> None:
+        """Empty the fleet sets (one transaction)."""
+        sets = self._sets() or {}
+        names = [n for n in FLEET_SETS if n in sets]
+        if names:
+            self._cmd(E.flush_commands(self.table, names), "flushing the fleet sets")
 
     # -- ignore sets / FTP expectations ----------------------------------------------------------
     def add_ignore(self, network: Any) -> bool:

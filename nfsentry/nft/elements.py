@@ -52,6 +52,8 @@ __all__ = [
     "ruleset_facts",
     "v6_prefix_of",
     "parse_ingress_devices",
+    "fleet_set_for",
+    "fleet_commands",
 ]
 
 
@@ -87,6 +89,35 @@ def set_for(network: Any, v6_prefix: int | None) -> tuple[str, str, Any]:
     if net.prefixlen == v6_prefix:
         return f"blocked6_{net.prefixlen}", str(net.network_address), net
     return "blocked6net", str(net), net
+
+
+def fleet_set_for(network: Any) -> tuple[str, str]:
+    """The fleet set of a pulled address or prefix and its element text: (``fleet4`` | ``fleet6`` for
+    an address, ``fleet4net`` | ``fleet6net`` for a prefix, element). ValueError on a bad one or a /0."""
+    net = parse_network(network)
+    fam = "4" if net.version == 4 else "6"
+    if net.prefixlen == net.max_prefixlen:
+        return f"fleet{fam}", str(net.network_address)
+    return f"fleet{fam}net", str(net)
+
+
+def fleet_commands(table: str, put: Iterable[tuple[str, int, bool]], remove: Iterable[str]) -> str:
+    """One transaction on the fleet sets. ``put``: (network, timeout s, present): a new element
+    is added with its timeout; one ``present`` already is added (a no-op), deleted and added again
+    with the new timeout, which replaces it on every kernel (a longer decision extends it, a
+    shorter one that remains after a deletion shortens it). ``remove``: networks deleted whether
+    or not the kernel still holds them (added first: ``delete`` alone fails on a missing element).
+    The caller keeps the interval sets free of overlaps."""
+    cmds = []
+    for network in remove:
+        setname, elem = fleet_set_for(network)
+        cmds.append(f"add element inet {table} {setname} {{ {elem} }}\ndelete element inet {table} {setname} {{ {elem} }}")
+    for network, timeout, present in put:
+        setname, elem = fleet_set_for(network)
+        if present:
+            cmds.append(f"add element inet {table} {setname} {{ {elem} }}\ndelete element inet {table} {setname} {{ {elem} }}")
+        cmds.append(f"add element inet {table} {setname} {{ {elem}{timeout_text(timeout)} }}")
+    return "\n".join(cmds)
 
 
 def v6_prefix_of(set_names: Iterable[str]) -> int:
@@ -327,7 +358,7 @@ def parse_set_items(setname: str, items: list[str]) -> list[dict]:
         val, to, to_u, ex, ex_u = m.groups()
         timeout = (int(to) if to_u == "s" else int(to) / 1000) if to else 0
         expires = (int(ex) if ex_u == "s" else int(ex) / 1000) if ex else 0
-        if setname in ("blocked4", "blocked6"):  # nft prints canonical addresses: skip ipaddress
+        if setname in ("blocked4", "blocked6", "fleet4", "fleet6"):  # nft prints canonical addresses: skip ipaddress
             out.append({"network": val, "timeout": timeout, "expires_in": expires if timeout else None, "set": setname})
             continue
         if "-" in val:

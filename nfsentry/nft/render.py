@@ -244,19 +244,23 @@ def _served_sets(spec: RulesetSpec) -> list[SetDef]:
 
 def _sets(spec: RulesetSpec) -> list[SetDef]:
     t = spec.table
-    sets = _blocked_sets(spec) + _fleet_sets(spec) + [
-        SetDef(
-            "ignore4",
-            "ipv4_addr",
-            ("interval",),
-            [n for n in spec.ignore if ":" not in n],
-            [
-                "3. Ignored sources: never queued, never blocked by the daemon (own addresses, gateways,",
-                "   resolvers, the configured ignore list).",
-            ],
-        ),
-        SetDef("ignore6", "ipv6_addr", ("interval",), [n for n in spec.ignore if ":" in n], []),
-    ]
+    sets = (
+        _blocked_sets(spec)
+        + _fleet_sets(spec)
+        + [
+            SetDef(
+                "ignore4",
+                "ipv4_addr",
+                ("interval",),
+                [n for n in spec.ignore if ":" not in n],
+                [
+                    "3. Ignored sources: never queued, never blocked by the daemon (own addresses, gateways,",
+                    "   resolvers, the configured ignore list).",
+                ],
+            ),
+            SetDef("ignore6", "ipv6_addr", ("interval",), [n for n in spec.ignore if ":" in n], []),
+        ]
+    )
     if spec.variant == "gateway":
         sets += [
             SetDef(

@@ -50,6 +50,31 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_ts ON history(ts);
 CREATE INDEX IF NOT EXISTS history_src ON history(src);
 CREATE INDEX IF NOT EXISTS blocks_expires ON blocks(expires);
+-- fleet (CrowdSec LAPI): the pulled blocks in force in the fleet sets (restored at start, even
+-- with the LAPI down), the blocks waiting to be pushed (in order), the decisions lifted here only
+CREATE TABLE IF NOT EXISTS fleet_blocks (
+    network     TEXT PRIMARY KEY,
+    family      INTEGER NOT NULL,
+    expires     REAL NOT NULL,
+    created     REAL NOT NULL,
+    decision_id INTEGER,
+    origin      TEXT,          -- the decision's origin ("nfsentry/host2", "cscli", ...)
+    machine     TEXT,          -- the pushing machine when known
+    scenario    TEXT,
+    scope       TEXT
+);
+CREATE TABLE IF NOT EXISTS fleet_outbox (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      REAL NOT NULL,
+    network TEXT NOT NULL,
+    expires REAL,              -- NULL = until unblocked
+    event   TEXT NOT NULL      -- the block event as JSON
+);
+CREATE TABLE IF NOT EXISTS fleet_lifted (
+    decision_id INTEGER PRIMARY KEY,
+    network     TEXT NOT NULL,
+    ts          REAL NOT NULL
+);
 """
 
 
@@ -226,6 +251,79 @@ class Store:
 
     def offenders(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._run("SELECT * FROM offenders")]
+
+    # -- fleet ---------------------------------------------------------------------------------
+    # Set by whoever opens the store with [fleet] push on: every block the ledger records (but a
+    # pulled one) is queued for the LAPI in the same transaction as its row (Ledger.persist).
+    fleet_push = False
+
+    def _fleet_rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """A read of a fleet table (a read-only database made before the fleet tables has none)."""
+        try:
+            return self._run(sql, args).fetchall()
+        except StoreError as e:
+            if "no such table" in str(e):
+                return []
+            raise
+
+    def outbox_add(self, ev: dict[str, Any]) -> None:
+        self._run(
+            "INSERT INTO fleet_outbox(ts, network, expires, event) VALUES (?,?,?,?)",
+            (ev["ts"], ev["network"], ev.get("expires"), json.dumps(ev, default=str)),
+        )
+
+    def outbox_peek(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The oldest ``limit`` blocks waiting to be pushed, in order: {"id", "ts", "network", "expires", "event"}."""
+        rows = self._fleet_rows("SELECT * FROM fleet_outbox ORDER BY id LIMIT ?", (limit,))
+        return [{**dict(r), "event": json.loads(r["event"])} for r in rows]
+
+    def outbox_done(self, ids: Iterable[int]) -> None:
+        """Delivered (or given up: expired before delivery): out of the outbox, in one transaction."""
+        ids = list(ids)
+        if ids:
+            self._run(f"DELETE FROM fleet_outbox WHERE id IN ({','.join('?' * len(ids))})", ids)
+
+    def outbox_depth(self) -> int:
+        rows = self._fleet_rows("SELECT count(*) AS n FROM fleet_outbox")
+        return rows[0]["n"] if rows else 0
+
+    def fleet_put(self, rows: list[dict[str, Any]], remove: Iterable[str] = ()) -> None:
+        """Pulled blocks now in force (created or refreshed) and the ones gone, in one transaction."""
+        self._run("BEGIN")
+        try:
+            for net in remove:
+                self._run("DELETE FROM fleet_blocks WHERE network = ?", (net,))
+            for r in rows:
+                self._run(
+                    "INSERT OR REPLACE INTO fleet_blocks(network, family, expires, created, decision_id, origin, machine, scenario, scope)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    (
+                        r["network"],
+                        6 if ":" in r["network"] else 4,
+                        r["expires"],
+                        r["created"],
+                        r.get("decision_id"),
+                        r.get("origin"),
+                        r.get("machine"),
+                        r.get("scenario"),
+                        r.get("scope"),
+                    ),
+                )
+            self._run("COMMIT")
+        except BaseException:
+            self._run("ROLLBACK")
+            raise
+
+    def fleet_blocks(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._fleet_rows("SELECT * FROM fleet_blocks ORDER BY created")]
+
+    def fleet_lift(self, decision_ids: Iterable[int], network: str, ts: float) -> None:
+        """Decisions lifted here only (`unblock --local`): a pull never enforces them again."""
+        for i in decision_ids:
+            self._run("INSERT OR REPLACE INTO fleet_lifted(decision_id, network, ts) VALUES (?,?,?)", (int(i), network, ts))
+
+    def fleet_lifted(self) -> set[int]:
+        return {r["decision_id"] for r in self._fleet_rows("SELECT decision_id FROM fleet_lifted")}
 
     # -- history -----------------------------------------------------------------------------
     def add_history(self, ev: dict[str, Any]) -> None:
