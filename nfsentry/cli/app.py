@@ -43,6 +43,8 @@ app.add_typer(rules_app, name="rules")
 app.add_typer(config_app, name="config")
 app.add_typer(ignore_app, name="ignore")
 app.add_typer(history_app, name="history")
+fleet_app = typer.Typer(no_args_is_help=True, context_settings=HELP, help="The fleet: blocks shared through a CrowdSec Local API.")
+app.add_typer(fleet_app, name="fleet")
 
 
 def _version(value: bool) -> None:
@@ -364,11 +366,19 @@ BLOCKED_COLS = [
 ORIGIN_NAMES = ("auto", "detection", "manual", "kernel", "fleet")
 
 
+def origin_text(r: dict) -> str:
+    """A block's origin; a fleet block's with who pushed it ("fleet:host2", "fleet:cscli")."""
+    who = r.get("machine") or r.get("decision_origin")
+    if r.get("origin") == "fleet" and who:
+        return f"fleet:{who}"
+    return r.get("origin") or "-"
+
+
 def blocked_row(r: dict) -> list:
     return [
         r["network"],
         fmt_left(r["expires_in"]),
-        r.get("origin") or "-",
+        origin_text(r),
         ",".join(r["labels"]) or "-",
         r["reason"] or "-",
         r["offences"],
@@ -605,12 +615,15 @@ def unblock(
     all_: bool = typer.Option(False, "--all", help="remove every block (kernel and database)"),
     covering: bool = typer.Option(False, "--covering", help="also lift broader blocks that cover an address"),
     ignore: bool = typer.Option(False, "--ignore", help="also add them to the ignore list"),
+    local: bool = typer.Option(False, "--local", help="a fleet block: lift it on this host only (its decision stays at the LAPI)"),
     config: str | None = ConfigOpt,
 ):
     """Remove blocks from the kernel, the running engine and the database (for good).
 
     A prefix lifts every block inside it. An address inside a broader block (an IPv6 /64, a
-    prefix) is lifted only with --covering; otherwise the block that covers it is named."""
+    prefix) is lifted only with --covering; otherwise the block that covers it is named. A fleet
+    block (pulled from the CrowdSec LAPI) is deleted at the LAPI too, so every host lifts it;
+    --local lifts it here only."""
     from nfsentry.core.addrs import normalize_network
 
     if not addresses and not all_:
@@ -627,15 +640,17 @@ def unblock(
             fail(f"refusing {a!r}: a /0 matches every address (use --all to remove every block)")
     conf = DaemonConf(config)
     need_root("unblock")
-    reply = daemon_request(conf, "unblock", networks=nets, all=all_, ignore=ignore, covering=covering)
+    reply = daemon_request(conf, "unblock", networks=nets, all=all_, ignore=ignore, covering=covering, local=local)
     if reply is None:
         N, ledger = open_ledger(conf.need())
         try:
             if all_:
                 reply = {"unblocked": ledger.unblock_all()}
             else:
+                lifted = unblock_fleet_offline(conf.cfg, ledger, nets, local)
                 res = ledger.unblock(nets, covering=covering)
-                reply = {"unblocked": res.removed, "covered": res.covered, "not_blocked": res.not_blocked}
+                not_blocked = [n for n in res.not_blocked if n not in lifted]
+                reply = {"unblocked": res.removed + [f"{n} (fleet)" for n in lifted], "covered": res.covered, "not_blocked": not_blocked}
             if ignore:
                 for n in reply["unblocked"]:
                     ledger.nft.add_ignore(n)
@@ -657,6 +672,37 @@ def unblock(
         typer.echo(f"{target} is not blocked", err=True)
     if not all_ and (reply.get("covered") or reply.get("not_blocked")):
         raise typer.Exit(EXIT_RUNTIME)
+
+
+def unblock_fleet_offline(cfg, ledger, nets: list[str], local: bool) -> list[str]:
+    """`unblock` with no daemon running: the pulled blocks of ``nets`` leave the fleet sets and the
+    database; their decisions are deleted at the LAPI first (not ``local``) or remembered as lifted
+    here (``local``), so the next pull does not bring them back."""
+    from nfsentry.ledger.fleet import lift_offline
+
+    if ledger.store is None:
+        return []
+    held = {r["network"]: r for r in ledger.store.fleet_blocks()}
+    mine = [n for n in nets if n in held]
+    if mine and not local:
+        from nfsentry.fleet.lapi import Lapi, LapiError
+
+        f = cfg["fleet"]
+        if not f["enabled"]:
+            fail(f"{mine[0]} is a fleet block and [fleet] is not enabled here: use --local to lift it on this host only", EXIT_RUNTIME)
+        lapi = Lapi(
+            f["url"], f["machine_id"], f["password"], f["api_key"], [f["scenario"]], cfg.durations["timeout"], f["cert"], f["key"], f["ca"]
+        )
+        try:
+            for n in mine:
+                lapi.delete(n)
+        except LapiError as e:
+            fail(f"lifting the fleet block failed, nothing changed: {e} (--local lifts it on this host only)", EXIT_RUNTIME)
+        finally:
+            lapi.close()
+    for n in mine:
+        lift_offline(ledger.nft, ledger.store, held[n], local, time.time())
+    return mine
 
 
 def add_to_ignore_file(cfg, nets: list[str]) -> None:
@@ -1317,3 +1363,97 @@ cli_portsentry.register(app)
 
 def main() -> None:
     app()
+
+
+# == fleet ==========================================================================================
+@fleet_app.command("status")
+def fleet_status(config: str | None = ConfigOpt, output: str | None = output_option(), as_json: bool = json_option()):
+    """The LAPI (reachable, last pull, last push), the outbox depth and the pulled blocks' counts."""
+    fmt = choose(output, as_json) if (output or as_json) else "human"  # a report, not a table
+    conf = DaemonConf(config)
+    reply = daemon_request(conf, "fleet_status")
+    if reply is not None:
+        st = dict(reply.get("fleet") or {"enabled": False})
+        st["running"] = True
+    else:
+        st = fleet_offline_status(conf.need())
+    if fmt == "json":
+        typer.echo(json.dumps(st, sort_keys=True, default=str))
+    elif fmt == "tsv":
+        from nfsentry.cli.output import tsv_field
+
+        typer.echo("key\tvalue")
+        for k, v in flatten(st):
+            typer.echo(f"{k}\t{tsv_field(v)}")
+    else:
+        typer.echo("\n".join(visible(line) for line in fleet_lines(st)))
+    if st.get("enabled") and st.get("reachable") is False:
+        raise typer.Exit(EXIT_RUNTIME)
+
+
+def fleet_offline_status(cfg) -> dict:
+    """No daemon: what the database holds, and whether the LAPI answers a TCP connection."""
+    import socket
+    import urllib.parse
+
+    from nfsentry.sinks.store import Store, StoreError
+
+    f = cfg["fleet"]
+    st: dict = {"enabled": bool(f["enabled"]), "running": False, "url": f["url"] or None, "push": f["push"], "pull": f["pull"]}
+    try:
+        store = Store(cfg.db_path, readonly=True) if cfg.db_path.exists() else None
+    except StoreError as e:
+        fail(f"cannot read the database: {e}", EXIT_RUNTIME)
+    if store is not None:
+        rows = store.fleet_blocks()
+        now = time.time()
+        live = [r for r in rows if r["expires"] > now]
+        st["outbox"] = store.outbox_depth()
+        st["pulled"] = {
+            "in_force": len(live),
+            "in_force4": sum(r["family"] == 4 for r in live),
+            "in_force6": sum(r["family"] == 6 for r in live),
+        }
+        store.close()
+    if f["enabled"]:
+        u = urllib.parse.urlsplit(f["url"])
+        try:
+            socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=cfg.durations["timeout"]).close()
+            st["reachable"] = True
+        except OSError as e:
+            st["reachable"], st["last_error"] = False, f"{f['url']}: {e.strerror or e}"
+    return st
+
+
+def fleet_lines(st: dict) -> list[str]:
+    if not st.get("enabled"):
+        return ["fleet: off ([fleet] enabled = false)"]
+    reach = {True: "reachable", False: "UNREACHABLE", None: "not asked yet"}[st.get("reachable")]
+    lines = [f"fleet: LAPI {st.get('url')} {reach}" + ("" if st.get("running") else " (daemon not running)")]
+    if st.get("last_error"):
+        lines.append(f"  last error:   {st['last_error']}")
+    dirs = [d for d in ("push", "pull") if st.get(d)]
+    lines.append(
+        f"  directions:   {', '.join(dirs) or 'none'}"
+        + (f" (pull every {st['pull_interval']:g}s)" if st.get("pull_interval") and st.get("pull") else "")
+    )
+    if st.get("running"):
+        lines.append(f"  last pull:    {fmt_ago(st.get('last_pull'))}")
+        lines.append(f"  last push:    {fmt_ago(st.get('last_push'))}")
+    if st.get("outbox") is not None:
+        lines.append(f"  outbox:       {st['outbox']} block(s) waiting to be pushed")
+    p = st.get("pulled") or {}
+    if p:
+        lines.append(
+            f"  pulled:       {p.get('in_force', 0)} in force (IPv4 {p.get('in_force4', 0)}, IPv6 {p.get('in_force6', 0)})"
+            + (f", {p['waiting']} inside a broader prefix" if p.get("waiting") else "")
+        )
+        refused = p.get("refused") or {}
+        if refused:
+            lines.append(f"  refused:      {', '.join(f'{k} {v}' for k, v in sorted(refused.items()))}")
+    c = st.get("counts") or {}
+    if c:
+        lines.append(
+            f"  counts:       pushed {c.get('pushed', 0)}, pulls {c.get('pulls', 0)} (resyncs {c.get('resyncs', 0)}), errors: push {c.get('push_errors', 0)} pull {c.get('pull_errors', 0)}"
+        )
+    return lines

@@ -328,6 +328,15 @@ class FleetLedger:
         }
 
 
+def lift_offline(nft: FleetSets, store: Any, row: dict[str, Any], local: bool, now: float) -> None:
+    """`unblock` with no daemon running: one pulled block out of the fleet sets, then the
+    database (its decision remembered as lifted here when ``local``)."""
+    nft.fleet_apply([], [row["network"]])
+    store.fleet_put([], [row["network"]])
+    if local and row.get("decision_id") is not None:
+        store.fleet_lift([row["decision_id"]], row["network"], now)
+
+
 def _row(p: Pulled, now: float) -> dict[str, Any]:
     return {**asdict(p), "created": now}
 
