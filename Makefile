@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 # every run lists its 15 slowest tests, so a creeping suite shows in each CI log
 PYTEST_FLAGS := --durations=15
 
-.PHONY: run test test-host test-kernel lint bench deps-run deps-test venv rules clean
+.PHONY: run test test-host test-kernel lint bench deps-run deps-test deps-crowdsec venv rules clean
 
 # --- bootstrap -------------------------------------------------------------------------------
 # Install only the Debian packages that are missing; `apt-get update` only when something is.
@@ -38,6 +38,23 @@ deps-run:
 
 deps-test: deps-run
 	$(call apt_ensure,$(TEST_DEBS) $(KERNEL_DEBS))
+	@$(MAKE) --no-print-directory deps-crowdsec
+
+# crowdsec: the fleet tests' Local API (each test starts its own). Installed offline: its postinst
+# registers with the Central API unless /etc/crowdsec/online_api_credentials.yaml exists already
+# (README.Debian); a temporary policy-rc.d keeps the service from starting, and it stays disabled.
+# Not fatal: without it the fleet tests skip, saying why.
+deps-crowdsec:
+	@dpkg-query -W -f='$${Status}' crowdsec 2>/dev/null | grep -q "install ok installed" && exit 0; \
+	[ "$$(id -u)" = 0 ] || { echo "nfsentry: installing crowdsec needs root (the fleet tests will skip)" >&2; exit 0; }; \
+	echo "nfsentry: apt-get install crowdsec (offline: no Central API registration, service not started)"; \
+	mkdir -p /etc/crowdsec; \
+	[ -e /etc/crowdsec/online_api_credentials.yaml ] || echo "# no Central API (nfsentry)" > /etc/crowdsec/online_api_credentials.yaml; \
+	made=""; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; made=1; fi; \
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends crowdsec >/dev/null; }; rc=$$?; \
+	[ -z "$$made" ] || rm -f /usr/sbin/policy-rc.d; \
+	if systemctl is-system-running >/dev/null 2>&1 || [ -d /run/systemd/system ]; then systemctl disable --now crowdsec >/dev/null 2>&1 || true; fi; \
+	[ $$rc = 0 ] || echo "nfsentry: crowdsec could not be installed (the fleet tests will skip)" >&2
 
 # The venv sees the distribution's python3-nftables (--system-site-packages).
 $(PY): | deps-run

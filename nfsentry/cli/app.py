@@ -695,7 +695,8 @@ def unblock_fleet_offline(cfg, ledger, nets: list[str], local: bool) -> list[str
         )
         try:
             for n in mine:
-                lapi.delete(n)
+                did = held[n].get("decision_id")
+                lapi.delete(n, [did] if did is not None else None)
         except LapiError as e:
             fail(f"lifting the fleet block failed, nothing changed: {e} (--local lifts it on this host only)", EXIT_RUNTIME)
         finally:

@@ -246,13 +246,11 @@ class Fleet:
             net = canonical(network)
             if net not in self.ledger.applied and net not in self.ledger.waiting and net not in self.state.by_net:
                 continue
+            ids = sorted(i for i in self.state.by_net.get(net, ()) if i >= 0)
             if not local:
-                deleted += self.lapi.delete(net)  # LapiError: the caller says so, nothing lifted
-            ids = self.state.lift(net) if local else [i for i in self.state.by_net.get(net, ()) if i >= 0]
-            if not local:
-                for i in list(self.state.by_net.get(net, ())):
-                    self.state._drop(i)
-            else:
+                deleted += self.lapi.delete(net, ids)  # LapiError: the caller says so, nothing lifted
+            self.state.lift(net)  # its decisions: never enforced here again
+            if local:
                 self.store.fleet_lift(ids, net, time.time())
             self.ledger.apply({net: None})
             lifted.append(net)

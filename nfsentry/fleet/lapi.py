@@ -136,10 +136,17 @@ class Lapi:
             raise self._error("LAPI push", status, payload)
         return list(payload or [])
 
-    def delete(self, network: str) -> int:
-        """Delete every decision for an address (``ip=``) or inside a prefix (``range=``)."""
+    def delete(self, network: str, ids: list[int] | None = None) -> int:
+        """Delete decisions at the LAPI: these ``ids`` (the ones a pulled block holds), or with
+        none known every decision for the address (``ip=``, ranges holding it too) or inside the
+        prefix (``range=``). Returns how many the LAPI deleted."""
+        if ids:
+            return sum(self._delete(f"/v1/decisions/{int(i)}") for i in ids)
         q = urllib.parse.urlencode({"range" if "/" in network else "ip": network})
-        status, payload = self._watcher("DELETE", f"/v1/decisions?{q}")
+        return self._delete(f"/v1/decisions?{q}")
+
+    def _delete(self, path: str) -> int:
+        status, payload = self._watcher("DELETE", path)
         if status != 200:
             raise self._error("LAPI delete", status, payload)
         try:

@@ -1,0 +1,132 @@
+"""Issue 18: the fleet through CrowdSec's Local API, end to end. One LAPI (Debian's crowdsec,
+offline, in a hub namespace on the lab bridge), three nfsentry hosts and two scanners:
+
+* a real nmap scan of host 1 gets the scanner dropped by hosts 2 and 3 (it can no longer connect
+  to their open port), through host 1's push and their pulls; `cscli decisions delete` lifts it
+  on hosts 2 and 3;
+* with the LAPI stopped, host 1 blocks a second scanner (its outbox keeps the push); once the LAPI
+  is back, hosts 2 and 3 drop it too;
+* a decision for the hosts' gateway and one for a too-short prefix are refused on every host;
+* a longer decision for an address already pulled extends its kernel timeout.
+
+Every wait polls with a deadline far above the quiet time (pulls every 100 ms).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from daemon_util import Nfsentry, wait_until
+from fleet_util import Lapi, crowdsec_unavailable_reason, fleet_counter, fleet_section, fleet_sets, register_hosts
+from lab import Lab, lab_unavailable_reason
+
+pytestmark = pytest.mark.e2e
+
+OPEN_PORT = 8080
+GATEWAY = "198.18.0.254"  # every host's default route (nobody answers there: nothing leaves the lab)
+MARGIN = 30.0
+
+
+@pytest.fixture
+def fleet_lab():
+    reason = lab_unavailable_reason() or crowdsec_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    lab = Lab()
+    try:
+        lab.add_segment("lan", "198.18.0.0/24", "2001:db8::/64")
+        for num, role in ((1, "victim"), (2, "host2"), (3, "host3"), (10, "attacker"), (11, "scanner"), (100, "hub")):
+            lab.add_host(role, "lan", num)
+        lab.wait_ready()
+        yield lab
+    finally:
+        lab.close()
+
+
+def connects(host, target: str) -> str:
+    return host.connect(target, OPEN_PORT, timeout=1.0)
+
+
+def test_a_scan_of_one_host_is_dropped_by_the_fleet(fleet_lab, tmp_path):
+    lab = fleet_lab
+    hosts = [lab["victim"], lab["host2"], lab["host3"]]
+    attacker, scanner = lab["attacker"], lab["scanner"]
+    lapi = Lapi(lab["hub"], tmp_path / "lapi")
+    register_hosts(lapi, 3)
+    lapi.start()
+    daemons: list[Nfsentry] = []
+    try:
+        for n, h in enumerate(hosts, start=1):
+            h.run(["ip", "route", "add", "default", "via", GATEWAY])
+            h.tcp_service(OPEN_PORT)
+            d = Nfsentry(h, tmp_path / f"h{n}", overrides={"fleet": fleet_section(lapi, n), "ignore": {"gateways": True}})
+            daemons.append(d.start())
+        h1, h2, h3 = daemons
+        for h in hosts[1:]:
+            assert connects(attacker, h.ip4) == "connected"
+
+        # 1. a real scan of host 1: hosts 2 and 3 drop the scanner (pushed by host 1, pulled by them)
+        attacker.nmap(["-sS", "-Pn", "-p", "1-200", "--max-retries", "0"], hosts[0].ip4, timeout=120)
+        for h in hosts[1:]:
+            wait_until(f"{attacker.ip4} in {h.role}'s fleet set", lambda h=h: attacker.ip4 in fleet_sets(h), MARGIN)
+        for h in hosts[1:]:
+            assert connects(attacker, h.ip4) == "timeout"
+        assert fleet_counter(hosts[1]) > 0  # dropped by the fleet sets' rules, counted apart
+        (entry,) = [b for b in h2.blocked() if b["network"] == attacker.ip4]
+        assert entry["origin"] == "fleet" and entry["machine"] == "host1"
+        assert "fleet:host1" in h2.cli("blocked", "-o", "tsv").stdout
+        # host 1's own push came back in its pull stream: not pulled into its fleet sets
+        assert attacker.ip4 not in fleet_sets(hosts[0])
+        st1 = json.loads(h1.cli("fleet", "status", "-o", "json").stdout)
+        assert st1["reachable"] is True and st1["counts"]["pushed"] >= 1 and st1["outbox"] == 0
+        wait_until("host 1 sees its own push come back", lambda: h1.control("fleet_status")["fleet"]["skipped"].get("own"), MARGIN)
+
+        # 2. `cscli decisions delete` lifts it on hosts 2 and 3
+        lapi.delete_decisions("--ip", attacker.ip4)
+        for h in hosts[1:]:
+            wait_until(f"{attacker.ip4} out of {h.role}'s fleet set", lambda h=h: attacker.ip4 not in fleet_sets(h), MARGIN)
+            assert connects(attacker, h.ip4) == "connected"
+
+        # 3. the LAPI down: host 1 blocks a second scanner and keeps the push; the LAPI back: delivered
+        lapi.stop()
+        scanner.nmap(["-sS", "-Pn", "-p", "1-200", "--max-retries", "0"], hosts[0].ip4, timeout=120)
+        h1.wait_event("block", scanner.ip4, timeout=MARGIN)
+        wait_until("host 1's outbox holds the push", lambda: h1.control("fleet_status")["fleet"]["outbox"], MARGIN)
+        st2 = json.loads(h2.cli("fleet", "status", "-o", "json", check=False).stdout)
+        assert st2["reachable"] is False
+        assert scanner.ip4 not in fleet_sets(hosts[1])
+        lapi.start()
+        for h in hosts[1:]:
+            wait_until(f"{scanner.ip4} in {h.role}'s fleet set", lambda h=h: scanner.ip4 in fleet_sets(h), MARGIN)
+            assert connects(scanner, h.ip4) == "timeout"
+        assert h1.control("fleet_status")["fleet"]["outbox"] == 0
+
+        # 4. never the hosts' gateway, never a prefix shorter than min_prefix4 (24): refused everywhere
+        lapi.add_decision("--ip", GATEWAY, "--duration", "1h")
+        lapi.add_decision("--range", "198.18.0.0/16", "--duration", "1h")
+        lapi.add_decision("--ip", "198.18.0.77", "--duration", "2m")  # a fine one, after them
+        for d, h in zip(daemons, hosts, strict=True):
+            wait_until(f"198.18.0.77 in {h.role}'s fleet set", lambda h=h: "198.18.0.77" in fleet_sets(h), MARGIN)
+            sets = fleet_sets(h)
+            assert GATEWAY not in sets and "198.18.0.0/16" not in sets, sets
+            refused = d.control("fleet_status")["fleet"]["pulled"]["refused"]
+            assert refused.get("never_block", 0) >= 1 and refused.get("prefix", 0) >= 1, refused
+
+        # 5. a longer decision for an address already pulled extends its kernel timeout
+        assert all(fleet_sets(h)["198.18.0.77"] <= 120 for h in hosts)
+        lapi.add_decision("--ip", "198.18.0.77", "--duration", "3h")
+        for h in hosts:
+            wait_until(
+                f"198.18.0.77's timeout extended on {h.role}", lambda h=h: (fleet_sets(h).get("198.18.0.77") or 0) > 3 * 3600 - 120, MARGIN
+            )
+
+        # 6. `unblock` of a fleet block on host 3 deletes the decision at the LAPI: host 2 lifts it too
+        h3.cli("unblock", "198.18.0.77")
+        for h in hosts:
+            wait_until(f"198.18.0.77 lifted on {h.role}", lambda h=h: "198.18.0.77" not in fleet_sets(h), MARGIN)
+        assert not [x for x in lapi.decisions() if x["value"] == "198.18.0.77"]
+    finally:
+        for d in daemons:
+            d.close()
+        lapi.stop()
