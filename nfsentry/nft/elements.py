@@ -112,11 +112,18 @@ def fleet_commands(table: str, put: Iterable[tuple[str, int, bool]], remove: Ite
     for network in remove:
         setname, elem = fleet_set_for(network)
         cmds.append(f"add element inet {table} {setname} {{ {elem} }}\ndelete element inet {table} {setname} {{ {elem} }}")
+    again: dict[str, list[str]] = {}
+    adds: dict[str, list[str]] = {}
     for network, timeout, present in put:
         setname, elem = fleet_set_for(network)
         if present:
-            cmds.append(f"add element inet {table} {setname} {{ {elem} }}\ndelete element inet {table} {setname} {{ {elem} }}")
-        cmds.append(f"add element inet {table} {setname} {{ {elem}{timeout_text(timeout)} }}")
+            again.setdefault(setname, []).append(elem)
+        adds.setdefault(setname, []).append(f"{elem}{timeout_text(timeout)}")
+    for setname, elems in again.items():  # one command per set: 10,000 elements parse in one go
+        body = ", ".join(elems)
+        cmds.append(f"add element inet {table} {setname} {{ {body} }}\ndelete element inet {table} {setname} {{ {body} }}")
+    for setname, elems in adds.items():
+        cmds.append(f"add element inet {table} {setname} {{ {', '.join(elems)} }}")
     return "\n".join(cmds)
 
 

@@ -203,3 +203,18 @@ def test_alert_carries_the_decision_with_the_time_left():
     assert meta == {"label": "SYN", "host": "web1", "ports": "22,80"}
     assert alert_for({**ev, "expires": now - 1}, "s", "h", "w", now) is None  # ran out while waiting
     assert alert_for({**ev, "network": "198.18.0.1", "expires": None}, "s", "h", "w", now)["decisions"][0]["duration"] == "315360000s"
+
+
+def test_fleet_commands_one_transaction_replace_and_remove():
+    from nfsentry.nft.elements import fleet_commands, fleet_set_for
+
+    assert fleet_set_for("198.18.0.1") == ("fleet4", "198.18.0.1")
+    assert fleet_set_for("2001:db8::/64") == ("fleet6net", "2001:db8::/64")
+    text = fleet_commands("nfsentry", [("198.18.0.1", 60, False), ("198.18.0.2", 600, True), ("198.18.7.0/24", 30, False)], ["2001:db8::9"])
+    lines = text.splitlines()
+    # a removal is added first (a no-op when present) so the delete cannot fail on a missing one
+    assert lines[:2] == ["add element inet nfsentry fleet6 { 2001:db8::9 }", "delete element inet nfsentry fleet6 { 2001:db8::9 }"]
+    # an element in force gets its new timeout by add, delete, add (replaces it on every kernel)
+    assert lines[2:4] == ["add element inet nfsentry fleet4 { 198.18.0.2 }", "delete element inet nfsentry fleet4 { 198.18.0.2 }"]
+    assert "add element inet nfsentry fleet4 { 198.18.0.1 timeout 60s, 198.18.0.2 timeout 600s }" in lines
+    assert "add element inet nfsentry fleet4net { 198.18.7.0/24 timeout 30s }" in lines
