@@ -276,6 +276,14 @@ def status_lines(reply: dict) -> list[str]:
             f" ({c.get('nflog_lost', 0)} lost); bad IPv4 headers watched on: {hooked}"
             + (f" (NOT LOADED: {bi['ingress_error']})" if bi.get("ingress_error") else "")
         )
+    fl = reply.get("fleet") or {}
+    if fl.get("enabled"):
+        reach = {True: "reachable", False: "UNREACHABLE", None: "not asked yet"}[fl.get("reachable")]
+        pulled = (fl.get("pulled") or {}).get("in_force", 0)
+        lines.append(
+            f"  fleet:             LAPI {fl.get('url')} {reach}; {pulled} pulled in force, "
+            f"{fl.get('outbox') or 0} waiting to be pushed, {(reply.get('kernel') or {}).get('fleet_pkts', 0)} packets dropped"
+        )
     if reply.get("state") == "degraded":
         lines.insert(1, f"  DEGRADED: {reply.get('degraded')}")
     return lines
