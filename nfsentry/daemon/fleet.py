@@ -66,6 +66,7 @@ class Fleet:
         self.last_push: float | None = None
         self.last_resync = 0.0
         self._last_check = 0.0
+        self._last_expire = 0.0
         self._last_log: dict[str, float] = {}
         self._snapshot: dict[str, Any] = {}
         self.thread = threading.Thread(target=self.loop, name="nfsentry-fleet", daemon=True)
@@ -124,6 +125,7 @@ class Fleet:
     def loop(self) -> None:
         next_pull = 0.0
         while not self.stop_flag:
+            self.wake_event.clear()  # a wake from now on runs the loop again at once
             try:
                 self._jobs()
                 if self.push_on:
@@ -141,7 +143,6 @@ class Fleet:
             if self.push_on and self.counts["outbox_waiting"] and not self.reachable:
                 wait = min(wait, 1.0)
             self.wake_event.wait(wait)
-            self.wake_event.clear()
 
     def _jobs(self) -> None:
         while True:
@@ -198,8 +199,7 @@ class Fleet:
             data = self.lapi.stream(startup=startup)
         except LapiError as e:
             self._unreachable(e, "pull")
-            if startup:
-                self.last_resync = 0.0
+            self.last_resync = 0.0  # the first pull after an outage is a full resync
             return
         self._reached()
         if startup:
@@ -224,10 +224,14 @@ class Fleet:
                 )
 
     def housekeeping(self) -> None:
+        """Once a second: ended entries out of the books; every CHECK_INTERVAL: the kernel's."""
         assert self.ledger is not None
+        now = time.monotonic()
+        if now - self._last_expire < 1.0:
+            return
+        self._last_expire = now
         self.ledger.expire()
         self.state.expire()
-        now = time.monotonic()
         if now - self._last_check >= CHECK_INTERVAL:
             self._last_check = now
             n = self.ledger.check_kernel()

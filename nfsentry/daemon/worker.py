@@ -70,8 +70,8 @@ class Worker(Part):
             dest = move_aside(db_path)
             log.error("%s; moved aside to %s, re-importing the kernel's blocked set", e, dest)
             self.store = Store(db_path)
-        f = self.d.cfg["fleet"]
-        self.store.fleet_push = bool(f["enabled"] and f["push"])  # blocks queued for the LAPI (Ledger.persist)
+        f = self.d.cfg.data.get("fleet", {})
+        self.store.fleet_push = bool(f.get("enabled") and f.get("push"))  # blocks queued for the LAPI (Ledger.persist)
 
     def loop(self) -> None:
         last_refresh = time.monotonic()
@@ -234,8 +234,9 @@ class Worker(Part):
             raise StoreError("no database open")
         if op != "check":  # "check": nothing to write, only (re)open the database
             Ledger.persist(self.store, op, ev)
-            if op in ("block", "blocks") and self.d.fleet is not None:
-                self.d.fleet.wake()  # queued for the LAPI: the fleet thread delivers it now
+            fleet = getattr(self.d, "fleet", None)
+            if op in ("block", "blocks") and fleet is not None:
+                fleet.wake()  # queued for the LAPI: the fleet thread delivers it now
 
     def flush_pending(self, force: bool = False) -> None:
         if not self.pending_store or (not force and time.monotonic() < self._store_retry_at):
