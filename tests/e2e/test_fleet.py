@@ -7,7 +7,9 @@ offline, in a hub namespace on the lab bridge), three nfsentry hosts and two sca
 * with the LAPI stopped, host 1 blocks a second scanner (its outbox keeps the push); once the LAPI
   is back, hosts 2 and 3 drop it too;
 * a decision for the hosts' gateway and one for a too-short prefix are refused on every host;
-* a longer decision for an address already pulled extends its kernel timeout.
+* a longer decision for an address already pulled extends its kernel timeout;
+* `nfsentry unblock` of a fleet block deletes its decision at the LAPI (every host lifts it);
+* a host restarted with the LAPI down puts its pulled blocks back from its database.
 
 Every wait polls with a deadline far above the quiet time (pulls every 100 ms).
 """
@@ -126,6 +128,16 @@ def test_a_scan_of_one_host_is_dropped_by_the_fleet(fleet_lab, tmp_path):
         for h in hosts:
             wait_until(f"198.18.0.77 lifted on {h.role}", lambda h=h: "198.18.0.77" not in fleet_sets(h), MARGIN)
         assert not [x for x in lapi.decisions() if x["value"] == "198.18.0.77"]
+
+        # 7. pulled blocks are kept: host 2 restarted with the LAPI down and its fleet set emptied
+        #    behind its back gets them back from its database
+        lapi.stop()
+        h2.stop()
+        hosts[1].nft(["flush", "set", "inet", "nfsentry", "fleet4"])
+        assert scanner.ip4 not in fleet_sets(hosts[1])
+        h2.start()
+        assert scanner.ip4 in fleet_sets(hosts[1])  # before the daemon says it is active
+        assert connects(scanner, hosts[1].ip4) == "timeout"
     finally:
         for d in daemons:
             d.close()
