@@ -212,6 +212,14 @@ class Fleet:
             res = self.ledger.apply(changes)
             self.counts["pulled_put"] += len(res.put)
             self.counts["pulled_removed"] += len(res.removed)
+            if res.put or res.removed:
+                log.info(
+                    "fleet: %d pulled block(s) in force or extended%s, %d lifted%s",
+                    len(res.put),
+                    _some(res.put, changes),
+                    len(res.removed),
+                    f" ({', '.join(res.removed[:3])}{', ...' if len(res.removed) > 3 else ''})" if res.removed else "",
+                )
             if res.refused:
                 self.counts["refused"] += len(res.refused)
                 net, why = next(iter(res.refused.items()))
@@ -313,6 +321,18 @@ class Fleet:
             "decisions": len(self.state.decisions),
             "skipped": dict(self.state.skipped),
         }
+
+
+def _some(nets: list[str], changes: dict) -> str:
+    """ " (198.18.0.2 from host1, ...)" for a log line: at most three."""
+    if not nets:
+        return ""
+    parts = []
+    for net in nets[:3]:
+        p = changes.get(net)
+        who = (p.machine or p.origin) if p is not None else None
+        parts.append(f"{net} from {who}" if who else net)
+    return f" ({', '.join(parts)}{', ...' if len(nets) > 3 else ''})"
 
 
 REFUSAL_TEXT = {
