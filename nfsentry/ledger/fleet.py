@@ -277,16 +277,6 @@ class FleetLedger:
             self.apply({net: None for net in ended})
         return ended
 
-    def lift(self, network: str) -> Pulled | None:
-        """Take one pulled block out here (`unblock`): the entry in force for ``network``; the
-        caller records its decision as lifted (or deleted it at the LAPI)."""
-        net = canonical(network)
-        p = self.applied.get(net) or self.waiting.get(net)
-        if p is None:
-            return None
-        self.apply({net: None})
-        return p
-
     def reset_never_block(self, nets: Iterable[str]) -> FleetResult:
         """A new never-block list: entries in force that it now holds leave the kernel."""
         self.guard.set_never_block(nets)
