@@ -9,6 +9,7 @@ for a token (renewed on 401), ``POST /v1/alerts`` (a list of alerts carrying the
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import math
 import ssl
@@ -137,13 +138,24 @@ class Lapi:
         return list(payload or [])
 
     def delete(self, network: str, ids: list[int] | None = None) -> int:
-        """Delete decisions at the LAPI: these ``ids`` (the ones a pulled block holds), or with
-        none known every decision for the address (``ip=``, ranges holding it too) or inside the
-        prefix (``range=``). Returns how many the LAPI deleted."""
-        if ids:
-            return sum(self._delete(f"/v1/decisions/{int(i)}") for i in ids)
-        q = urllib.parse.urlencode({"range" if "/" in network else "ip": network})
-        return self._delete(f"/v1/decisions?{q}")
+        """Delete every live decision for exactly ``network`` (an address or a prefix; not the
+        broader ranges holding it, which ``cscli decisions delete --ip`` would take too): the
+        ``ids`` known and whatever the LAPI's alerts list for that value. Returns how many the
+        LAPI deleted."""
+        want = _canon(network)
+        q = urllib.parse.urlencode({"range" if "/" in network else "ip": network, "has_active_decision": "true"})
+        status, payload = self._watcher("GET", f"/v1/alerts?{q}")
+        if status != 200:
+            raise self._error("LAPI alerts", status, payload)
+        found = set(ids or ())
+        for alert in payload or []:
+            for d in alert.get("decisions") or []:
+                try:
+                    if _canon(str(d["value"])) == want and not str(d.get("duration", "")).startswith("-"):
+                        found.add(int(d["id"]))
+                except (KeyError, TypeError, ValueError):
+                    continue
+        return sum(self._delete(f"/v1/decisions/{i}") for i in sorted(found))
 
     def _delete(self, path: str) -> int:
         status, payload = self._watcher("DELETE", path)
@@ -161,6 +173,11 @@ class Lapi:
         if status != 200 or not isinstance(payload, dict):
             raise self._error("LAPI decision stream", status, payload)
         return payload
+
+
+def _canon(text: str) -> str:
+    net = ipaddress.ip_network(text.strip(), strict=False)
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
 def rfc3339(ts: float) -> str:

@@ -3,7 +3,9 @@
 ``GET /v1/decisions/stream?startup=true`` answers every live decision; without ``startup``, the
 decisions created (``new``) and deleted or expired (``deleted``) since the last call. A network
 may have several decisions (another machine's push, a ``cscli`` ban, a longer one later): it is
-wanted until the latest end of its live decisions, and not at all once none is left. So
+wanted until the latest end of its live decisions, and not at all once none is left (the
+LAPI 1.4.6 reports a value as deleted only when none is left; a longer decision deleted while a
+shorter one remains is reported by nothing but the next full resync, which shortens it). So
 :meth:`PullState.feed` keeps every live decision by id and returns only the networks whose wanted
 state changed (``Pulled``, or None), which the ledger's fleet part applies.
 
@@ -160,6 +162,26 @@ class PullState:
                 touch(net)
             self.decisions.clear()
             self.by_net.clear()
+        # A deleted entry means no live decision is left for its value (the LAPI 1.4.6 reports one
+        # only then, once per value, and repeats it for a while): every decision for it goes.
+        # Before the new ones: a decision made since then for the same value stays.
+        for item in data.get("deleted") or []:
+            nets = set()
+            try:
+                d0 = self.decisions.get(int(item["id"]))
+                if d0 is not None:
+                    nets.add(d0.network)
+            except (KeyError, TypeError, ValueError):
+                pass
+            try:
+                nets.add(network_of(str(item.get("scope", "")), str(item["value"])))
+            except (KeyError, TypeError, ValueError):
+                pass
+            for net in nets:
+                if net in self.by_net:
+                    touch(net)
+                    for did in list(self.by_net[net]):
+                        self._drop(did)
         for item in data.get("new") or []:
             d = self.parse(item, now)
             if d is None:
@@ -177,15 +199,6 @@ class PullState:
                 touch(old.network)
             touch(d.network)
             self._add(d)
-        for item in data.get("deleted") or []:
-            try:
-                did = int(item["id"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            d0 = self.decisions.get(did)
-            if d0 is not None:
-                touch(d0.network)
-                self._drop(did)
         changed: dict[str, Pulled | None] = {}
         for net in touched:
             after = self.want(net)

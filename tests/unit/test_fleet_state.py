@@ -45,13 +45,20 @@ def test_stream_new_longer_deleted_and_startup_resync():
     got = st.feed({"new": [dec(3, "198.18.0.9", "5h", origin="nfsentry/host2")]})
     assert got["198.18.0.9"].expires == pytest.approx(clk.t + 5 * 3600) and got["198.18.0.9"].machine == "host2"
     assert st.feed({"new": [dec(4, "198.18.0.9", "10m")]}) == {}
-    # deleting the longest leaves the next one (shorter): wanted until then
-    got = st.feed({"deleted": [dec(3, "198.18.0.9", "-1ms")]})
-    assert got["198.18.0.9"].expires == pytest.approx(clk.t + 3600) and got["198.18.0.9"].decision_id == 1
-    # the same deletion again (the 1.4.6 stream repeats them): nothing
-    assert st.feed({"deleted": [dec(3, "198.18.0.9", "-1ms")]}) == {}
-    got = st.feed({"deleted": [dec(1, "198.18.0.9"), dec(4, "198.18.0.9")]})
-    assert got == {"198.18.0.9": None}
+    # the LAPI (1.4.6) reports a value deleted once no live decision is left for it (with any one
+    # of their ids): every decision for it goes, and it is wanted no more
+    got = st.feed({"deleted": [dec(4, "198.18.0.9", "-1ms")]})
+    assert got == {"198.18.0.9": None} and "198.18.0.9" not in st.by_net
+    # the same deletion again (the stream repeats them for a while): nothing
+    assert st.feed({"deleted": [dec(4, "198.18.0.9", "-1ms")]}) == {}
+    # a new decision and a (repeated) deletion of the same value in one answer: the new one stays
+    got = st.feed({"new": [dec(5, "198.18.0.9", "30m")], "deleted": [dec(4, "198.18.0.9", "-1ms")]})
+    assert got["198.18.0.9"].decision_id == 5
+    # the longest deleted while a shorter one remains: the stream says nothing; the full resync,
+    # which lists the one left, shortens it
+    st.feed({"new": [dec(6, "198.18.0.9", "5h")]})
+    got = st.feed({"new": [dec(5, "198.18.0.9", "30m"), dec(2, "198.18.7.0/24", "2h", "Range")]}, startup=True)
+    assert got["198.18.0.9"].expires == pytest.approx(clk.t + 1800) and "198.18.7.0/24" not in got
     # a full resync: what it does not list is gone
     got = st.feed({"new": [dec(9, "198.18.0.10")]}, startup=True)
     assert got["198.18.7.0/24"] is None and got["198.18.0.10"].decision_id == 9
