@@ -119,3 +119,43 @@ def test_a_block_whose_time_ran_out_is_not_pushed(tmp_path, lapi):
     store.close()
     f.push_pending()
     assert lapi.alerts == [] and f.store.outbox_depth() == 0 and f.counts["push_expired"] == 1
+
+
+class StreamStandIn:
+    """The bouncer side of a LAPI: answers stream() from a script, records startup flags."""
+
+    def __init__(self, answers):
+        self.answers, self.calls = list(answers), []
+
+    def stream(self, startup=False):
+        self.calls.append(startup)
+        return self.answers.pop(0) if self.answers else {"new": None, "deleted": None}
+
+
+def test_pull_resyncs_at_start_and_again_once_new_decisions_stop_coming(tmp_path, monkeypatch):
+    """The LAPI 1.4.6 may commit a decision after a delta taken since it was stamped: that delta
+    never lists it. A delta that brings new decisions is followed by a full resync (startup=true)
+    once they stop coming, which brings the missed ones in."""
+    from test_fleet_state import FakeFleetSets
+
+    from nfsentry.ledger.fleet import FleetGuard, FleetLedger
+
+    cfg, f = fleet_for(tmp_path, 9)
+    clock = [1000.0]
+    monkeypatch.setattr("nfsentry.daemon.fleet.time.monotonic", lambda: clock[0])
+    nft = FakeFleetSets(type("C", (), {"t": property(lambda self: time.time())})())
+    f.ledger = FleetLedger(nft, f.store, FleetGuard([]))
+    one = {"id": 1, "value": "198.18.0.1", "duration": "1h", "scope": "Ip", "origin": "cscli", "type": "ban"}
+    two = {**one, "id": 2, "value": "198.18.0.2"}
+    f.lapi = StreamStandIn([{"new": []}, {"new": [one]}, {"new": None}, {"new": [one, two]}])
+    f.pull()  # the first pull: a full resync
+    f.pull()  # a delta with a new decision (its neighbour, committed late, is not in it)
+    clock[0] += 0.1
+    f.pull()  # nothing new; the resync waits for 0.5 s of quiet and 2 s after the last one
+    clock[0] += 2.0
+    f.pull()  # the resync: the late one comes in
+    assert f.lapi.calls == [True, False, False, True]
+    assert set(nft.sets) == {"198.18.0.1", "198.18.0.2"}
+    clock[0] += 10
+    f.pull()
+    assert f.lapi.calls[-1] is False  # no new decisions since: deltas again
