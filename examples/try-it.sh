@@ -4,7 +4,7 @@
 #   examples/try-it.sh [--shell]        (as root; `make try` bootstraps and runs it)
 #
 # 1. makes two network namespaces joined by a veth pair: "victim" 198.18.0.1 and "scanner"
-#    198.18.0.2 (198.18.0.0/15 is reserved for benchmarking: nothing real lives there);
+#    198.18.0.2 (198.18.0.0/15, reserved for network benchmarks by RFC 2544);
 # 2. writes a configuration into a new temporary directory (database, events file, control
 #    socket, ignore file: all in there; syslog off) and runs the daemon in the victim namespace;
 # 3. scans the victim from the scanner with `nmap -n`;
@@ -148,7 +148,8 @@ nfs() {
 }
 
 say "starting the daemon in $VICTIM (configuration $CONFIG: the defaults, paths in $TMP)"
-in_victim "$NFSENTRY" run --foreground --config "$CONFIG" >"$TMP/daemon.out" 2>"$TMP/daemon.log" &
+# (not through a function: $! must be the daemon itself; `ip netns exec` execs it in place)
+ip netns exec "$VICTIM" "$NFSENTRY" run --foreground --config "$CONFIG" >"$TMP/daemon.out" 2>"$TMP/daemon.log" &
 DAEMON_PID=$!
 for _ in $(seq 600); do
 	grep -q "is active" "$TMP/daemon.log" && break
@@ -192,7 +193,7 @@ printf '\nthe daemon'"'"'s log (stderr, as with `nfsentry run --foreground`):\n'
 sed 's/^/  /' "$TMP/daemon.log"
 
 if [ "$SHELL_AFTER" = 1 ]; then
-	say "a shell in $VICTIM: 'nfsentry' is this daemon, 'scan' scans again; exit to clean up"
+	say "a shell in $VICTIM, in $TMP: 'nfsentry' is this daemon, 'scan' scans again; exit to clean up"
 	RC=$TMP/shellrc
 	cat >"$RC" <<EOF
 nfsentry() {
@@ -203,6 +204,7 @@ nfsentry() {
 }
 scan() { ip netns exec "$SCANNER" nmap ${NMAP_ARGS[*]} "\$@" $VICTIM_IP; }
 PS1='try-it victim# '
+cd "$TMP"
 EOF
 	if [ -t 0 ]; then
 		in_victim bash --rcfile "$RC" -i || true
