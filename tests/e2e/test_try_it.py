@@ -92,19 +92,22 @@ def writes_outside(logs: Path, allowed: Path) -> list[str]:
     assert traces, "strace wrote no log: the wrapper did not run"
     for trace in traces:
         for line in trace.read_text(errors="replace").splitlines():
-            m = re.match(r"\d+\s+(\w+)\((.*)\)\s+=\s+(-?\d+)", line)
-            if not m or int(m.group(3)) < 0:
+            # a call interrupted by another thread's is split: its arguments come on the
+            # "<unfinished ...>" line (counted as done: a failed write outside is suspect too)
+            m = re.match(r"\d+\s+(\w+)\((.*)\)\s+=\s+(-?\d+)", line) or re.match(r"\d+\s+(\w+)\((.*) <unfinished \.\.\.>()", line)
+            if not m or (m.group(3) and int(m.group(3)) < 0):
                 continue
             call, args = m.group(1), m.group(2)
             if call in ("open", "openat", "openat2") and not WRITE_FLAGS.search(args):
                 continue
-            # -y prints a directory fd as 3</its/path>: a relative name is joined to it
+            # -y prints a directory fd (and AT_FDCWD) with its path, 3</its/path>: a relative
+            # name is joined to it
             paths = []
-            for dirfd, name in re.findall(r'(?:(?:\d+<([^>]*)>|AT_FDCWD),\s*)?"([^"]*)"', args):
+            for dirfd, name in re.findall(r'(?:(?:\d+|AT_FDCWD)<([^>]*)>,\s*)?"([^"]*)"', args):
                 paths.append(name if name.startswith("/") or not dirfd else f"{dirfd}/{name}")
             for p in paths:
                 if not p.startswith("/"):
-                    continue  # relative to the cwd, the repository (nothing the daemon does)
+                    p = str(REPO / p)  # relative to the cwd the script was started in
                 if p.startswith((str(allowed) + "/", "/dev/", "/proc/", "/sys/")) or "/__pycache__/" in p:
                     continue
                 bad.append(f"{trace.name}: {line}")
