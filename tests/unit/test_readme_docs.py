@@ -9,6 +9,7 @@ the rest, so a moved or renamed section must not leave a dead link (a file that 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,12 @@ def test_the_try_it_box_runs_the_script():
     text = (REPO / "README.md").read_text()
     assert "examples/try-it.sh" in text and (REPO / "examples" / "try-it.sh").stat().st_mode & 0o111
     assert re.search(r"^try:", (REPO / "Makefile").read_text(), flags=re.M), "make try runs the script"
+
+
+def test_try_it_script_parses_and_refuses_unknown_arguments():
+    script = REPO / "examples" / "try-it.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    help_ = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert help_.returncode == 0 and "throw-away pair of network namespaces" in help_.stdout and "--shell" in help_.stdout
+    bad = subprocess.run([str(script), "--bogus"], capture_output=True, text=True)  # refused before anything is made
+    assert bad.returncode == 1 and bad.stderr == "try-it: unknown argument '--bogus' (use --shell or --help)\n"
