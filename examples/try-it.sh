@@ -28,7 +28,7 @@ set -euo pipefail
 
 VICTIM_IP=198.18.0.1
 SCANNER_IP=198.18.0.2
-NMAP_ARGS=(-n -Pn -sS -T4 --max-retries 1 --host-timeout 120s -p 1-1024)
+NMAP_ARGS=(-n -Pn -sS -T4 --max-retries 0 --min-rate 500 --host-timeout 60s -p 1-1024)
 
 # alive PID: running (a child that has exited but was not waited for is a zombie: not alive)
 alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }

@@ -84,10 +84,9 @@ def traced_nfsentry(tmp_path: Path) -> tuple[Path, Path]:
     return wrapper, logs
 
 
-def writes_outside(logs: Path, allowed: Path) -> list[str]:
-    """Successful file-changing syscalls on a path outside ``allowed`` (bytecode caches, /dev, /proc
-    and /sys aside), from the strace logs."""
-    bad = []
+def file_writes(logs: Path) -> list[tuple[str, str]]:
+    """(path, strace line) of every successful file-changing syscall in the strace logs."""
+    found = []
     traces = list(logs.glob("trace.*"))
     assert traces, "strace wrote no log: the wrapper did not run"
     for trace in traces:
@@ -101,17 +100,17 @@ def writes_outside(logs: Path, allowed: Path) -> list[str]:
             if call in ("open", "openat", "openat2") and not WRITE_FLAGS.search(args):
                 continue
             # -y prints a directory fd (and AT_FDCWD) with its path, 3</its/path>: a relative
-            # name is joined to it
-            paths = []
+            # name is joined to it; one without is relative to the cwd the script started in
             for dirfd, name in re.findall(r'(?:(?:\d+|AT_FDCWD)<([^>]*)>,\s*)?"([^"]*)"', args):
-                paths.append(name if name.startswith("/") or not dirfd else f"{dirfd}/{name}")
-            for p in paths:
-                if not p.startswith("/"):
-                    p = str(REPO / p)  # relative to the cwd the script was started in
-                if p.startswith((str(allowed) + "/", "/dev/", "/proc/", "/sys/")) or "/__pycache__/" in p:
-                    continue
-                bad.append(f"{trace.name}: {line}")
-    return bad
+                path = name if name.startswith("/") else f"{dirfd}/{name}" if dirfd else str(REPO / name)
+                found.append((path, f"{trace.name}: {line}"))
+    return found
+
+
+def writes_outside(writes: list[tuple[str, str]], allowed: Path) -> list[str]:
+    """The writes to a path outside ``allowed`` (bytecode caches, /dev, /proc and /sys aside)."""
+    ok = (str(allowed) + "/", "/dev/", "/proc/", "/sys/")
+    return [line for path, line in writes if not path.startswith(ok) and "/__pycache__/" not in path]
 
 
 def run_script(tmp_path: Path, nfsentry: Path, args: list[str] | None = None, stdin: str | None = None, timeout: float = 400):
@@ -174,7 +173,11 @@ def test_try_it_reports_the_block_and_leaves_nothing_behind(tmp_path):
     assert after["var_log_names"] == before["var_log_names"]
     assert after["root_ruleset"] == before["root_ruleset"]
     assert "nfsentry" not in after["root_ruleset"]
-    assert writes_outside(logs, tmp_path) == []
+    writes = file_writes(logs)
+    # the audit saw the daemon's own writes (its database in the temporary directory) ...
+    assert any(p.startswith(str(tmp_path / "tmpdir")) and p.endswith("/state/nfsentry.db") for p, _ in writes), writes[:20]
+    # ... and none anywhere else
+    assert writes_outside(writes, tmp_path) == []
 
 
 def test_try_it_cleans_up_when_the_daemon_fails(tmp_path):
