@@ -171,7 +171,7 @@ ip netns exec "$SCANNER" ping -c1 -W1 "$VICTIM_IP" | grep -E "packets transmitte
 
 say "the scanner scans the victim's first 1024 TCP ports"
 printf 'scanner# nmap %s %s\n' "${NMAP_ARGS[*]}" "$VICTIM_IP"
-ip netns exec "$SCANNER" nmap "${NMAP_ARGS[@]}" "$VICTIM_IP" | grep -vE "^(Starting Nmap|$)" || true
+ip netns exec "$SCANNER" nmap "${NMAP_ARGS[@]}" "$VICTIM_IP" </dev/null | grep -vE "^(Starting Nmap|Stats: |.* Timing: About |$)" || true
 
 say "the scanner is blocked: the victim's kernel drops everything it sends"
 printf 'scanner# ping -c1 -W1 %s\n' "$VICTIM_IP"

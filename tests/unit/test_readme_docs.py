@@ -75,6 +75,7 @@ def test_readme_opens_with_the_two_commands():
 
 def test_the_try_it_box_runs_the_script():
     text = (REPO / "README.md").read_text()
+    assert "@@" not in text, "an output placeholder was left in the README"
     assert "examples/try-it.sh" in text and (REPO / "examples" / "try-it.sh").stat().st_mode & 0o111
     assert re.search(r"^try:", (REPO / "Makefile").read_text(), flags=re.M), "make try runs the script"
 
