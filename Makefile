@@ -12,7 +12,7 @@ PY         := $(VENV)/bin/python
 STAMPS     := $(VENV)/.stamps
 
 RUN_DEBS   := nftables python3-nftables iptables libnetfilter-queue-dev libnetfilter-log1 gcc python3-venv python3-dev iproute2
-TEST_DEBS  := nmap hping3 tcpreplay vsftpd fail2ban procps tcpdump iputils-ping conntrack
+TEST_DEBS  := nmap hping3 tcpreplay vsftpd fail2ban procps tcpdump iputils-ping conntrack strace
 KERNEL_DEBS := qemu-system-x86 busybox-static cpio
 
 PYTEST_ARGS ?=
