@@ -1,6 +1,7 @@
 # nfsentry: one entry point for users, developers and CI.
 #   make run    bootstrap (apt packages, venv, package) and run the daemon in the foreground
 #   make test   bootstrap + test tools, then the whole suite (host tier + qemu stock-kernel tier)
+#   make try    bootstrap + nmap, then examples/try-it.sh: a scan caught in throw-away namespaces
 #   make bench  benchmarks under bench/
 # Every target is idempotent: a second run installs nothing and starts in seconds.
 
@@ -11,14 +12,14 @@ PY         := $(VENV)/bin/python
 STAMPS     := $(VENV)/.stamps
 
 RUN_DEBS   := nftables python3-nftables iptables libnetfilter-queue-dev libnetfilter-log1 gcc python3-venv python3-dev iproute2
-TEST_DEBS  := nmap hping3 tcpreplay vsftpd fail2ban procps tcpdump iputils-ping conntrack
+TEST_DEBS  := nmap hping3 tcpreplay vsftpd fail2ban procps tcpdump iputils-ping conntrack strace
 KERNEL_DEBS := qemu-system-x86 busybox-static cpio
 
 PYTEST_ARGS ?=
 # every run lists its 15 slowest tests, so a creeping suite shows in each CI log
 PYTEST_FLAGS := --durations=15
 
-.PHONY: run test test-host test-kernel lint bench deps-run deps-test venv rules clean
+.PHONY: run try test test-host test-kernel lint bench deps-run deps-test venv rules clean
 
 # --- bootstrap -------------------------------------------------------------------------------
 # Install only the Debian packages that are missing; `apt-get update` only when something is.
@@ -58,6 +59,12 @@ venv: deps-run $(STAMPS)/pkg
 # --- the two commands -----------------------------------------------------------------------
 run: deps-run $(STAMPS)/pkg
 	$(VENV)/bin/nfsentry run --foreground $(RUN_ARGS)
+
+# See it work without touching this machine's firewall: a throw-away pair of namespaces, the
+# daemon in one (state in a temporary directory), nmap in the other (examples/try-it.sh)
+try: deps-run $(STAMPS)/pkg
+	$(call apt_ensure,nmap)
+	examples/try-it.sh $(TRY_ARGS)
 
 # One pytest session: the host tier (this kernel, compat backend) and the stock-kernel tier
 # (tests/kernel boots Debian's kernel under qemu and runs the native-marked tests in it).
