@@ -206,7 +206,11 @@ def test_logrotate_rotates_the_events_file_of_the_running_daemon(installed, lab,
     try:
         d.cli("block", "198.18.0.77", "--reason", "before rotation")
         wait_until("the first block in events.jsonl", lambda: any(e.get("network") == "198.18.0.77" for e in events()), 30)
-        sh(["logrotate", "-f", "--state", str(tmp_path / "state"), "/etc/logrotate.d/nfsentry"])
+        # (cron's and logrotate.service's PATH, which has /usr/sbin)
+        env = {**os.environ, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        sh(["logrotate", "-f", "--state", str(tmp_path / "state"), "/etc/logrotate.d/nfsentry"], env=env)
+        # postrotate made the running daemon reload (SIGHUP's path: the events file is reopened)
+        wait_until("the daemon reloaded after the rotation", lambda: any("configuration reloaded" in l for l in d.lines), 30)
         rotated = Path(str(EVENTS) + ".1")
         assert rotated.is_file() and "198.18.0.77" in rotated.read_text()
         d.cli("block", "198.18.0.78", "--reason", "after rotation")
