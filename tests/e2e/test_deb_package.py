@@ -121,9 +121,13 @@ class Daemon:
         self.host = host
         self.proc = host.popen([PROG, "run", "--foreground"], stdout=subprocess.DEVNULL)
         self.lines: list[str] = []
-        threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True).start()
+        threading.Thread(target=self._read, daemon=True).start()
         wait_until("the installed daemon is active", lambda: any("is active" in l for l in self.lines) or self.proc.poll() is not None, 120)
         assert self.proc.poll() is None, "".join(self.lines)
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.host.run([PROG, *args], check=check)
