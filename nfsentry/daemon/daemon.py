@@ -91,6 +91,10 @@ class Daemon:
         self.engine_stats: dict[str, Any] = {}  # the engine's stats as of the last tick (main thread)
         self.unloaded_by_admin = False  # `rules unload --force`: not put back until loaded again by hand
         self.fleet: Any = None  # [fleet] enabled: the fleet thread (daemon/fleet.py)
+        # held by whoever loads, unloads or puts back the ruleset: the main thread (reload, `rules
+        # unload --force`) and the worker (a table gone, interfaces changed). Without it the worker
+        # could see the table gone mid-unload and load it straight back.
+        self.ruleset_lock = threading.RLock()
 
     # == start-up ===================================================================================
     def prepare(self) -> None:
@@ -356,7 +360,8 @@ class Daemon:
         self.cfg = new
         try:
             never_block = sorted(set(never_block_networks(new)) | self.runtime_ignore)
-            self.nft.load(ruleset_spec(new, never_block), backend=new["nft"]["backend"])
+            with self.ruleset_lock:
+                self.nft.load(ruleset_spec(new, never_block), backend=new["nft"]["backend"])
             self.never_block = never_block
         except Exception as e:
             self.cfg = old
