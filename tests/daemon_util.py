@@ -113,7 +113,8 @@ class Nfsentry:
         self.sections: dict[str, dict[str, Any]] = {
             "storage": {"state_dir": str(tmp / "state")},
             "daemon": {"control_socket": str(tmp / "run" / "control.sock")},
-            "logging": {"json_file": str(self.json_file), "syslog_address": str(tmp / "log.sock"), "level": "debug"},
+            # syslog to the test's socket even where journald runs (journald would take the lines)
+            "logging": {"json_file": str(self.json_file), "syslog_address": str(tmp / "log.sock"), "level": "debug", "journald": False},
             # an ignore file of the test's own: `unblock --ignore` appends there, never to /etc
             "ignore": {"addresses": ignore or [], "files": [str(tmp / "ignore")], "resolvers": False, "gateways": False},
         }

@@ -118,6 +118,9 @@ class Worker(Part):
         if kind == "ledger":  # block state changed through the ledger: its database part, then report
             self.ledger_event(*obj)
             return
+        if kind == "reopen":  # SIGHUP or `nfsentry reload` (logrotate's postrotate): files opened again
+            self.alerter.reopen()
+            return
         if kind == "reconfigure":  # a reload: the alerter is rebuilt from the new [logging] section
             old, self.alerter = self.alerter, Alerter(obj, self.d.foreground)
             if old is not None:
