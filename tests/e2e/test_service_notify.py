@@ -7,7 +7,7 @@ namespace.
   thread really wedged (a reload reading a configuration that is a FIFO nobody writes: blocked in
   open(), while the rest of the process, status included, goes on) stops the pings, and they
   resume when it runs again; STOPPING=1 at SIGTERM.
-- The JSON events file is opened again on `nfsentry reload` and on SIGHUP (logrotate).
+- The JSON events file is opened again on `nfsentry reload`, on SIGHUP, and by logrotate.
 - journald: a real scan reaches the journal socket as an entry with NFSENTRY_* fields; with
   neither journald nor syslog (a container) and no --foreground, it reaches stderr.
 """
@@ -20,11 +20,12 @@ import shlex
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 
 import pytest
-from daemon_util import Nfsentry, wait_until
+from daemon_util import NFSENTRY, Nfsentry, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -162,35 +163,54 @@ def test_ready_after_the_rules_then_a_watchdog_that_only_a_running_loop_feeds(la
         sysd.close()
 
 
-def test_the_events_file_is_opened_again_on_reload_and_sighup(lab, tmp_path):
-    """logrotate: rename, then `nfsentry reload` (postrotate) or SIGHUP; until then the daemon
-    writes to the renamed file (nothing lost), after it to a new file at the configured path."""
+def test_the_events_file_is_opened_again_on_reload_sighup_and_by_logrotate(lab, tmp_path):
+    """Rotation: rename, then `nfsentry reload` (logrotate's postrotate) or SIGHUP; until then the
+    daemon writes to the renamed file (nothing lost), after it to a new file at the configured
+    path. Last, logrotate itself (create mode, postrotate `nfsentry reload`)."""
     victim, attacker = lab["victim"], lab["attacker"]
     d = Nfsentry(victim, tmp_path / "nfs")
+    rotate_conf = tmp_path / "logrotate.conf"
+    rotate_conf.write_text(
+        f"{d.json_file} {{\n  rotate 3\n  create 0640 root root\n  postrotate\n    {NFSENTRY} reload --config {d.config}\n  endscript\n}}\n"
+    )
     try:
         d.start()
-        for n, how in enumerate(("reload", "sighup"), 1):
-            if n > 1:
+        last = 0.0
+        for n, how in enumerate(("reload", "sighup", "logrotate")):
+            if n:
                 d.cli("unblock", "--all")
             attacker.nmap("-sS -Pn --max-retries 0 -p 7", victim.ip4)
-            first = d.wait_event("detection", attacker.ip4)
-            rotated = d.json_file.with_name(f"events.jsonl.{n}")
-            os.rename(d.json_file, rotated)
-            d.cli("unblock", "--all")  # an event while the file is renamed: still the open file
-            wait_until("the unblock in the renamed file", lambda: '"unblock"' in rotated.read_text(), 30)
-            assert not d.json_file.exists()
+            first = d.wait_event("detection", attacker.ip4, where=lambda e: e["ts"] > last)
             reloads = sum("configuration reloaded" in line for line in d.stderr_lines)
-            if how == "reload":
-                assert "reloaded" in d.cli("reload").stdout
+            if how == "logrotate":
+                rotated = d.json_file.with_name("events.jsonl.1")
+                res = subprocess.run(
+                    ["logrotate", "-f", "-s", str(tmp_path / "logrotate.state"), str(rotate_conf)],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                assert res.returncode == 0, res.stderr
+                d.cli("unblock", "--all")
             else:
-                d.proc.send_signal(signal.SIGHUP)
+                rotated = d.json_file.with_name(f"events.jsonl.{how}")
+                os.rename(d.json_file, rotated)
+                d.cli("unblock", "--all")  # an event while the file is renamed: still the open file
+                wait_until("the unblock in the renamed file", lambda: '"unblock"' in rotated.read_text(), 30)
+                assert not d.json_file.exists()
+                if how == "reload":
+                    assert "reloaded" in d.cli("reload").stdout
+                else:
+                    d.proc.send_signal(signal.SIGHUP)
             wait_until("the reload", lambda: sum("configuration reloaded" in line for line in d.stderr_lines) > reloads, 30)
             attacker.nmap("-sS -Pn --max-retries 0 -p 9", victim.ip4)
-            ev = d.wait_event("detection", attacker.ip4)  # reads the configured path: a new file
-            assert ev["ts"] > first["ts"] and ev["port"] == 9
+            ev = d.wait_event("detection", attacker.ip4, where=lambda e: e["port"] == 9)  # the configured path: a new file
+            assert ev["ts"] > first["ts"]
+            last = ev["ts"]
             old = [json.loads(x) for x in rotated.read_text().splitlines()]
-            assert [e["event"] for e in old if e["event"] in ("detection", "unblock")] == ["detection", "unblock"], how
-            assert all(e.get("port") != 9 for e in old)
+            assert any(e["event"] == "detection" and e["port"] == 7 and e["ts"] == first["ts"] for e in old), how
+            assert all(e.get("port") != 9 for e in old), how
+            assert not any(e["event"] == "detection" and e["port"] == 7 and e["ts"] == first["ts"] for e in d.events()), how
     finally:
         d.close()
 
