@@ -46,6 +46,7 @@ from nfsentry.daemon.counters import Counters
 from nfsentry.daemon.ftpqueue import FtpQueue
 from nfsentry.daemon.nflog import EarlyPackets, NflogError
 from nfsentry.daemon.sdnotify import Notifier, Watchdog, notify_loop, watchdog_interval
+from nfsentry.daemon.sdnotify import status as sdnotify_status
 from nfsentry.daemon.verdict import Stop, Verdicts
 from nfsentry.daemon.worker import Worker
 from nfsentry.ledger.ledger import Ledger
@@ -505,6 +506,7 @@ def status_of(d: Daemon) -> dict[str, Any]:
         "block_latency_ms": latency_summary(d.verdicts.block_latency),
         "ftp": d.ftpq.status(),
         "before_input": d.early.status() if d.early is not None else None,
+        "systemd": sdnotify_status(d.notify, d.watchdog),
     }
     kb = d.verdicts.kb
     st["kernel_block"] = {"active": False}

@@ -180,3 +180,18 @@ def notify_loop(notifier: Notifier, watchdog: Watchdog | None, status: Callable[
                 last_text = text
                 notifier.status(text)
         time.sleep(period)
+
+
+def status(notifier: Notifier, watchdog: Watchdog | None) -> dict[str, object] | None:
+    """For `status --json`: None when systemd does not listen."""
+    if not notifier.enabled:
+        return None
+    out: dict[str, object] = {"notifications": notifier.sent, "errors": notifier.errors, "watchdog": None}
+    if watchdog is not None:
+        out["watchdog"] = {
+            "interval": watchdog.interval,
+            "pings": watchdog.pings,
+            "withheld": watchdog.withheld,
+            "stalled": watchdog.stalled_since is not None,
+        }
+    return out

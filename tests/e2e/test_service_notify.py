@@ -133,7 +133,9 @@ def test_ready_after_the_rules_then_a_watchdog_that_only_a_running_loop_feeds(la
         wait_until("RELOADING=1", lambda: sysd.since(t2, "RELOADING"), 30)
         time.sleep(3 * 1.5)  # three times the stale limit: pings decided before the wedge are out
         t3 = time.monotonic()
-        assert d.control("status")["ok"] and d.proc.poll() is None
+        st = d.control("status")  # answered by the control thread: the process lives
+        assert st["ok"] and d.proc.poll() is None
+        assert st["systemd"]["watchdog"]["stalled"] and st["systemd"]["watchdog"]["withheld"] > 0, st["systemd"]
         time.sleep(4.0)
         assert sysd.since(t3, "WATCHDOG") == [], "pings went on with the main thread wedged"
         assert any("withholding the systemd watchdog ping" in line for line in d.stderr_lines)

@@ -84,6 +84,7 @@ def test_without_notify_socket_nothing_is_sent_and_nothing_fails():
     n = S.Notifier.from_environment({})
     assert not n.enabled
     assert not n.ready("x") and not n.send(WATCHDOG=1)
+    assert S.status(n, None) is None
 
 
 def test_a_missing_or_full_socket_never_raises_nor_blocks(tmp_path):
@@ -180,6 +181,8 @@ def test_the_daemon_main_loop_feeds_the_watchdog_and_a_stalled_one_does_not(monk
         listener.messages()
         assert [m for m in listener.messages(2.0) if m.get("WATCHDOG")] == [], "pings went on with the main thread stalled"
         assert d.watchdog.stalled_since is not None
+        wd = S.status(d.notify, d.watchdog)["watchdog"]
+        assert wd["stalled"] and wd["withheld"] > 0 and wd["pings"] >= 3 and wd["interval"] == 1.0
         run.set()
         deadline = time.monotonic() + 30
         resumed = []
