@@ -224,6 +224,8 @@ class Daemon:
         for t in threads:
             t.start()
         if self.notify.enabled:  # the rules are loaded, the queues bound, the signals handled: ready
+            if self.watchdog is not None:  # the loop starts now (start-up may have taken longer than the limit)
+                self.watchdog.alive = time.monotonic()
             self.notify.ready(self.status_line())
             args = (self.notify, self.watchdog, self.status_line, lambda: self.stop_flag)
             threading.Thread(target=notify_loop, args=args, name="nfsentry-notify", daemon=True).start()

@@ -122,6 +122,7 @@ def test_ready_after_the_rules_then_a_watchdog_that_only_a_running_loop_feeds(la
         t1 = time.monotonic()
         wait_until("watchdog pings", lambda: len(sysd.since(t1, "WATCHDOG")) >= 4, 60)
         assert all(m == {"WATCHDOG": "1"} for m in sysd.since(t1, "WATCHDOG"))
+        assert not any("withholding" in line for line in d.stderr_lines)  # never, while it ran
 
         # wedge the main thread for real: SIGHUP makes it reload, and the configuration is now a
         # FIFO no one writes, so it blocks in open(); the process lives on (status answers)
