@@ -174,9 +174,7 @@ class Alerter:
         self.errors = 0
         log.setLevel(getattr(logging, lg["level"].upper()))
         log.propagate = False
-        for h in list(log.handlers):
-            log.removeHandler(h)
-            h.close()
+        handlers: list[logging.Handler] = []  # this alerter's, put in place at once (below)
         self._fds: dict[str, int] = {}  # path -> descriptor, open until reopen() or close()
         self.syslog_problem = None  # why the log lines do not go where the configuration says (one line)
         self.target = "none"  # where the log lines go: journald | syslog | stderr
@@ -184,7 +182,7 @@ class Alerter:
         problems = []
         if lg["journald"]:
             if journald_reachable():
-                log.addHandler(JournalHandler(journal_send, lg["syslog_ident"], _FACILITIES[lg["syslog_facility"]]))
+                handlers.append(JournalHandler(journal_send, lg["syslog_ident"], _FACILITIES[lg["syslog_facility"]]))
                 self.target = "journald"
             elif journal_send is None:
                 problems.append("journald unavailable (python3-systemd not installed)")
@@ -197,7 +195,7 @@ class Alerter:
                 try:
                     h = logging.handlers.SysLogHandler(address=lg["syslog_address"], facility=_FACILITIES[lg["syslog_facility"]])
                     h.setFormatter(logging.Formatter(f"{lg['syslog_ident']}[{os.getpid()}]: %(message)s"))
-                    log.addHandler(h)
+                    handlers.append(h)
                     self.target = "syslog"
                 except OSError as e:
                     problems.append(f"syslog at {lg['syslog_address']} unavailable ({e.strerror or e})")
@@ -210,14 +208,19 @@ class Alerter:
         if foreground or self.target == "stderr":
             h = logging.StreamHandler(sys.stderr)
             h.setFormatter(logging.Formatter("%(asctime)s nfsentry: %(message)s"))
-            log.addHandler(h)
+            handlers.append(h)
+        # one assignment: a reload (a new alerter while other threads log) never leaves the logger
+        # without handlers; the previous alerter's close() closes its own, and only those
+        self.handlers = handlers
+        log.handlers = list(handlers)
         for p in (self.json_path, self.history_path, self.blocked_path):
             if p:
                 Path(p).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
 
     def close(self) -> None:
-        for h in list(log.handlers):
-            log.removeHandler(h)
+        for h in self.handlers:
+            if h in log.handlers:
+                log.removeHandler(h)
             h.close()
         self.reopen()
 

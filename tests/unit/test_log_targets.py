@@ -231,3 +231,20 @@ def test_a_failed_write_is_reported_and_the_file_opened_again(tmp_path, monkeypa
     finally:
         a.close()
     assert [json.loads(x)["src"] for x in path.read_text().splitlines()] == ["198.18.0.99"]
+
+
+def test_a_reload_keeps_the_log_lines_flowing(tmp_path, monkeypatch, syslog):
+    """The worker builds the new alerter, then closes the old one: the old one's close() must not
+    take the new one's handlers away (after a reload, nothing was logged any more)."""
+    monkeypatch.setattr(A, "JOURNAL_SOCKET", str(tmp_path / "no-journal"))
+    old = alerter(tmp_path)
+    new = alerter(tmp_path)
+    old.close()
+    try:
+        A.log.warning("after the reload")
+        new.emit(DET)
+    finally:
+        new.close()
+    got = received(syslog)
+    assert any("after the reload" in m for m in got) and any("scan detected: src=198.18.0.2" in m for m in got), got
+    assert A.log.handlers == []  # closed: nothing of either left
