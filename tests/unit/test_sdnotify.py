@@ -15,6 +15,7 @@ import pytest
 from nfsentry.config import schema as C
 from nfsentry.daemon import daemon as D
 from nfsentry.daemon import sdnotify as S
+from nfsentry.sinks.alerts import Alerter
 
 
 class Listener:
@@ -197,18 +198,27 @@ def test_the_daemon_main_loop_feeds_the_watchdog_and_a_stalled_one_does_not(monk
 
 def test_reload_says_reloading_then_ready_even_when_refused(monkeypatch, listener, tmp_path):
     conf = tmp_path / "nfsentry.toml"
-    conf.write_text('[storage]\nstate_dir = "/tmp/x"\n')
+    events = tmp_path / "events.jsonl"
+    logging = f'[logging]\nsyslog = false\njournald = false\njson_file = "{events}"\n'
+    conf.write_text(f'[storage]\nstate_dir = "{tmp_path}/x"\n{logging}')
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
     monkeypatch.setattr(D, "never_block_networks", lambda cfg: [])
     d = D.Daemon(C.load(conf))
     d.build_core()
-    conf.write_text('[storage]\nstate_dir = "/tmp/elsewhere"\n')  # restart-only: refused
+    d.worker.alerter = Alerter(d.cfg)
+    d.worker.alerter.emit({"ts": 1.0, "event": "unblock", "network": "198.18.0.1", "reason": "before"})
+    events.rename(tmp_path / "events.jsonl.1")  # logrotate
+    conf.write_text(f'[storage]\nstate_dir = "{tmp_path}/elsewhere"\n{logging}')  # restart-only: refused
     ok, msg = d.reload()
     assert not ok and "storage.state_dir" in msg
     msgs = listener.messages()
     assert [next(iter(m)) for m in msgs] == ["RELOADING", "READY"]
     assert msgs[1]["STATUS"].startswith("detecting: ")
-    kinds = []
-    while not d.events.empty():
-        kinds.append(d.events.get_nowait()[0])
-    assert "reopen" in kinds  # the files are opened again whatever the outcome (logrotate)
+    while not d.events.empty():  # what the worker does with what the reload handed it
+        kind, obj, extra = d.events.get_nowait()
+        d.worker.handle_event(kind, obj, extra)
+    # the files are opened again whatever the outcome (logrotate's postrotate runs `nfsentry reload`)
+    d.worker.alerter.emit({"ts": 2.0, "event": "unblock", "network": "198.18.0.1", "reason": "after"})
+    d.worker.alerter.close()
+    assert "before" in (tmp_path / "events.jsonl.1").read_text() and "after" not in (tmp_path / "events.jsonl.1").read_text()
+    assert "after" in events.read_text()
