@@ -38,7 +38,7 @@ def main() -> int:
         for start in range(0, ROWS, 100_000):
             rows = []
             for i in range(start, min(ROWS, start + 100_000)):
-                ts = now - 100 * DAY + i if i < old else now - (i - old)
+                ts = now - 200 * DAY + i if i < old else now - (i - old)
                 src = f"198.18.{i % 256}.{(i // 256) % 256}"
                 detail = f'{{"ts": {ts}, "event": "detection", "src": "{src}", "proto": "tcp", "port": 22, "label": "SYN", "reason": "scan_trigger 0 reached"}}'
                 rows.append((ts, "detection", src, src, "tcp", 22, "SYN", "block", detail))
