@@ -1,7 +1,9 @@
 # nfsentry: one entry point for users, developers and CI.
 #   make run    bootstrap (apt packages, venv, package) and run the daemon in the foreground
 #   make test   bootstrap + test tools, then the whole suite (host tier + qemu stock-kernel tier)
+#   make try    bootstrap + nmap, then examples/try-it.sh: a scan caught in throw-away namespaces
 #   make bench  benchmarks under bench/
+#   make deb    the Debian package, build/deb/nfsentry_<version>_<arch>.deb (then: apt install ./that.deb)
 # Every target is idempotent: a second run installs nothing and starts in seconds.
 
 SHELL      := /bin/bash
@@ -11,14 +13,17 @@ PY         := $(VENV)/bin/python
 STAMPS     := $(VENV)/.stamps
 
 RUN_DEBS   := nftables python3-nftables iptables libnetfilter-queue-dev libnetfilter-log1 gcc python3-venv python3-dev iproute2
-TEST_DEBS  := nmap hping3 tcpreplay vsftpd fail2ban procps tcpdump iputils-ping conntrack
+TEST_DEBS  := nmap hping3 tcpreplay vsftpd fail2ban procps tcpdump iputils-ping conntrack strace man-db logrotate
 KERNEL_DEBS := qemu-system-x86 busybox-static cpio
+# what `make deb` (debian/rules) builds with
+DEB_DEBS   := debhelper dpkg-dev fakeroot lintian gcc libnetfilter-queue-dev python3.11-dev python3.11-venv
+DEB_OUT    ?= $(CURDIR)/build/deb
 
 PYTEST_ARGS ?=
 # every run lists its 15 slowest tests, so a creeping suite shows in each CI log
 PYTEST_FLAGS := --durations=15
 
-.PHONY: run test test-host test-kernel lint bench deps-run deps-test venv rules clean
+.PHONY: run try test test-host test-kernel lint bench deps-run deps-test deps-deb venv rules man deb clean
 
 # --- bootstrap -------------------------------------------------------------------------------
 # Install only the Debian packages that are missing; `apt-get update` only when something is.
@@ -37,7 +42,10 @@ deps-run:
 	$(call apt_ensure,$(RUN_DEBS))
 
 deps-test: deps-run
-	$(call apt_ensure,$(TEST_DEBS) $(KERNEL_DEBS))
+	$(call apt_ensure,$(TEST_DEBS) $(KERNEL_DEBS) $(DEB_DEBS))
+
+deps-deb:
+	$(call apt_ensure,$(DEB_DEBS))
 
 # The venv sees the distribution's python3-nftables (--system-site-packages).
 $(PY): | deps-run
@@ -58,6 +66,12 @@ venv: deps-run $(STAMPS)/pkg
 # --- the two commands -----------------------------------------------------------------------
 run: deps-run $(STAMPS)/pkg
 	$(VENV)/bin/nfsentry run --foreground $(RUN_ARGS)
+
+# See it work without touching this machine's firewall: a throw-away pair of namespaces, the
+# daemon in one (state in a temporary directory), nmap in the other (examples/try-it.sh)
+try: deps-run $(STAMPS)/pkg
+	$(call apt_ensure,nmap)
+	examples/try-it.sh $(TRY_ARGS)
 
 # One pytest session: the host tier (this kernel, compat backend) and the stock-kernel tier
 # (tests/kernel boots Debian's kernel under qemu and runs the native-marked tests in it).
@@ -82,6 +96,27 @@ bench: deps-test $(STAMPS)/test
 # Regenerate the shipped rulesets from the renderer (tests check they agree).
 rules: $(STAMPS)/pkg
 	$(PY) -m nfsentry.nft --write-shipped rules
+
+# Man pages nfsentry(8), nfsentry.toml(5) and the bash/zsh completion files, generated from the
+# typer app and examples/nfsentry.toml (tests/unit/test_manpages.py keeps them in step).
+man: $(STAMPS)/pkg
+	$(PY) -m nfsentry.cli.manpages build/man
+
+# The Debian package, built by debian/rules in a copy of the checkout's files (tracked and new,
+# not ignored ones) under $(DEB_OUT), checked by lintian (errors fail; warnings are printed).
+# Needs no venv; pip fetches the pinned Python dependencies (debian/python-constraints.txt).
+deb: deps-deb
+	@set -e; ver=$$(dpkg-parsechangelog -l debian/changelog -S Version); src=$(DEB_OUT)/nfsentry-$$ver; \
+	rm -rf $(DEB_OUT) && mkdir -p $$src; \
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  git ls-files -z -co --exclude-standard | tar --null -T - --ignore-failed-read -cf - | tar -xf - -C $$src; \
+	else \
+	  tar --exclude=./.venv --exclude=./build --exclude='*.so' --exclude='__pycache__' -cf - . | tar -xf - -C $$src; \
+	fi; \
+	(cd $$src && dpkg-buildpackage -b -us -uc) > $(DEB_OUT)/build.log 2>&1 || { tail -40 $(DEB_OUT)/build.log; exit 1; }; \
+	deb=$$(ls $(DEB_OUT)/nfsentry_$${ver}_*.deb); \
+	lintian --fail-on error $$deb || { echo "nfsentry: lintian found errors" >&2; exit 1; }; \
+	echo "nfsentry: built $$deb"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -168,11 +168,10 @@ class Commands:
             return {"ok": ok, "message": msg, "config": self.d.cfg.path} if ok else {"ok": False, "error": msg}
         if cmd == "unload":  # `rules unload --force`: the daemon stops detecting and says so
             d = self.d
-            d.nft.unload()
-            d.unloaded_by_admin = True
-            d.degraded = (
-                "the ruleset was unloaded by `nfsentry rules unload --force`: nothing is detected or blocked until `nfsentry rules load`"
-            )
+            with d.ruleset_lock:  # the worker must not see the table gone and put it back meanwhile
+                d.nft.unload()
+                d.unloaded_by_admin = True
+                d.degraded = "the ruleset was unloaded by `nfsentry rules unload --force`: nothing is detected or blocked until `nfsentry rules load`"
             return {"ok": True, "table": d.nft.table}
         if cmd == "ignore":
             net = normalize_network(req["network"])

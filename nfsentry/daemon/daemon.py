@@ -98,6 +98,10 @@ class Daemon:
         self.notify = Notifier.from_environment()  # systemd (Type=notify); inert without NOTIFY_SOCKET
         interval = watchdog_interval()
         self.watchdog = Watchdog(self.notify, interval) if interval and self.notify.enabled else None
+        # held by whoever loads, unloads or puts back the ruleset: the main thread (reload, `rules
+        # unload --force`) and the worker (a table gone, interfaces changed). Without it the worker
+        # could see the table gone mid-unload and load it straight back.
+        self.ruleset_lock = threading.RLock()
 
     # == start-up ===================================================================================
     def prepare(self) -> None:
@@ -371,7 +375,8 @@ class Daemon:
         self.cfg = new
         try:
             never_block = sorted(set(never_block_networks(new)) | self.runtime_ignore)
-            self.nft.load(ruleset_spec(new, never_block), backend=new["nft"]["backend"])
+            with self.ruleset_lock:
+                self.nft.load(ruleset_spec(new, never_block), backend=new["nft"]["backend"])
             self.never_block = never_block
         except Exception as e:
             self.cfg = old

@@ -327,6 +327,10 @@ class Worker(Part):
         self.d.in_main_thread(lambda: setattr(verdicts, "kernel_blocked", n))
 
     def watch_ruleset(self) -> None:
+        with self.d.ruleset_lock:  # never in the middle of a reload or `rules unload --force`
+            self._watch_ruleset()
+
+    def _watch_ruleset(self) -> None:
         """Is nfsentry's table still in the kernel? If it was flushed or deleted outside
         nfsentry, load the ruleset again and put every block back with its remaining time."""
         d = self.d
@@ -363,6 +367,10 @@ class Worker(Part):
         )
 
     def watch_interfaces(self) -> None:
+        with self.d.ruleset_lock:  # never in the middle of a reload or `rules unload --force`
+            self._watch_interfaces()
+
+    def _watch_interfaces(self) -> None:
         """[monitor] before_input: table netdev nfsentry hooks every interface there is now (a
         netdev chain hooks named devices: a link added, or deleted and added again, needs the table
         loaded again). One chain listing a second when nothing changed; each new error logged once."""
