@@ -113,7 +113,8 @@ class Nfsentry:
         self.sections: dict[str, dict[str, Any]] = {
             "storage": {"state_dir": str(tmp / "state")},
             "daemon": {"control_socket": str(tmp / "run" / "control.sock")},
-            "logging": {"json_file": str(self.json_file), "syslog_address": str(tmp / "log.sock"), "level": "debug"},
+            # syslog to the test's socket even where journald runs (journald would take the lines)
+            "logging": {"json_file": str(self.json_file), "syslog_address": str(tmp / "log.sock"), "level": "debug", "journald": False},
             # an ignore file of the test's own: `unblock --ignore` appends there, never to /etc
             "ignore": {"addresses": ignore or [], "files": [str(tmp / "ignore")], "resolvers": False, "gateways": False},
         }
@@ -124,11 +125,21 @@ class Nfsentry:
         self.stderr_lines: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self, timeout: float = 120, extra_args: list[str] | None = None) -> Nfsentry:
+    def start(
+        self,
+        timeout: float = 120,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+        foreground: bool = True,
+    ) -> Nfsentry:
+        """``env``: variables added to the daemon's environment; ``prefix``: a command that execs
+        the daemon (e.g. to set up a mount namespace); ``foreground=False``: no --foreground."""
         # (deadlines in here return as soon as the condition holds: generous for a busy machine)
         self.stderr_lines = []  # a restart must wait for its own "is active" line
+        argv = [*(prefix or []), NFSENTRY, "run", *(["--foreground"] if foreground else []), "--config", str(self.config)]
         self.proc = self.host.popen(
-            [NFSENTRY, "run", "--foreground", "--config", str(self.config), *(extra_args or [])], stdout=subprocess.DEVNULL
+            [*argv, *(extra_args or [])], stdout=subprocess.DEVNULL, env={**os.environ, **env} if env is not None else None
         )
         reader = threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True)
         reader.start()

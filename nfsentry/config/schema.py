@@ -88,6 +88,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "refresh_interval": "30s",  # how often own addresses/gateways/resolvers are re-read
     },
     "logging": {
+        "journald": True,  # structured entries to journald when its socket is there (instead of syslog: journald forwards)
         "syslog": True,
         "syslog_facility": "daemon",
         "syslog_address": "/dev/log",
@@ -103,6 +104,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "storage": {
         "state_dir": "/var/lib/nfsentry",
         "database": "",  # "" = <state_dir>/nfsentry.db
+        "history_days": 90,  # history rows older than this are deleted (hourly, space reclaimed); 0 = kept forever
     },
     "daemon": {"control_socket": "/run/nfsentry/control.sock", "queue_maxlen": 4096},
     "nft": {
@@ -189,6 +191,7 @@ RANGES = {
     ("fleet", "min_prefix4"): (1, 32),
     ("fleet", "min_prefix6"): (1, 128),
     ("fleet", "max_pulled"): (0, 10_000_000),
+    ("storage", "history_days"): (0, 36500),
 }
 # Characters never allowed in an external command template: the command is run as an argument
 # list without a shell, but a template that looks like shell code is a configuration mistake.

@@ -13,7 +13,7 @@ Who writes what:
 - ``ftp`` (the FTP queue's thread): ftp_packets, ftp_expectations, ftp_reports,
   ftp_reports_suppressed, errors, events_lost.
 - ``worker`` (the worker thread): storage_errors, storage_dropped, never_block_refreshes,
-  ruleset_restored, blocks_expired, errors.
+  ruleset_restored, blocks_expired, history_pruned, errors.
 - ``nflog`` (the NFLOG thread, [monitor] before_input): nflog_packets, nflog_lost, errors,
   events_lost.
 """
@@ -39,7 +39,7 @@ MAIN = (
     "events_lost",
 )
 FTP = ("ftp_packets", "ftp_expectations", "ftp_reports", "ftp_reports_suppressed", "errors", "events_lost")
-WORKER = ("storage_errors", "storage_dropped", "never_block_refreshes", "ruleset_restored", "blocks_expired", "errors")
+WORKER = ("storage_errors", "storage_dropped", "never_block_refreshes", "ruleset_restored", "blocks_expired", "history_pruned", "errors")
 NFLOG = ("nflog_packets", "nflog_lost", "errors", "events_lost")
 
 

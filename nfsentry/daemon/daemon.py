@@ -12,6 +12,9 @@ reload, status and shutdown. The parts it wires together:
 - ``nfsentry-control``: the control socket (:mod:`control`), handing requests to the main thread.
 - ``nfsentry-nflog`` ([monitor] before_input): packets the kernel drops before the input hook,
   logged by the rules to NFLOG (:mod:`nflog`), handed to the main thread's engine.
+- ``nfsentry-notify`` (started by systemd with ``Type=notify``): the watchdog, fed while the main
+  thread lives, and STATUS= lines (:mod:`sdnotify`). READY=1 once the rules are loaded and the
+  queues bound; RELOADING=1 ... READY=1 around a reload; STOPPING=1 at shutdown.
 
 Counters: one dict per writing thread (:mod:`counters`).
 """
@@ -42,6 +45,8 @@ from nfsentry.daemon.control import Commands, ControlServer
 from nfsentry.daemon.counters import Counters
 from nfsentry.daemon.ftpqueue import FtpQueue
 from nfsentry.daemon.nflog import EarlyPackets, NflogError
+from nfsentry.daemon.sdnotify import Notifier, Watchdog, notify_loop, watchdog_interval
+from nfsentry.daemon.sdnotify import status as sdnotify_status
 from nfsentry.daemon.verdict import Stop, Verdicts
 from nfsentry.daemon.worker import Worker
 from nfsentry.ledger.ledger import Ledger
@@ -91,6 +96,9 @@ class Daemon:
         self.engine_stats: dict[str, Any] = {}  # the engine's stats as of the last tick (main thread)
         self.unloaded_by_admin = False  # `rules unload --force`: not put back until loaded again by hand
         self.fleet: Any = None  # [fleet] enabled: the fleet thread (daemon/fleet.py)
+        self.notify = Notifier.from_environment()  # systemd (Type=notify); inert without NOTIFY_SOCKET
+        interval = watchdog_interval()
+        self.watchdog = Watchdog(self.notify, interval) if interval and self.notify.enabled else None
         # held by whoever loads, unloads or puts back the ruleset: the main thread (reload, `rules
         # unload --force`) and the worker (a table gone, interfaces changed). Without it the worker
         # could see the table gone mid-unload and load it straight back.
@@ -129,6 +137,7 @@ class Daemon:
         self.prepare()
         self.build_core()
         N = self.N
+        self.notify.status("loading the ruleset")
         try:
             self.use_nft(N.Nft(table=self.cfg["nft"]["table"]))
             self.nft.load(ruleset_spec(self.cfg, self.never_block), backend=self.cfg["nft"]["backend"])
@@ -226,6 +235,12 @@ class Daemon:
             threads.append(threading.Thread(target=self.early.run, name="nfsentry-nflog", daemon=True))
         for t in threads:
             t.start()
+        if self.notify.enabled:  # the rules are loaded, the queues bound, the signals handled: ready
+            if self.watchdog is not None:  # the loop starts now (start-up may have taken longer than the limit)
+                self.watchdog.alive = time.monotonic()
+            self.notify.ready(self.status_line())
+            args = (self.notify, self.watchdog, self.status_line, lambda: self.stop_flag)
+            threading.Thread(target=notify_loop, args=args, name="nfsentry-notify", daemon=True).start()
         try:
             while not self.stop_flag:
                 try:
@@ -252,6 +267,8 @@ class Daemon:
         """Duties of the main thread (the only one that touches the engine): control requests,
         duties other threads handed over, reload, periodic expiry."""
         self.verdicts.pending = False
+        if self.watchdog is not None:  # the main thread lives: the notify thread may feed the watchdog
+            self.watchdog.alive = time.monotonic()
         self.verdicts.withdraw_pending()  # before any request: a block asked for now is never withdrawn
         if self.early is not None and self.early.backlog:
             self.early.drain()
@@ -300,6 +317,7 @@ class Daemon:
 
     # == shutdown ===================================================================================
     def shutdown(self) -> None:
+        self.notify.stopping()
         keep = self.cfg["response"]["keep_blocks_on_exit"]
         for q in self.queues:
             try:
@@ -335,7 +353,17 @@ class Daemon:
     # == reload, status ==============================================================================
     def reload(self) -> tuple[bool, str]:
         """Main thread (SIGHUP or a control request): a configuration that fails to load or whose
-        ruleset the kernel refuses changes nothing."""
+        ruleset the kernel refuses changes nothing. Either way the files the alerter appends to
+        are opened again (logrotate's postrotate runs `nfsentry reload`) and systemd is told
+        RELOADING=1, then READY=1."""
+        self.notify.reloading()
+        self.verdicts.enqueue("reopen", None)
+        try:
+            return self._reload()
+        finally:
+            self.notify.ready(self.status_line())
+
+    def _reload(self) -> tuple[bool, str]:
         path = self.cfg.path
         ps = getattr(self.cfg, "portsentry_source", None)
         try:
@@ -374,6 +402,13 @@ class Daemon:
         self.verdicts.enqueue("reconfigure", new)  # [logging]: the worker rebuilds its alerter
         log.info("configuration reloaded from %s", path or "built-in defaults")
         return True, "reloaded"
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (``systemctl status``); any thread, reads only."""
+        if self.degraded:
+            return f"DEGRADED: {self.degraded}"
+        c = self.counters.total()
+        return f"detecting: {self.verdicts.kernel_blocked} blocked; since start {c['detections']} detections, {c['blocks']} blocks"
 
     def engine_kind(self) -> str:
         """ "compiled" when process_raw's common cases run in nfsentry._fastpath, else "python"."""
@@ -492,6 +527,7 @@ def status_of(d: Daemon) -> dict[str, Any]:
         "block_latency_ms": latency_summary(d.verdicts.block_latency),
         "ftp": d.ftpq.status(),
         "before_input": d.early.status() if d.early is not None else None,
+        "systemd": sdnotify_status(d.notify, d.watchdog),
     }
     kb = d.verdicts.kb
     st["kernel_block"] = {"active": False}

@@ -38,6 +38,10 @@ from nfsentry.sinks.store import Store, StoreCorrupt, StoreError, move_aside
 log = logging.getLogger("nfsentry")
 
 WATCH_INTERVAL = 1.0  # seconds between checks that the table is still there and expiry reports
+PRUNE_FIRST = 30.0  # [storage] history_days: the first pass this long after start-up (not to slow it)
+PRUNE_INTERVAL = 3600.0  # then hourly
+PRUNE_BATCH = 5000  # rows per DELETE transaction
+PRUNE_SLICE = 0.25  # seconds of deleting before the worker serves its events again
 MAX_PENDING = 100_000  # storage writes kept through a fault; beyond, counted in storage_dropped
 
 
@@ -56,6 +60,8 @@ class Worker(Part):
         self.pending_store: list[tuple[str, dict]] = []  # writes to retry after a storage fault
         self._store_retry_at = 0.0
         self._next_watch = 0.0
+        self._next_prune = time.monotonic() + PRUNE_FIRST
+        self._pruned = 0  # history rows deleted in the pass under way
         self._ingress_problem: str | None = None  # the last netdev table error logged (once each)
         self.last_detection: float | None = None  # status: the time of the latest detection
         self.thread = threading.Thread(target=self.loop, name="nfsentry-worker", daemon=True)
@@ -96,6 +102,8 @@ class Worker(Part):
                         self.store_write("check", {})
                     except (StoreError, OSError) as e:
                         self.storage_fault(e)
+                if time.monotonic() >= self._next_prune:
+                    self.prune_history()
                 if time.monotonic() >= self._next_watch:
                     self._next_watch = time.monotonic() + WATCH_INTERVAL
                     self.watch_ruleset()
@@ -119,6 +127,9 @@ class Worker(Part):
             return
         if kind == "ledger":  # block state changed through the ledger: its database part, then report
             self.ledger_event(*obj)
+            return
+        if kind == "reopen":  # SIGHUP or `nfsentry reload` (logrotate's postrotate): files opened again
+            self.alerter.reopen()
             return
         if kind == "reconfigure":  # a reload: the alerter is rebuilt from the new [logging] section
             old, self.alerter = self.alerter, Alerter(obj, self.d.foreground)
@@ -259,6 +270,38 @@ class Worker(Part):
             self.store = None
         self.open_store()
         Ledger(self.d.nft, self.store).restore(put_back=False)
+
+    def prune_history(self) -> None:
+        """[storage] history_days: delete history rows older than that, a few thousand per
+        transaction for at most PRUNE_SLICE seconds at a time (the events keep flowing between
+        slices, and the packet path never waits for any of it); once none is left, give the space
+        back (Store.reclaim). Hourly; 0 keeps everything."""
+        days = self.d.cfg["storage"]["history_days"]
+        now = time.monotonic()
+        if not days or self.store is None or self.pending_store:
+            self._next_prune = now + PRUNE_INTERVAL
+            return
+        cutoff = time.time() - days * 86400
+        end = now + PRUNE_SLICE
+        try:
+            while True:
+                n = self.store.prune_history(cutoff, PRUNE_BATCH)
+                self._pruned += n
+                if n < PRUNE_BATCH:
+                    break
+                if time.monotonic() >= end:
+                    self._next_prune = time.monotonic()  # more to delete: the next turn of the loop
+                    return
+            if self._pruned:
+                how = self.store.reclaim()
+                log.info("history: %d entries older than %d days deleted (space reclaimed: %s)", self._pruned, days, how)
+                self.counts["history_pruned"] += self._pruned
+        except (StoreError, OSError) as e:
+            self.storage_fault(e)
+            self._next_prune = time.monotonic() + 60
+            return
+        self._pruned = 0
+        self._next_prune = time.monotonic() + PRUNE_INTERVAL
 
     # == periodic refreshes =========================================================================
     def refresh_never_block(self) -> None:

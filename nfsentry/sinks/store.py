@@ -116,6 +116,8 @@ class Store:
             if ok != "ok":
                 raise StoreCorrupt(f"{self.path}: database is corrupt ({ok})")
             if not readonly:
+                # a new database frees pages as it goes (history retention: reclaim); set before any table
+                self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.executescript(SCHEMA)
@@ -395,6 +397,38 @@ class Store:
         ev = json.loads(r["detail"])
         ev["id"] = r["id"]
         return ev
+
+    # -- retention ([storage] history_days) -----------------------------------------------------
+    def prune_history(self, before: float, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` history rows older than ``before`` (oldest first), in one short
+        transaction; returns how many. The caller repeats while it returns ``limit``."""
+        sql = "DELETE FROM history WHERE id IN (SELECT id FROM history WHERE ts < ? ORDER BY ts LIMIT ?)"
+        return self._run(sql, (before, limit)).rowcount
+
+    def reclaim(self) -> str:
+        """Give the pages deleted rows freed back to the file system: an incremental vacuum when
+        the database frees pages that way (every database this version creates), else one VACUUM
+        that also switches it to that; then a checkpoint that empties the WAL file. Returns
+        "incremental" or "vacuum"."""
+        if self._run("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            # executescript steps it to the end; execute() stops after one step: one page freed
+            try:
+                self.db.executescript("PRAGMA incremental_vacuum;")
+            except sqlite3.DatabaseError as e:
+                raise StoreError(f"{self.path}: {e}") from None
+            how = "incremental"
+        else:
+            self._run("PRAGMA auto_vacuum=INCREMENTAL")
+            self._run("VACUUM")
+            how = "vacuum"
+        self._run("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        return how
+
+    def history_count(self, before: float | None = None) -> int:
+        """History rows (older than ``before``, when given)."""
+        if before is None:
+            return self._run("SELECT count(*) FROM history").fetchone()[0]
+        return self._run("SELECT count(*) FROM history WHERE ts < ?", (before,)).fetchone()[0]
 
 
 def _prefix_matcher(source: str) -> Callable[[str | None], bool] | None:

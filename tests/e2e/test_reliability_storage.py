@@ -82,6 +82,10 @@ def db_blocks(d: Nfsentry) -> set[str]:
     db = sqlite3.connect(f"file:{d.tmp / 'state' / 'nfsentry.db'}?mode=ro", uri=True)
     try:
         return {r[0] for r in db.execute("SELECT network FROM blocks")}
+    except sqlite3.OperationalError as e:  # read while the daemon is recreating it: not there yet
+        if "no such table" not in str(e):
+            raise
+        return set()
     finally:
         db.close()
 

@@ -60,7 +60,7 @@ def test_alerter_writes_syslog_json_and_stderr(tmp_path, capsys):
     rx.bind(sock_path)
     rx.settimeout(2)
     jpath = tmp_path / "logs" / "events.jsonl"
-    cfg = C.validate({"logging": {"syslog_address": sock_path, "json_file": str(jpath), "syslog_facility": "local3"}})
+    cfg = C.validate({"logging": {"journald": False, "syslog_address": sock_path, "json_file": str(jpath), "syslog_facility": "local3"}})
     a = Alerter(cfg, foreground=True)
     try:
         a.emit(DET)
@@ -78,7 +78,7 @@ def test_alerter_writes_syslog_json_and_stderr(tmp_path, capsys):
 
 
 def test_missing_syslog_is_reported_not_fatal(tmp_path):
-    cfg = C.validate({"logging": {"syslog_address": str(tmp_path / "nope"), "json_file": str(tmp_path / "e.jsonl")}})
+    cfg = C.validate({"logging": {"journald": False, "syslog_address": str(tmp_path / "nope"), "json_file": str(tmp_path / "e.jsonl")}})
     a = Alerter(cfg)
     assert "unavailable" in a.syslog_problem
     a.emit(DET)

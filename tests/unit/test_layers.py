@@ -17,7 +17,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "core": ({"core"}, set()),
     "config": ({"core", "config", "nft.spec"}, set()),
     "nft": ({"core", "nft"}, {"nftables"}),
-    "sinks": ({"core", "config", "sinks"}, set()),
+    "sinks": ({"core", "config", "sinks"}, {"systemd"}),  # python3-systemd: journald (optional)
     "ledger": ({"core", "config", "nft", "sinks", "ledger"}, set()),
     "fleet": ({"core", "config", "ledger", "fleet"}, set()),
     "daemon": ({"", "core", "config", "nft", "sinks", "ledger", "fleet", "daemon", "ipc"}, {"netfilterqueue"}),

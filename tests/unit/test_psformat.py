@@ -372,6 +372,7 @@ def test_alerter_writes_portsentry_syslog_history_and_blocked_files(tmp_path):
     cfg = C.validate(
         {
             "logging": {
+                "journald": False,  # syslog even where journald runs
                 "syslog_address": sock_path,
                 "json_file": "",
                 "format": "portsentry1",
