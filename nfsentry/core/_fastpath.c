@@ -29,6 +29,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <descrobject.h>
 #include <string.h>
 
 /* Action values, the lean result code and the fast shapes' checks: generated from the Python
@@ -112,6 +113,13 @@ typedef struct {
     Py_ssize_t ign_pre6_bytes;
     unsigned char ign_pre4[32];  /* bitmap of PrefixSet.pre4: first octets a network covers */
     PyObject *lean_drop[2], *lean_count[2];  /* the lean results, [0] TCP [1] UDP */
+    /* Slots read without an attribute lookup: ``version`` of the ignore set's type (then
+     * ign_version_obj is the object read at the last refresh: the same object, the same tables)
+     * and ``pending`` of the expectations' type (daemon.ftpqueue.LockedExpectations). Offsets are
+     * those of the types' own member descriptors; -1: no such slot, look the attribute up. */
+    PyTypeObject *ign_type, *exp_type;
+    Py_ssize_t ign_version_at, exp_pending_at;
+    PyObject *ign_version_obj;
 } FastPath;
 
 static PyObject *str_ignore, *str_exact, *str_v4, *str_v6, *str_expectations, *str_pending, *str_pre4, *str_pre6,
@@ -131,8 +139,28 @@ static int FastPath_traverse(FastPath *f, visitproc visit, void *arg) {
     Py_VISIT(f->ign_v4);
     Py_VISIT(f->ign_v6);
     Py_VISIT(f->ign_pre6);
+    Py_VISIT(f->ign_type);
+    Py_VISIT(f->exp_type);
+    Py_VISIT(f->ign_version_obj);
     return 0;
 }
+
+/* The offset of ``type``'s own slot ``name`` (a member descriptor holding an object), or -1. */
+static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name) {
+    PyObject *d = PyObject_GetAttr((PyObject *)type, name);
+    Py_ssize_t at = -1;
+    if (d && Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_common.d_type == type) {
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if ((m->type == T_OBJECT_EX || m->type == T_OBJECT) && !(m->flags & READONLY))
+            at = m->offset;
+    }
+    Py_XDECREF(d);
+    PyErr_Clear();
+    return at;
+}
+
+/* obj's slot at ``at`` (borrowed; NULL when unset), obj being of the type the offset is for */
+static inline PyObject *slot_get(PyObject *obj, Py_ssize_t at) { return *(PyObject **)((char *)obj + at); }
 
 static void ignore_forget(FastPath *f) {
     Py_CLEAR(f->ign);
@@ -140,6 +168,8 @@ static void ignore_forget(FastPath *f) {
     Py_CLEAR(f->ign_v4);
     Py_CLEAR(f->ign_v6);
     Py_CLEAR(f->ign_pre6);
+    Py_CLEAR(f->ign_type);
+    Py_CLEAR(f->ign_version_obj);
     f->ign_usable = 0;
 }
 
@@ -153,6 +183,7 @@ static int FastPath_clear(FastPath *f) {
     Py_CLEAR(f->labels);
     Py_CLEAR(f->one_labels);
     ignore_forget(f);
+    Py_CLEAR(f->exp_type);
     for (int i = 0; i < 2; i++) {
         Py_CLEAR(f->lean_drop[i]);
         Py_CLEAR(f->lean_count[i]);
@@ -232,11 +263,13 @@ static int bump(PyObject *counts, Py_ssize_t i) {
  * are those of its current version already. 0: done (f->ign_usable says whether this code can
  * use them), -1: error. */
 static int ignore_tables(FastPath *f, PyObject *ignore) {
+    if (ignore == f->ign && f->ign_type && Py_TYPE(ignore) == f->ign_type &&
+        slot_get(ignore, f->ign_version_at) == f->ign_version_obj)
+        return 0;               /* the same set, the same version object: the same tables */
     PyObject *ver = PyObject_GetAttr(ignore, str_version);
     long long v = -1;
     if (ver) {
         v = PyLong_CheckExact(ver) ? PyLong_AsLongLong(ver) : -1;
-        Py_DECREF(ver);
         if (v == -1 && PyErr_Occurred())
             PyErr_Clear();
     } else if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
@@ -244,14 +277,20 @@ static int ignore_tables(FastPath *f, PyObject *ignore) {
     } else {
         return -1;
     }
-    if (ignore == f->ign && v == f->ign_version && v != -1)
+    if (ignore == f->ign && v == f->ign_version && v != -1) {
+        Py_XSETREF(f->ign_version_obj, ver);    /* an equal version, another object */
         return 0;
+    }
     ignore_forget(f);
     Py_INCREF(ignore);
     f->ign = ignore;
     f->ign_version = v;
+    f->ign_version_obj = ver;   /* (NULL when there is none) */
     if (v == -1)
         return 0;               /* unusable: f->ign_usable stays 0 */
+    f->ign_version_at = slot_offset(Py_TYPE(ignore), str_version);
+    if (f->ign_version_at >= 0)
+        f->ign_type = (PyTypeObject *)Py_NewRef(Py_TYPE(ignore));
     PyObject *exact = PyObject_GetAttr(ignore, str_exact);
     PyObject *t4 = exact ? PyObject_GetAttr(ignore, str_v4) : NULL;
     PyObject *t6 = t4 ? PyObject_GetAttr(ignore, str_v6) : NULL;
@@ -380,12 +419,21 @@ static int maybe_ignored(FastPath *f, const unsigned char *src, int v4, PyObject
 }
 
 /* 1: an FTP expectation is pending (let Python match it), 0: none, -1: error */
-static int expectations_pending(PyObject *engine) {
-    PyObject *exp = PyObject_GetAttr(engine, str_expectations);
+static int expectations_pending(FastPath *f) {
+    PyObject *exp = PyObject_GetAttr(f->engine, str_expectations);
     if (!exp)
         return -1;
     int r = 0;
     if (exp != Py_None) {
+        if (Py_TYPE(exp) != f->exp_type) {
+            Py_XSETREF(f->exp_type, (PyTypeObject *)Py_NewRef(Py_TYPE(exp)));
+            f->exp_pending_at = slot_offset(f->exp_type, str_pending);
+        }
+        PyObject *live = f->exp_pending_at >= 0 ? slot_get(exp, f->exp_pending_at) : NULL;
+        if (live && PyDict_CheckExact(live)) {  /* the table's live dict (LockedExpectations) */
+            Py_DECREF(exp);
+            return PyDict_GET_SIZE(live) != 0;
+        }
         PyObject *pending = PyObject_GetAttr(exp, str_pending);
         r = !pending ? -1 : PyDict_CheckExact(pending) ? PyDict_GET_SIZE(pending) != 0 : PyObject_IsTrue(pending);
         Py_XDECREF(pending);
@@ -547,7 +595,7 @@ static PyObject *process_raw(FastPath *f, PyObject *raw, PyObject *nowobj) {
     /* -- 2. the ignore set (exact addresses, the prefilter of the rest), FTP expectations */
     int r = maybe_ignored(f, src, v4, key);
     if (!r && proto == NFS_PROTO_TCP)
-        r = expectations_pending(f->engine);
+        r = expectations_pending(f);
     if (r) {
         result = r < 0 ? NULL : call_fallback(f, raw, nowobj);
         goto done;

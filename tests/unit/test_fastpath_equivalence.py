@@ -276,6 +276,23 @@ def test_the_compiled_path_follows_the_ignore_set_rebuilt_in_place_replaced_or_n
     assert e.source("198.18.0.2")["hits"] == 3 and e.stats["ignore"] == 4
 
 
+def test_the_compiled_path_sees_the_daemons_locked_expectation_table_fill_and_empty():
+    """The daemon's table (LockedExpectations: its ``pending`` slot is read without a lookup):
+    TCP from any source goes to the Python body while an expectation is pending, not before or after."""
+    from nfsentry.daemon.ftpqueue import LockedExpectations
+
+    table = ExpectationTable()
+    e = Engine(EngineConfig(scan_trigger=10**6), ignore=PrefixSet(IGNORE), expectations=LockedExpectations(table), compiled=True)
+    fast = e.process_raw
+    syn, udp = packet(SOURCES[0], "tcp", 0x02, 7, "plain"), packet(SOURCES[0], "udp", 0, 53, "plain")
+    assert fast(syn, 1.0) == 2 << 8 | 6 and fast.fallbacks == 0
+    table.add(Expectation(family=4, peer=SOURCES[1], addr=DST4, port=2121, expires=100.0, mode="passive"))
+    assert fast(syn, 2.0) == 2 << 8 | 6 and fast.fallbacks == 1  # pending: Python matches (no match here)
+    assert fast(udp, 2.0) == 2 << 8 | 17 and fast.fallbacks == 1  # UDP never has expectations
+    table.expire(1000.0)
+    assert fast(syn, 3.0) == 2 << 8 | 6 and fast.fallbacks == 1
+
+
 def test_pure_python_is_selectable():
     e = Engine(compiled=False)
     assert e.compiled is False and not hasattr(e.process_raw, "handled") and e.stats["compiled_handled"] == 0
