@@ -69,13 +69,16 @@ $(PY): | deps-run
 	$(PY_SYSTEM) -m venv --system-site-packages $(VENV)
 	@mkdir -p $(STAMPS)
 
-# (re)installs, and compiles nfsentry/core/_fastpath.c in place, when the build inputs change
+# (re)installs, and compiles nfsentry/core/_fastpath.c in place, when the build inputs change.
+# Editable as a plain path in a .pth (compat): the default import-hook finder costs every Python
+# start in the venv ~13 ms (25 ms instead of 12 here; more under qemu), and tests start hundreds.
+EDITABLE_MODE := --config-settings editable_mode=compat
 $(STAMPS)/pkg: pyproject.toml setup.py nfsentry/core/_fastpath.c nfsentry/core/_fastpath_defs.h | $(PY)
-	$(PY) -m pip install -q --disable-pip-version-check -e .
+	$(PY) -m pip install -q --disable-pip-version-check -e . $(EDITABLE_MODE)
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/test: pyproject.toml $(STAMPS)/pkg
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' $(EDITABLE_MODE)
 	@touch $@
 
 venv: deps-run $(STAMPS)/pkg

@@ -9,6 +9,10 @@ from pathlib import Path
 import typer
 
 EXIT_USAGE = 2
+# nfsentry.config.portsentry's, for the help text: importing that module at every CLI start cost
+# ~10 ms of each command (tests/unit/test_portsentry_cli.py checks they are the same)
+DEFAULT_CONF = "/etc/portsentry/portsentry.conf"
+DEFAULTS_FILE = "/etc/default/portsentry"
 
 
 def _fail(msg: str, code: int = EXIT_USAGE) -> None:
@@ -34,13 +38,11 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from nfsentry.config import portsentry as P
-
     @app.command("import-portsentry")
     def import_portsentry(
-        conf: str = typer.Argument(P.DEFAULT_CONF, metavar="FILE", help="PortSentry's portsentry.conf"),
+        conf: str = typer.Argument(DEFAULT_CONF, metavar="FILE", help="PortSentry's portsentry.conf"),
         defaults: str | None = typer.Option(
-            None, "--defaults", metavar="FILE", help=f"Debian's TCP_MODE/UDP_MODE file (default: {P.DEFAULTS_FILE} if it exists)"
+            None, "--defaults", metavar="FILE", help=f"Debian's TCP_MODE/UDP_MODE file (default: {DEFAULTS_FILE} if it exists)"
         ),
         no_defaults: bool = typer.Option(False, "--no-defaults", help="read no defaults file: TCP_MODE=tcp, UDP_MODE=udp"),
         output: str | None = typer.Option(None, "--write", metavar="FILE", help="write the TOML to FILE instead of stdout"),
@@ -48,6 +50,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="do not list the problems on stderr"),
     ):
         """Convert a PortSentry configuration to nfsentry TOML (each key not carried over gets a comment why)."""
+        from nfsentry.config import portsentry as P
         from nfsentry.config.schema import ConfigError
 
         if version not in (None, "1", "2"):

@@ -20,10 +20,16 @@
  * and compares every decision and the whole state.
  *
  * Memory safety: the packet is only read at fixed offsets after its length was checked.
+ *
+ * Per-packet cost (the daemon's verdict loop calls this for every queued packet): called through
+ * vectorcall (no argument tuple); the ignore set's lookup tables are read once per rebuild of the
+ * set (PrefixSet.version), not per packet, and its first-octet prefilter is a bitmap here; the
+ * lean results are preallocated ints. bench/bench_core.py and bench/bench_daemon.py measure it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <descrobject.h>
 #include <string.h>
 
 /* Action values, the lean result code and the fast shapes' checks: generated from the Python
@@ -77,6 +83,7 @@ static PyTypeObject SourceType = {
 
 typedef struct {
     PyObject_HEAD
+    vectorcallfunc vectorcall;  /* FastPath_vectorcall: process_raw(raw, now) without a tuple */
     PyObject *engine;       /* for ignore, expectations, _evict, _compact_clock */
     PyObject *states;       /* dict key -> Source */
     PyObject *blocked;      /* OrderedDict key -> until */
@@ -93,10 +100,30 @@ typedef struct {
     Py_ssize_t max_sources;
     int v6len;
     unsigned long long handled, fallbacks;
+    /* The engine's ignore set as last seen (a PrefixSet; replaceable at any time, see
+     * ignore_tables): valid while engine.ignore is ``ign`` and ``ign.version`` is ``ign_version``
+     * (every rebuild of its tables bumps it). ``ign`` is held, so its identity cannot be reused. */
+    PyObject *ign;          /* NULL: nothing cached */
+    long long ign_version;
+    int ign_usable;         /* 0: not the shape this code knows: the Python body decides */
+    PyObject *ign_exact;    /* frozenset of whole addresses (bytes) */
+    PyObject *ign_v4;       /* ((mask, set of network ints), ...) */
+    PyObject *ign_v6;
+    PyObject *ign_pre6;     /* frozenset of leading bytes, or None (no useful prefilter) */
+    Py_ssize_t ign_pre6_bytes;
+    unsigned char ign_pre4[32];  /* bitmap of PrefixSet.pre4: first octets a network covers */
+    PyObject *lean_drop[2], *lean_count[2];  /* the lean results, [0] TCP [1] UDP */
+    /* Slots read without an attribute lookup: ``version`` of the ignore set's type (then
+     * ign_version_obj is the object read at the last refresh: the same object, the same tables)
+     * and ``pending`` of the expectations' type (daemon.ftpqueue.LockedExpectations). Offsets are
+     * those of the types' own member descriptors; -1: no such slot, look the attribute up. */
+    PyTypeObject *ign_type, *exp_type;
+    Py_ssize_t ign_version_at, exp_pending_at;
+    PyObject *ign_version_obj;
 } FastPath;
 
-static PyObject *str_ignore, *str_exact, *str_v4, *str_v6, *str_expectations, *str_pending, *str_pre6, *str_pre6_bytes,
-    *str_evict, *str_compact, *str_append;
+static PyObject *str_ignore, *str_exact, *str_v4, *str_v6, *str_expectations, *str_pending, *str_pre4, *str_pre6,
+    *str_pre6_bytes, *str_version, *str_evict, *str_compact, *str_append;
 
 static int FastPath_traverse(FastPath *f, visitproc visit, void *arg) {
     Py_VISIT(f->engine);
@@ -107,7 +134,43 @@ static int FastPath_traverse(FastPath *f, visitproc visit, void *arg) {
     Py_VISIT(f->fallback);
     Py_VISIT(f->labels);
     Py_VISIT(f->one_labels);
+    Py_VISIT(f->ign);
+    Py_VISIT(f->ign_exact);
+    Py_VISIT(f->ign_v4);
+    Py_VISIT(f->ign_v6);
+    Py_VISIT(f->ign_pre6);
+    Py_VISIT(f->ign_type);
+    Py_VISIT(f->exp_type);
+    Py_VISIT(f->ign_version_obj);
     return 0;
+}
+
+/* The offset of ``type``'s own slot ``name`` (a member descriptor holding an object), or -1. */
+static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name) {
+    PyObject *d = PyObject_GetAttr((PyObject *)type, name);
+    Py_ssize_t at = -1;
+    if (d && Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_common.d_type == type) {
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if ((m->type == T_OBJECT_EX || m->type == T_OBJECT) && !(m->flags & READONLY))
+            at = m->offset;
+    }
+    Py_XDECREF(d);
+    PyErr_Clear();
+    return at;
+}
+
+/* obj's slot at ``at`` (borrowed; NULL when unset), obj being of the type the offset is for */
+static inline PyObject *slot_get(PyObject *obj, Py_ssize_t at) { return *(PyObject **)((char *)obj + at); }
+
+static void ignore_forget(FastPath *f) {
+    Py_CLEAR(f->ign);
+    Py_CLEAR(f->ign_exact);
+    Py_CLEAR(f->ign_v4);
+    Py_CLEAR(f->ign_v6);
+    Py_CLEAR(f->ign_pre6);
+    Py_CLEAR(f->ign_type);
+    Py_CLEAR(f->ign_version_obj);
+    f->ign_usable = 0;
 }
 
 static int FastPath_clear(FastPath *f) {
@@ -119,6 +182,12 @@ static int FastPath_clear(FastPath *f) {
     Py_CLEAR(f->fallback);
     Py_CLEAR(f->labels);
     Py_CLEAR(f->one_labels);
+    ignore_forget(f);
+    Py_CLEAR(f->exp_type);
+    for (int i = 0; i < 2; i++) {
+        Py_CLEAR(f->lean_drop[i]);
+        Py_CLEAR(f->lean_count[i]);
+    }
     return 0;
 }
 
@@ -166,6 +235,12 @@ static int FastPath_init(FastPath *f, PyObject *args, PyObject *kw) {
     f->port_cap = port_cap;
     f->max_sources = max_sources;
     f->v6len = v6len;
+    for (int i = 0; i < 2; i++) {
+        unsigned proto = i ? NFS_PROTO_UDP : NFS_PROTO_TCP;
+        if (!(f->lean_drop[i] = PyLong_FromLong(NFS_LEAN(NFS_ACTION_DROP, proto))) ||
+            !(f->lean_count[i] = PyLong_FromLong(NFS_LEAN(NFS_ACTION_COUNT, proto))))
+            return -1;
+    }
     return 0;
 }
 
@@ -184,23 +259,99 @@ static int bump(PyObject *counts, Py_ssize_t i) {
     return 0;
 }
 
+/* Read the tables of the ignore set ``ignore`` (a PrefixSet, not None) into f->ign*, unless they
+ * are those of its current version already. 0: done (f->ign_usable says whether this code can
+ * use them), -1: error. */
+static int ignore_tables(FastPath *f, PyObject *ignore) {
+    if (ignore == f->ign && f->ign_type && Py_TYPE(ignore) == f->ign_type &&
+        slot_get(ignore, f->ign_version_at) == f->ign_version_obj)
+        return 0;               /* the same set, the same version object: the same tables */
+    PyObject *ver = PyObject_GetAttr(ignore, str_version);
+    long long v = -1;
+    if (ver) {
+        v = PyLong_CheckExact(ver) ? PyLong_AsLongLong(ver) : -1;
+        if (v == -1 && PyErr_Occurred())
+            PyErr_Clear();
+    } else if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();          /* not a PrefixSet: nothing to cache, Python decides */
+    } else {
+        return -1;
+    }
+    if (ignore == f->ign && v == f->ign_version && v != -1) {
+        Py_XSETREF(f->ign_version_obj, ver);    /* an equal version, another object */
+        return 0;
+    }
+    ignore_forget(f);
+    Py_INCREF(ignore);
+    f->ign = ignore;
+    f->ign_version = v;
+    f->ign_version_obj = ver;   /* (NULL when there is none) */
+    if (v == -1)
+        return 0;               /* unusable: f->ign_usable stays 0 */
+    f->ign_version_at = slot_offset(Py_TYPE(ignore), str_version);
+    if (f->ign_version_at >= 0)
+        f->ign_type = (PyTypeObject *)Py_NewRef(Py_TYPE(ignore));
+    PyObject *exact = PyObject_GetAttr(ignore, str_exact);
+    PyObject *t4 = exact ? PyObject_GetAttr(ignore, str_v4) : NULL;
+    PyObject *t6 = t4 ? PyObject_GetAttr(ignore, str_v6) : NULL;
+    PyObject *pre4 = t6 ? PyObject_GetAttr(ignore, str_pre4) : NULL;
+    PyObject *pre6 = pre4 ? PyObject_GetAttr(ignore, str_pre6) : NULL;
+    PyObject *nb = pre6 ? PyObject_GetAttr(ignore, str_pre6_bytes) : NULL;
+    int ok = 0, err = nb == NULL;
+    if (!err) {
+        Py_ssize_t n = PyLong_CheckExact(nb) ? PyLong_AsSsize_t(nb) : -1;
+        if (n == -1 && PyErr_Occurred())
+            PyErr_Clear();
+        /* immutable containers only: the tables cannot change without a new version */
+        ok = PyFrozenSet_CheckExact(exact) && PyTuple_CheckExact(t4) && PyTuple_CheckExact(t6) && PyFrozenSet_CheckExact(pre4) &&
+             (pre6 == Py_None || PyFrozenSet_CheckExact(pre6)) && n >= 0 && n <= 16;
+        memset(f->ign_pre4, 0, sizeof f->ign_pre4);
+        PyObject *it = ok ? PyObject_GetIter(pre4) : NULL, *o;
+        if (ok && !it)
+            err = 1;
+        while (it && ok && (o = PyIter_Next(it))) {
+            long octet = PyLong_CheckExact(o) ? PyLong_AsLong(o) : -1;
+            Py_DECREF(o);
+            if (octet < 0 || octet > 255) {
+                PyErr_Clear();
+                ok = 0;         /* not first octets: the Python body decides */
+            } else {
+                f->ign_pre4[octet >> 3] |= (unsigned char)(1u << (octet & 7));
+            }
+        }
+        if (it && PyErr_Occurred())
+            err = 1;
+        Py_XDECREF(it);
+        ok = ok && !err;
+        if (ok) {
+            f->ign_exact = Py_NewRef(exact);
+            f->ign_v4 = Py_NewRef(t4);
+            f->ign_v6 = Py_NewRef(t6);
+            f->ign_pre6 = Py_NewRef(pre6);
+            f->ign_pre6_bytes = n;
+            f->ign_usable = 1;
+        }
+    }
+    Py_XDECREF(exact);
+    Py_XDECREF(t4);
+    Py_XDECREF(t6);
+    Py_XDECREF(pre4);
+    Py_XDECREF(pre6);
+    Py_XDECREF(nb);
+    if (err) {
+        ignore_forget(f);
+        return -1;
+    }
+    return 0;
+}
+
 /* Past the IPv6 prefilter: PrefixSet._v6, ((mask, set of masked network ints), ...), checked
  * with Python ints (128 bits). 1 inside (or cannot tell), 0 not, -1 error. */
-static int in_v6_networks(PyObject *ignore, const unsigned char *src) {
-    PyObject *table = PyObject_GetAttr(ignore, str_v6);
-    if (!table)
-        return -1;
+static int in_v6_networks(PyObject *table, const unsigned char *src) {
     int r = 0;
-    PyObject *a = NULL;
-    if (!PyTuple_CheckExact(table)) {
-        r = 1;
-        goto out;
-    }
-    a = PyObject_CallMethod((PyObject *)&PyLong_Type, "from_bytes", "y#s", (const char *)src, (Py_ssize_t)16, "big");
-    if (!a) {
-        r = -1;
-        goto out;
-    }
+    PyObject *a = PyObject_CallMethod((PyObject *)&PyLong_Type, "from_bytes", "y#s", (const char *)src, (Py_ssize_t)16, "big");
+    if (!a)
+        return -1;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(table) && !r; i++) {
         PyObject *entry = PyTuple_GET_ITEM(table, i);
         if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) { r = 1; break; }
@@ -208,85 +359,83 @@ static int in_v6_networks(PyObject *ignore, const unsigned char *src) {
         r = net ? PySequence_Contains(PyTuple_GET_ITEM(entry, 1), net) : -1;
         Py_XDECREF(net);
     }
-out:
-    Py_XDECREF(a);
-    Py_DECREF(table);
+    Py_DECREF(a);
     return r;
 }
 
 /* 1: the source may be in the ignore set (let Python decide), 0: certainly not, -1: error.
- * The set's exact addresses, then its networks one prefix length at a time (IPv6: behind the
- * prefilter), as PrefixSet.contains does. */
-static int maybe_ignored(PyObject *engine, const unsigned char *src, int v4, PyObject *key) {
-    PyObject *ignore = PyObject_GetAttr(engine, str_ignore);
+ * The set's exact addresses, then its networks one prefix length at a time behind the
+ * prefilters (first octet / leading IPv6 bytes), as PrefixSet.contains does. */
+static int maybe_ignored(FastPath *f, const unsigned char *src, int v4, PyObject *key) {
+    PyObject *ignore = PyObject_GetAttr(f->engine, str_ignore);
     if (!ignore)
         return -1;
-    int r = 0;
-    if (ignore != Py_None) {
-        PyObject *exact = PyObject_GetAttr(ignore, str_exact);
-        PyObject *addr = !exact ? NULL : v4 ? Py_NewRef(key) : PyBytes_FromStringAndSize((const char *)src, 16);
-        r = addr ? PySequence_Contains(exact, addr) : -1;
-        Py_XDECREF(addr);
-        Py_XDECREF(exact);
-        if (r)
-            goto out;
-        if (v4) {
-            /* PrefixSet._v4: ((mask, set of masked network ints), ...), one per prefix length
-             * (whole addresses excluded: the exact set answered for them) */
-            PyObject *table = PyObject_GetAttr(ignore, str_v4);
-            if (!table) { r = -1; goto out; }
-            if (!PyTuple_CheckExact(table)) {
-                r = 1;
-            } else {
-                unsigned long a = (unsigned long)src[0] << 24 | (unsigned long)src[1] << 16 | (unsigned long)src[2] << 8 | src[3];
-                for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(table) && !r; i++) {
-                    PyObject *entry = PyTuple_GET_ITEM(table, i);
-                    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) { r = 1; break; }
-                    unsigned long m = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(entry, 0));
-                    if (m == (unsigned long)-1 && PyErr_Occurred()) { r = -1; break; }
-                    PyObject *net = PyLong_FromUnsignedLong(a & m);
-                    r = net ? PySequence_Contains(PyTuple_GET_ITEM(entry, 1), net) : -1;
-                    Py_XDECREF(net);
-                }
-            }
-            Py_DECREF(table);
-        } else {
-            PyObject *pre6 = PyObject_GetAttr(ignore, str_pre6);
-            if (!pre6) { r = -1; goto out; }
-            if (pre6 == Py_None) {
-                r = 1;
-            } else {
-                PyObject *nb = PyObject_GetAttr(ignore, str_pre6_bytes);
-                Py_ssize_t n = nb ? PyLong_AsSsize_t(nb) : -1;
-                Py_XDECREF(nb);
-                if (n < 0 || n > 16) {
-                    r = PyErr_Occurred() ? -1 : 1;
-                } else {
-                    PyObject *head = PyBytes_FromStringAndSize((const char *)src, n);
-                    r = head ? PySequence_Contains(pre6, head) : -1;
-                    Py_XDECREF(head);
-                }
-            }
-            Py_DECREF(pre6);
-            if (r == 1)
-                r = in_v6_networks(ignore, src);
-
-        }
+    if (ignore == Py_None) {
+        Py_DECREF(ignore);
+        return 0;
     }
-out:
-    Py_DECREF(ignore);
-    return r;
+    int r = ignore_tables(f, ignore);
+    Py_DECREF(ignore);          /* f->ign holds it */
+    if (r < 0)
+        return -1;
+    if (!f->ign_usable)
+        return 1;
+    if (PySet_GET_SIZE(f->ign_exact)) {
+        /* the key is the address itself for IPv4 (and a /128 IPv6 prefix) */
+        PyObject *addr = v4 || f->v6len >= 128 ? Py_NewRef(key) : PyBytes_FromStringAndSize((const char *)src, 16);
+        r = addr ? PySet_Contains(f->ign_exact, addr) : -1;
+        Py_XDECREF(addr);
+        if (r)
+            return r;
+    }
+    if (v4) {
+        if (!(f->ign_pre4[src[0] >> 3] & (1u << (src[0] & 7))))
+            return 0;
+        /* PrefixSet._v4: ((mask, set of masked network ints), ...), one per prefix length
+         * (whole addresses excluded: the exact set answered for them) */
+        PyObject *table = f->ign_v4;
+        unsigned long a = (unsigned long)src[0] << 24 | (unsigned long)src[1] << 16 | (unsigned long)src[2] << 8 | src[3];
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(table) && !r; i++) {
+            PyObject *entry = PyTuple_GET_ITEM(table, i);
+            if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2)
+                return 1;
+            unsigned long m = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(entry, 0));
+            if (m == (unsigned long)-1 && PyErr_Occurred())
+                return -1;
+            PyObject *net = PyLong_FromUnsignedLong(a & m);
+            r = net ? PySequence_Contains(PyTuple_GET_ITEM(entry, 1), net) : -1;
+            Py_XDECREF(net);
+        }
+        return r;
+    }
+    if (f->ign_pre6 != Py_None) {
+        PyObject *head = PyBytes_FromStringAndSize((const char *)src, f->ign_pre6_bytes);
+        r = head ? PySet_Contains(f->ign_pre6, head) : -1;
+        Py_XDECREF(head);
+        if (r <= 0)
+            return r;
+    }
+    return in_v6_networks(f->ign_v6, src);
 }
 
 /* 1: an FTP expectation is pending (let Python match it), 0: none, -1: error */
-static int expectations_pending(PyObject *engine) {
-    PyObject *exp = PyObject_GetAttr(engine, str_expectations);
+static int expectations_pending(FastPath *f) {
+    PyObject *exp = PyObject_GetAttr(f->engine, str_expectations);
     if (!exp)
         return -1;
     int r = 0;
     if (exp != Py_None) {
+        if (Py_TYPE(exp) != f->exp_type) {
+            Py_XSETREF(f->exp_type, (PyTypeObject *)Py_NewRef(Py_TYPE(exp)));
+            f->exp_pending_at = slot_offset(f->exp_type, str_pending);
+        }
+        PyObject *live = f->exp_pending_at >= 0 ? slot_get(exp, f->exp_pending_at) : NULL;
+        if (live && PyDict_CheckExact(live)) {  /* the table's live dict (LockedExpectations) */
+            Py_DECREF(exp);
+            return PyDict_GET_SIZE(live) != 0;
+        }
         PyObject *pending = PyObject_GetAttr(exp, str_pending);
-        r = pending ? PyObject_IsTrue(pending) : -1;
+        r = !pending ? -1 : PyDict_CheckExact(pending) ? PyDict_GET_SIZE(pending) != 0 : PyObject_IsTrue(pending);
         Py_XDECREF(pending);
     }
     Py_DECREF(exp);
@@ -326,14 +475,33 @@ static int dict_ports_quiet(FastPath *f, PyObject *ports, PyObject *pk, double n
     return 1;
 }
 
-static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
-    PyObject *raw, *nowobj;
-    if (kw && PyDict_GET_SIZE(kw)) {
+static PyObject *process_raw(FastPath *f, PyObject *raw, PyObject *nowobj);
+
+static PyObject *FastPath_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames && PyTuple_GET_SIZE(kwnames)) {
         PyErr_SetString(PyExc_TypeError, "process_raw(raw, now) takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_UnpackTuple(args, "process_raw", 2, 2, &raw, &nowobj))
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "process_raw expected 2 arguments, got %zd", nargs);
         return NULL;
+    }
+    if (!((FastPath *)self)->engine) {
+        PyErr_SetString(PyExc_TypeError, "FastPath: not initialised");
+        return NULL;
+    }
+    return process_raw((FastPath *)self, args[0], args[1]);
+}
+
+static PyObject *FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    FastPath *f = (FastPath *)PyType_GenericNew(type, args, kw);
+    if (f)
+        f->vectorcall = FastPath_vectorcall;
+    return (PyObject *)f;
+}
+
+static PyObject *process_raw(FastPath *f, PyObject *raw, PyObject *nowobj) {
     if (!PyBytes_CheckExact(raw) || !(PyFloat_CheckExact(nowobj) || PyLong_CheckExact(nowobj)))
         return call_fallback(f, raw, nowobj);
     double now = PyFloat_AsDouble(nowobj);
@@ -425,9 +593,9 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
     PyObject *result = NULL;
 
     /* -- 2. the ignore set (exact addresses, the prefilter of the rest), FTP expectations */
-    int r = maybe_ignored(f->engine, src, v4, key);
+    int r = maybe_ignored(f, src, v4, key);
     if (!r && proto == NFS_PROTO_TCP)
-        r = expectations_pending(f->engine);
+        r = expectations_pending(f);
     if (r) {
         result = r < 0 ? NULL : call_fallback(f, raw, nowobj);
         goto done;
@@ -443,7 +611,7 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
             if (bump(f->counts, NFS_ACTION_DROP) < 0)
                 goto done;
             f->handled++;
-            result = PyLong_FromLong(NFS_LEAN(NFS_ACTION_DROP, proto));
+            result = Py_NewRef(f->lean_drop[proto != NFS_PROTO_TCP]);
         } else {
             result = call_fallback(f, raw, nowobj);
         }
@@ -523,40 +691,31 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
         }
         PyObject *label = PyTuple_GET_ITEM(f->labels, li);
         PyObject *ports = st->ports;
-        PyObject *pko = PyLong_FromLong(pk);
-        if (!pko)
-            goto done;
-        PyObject *nowf = PyFloat_FromDouble(now);
-        if (!nowf) {
-            Py_DECREF(pko);
-            goto done;
-        }
+        PyObject *pko = NULL, *nowf = NULL;   /* made only when stored (a flood repeats one port) */
         int single = PyLong_CheckExact(ports), same = 0, contains = 0;
         if (single) {
-            int c = PyObject_RichCompareBool(ports, pko, Py_EQ);
-            if (c < 0)
-                goto hit_fail;
-            same = c;
+            long pv = PyLong_AsLong(ports);
+            if (pv == -1 && PyErr_Occurred())
+                PyErr_Clear();      /* beyond a long: not this port key */
+            else
+                same = pv == pk;
             long nports = same || f->port_cap <= 1 ? 1 : 2;
             if (f->window_ports && nports >= f->window_ports) {
-                Py_DECREF(pko);
-                Py_DECREF(nowf);
                 result = call_fallback(f, raw, nowobj);
                 goto done;
             }
         } else if (PyDict_CheckExact(ports)) {
+            if (!(pko = PyLong_FromLong(pk)))
+                goto done;
             int q = dict_ports_quiet(f, ports, pko, now, &contains);
             if (q < 0)
                 goto hit_fail;
             if (!q) {
                 Py_DECREF(pko);
-                Py_DECREF(nowf);
                 result = call_fallback(f, raw, nowobj);
                 goto done;
             }
         } else {
-            Py_DECREF(pko);
-            Py_DECREF(nowf);
             result = call_fallback(f, raw, nowobj);
             goto done;
         }
@@ -577,10 +736,13 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
         st->protos |= proto == NFS_PROTO_TCP ? 1 : 2;
         if (single) {
             if (!same) {
+                if (!(pko = PyLong_FromLong(pk)))
+                    goto hit_fail;
                 if (f->port_cap > 1) {
                     PyObject *d = PyDict_New();
                     PyObject *lastf = d ? PyFloat_FromDouble(st->last) : NULL;
-                    if (!lastf || PyDict_SetItem(d, ports, lastf) < 0 || PyDict_SetItem(d, pko, nowf) < 0) {
+                    nowf = lastf ? PyFloat_FromDouble(now) : NULL;
+                    if (!nowf || PyDict_SetItem(d, ports, lastf) < 0 || PyDict_SetItem(d, pko, nowf) < 0) {
                         Py_XDECREF(lastf);
                         Py_XDECREF(d);
                         goto hit_fail;
@@ -607,23 +769,23 @@ static PyObject *FastPath_call(FastPath *f, PyObject *args, PyObject *kw) {
                         goto hit_fail;
                 }
             }
-            if (PyDict_SetItem(ports, pko, nowf) < 0)
+            if (!(nowf = PyFloat_FromDouble(now)) || PyDict_SetItem(ports, pko, nowf) < 0)
                 goto hit_fail;
         }
         st->last = now;
-        Py_DECREF(pko);
-        Py_DECREF(nowf);
+        Py_XDECREF(pko);
+        Py_XDECREF(nowf);
         goto counted;
     hit_fail:
-        Py_DECREF(pko);
-        Py_DECREF(nowf);
+        Py_XDECREF(pko);
+        Py_XDECREF(nowf);
         goto done;
     }
 counted:
     if (bump(f->counts, NFS_ACTION_COUNT) < 0)
         goto done;
     f->handled++;
-    result = PyLong_FromLong(NFS_LEAN(NFS_ACTION_COUNT, proto));
+    result = Py_NewRef(f->lean_count[proto != NFS_PROTO_TCP]);
 done:
     Py_DECREF(key);
     return result;
@@ -640,13 +802,14 @@ static PyTypeObject FastPathType = {
     .tp_name = "nfsentry._fastpath.FastPath",
     .tp_doc = "process_raw(raw, now): the common cases in C, the rest through the Python body.",
     .tp_basicsize = sizeof(FastPath),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(FastPath, vectorcall),
+    .tp_new = FastPath_new,
     .tp_init = (initproc)FastPath_init,
     .tp_dealloc = (destructor)FastPath_dealloc,
     .tp_traverse = (traverseproc)FastPath_traverse,
     .tp_clear = (inquiry)FastPath_clear,
-    .tp_call = (ternaryfunc)FastPath_call,
+    .tp_call = PyVectorcall_Call,
     .tp_members = FastPath_members,
 };
 
@@ -665,7 +828,9 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     INTERN(str_pending, "pending");
     INTERN(str_v4, "_v4");
     INTERN(str_v6, "_v6");
+    INTERN(str_pre4, "pre4");
     INTERN(str_pre6, "pre6");
+    INTERN(str_version, "version");
     INTERN(str_pre6_bytes, "pre6_bytes");
     INTERN(str_evict, "_evict");
     INTERN(str_compact, "_compact_clock");

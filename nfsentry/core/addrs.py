@@ -225,7 +225,7 @@ class PrefixSet:
     ``(mask, set)`` pairs walked by :meth:`contains` (one entry per distinct prefix length).
     """
 
-    __slots__ = ("_by_len", "_v4", "_v6", "exact", "_count", "pre4", "pre6", "pre6_bytes")
+    __slots__ = ("_by_len", "_v4", "_v6", "exact", "_count", "pre4", "pre6", "pre6_bytes", "version")
 
     def __init__(self, items: Iterable = ()):
         self._by_len: dict[tuple[int, int], set[int]] = {}
@@ -240,6 +240,9 @@ class PrefixSet:
         self.pre4: frozenset[int] = frozenset()
         self.pre6: frozenset[bytes] | None = frozenset()
         self.pre6_bytes = 4
+        # bumped by every rebuild of the lookup tables: the compiled fast path keeps its own copy
+        # of them (a bitmap of pre4) and rebuilds it when this changes
+        self.version = 0
         self.update(items)
 
     def add(self, item, prefixlen: int | None = None) -> None:
@@ -303,6 +306,7 @@ class PrefixSet:
         self.pre4 = frozenset(pre4)
         self.pre6 = None if pre6 is None else frozenset(pre6)
         self.pre6_bytes = nbytes
+        self.version += 1
 
     def contains(self, addr: bytes) -> bool:
         """Is this raw 4- or 16-byte address inside any network of the set?"""

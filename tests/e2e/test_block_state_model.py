@@ -302,17 +302,32 @@ class BlockStateModel(RuleBasedStateMachine):
 
     def wait_for_expiry(self):
         """Real time (the kernel's clock cannot be faked): only for blocks ending within 6 s, at
-        most MAX_WAITS times an example."""
-        ends = [e[1] for e in self.db.values() if e is not None and e[1] - time.time() < 6]
-        if self.waits >= MAX_WAITS or not ends:
+        most MAX_WAITS times an example. Waits until those blocks have left the kernel, the
+        database and the listing (each look first checks, as the invariant does, that nothing
+        left early), then they leave the model too; a block still anywhere after its latest end
+        plus SETTLE fails."""
+        now = time.time()
+        short = {n: e for n, e in self.db.items() if e is not None and e[1] - now < 6}
+        if self.waits >= MAX_WAITS or not short:
             self.note("wait (nothing short: skipped)")
             return
         self.waits += 1
-        pause = max(ends) + 1 + SLACK + 0.1 - time.time()
-        self.note(f"wait {max(pause, 0):.1f}s")
-        if pause > 0:
-            time.sleep(pause)
-        self.prune()
+        self.note(f"wait {max(max(e[1] for e in short.values()) + 1 - now, 0):.1f}s")
+        deadline = max(e[1] for e in short.values()) + 1 + SLACK + SETTLE
+        time.sleep(max(0.0, min(e[0] for e in short.values()) - time.time()))  # none ends before its earliest end
+        while True:
+            seen: set[str] = set()
+            problems = self.problems(seen)
+            if problems:  # something left early, or the views disagree: the invariant's report
+                self.kernel_database_and_listing_agree_with_the_model()
+            if not set(short) & seen:
+                break
+            if time.time() > deadline:
+                raise AssertionError(f"still there {SETTLE}s after their end: {sorted(set(short) & seen)} (model {short})")
+            time.sleep(0.2)
+        for n in short:  # gone everywhere (rule 6)
+            self.db.pop(n, None)
+            self.lost.discard(n)
 
     def daemon(self, action):
         """With the daemon down: start it. Up: stop it, restart it, or kill -9 it and start it."""
@@ -365,15 +380,19 @@ class BlockStateModel(RuleBasedStateMachine):
                 )
             time.sleep(0.2)
 
-    def problems(self) -> list[str]:
+    def problems(self, seen: set[str] | None = None) -> list[str]:
+        """What disagrees with the model now; ``seen`` collects every network found anywhere."""
         self.prune()
+        seen = set() if seen is None else seen
         out: list[str] = []
         t0 = time.time()
         kernel = kernel_blocks(self.v)
         t1 = time.time()
+        seen.update(kernel)
         out += self.compare("kernel", kernel, self.kernel_view(), t0, t1, left=True)
         t0 = time.time()
         db = db_blocks(self.db_path, t0)
+        seen.update(db)
         out += self.compare("database", db, self.db, t0, time.time(), left=False)
         t0 = time.time()
         r = self.cli("blocked", "--json")
@@ -383,6 +402,7 @@ class BlockStateModel(RuleBasedStateMachine):
                 out.append(f"blocked --json: rc={r.returncode} {r.stderr.strip()}")
             else:
                 listing = {e["network"]: e["expires_in"] for e in json.loads(r.stdout)}
+                seen.update(listing)
                 out += self.compare("blocked --json", listing, self.kernel_view(), t0, t1, left=True)
         elif r.returncode != 1 or "not loaded" not in r.stderr:
             out.append(
@@ -482,5 +502,29 @@ def test_cli_with_the_daemon_down_honours_records_the_kernel_lost(lab, tmp_path,
             assert net_ not in left, f"{case}: {net_} came back at the start: {left}"
         else:
             assert left.get(net_) is not None and left[net_] > min_left, f"{case}: {net_} shortened: {left}"
+    finally:
+        nfs.close()
+
+
+def test_the_model_waits_until_short_blocks_left_kernel_database_and_listing(lab, tmp_path):
+    """The state machine's wait step, driven by hand (the random sequences reach it only now and
+    then): it returns once the short blocks are gone everywhere, not at a fixed worst-case time,
+    and they leave the model; the long one stays, and everything still agrees afterwards."""
+    victim = lab["victim"]
+    nfs = Nfsentry(victim, tmp_path / "nfs")
+    BlockStateModel.victim, BlockStateModel.nfs = victim, nfs
+    try:
+        m = BlockStateModel()
+        m.begin("daemon")
+        m.block("198.18.9.9", "2s")
+        m.block("2001:db8:5::9", "0.5")
+        m.block("198.18.5.1", "1h")
+        m.kernel_database_and_listing_agree_with_the_model()
+        assert m.steps[-1].startswith("block") and len(m.db) == 3
+        m.wait_for_expiry()
+        assert m.steps[-1].startswith("wait ") and "skipped" not in m.steps[-1]
+        assert set(m.db) == {"198.18.5.1"} and set(kernel_blocks(victim)) == {"198.18.5.1"}
+        m.kernel_database_and_listing_agree_with_the_model()
+        m.teardown()
     finally:
         nfs.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from daemon_util import Nfsentry, wait_until
 from lab import PYTHON
+from test_native_daemon import CONNECT, probe
 
 pytestmark = pytest.mark.e2e
 
@@ -236,5 +237,34 @@ def test_a_reload_while_the_service_is_down_keeps_its_port_served(lab, tmp_path)
         assert legit.connect(victim.ip4, SERVICE_PORT["tcp"]) == "refused"
         scanner_still_blocked(lab, d)  # detection works after the reload (and flushes the events)
         assert d.events("block", legit.ip4) == [] and legit.ip4 not in kernel_blocks(victim)
+    finally:
+        d.close()
+
+
+@pytest.mark.native
+def test_lean_on_this_kernel_a_served_port_stays_exempt_when_its_service_stops(lab, tmp_path):
+    """Kept lean for the qemu stock-kernel tier (Debian's kernel, native `queue` backend; compat
+    here; probes with bash, program starts are slow under TCG): a connection to a service started
+    after the daemon puts its port into the kernel's served set; with the service stopped, a
+    client's connect is refused by the kernel (the grace keeps the port out of the traps: no
+    probe, no block) and connects again once it is back; a scanner of a never-served monitored
+    port is still blocked."""
+    victim, legit, attacker = lab["victim"], lab["legit"], lab["attacker"]
+    d = Nfsentry(victim, tmp_path / "nfs").start()  # recent_service_grace: the default (10m)
+    try:
+        service = start_service(victim, "tcp")
+        assert probe(legit, victim.ip4, SERVICE_PORT["tcp"], CONNECT) == "connected"
+        wait_for("the served port in the kernel's set", lambda: SERVICE_PORT["tcp"] in kernel_set(victim, "served_tcp"))
+        service.terminate()
+        service.wait(timeout=MARGIN)
+        for _ in range(2):  # a retry is no scan either
+            assert probe(legit, victim.ip4, SERVICE_PORT["tcp"], CONNECT) == "refused"
+        start_service(victim, "tcp")
+        assert probe(legit, victim.ip4, SERVICE_PORT["tcp"], CONNECT) == "connected"
+        assert probe(attacker, victim.ip4, TRAP_PORT, 2.0) == "timeout"  # the first probe: blocked
+        d.wait_event("block", attacker.ip4, timeout=MARGIN)
+        assert attacker.ip4 in kernel_blocks(victim)
+        assert legit.ip4 not in kernel_blocks(victim)
+        assert d.events("detection", legit.ip4) == [] and d.events("block", legit.ip4) == []
     finally:
         d.close()

@@ -153,13 +153,14 @@ def send_frames(src: Host, dst: Host, packets: list[bytes]) -> None:
 
 
 _CLIENT = r"""
-import json, socket, sys, time
+import json, os, socket, sys, time
 a = json.loads(sys.argv[1])
 fam = socket.AF_INET6 if ":" in a["addr"] else socket.AF_INET
 ok = fail = 0
 errors = {}
 end = time.monotonic() + a["seconds"]
-while time.monotonic() < end:
+stop = a.get("stop")
+while time.monotonic() < end and not (stop and os.path.exists(stop)):
     s = socket.socket(fam, socket.SOCK_STREAM)
     s.settimeout(a["timeout"])
     try:
@@ -180,14 +181,16 @@ print(json.dumps({"ok": ok, "fail": fail, "errors": errors, "seconds": a["second
 """
 
 
-def legit_rate_start(client: Host, addr: str, port: int, seconds: float, timeout: float = 30.0, interval: float = 0.0) -> subprocess.Popen:
+def legit_rate_start(
+    client: Host, addr: str, port: int, seconds: float, timeout: float = 30.0, interval: float = 0.0, stop: str | None = None
+) -> subprocess.Popen:
     """Start the client loop; ``interval`` paces it (a long loop at full speed would run out of
     ephemeral ports: every session leaves a TIME_WAIT socket for a minute). ``timeout`` per session:
     long enough for a SYN lost under load to be retransmitted (1 s, then 2 s) -- a failed session
-    is one that does not happen, not a slow one."""
-    return client.popen(
-        [PYTHON, "-c", _CLIENT, json.dumps({"addr": addr, "port": port, "seconds": seconds, "timeout": timeout, "interval": interval})]
-    )
+    is one that does not happen, not a slow one. It stops after ``seconds``, or earlier once the
+    file ``stop`` exists."""
+    args = {"addr": addr, "port": port, "seconds": seconds, "timeout": timeout, "interval": interval, "stop": stop}
+    return client.popen([PYTHON, "-c", _CLIENT, json.dumps(args)])
 
 
 def legit_rate_result(p: subprocess.Popen, timeout: float = 120) -> dict:

@@ -243,6 +243,56 @@ def test_new_sources_and_blocked_sources_are_decided_in_c_reactions_and_odd_pack
     assert e.stats["compiled_handled"] == fast.handled and e.stats["compiled_fallbacks"] == fast.fallbacks
 
 
+def test_the_compiled_path_follows_the_ignore_set_rebuilt_in_place_replaced_or_not_a_prefixset():
+    """The C code keeps its own copy of the ignore set's tables (read once per PrefixSet.version):
+    a set rebuilt in place, a new set, None and a duck-typed set each decide the next packet."""
+    e = Engine(EngineConfig(scan_trigger=10**6), ignore=PrefixSet(IGNORE), compiled=True)
+    fast = e.process_raw
+    v4, v6 = packet(SOURCES[0], "tcp", 0x02, 7, "plain"), packet(SOURCES[5], "udp", 0, 53, "plain")
+    count4, count6, ign4, ign6 = 2 << 8 | 6, 2 << 8 | 17, 1 << 8 | 6, 1 << 8 | 17
+    assert (fast(v4, 1.0), fast(v6, 1.0)) == (count4, count6) and fast.fallbacks == 0
+    e.ignore.add("198.18.0.2")  # rebuilt in place: an exact address
+    e.ignore.add("2001:db8:1::/64")  # and a network behind the IPv6 prefilter
+    assert (fast(v4, 2.0), fast(v6, 2.0)) == (ign4, ign6)
+    e.ignore = PrefixSet(["10.0.0.0/8"])  # replaced: neither is ignored any more
+    assert (fast(v4, 3.0), fast(v6, 3.0)) == (count4, count6)
+    e.ignore.add("198.0.0.0/8")  # first octet 198: through the prefilter bitmap to the networks
+    assert fast(v4, 4.0) == ign4
+    e.ignore = None
+    assert fast(v4, 5.0) == count4
+
+    class Listed:  # not a PrefixSet (no version): the Python body decides, with its rules
+        exact = frozenset()
+        pre4 = frozenset({198})
+        pre6 = None
+        pre6_bytes = 4
+
+        def contains(self, addr):
+            return addr == SOURCES[0]
+
+    e.ignore = Listed()
+    before = fast.fallbacks
+    assert (fast(v4, 6.0), fast(v6, 6.0)) == (ign4, count6) and fast.fallbacks == before + 2
+    assert e.source("198.18.0.2")["hits"] == 3 and e.stats["ignore"] == 4
+
+
+def test_the_compiled_path_sees_the_daemons_locked_expectation_table_fill_and_empty():
+    """The daemon's table (LockedExpectations: its ``pending`` slot is read without a lookup):
+    TCP from any source goes to the Python body while an expectation is pending, not before or after."""
+    from nfsentry.daemon.ftpqueue import LockedExpectations
+
+    table = ExpectationTable()
+    e = Engine(EngineConfig(scan_trigger=10**6), ignore=PrefixSet(IGNORE), expectations=LockedExpectations(table), compiled=True)
+    fast = e.process_raw
+    syn, udp = packet(SOURCES[0], "tcp", 0x02, 7, "plain"), packet(SOURCES[0], "udp", 0, 53, "plain")
+    assert fast(syn, 1.0) == 2 << 8 | 6 and fast.fallbacks == 0
+    table.add(Expectation(family=4, peer=SOURCES[1], addr=DST4, port=2121, expires=100.0, mode="passive"))
+    assert fast(syn, 2.0) == 2 << 8 | 6 and fast.fallbacks == 1  # pending: Python matches (no match here)
+    assert fast(udp, 2.0) == 2 << 8 | 17 and fast.fallbacks == 1  # UDP never has expectations
+    table.expire(1000.0)
+    assert fast(syn, 3.0) == 2 << 8 | 6 and fast.fallbacks == 1
+
+
 def test_pure_python_is_selectable():
     e = Engine(compiled=False)
     assert e.compiled is False and not hasattr(e.process_raw, "handled") and e.stats["compiled_handled"] == 0

@@ -115,3 +115,8 @@ def test_registered_in_the_main_cli():
 
     names = {c.name or c.callback.__name__ for c in main_app.registered_commands}
     assert "import-portsentry" in names
+
+
+def test_the_help_texts_paths_are_the_importers_own():
+    """cli/portsentry.py repeats two paths for its help text (no import of the importer at start-up)."""
+    assert (cli_portsentry.DEFAULT_CONF, cli_portsentry.DEFAULTS_FILE) == (P.DEFAULT_CONF, P.DEFAULTS_FILE)
