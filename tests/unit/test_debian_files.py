@@ -8,6 +8,8 @@ import re
 import tomllib
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
 from nfsentry import __version__
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,8 +29,11 @@ def test_every_runtime_dependency_is_pinned_for_the_private_environment():
             name, _, version = line.partition("==")
             pinned[re.sub(r"[-_.]+", "-", name).lower()] = version
     for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
-        name = re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", dep).group(0)).lower()
+        req = Requirement(dep)
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
         assert name in pinned, f"{dep}: not pinned in debian/python-constraints.txt"
+        # a pin outside the range makes `pip install -c` in debian/rules fail: no package at all
+        assert req.specifier.contains(pinned[name]), f"{dep}: debian/python-constraints.txt pins {name}=={pinned[name]}"
 
 
 def test_control_names_the_debian_packages_the_daemon_needs():
