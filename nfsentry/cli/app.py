@@ -1310,8 +1310,10 @@ def version():
 
 from nfsentry.cli import portsentry as cli_portsentry  # noqa: E402  (import-portsentry)
 from nfsentry.cli import run as cli_run  # noqa: E402  (run: the one module importing the daemon)
+from nfsentry.cli import stats as cli_stats  # noqa: E402  (stats)
 
 cli_run.register(app)
+cli_stats.register(app)
 cli_portsentry.register(app)
 
 
