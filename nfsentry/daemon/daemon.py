@@ -41,6 +41,7 @@ from nfsentry.core.units import count_ports, ranges_text
 from nfsentry.daemon.control import Commands, ControlServer
 from nfsentry.daemon.counters import Counters
 from nfsentry.daemon.ftpqueue import FtpQueue
+from nfsentry.daemon.metrics import Metrics, open_metrics
 from nfsentry.daemon.nflog import EarlyPackets, NflogError
 from nfsentry.daemon.verdict import Stop, Verdicts
 from nfsentry.daemon.worker import Worker
@@ -90,6 +91,8 @@ class Daemon:
         self.degraded: str | None = None  # why protection is not what it should be (status: DEGRADED)
         self.engine_stats: dict[str, Any] = {}  # the engine's stats as of the last tick (main thread)
         self.unloaded_by_admin = False  # `rules unload --force`: not put back until loaded again by hand
+        self.metrics: Metrics | None = None  # [metrics]: the endpoint and/or textfile (None: off)
+        self.adopted = 0  # kernel entries the database did not know, adopted at start-up
 
     # == start-up ===================================================================================
     def prepare(self) -> None:
@@ -123,6 +126,10 @@ class Daemon:
     def start(self) -> None:
         self.prepare()
         self.build_core()
+        try:  # bound before the kernel is touched: a taken port or a bad textfile directory changes nothing
+            self.metrics = open_metrics(self)
+        except (OSError, ValueError) as e:
+            raise StartupError(f"nfsentry: {e}", 1 if isinstance(e, OSError) else 2) from None
         N = self.N
         try:
             self.use_nft(N.Nft(table=self.cfg["nft"]["table"]))
@@ -138,6 +145,8 @@ class Daemon:
             raise
         self.server.start()
         self.worker.thread.start()
+        if self.metrics is not None:
+            self.metrics.start()
         st = self.nft.status()
         self.backend = st.get("backend")
         self.inuse = st.get("inuse")
@@ -176,6 +185,7 @@ class Daemon:
         for b in rep.blocks:
             self.engine.mark_blocked(b["network"], b["expires"] or 0.0)
         self.restored = len(rep.blocks)
+        self.adopted = rep.adopted
         self.verdicts.kernel_blocked = rep.kernel
 
     def bind_queues(self) -> None:
@@ -296,6 +306,8 @@ class Daemon:
             self.early.close()
         if self.server:
             self.server.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.stop_kernel_side(keep)
         self.verdicts.enqueue("stop", None)
         if self.worker.thread.is_alive():
@@ -378,6 +390,8 @@ RESTART_ONLY = (
     ("monitor", "ftp"),
     ("monitor", "before_input"),
     ("nft", "nflog_group"),
+    ("metrics", "listen"),
+    ("metrics", "textfile"),
 )
 
 

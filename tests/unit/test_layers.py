@@ -19,7 +19,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "nft": ({"core", "nft"}, {"nftables"}),
     "sinks": ({"core", "config", "sinks"}, set()),
     "ledger": ({"core", "config", "nft", "sinks", "ledger"}, set()),
-    "daemon": ({"", "core", "config", "nft", "sinks", "ledger", "daemon", "ipc"}, {"netfilterqueue"}),
+    "daemon": ({"", "core", "config", "nft", "sinks", "ledger", "daemon", "ipc"}, {"netfilterqueue", "prometheus_client"}),
     "cli": ({"", "core", "config", "nft", "sinks", "ledger", "cli", "ipc", "replay"}, {"typer", "rich", "click"}),
     "ipc": (set(), set()),
     "replay": ({"core", "config"}, {"scapy"}),
