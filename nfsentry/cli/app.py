@@ -353,6 +353,7 @@ def current_blocks(cfg, family: int | None) -> list[dict]:
 BLOCKED_COLS = [
     Col("address/prefix", "key"),
     Col("expires in"),
+    Col("packets", right=True),
     Col("origin"),
     Col("labels", "text"),
     Col("reason", "text"),
@@ -368,6 +369,7 @@ def blocked_row(r: dict) -> list:
     return [
         r["network"],
         fmt_left(r["expires_in"]),
+        r.get("packets"),
         r.get("origin") or "-",
         ",".join(r["labels"]) or "-",
         r["reason"] or "-",

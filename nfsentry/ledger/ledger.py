@@ -321,6 +321,7 @@ class Ledger:
                     "expires_in": left,
                     "offences": b.get("offences", 1),
                     "origin": b.get("origin", "kernel"),
+                    "packets": k.get("packets"),  # dropped since the block (the element's counter; None: not counted)
                 }
             )
         return out
