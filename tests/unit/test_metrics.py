@@ -198,3 +198,37 @@ def test_metrics_configuration_accepts_addresses_and_needs_a_restart_to_move():
     old = C.validate({}, read_files=False)
     new = C.validate({"metrics": {"listen": "127.0.0.1:9467", "textfile_interval": "30s"}}, read_files=False)
     assert D.restart_only_changes(old, new) == ["metrics.listen"]
+
+
+def test_the_grafana_dashboard_draws_only_metrics_that_exist():
+    import json
+    import re
+    from pathlib import Path
+
+    dash = json.loads((Path(__file__).resolve().parents[2] / "examples" / "grafana-nfsentry.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs.append(dash["templating"]["list"][1]["definition"])
+    used = {m for e in exprs for m in re.findall(r"\b(nfsentry_[a-z0-9_]+)", e)}
+    m = Metrics(fake_daemon({}), nft=FakeNft())
+    from prometheus_client import generate_latest
+
+    exposed = {s.name for f in text_string_to_metric_families(generate_latest(m.registry).decode()) for s in f.samples}
+    assert used and used <= exposed, used - exposed
+    # every metric family is drawn somewhere (histogram and info samples by their family)
+    families = {f.name for f in text_string_to_metric_families(generate_latest(m.registry).decode())}
+    drawn = {re.sub(r"_(total|bucket|count|sum)$", "", u) for u in used}
+    missing = (
+        families
+        - drawn
+        - {
+            "nfsentry_info",
+            "nfsentry_start_time_seconds",
+            "nfsentry_ruleset_restored",
+            "nfsentry_blocks_expired",
+            "nfsentry_bad_checksums",
+            "nfsentry_before_input_packets",
+            "nfsentry_verdict_drops",
+            "nfsentry_queue_waiting",
+        }
+    )
+    assert not missing, missing
