@@ -1,7 +1,7 @@
 """`nfsentry stats` over a history database of 1,000,000 rows.
 
 Standalone (``python bench/bench_stats.py [ROWS]``; ``bench/run.py`` runs it with the others).
-Prints its figures; timings are never asserted anywhere. Takes about 1-2 minutes (most of it
+Prints its figures; timings are never asserted anywhere. Takes about 3-4 minutes (most of it
 building the databases; nothing is written outside a temporary directory).
 
 Two databases of ROWS history rows (default 1,000,000; 95 % detections, 5 % blocks; 65,536
