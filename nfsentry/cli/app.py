@@ -363,6 +363,7 @@ def current_blocks(cfg, family: int | None) -> list[dict]:
 BLOCKED_COLS = [
     Col("address/prefix", "key"),
     Col("expires in"),
+    Col("packets", right=True),
     Col("origin"),
     Col("labels", "text"),
     Col("reason", "text"),
@@ -386,6 +387,7 @@ def blocked_row(r: dict) -> list:
     return [
         r["network"],
         fmt_left(r["expires_in"]),
+        r.get("packets"),
         origin_text(r),
         ",".join(r["labels"]) or "-",
         r["reason"] or "-",
@@ -1365,8 +1367,10 @@ def version():
 
 from nfsentry.cli import portsentry as cli_portsentry  # noqa: E402  (import-portsentry)
 from nfsentry.cli import run as cli_run  # noqa: E402  (run: the one module importing the daemon)
+from nfsentry.cli import stats as cli_stats  # noqa: E402  (stats)
 
 cli_run.register(app)
+cli_stats.register(app)
 cli_portsentry.register(app)
 
 

@@ -135,6 +135,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_pulled": 100000,  # the most pulled entries enforced; beyond, refused
         "timeout": "5s",  # one HTTP request's limit
     },
+    "metrics": {  # Prometheus metrics, off by default
+        "listen": "",  # "ADDRESS:PORT" to serve /metrics on, e.g. "127.0.0.1:9467" or "[::1]:9467"; "" = off
+        "textfile": "",  # node-exporter textfile collector file (*.prom), rewritten every textfile_interval; "" = off
+        "textfile_interval": "15s",
+    },
 }
 
 ENUMS = {
@@ -173,6 +178,7 @@ DURATIONS = {
     ("fleet", "pull_interval"),
     ("fleet", "resync_interval"),
     ("fleet", "timeout"),
+    ("metrics", "textfile_interval"),
 }
 PORT_LISTS = {("monitor", "tcp_ports"), ("monitor", "udp_ports"), ("monitor", "tcp_exclude"), ("monitor", "udp_exclude")}
 RANGES = {
@@ -434,6 +440,41 @@ def _check_names_and_paths(data: dict[str, Any], cfg: Config) -> None:
         raise ConfigError("[nft] nflog_group: must differ from queue and ftp_queue")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", data["nft"]["table"]):
         raise ConfigError(f"[nft] table: bad table name {data['nft']['table']!r}")
+    _check_metrics(data["metrics"], cfg)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """ "127.0.0.1:9467" / "[::1]:9467" -> (address, port); ValueError saying what is wrong. An
+    address literal only (never a name to resolve)."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", text)
+    if not m:
+        raise ValueError(f'{text!r} is not ADDRESS:PORT (e.g. "127.0.0.1:9467" or "[::1]:9467")')
+    addr, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        raise ValueError(f"{addr!r} is not an IP address") from None
+    if (ip.version == 6) != bool(m.group(1)):
+        raise ValueError(f"{text!r}: an IPv6 address goes in brackets ([::1]:9467)")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port} outside 1-65535")
+    return str(ip), int(port)
+
+
+def _check_metrics(m: dict[str, Any], cfg: Config) -> None:
+    if m["listen"]:
+        try:
+            parse_listen(m["listen"])
+        except ValueError as e:
+            raise ConfigError(f"[metrics] listen: {e}") from None
+    if m["textfile"] and (not m["textfile"].startswith("/") or not m["textfile"].endswith(".prom")):
+        raise ConfigError(
+            f"[metrics] textfile: {m['textfile']!r} must be an absolute path ending in .prom (node-exporter reads only those)"
+        )
+    if not 1 <= cfg.durations["textfile_interval"] <= 3600:
+        raise ConfigError("[metrics] textfile_interval: must be between 1s and 1h")
 
 
 def _check_fleet(f: dict[str, Any], cfg: Config) -> None:

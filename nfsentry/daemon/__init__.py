@@ -7,6 +7,7 @@
 - ``worker``: storage, reports, external actions, periodic refreshes (the ``nfsentry-worker`` thread).
 - ``control``: the control socket's server and the requests it hands to the main thread.
 - ``counters``: one counters dict per writing thread.
+- ``metrics``: Prometheus metrics ([metrics]): the endpoint's and the textfile's threads.
 
-May import: anything in nfsentry except ``nfsentry.cli``. Imported only by ``nfsentry.cli.run``.
+May import: anything in nfsentry except ``nfsentry.cli``; netfilterqueue, prometheus_client. Imported only by ``nfsentry.cli.run``.
 """

@@ -214,6 +214,7 @@ class Commands:
         if res.status != "kept":
             d.engine.mark_blocked(net, res.expires or 0.0)
             d.counters.main["blocks"] += 1
+            d.counters.main["blocks_manual"] += 1
         return {"ok": True, "blocked": net, "status": res.status, "expires": res.expires, "by": res.by}
 
     def check_many(self, req: dict[str, Any]) -> list[tuple[str, float, str | None]]:
@@ -241,6 +242,7 @@ class Commands:
             if r.status != "kept":
                 d.engine.mark_blocked(r.network, r.expires or 0.0)
                 d.counters.main["blocks"] += 1
+                d.counters.main["blocks_manual"] += 1
         return {"ok": True, "results": [[r.network, r.status, r.expires, r.by] for r in results]}
 
     def unignore(self, net: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ dict never grows while it is copied.
 Who writes what:
 
 - ``main`` (the scan queue's callback, control commands, duties): queued, dropped_by_verdict,
-  detections, blocks, blocks_narrowed, blocks_rate_limited, blocks_capped, never_block_refused,
+  detections, blocks, blocks_manual, blocks_narrowed, blocks_rate_limited, blocks_capped, never_block_refused,
   kernel_blocks_withdrawn, alerts_suppressed, errors, events_lost.
 - ``ftp`` (the FTP queue's thread): ftp_packets, ftp_expectations, ftp_reports,
   ftp_reports_suppressed, errors, events_lost.
@@ -16,6 +16,14 @@ Who writes what:
   ruleset_restored, blocks_expired, history_pruned, errors.
 - ``nflog`` (the NFLOG thread, [monitor] before_input): nflog_packets, nflog_lost, errors,
   events_lost.
+
+``blocks`` counts every block made (the packet path's and those asked for through the control
+socket); ``blocks_manual`` the latter (``nfsentry block``, ``block -f``).
+
+One breakdown for the metrics (:mod:`metrics`), written by the worker thread only, as it reports
+the detections (a new key appears there; a reader copies the dict, which CPython does under the
+GIL in one step): ``detections_by`` {(label, proto): detections reported} (the ``detections``
+count less ``alerts_suppressed`` and the events lost).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ MAIN = (
     "dropped_by_verdict",
     "detections",
     "blocks",
+    "blocks_manual",
     "blocks_narrowed",
     "blocks_rate_limited",
     "blocks_capped",
@@ -47,13 +56,14 @@ class Counters:
     """``main``, ``ftp``, ``worker``, ``nflog``: each written by its thread only. ``counters[key]``
     and :meth:`total` give the sums, for status and tests."""
 
-    __slots__ = ("main", "ftp", "worker", "nflog")
+    __slots__ = ("main", "ftp", "worker", "nflog", "detections_by")
 
     def __init__(self) -> None:
         self.main = dict.fromkeys(MAIN, 0)
         self.ftp = dict.fromkeys(FTP, 0)
         self.worker = dict.fromkeys(WORKER, 0)
         self.nflog = dict.fromkeys(NFLOG, 0)
+        self.detections_by: dict[tuple[str, str], int] = {}
 
     def total(self) -> dict[str, int]:
         out = dict.fromkeys(MAIN + FTP + WORKER + NFLOG, 0)

@@ -44,6 +44,7 @@ from nfsentry.core.units import count_ports, ranges_text
 from nfsentry.daemon.control import Commands, ControlServer
 from nfsentry.daemon.counters import Counters
 from nfsentry.daemon.ftpqueue import FtpQueue
+from nfsentry.daemon.metrics import Metrics, open_metrics
 from nfsentry.daemon.nflog import EarlyPackets, NflogError
 from nfsentry.daemon.sdnotify import Notifier, Watchdog, notify_loop, watchdog_interval
 from nfsentry.daemon.sdnotify import status as sdnotify_status
@@ -103,6 +104,8 @@ class Daemon:
         # unload --force`) and the worker (a table gone, interfaces changed). Without it the worker
         # could see the table gone mid-unload and load it straight back.
         self.ruleset_lock = threading.RLock()
+        self.metrics: Metrics | None = None  # [metrics]: the endpoint and/or textfile (None: off)
+        self.adopted = 0  # kernel entries the database did not know, adopted at start-up
 
     # == start-up ===================================================================================
     def prepare(self) -> None:
@@ -136,6 +139,10 @@ class Daemon:
     def start(self) -> None:
         self.prepare()
         self.build_core()
+        try:  # bound before the kernel is touched: a taken port or a bad textfile directory changes nothing
+            self.metrics = open_metrics(self)
+        except (OSError, ValueError) as e:
+            raise StartupError(f"nfsentry: {e}", 1 if isinstance(e, OSError) else 2) from None
         N = self.N
         self.notify.status("loading the ruleset")
         try:
@@ -159,6 +166,8 @@ class Daemon:
         self.worker.thread.start()
         if self.fleet is not None:
             self.fleet.start()
+        if self.metrics is not None:
+            self.metrics.start()
         st = self.nft.status()
         self.backend = st.get("backend")
         self.inuse = st.get("inuse")
@@ -197,6 +206,7 @@ class Daemon:
         for b in rep.blocks:
             self.engine.mark_blocked(b["network"], b["expires"] or 0.0)
         self.restored = len(rep.blocks)
+        self.adopted = rep.adopted
         self.verdicts.kernel_blocked = rep.kernel
 
     def bind_queues(self) -> None:
@@ -331,6 +341,8 @@ class Daemon:
             self.server.close()
         if self.fleet is not None:
             self.fleet.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         self.stop_kernel_side(keep)
         self.verdicts.enqueue("stop", None)
         if self.worker.thread.is_alive():
@@ -432,6 +444,8 @@ RESTART_ONLY = (
     ("monitor", "before_input"),
     ("nft", "nflog_group"),
     *(("fleet", key) for key in C.DEFAULTS["fleet"]),
+    ("metrics", "listen"),
+    ("metrics", "textfile"),
 )
 
 

@@ -150,6 +150,8 @@ class Worker(Part):
             ev["host"] = resolve(ev["src"])
         if ev.get("event") == "detection":
             self.last_detection = ev.get("ts")
+            by, key = self.d.counters.detections_by, (str(ev.get("label") or "-"), str(ev.get("proto") or "-"))
+            by[key] = by.get(key, 0) + 1
         # storage first: a block is only reported once it is durable
         self.store_write("block" if ev["event"] == "block" else "history", ev)
         self.alerter.emit(ev)

@@ -328,6 +328,7 @@ class Ledger:
                     "expires_in": left,
                     "offences": b.get("offences", 1),
                     "origin": b.get("origin", "kernel"),
+                    "packets": k.get("packets"),  # dropped since the block (the element's counter; None: not counted)
                 }
             )
         if family in (None, 4, 6):

@@ -648,6 +648,10 @@ class Nft(Session):
         if names:
             self._cmd(E.flush_commands(self.table, names), "flushing the fleet sets")
 
+    def blocked_sizes(self) -> dict[str, int]:
+        """How many entries each blocked set holds ({"blocked4": 3, ...})."""
+        return {name: self._set_size(name) for name in self._blocked_sets()}
+
     # -- ignore sets / FTP expectations ----------------------------------------------------------
     def add_ignore(self, network: Any) -> bool:
         """Never queue this source (until the next load, which rewrites the ignore sets)."""

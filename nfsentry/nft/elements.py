@@ -313,6 +313,7 @@ _TEXT_ELEM = re.compile(
     r"(?:\s+timeout\s+(\d+)(ms|s))?(?:\s+expires\s+(\d+)(ms|s))?\s*"
 )
 _EXPIRES = re.compile(r"\s+expires\s+(\d+)(ms|s)")
+_COUNTER = re.compile(r"\s+counter\s+packets\s+(\d+)\s+bytes\s+(\d+)")
 
 
 def set_item_texts(text: str) -> list[str]:
@@ -330,8 +331,8 @@ def parse_set_text(setname: str, text: str) -> list[dict]:
 
 
 def element_key(item: str) -> str:
-    """An element's identity in a listing: its text without the time left."""
-    return _EXPIRES.sub("", item)
+    """An element's identity in a listing: its text without the time left and its counter."""
+    return _COUNTER.sub("", _EXPIRES.sub("", item))
 
 
 def element_expires(item: str) -> float | None:
@@ -356,17 +357,22 @@ def elem_networks(setname: str, val: Any) -> list:
 
 def parse_set_items(setname: str, items: list[str]) -> list[dict]:
     """Entries of the element texts of `nft -T list set`:
-    {"network", "timeout" (s, 0 = none), "expires_in" (s, None = no timeout), "set"}."""
+    {"network", "timeout" (s, 0 = none), "expires_in" (s, None = no timeout), "set"}, plus
+    "packets" when the set counts per element (`counter`: the packets the entry matched)."""
     out = []
     for item in items:
+        counted = _COUNTER.search(item)
+        if counted:
+            item = _COUNTER.sub("", item)
         m = _TEXT_ELEM.fullmatch(item)
         if not m or not item.strip():
             continue
         val, to, to_u, ex, ex_u = m.groups()
         timeout = (int(to) if to_u == "s" else int(to) / 1000) if to else 0
         expires = (int(ex) if ex_u == "s" else int(ex) / 1000) if ex else 0
+        extra = {"packets": int(counted.group(1))} if counted else {}
         if setname in ("blocked4", "blocked6", "fleet4", "fleet6"):  # nft prints canonical addresses: skip ipaddress
-            out.append({"network": val, "timeout": timeout, "expires_in": expires if timeout else None, "set": setname})
+            out.append({"network": val, "timeout": timeout, "expires_in": expires if timeout else None, "set": setname, **extra})
             continue
         if "-" in val:
             lo, hi = (ipaddress.ip_address(a) for a in val.split("-"))
@@ -374,20 +380,24 @@ def parse_set_items(setname: str, items: list[str]) -> list[dict]:
         else:
             nets = elem_networks(setname, val)
         for net in nets:
-            out.append({"network": network_text(net), "timeout": timeout, "expires_in": expires if timeout else None, "set": setname})
+            out.append(
+                {"network": network_text(net), "timeout": timeout, "expires_in": expires if timeout else None, "set": setname, **extra}
+            )
     return out
 
 
 # == JSON listings (`nft -j`) ===================================================================
 def parse_sets(items: list[dict]) -> dict[str, tuple[str, tuple[str, ...], int, int]]:
     """`list sets table ...` -> {set name: (type, sorted flags, default timeout in seconds or 0, size or 0)},
-    comparable with ``render.SetDef.signature``: ``dynamic`` is left out (nft 1.0.6's JSON omits it)."""
+    comparable with ``render.SetDef.signature``: ``dynamic`` is left out (nft 1.0.6's JSON omits it);
+    a set whose elements count packets (its statements hold a counter) has the flag ``counter``."""
     sets = {}
     for i in items:
         if "set" in i:
             st = i["set"]
             typ = st["type"] if isinstance(st["type"], str) else " . ".join(st["type"])
-            flags = tuple(sorted(f for f in st.get("flags", []) if f != "dynamic"))
+            counter = ["counter"] if any(isinstance(x, dict) and "counter" in x for x in st.get("stmt", []) or []) else []
+            flags = tuple(sorted([f for f in st.get("flags", []) if f != "dynamic"] + counter))
             sets[st["name"]] = (typ, flags, int(st.get("timeout", 0)), int(st.get("size", 0)))
     return sets
 

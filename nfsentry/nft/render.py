@@ -53,12 +53,15 @@ class SetDef:
     doc: list[str]
     timeout: int = 0  # the elements' default timeout (seconds; 0: none)
     size: int = 0  # the most elements (0: no limit); a set filled from the packet path needs one
+    counter: bool = False  # each element counts the packets it matched (`counter` in the set)
 
     @property
     def signature(self) -> tuple[str, tuple[str, ...], int, int]:
         """What must match for a loaded set to be kept: type, flags, default timeout, size.
-        ``dynamic`` is left out: nft 1.0.6's JSON listing omits it (the kernel keeps it)."""
-        return self.type, tuple(sorted(f for f in self.flags if f != "dynamic")), self.timeout, self.size
+        ``dynamic`` is left out: nft 1.0.6's JSON listing omits it (the kernel keeps it); the
+        element counter is in the flags as ``counter`` (as ``elements.parse_sets`` reads it)."""
+        flags = [f for f in self.flags if f != "dynamic"] + (["counter"] if self.counter else [])
+        return self.type, tuple(sorted(flags)), self.timeout, self.size
 
 
 @dataclass
@@ -153,6 +156,9 @@ def _blocked_sets(spec: RulesetSpec) -> list[SetDef]:
             )
         )
     sets.append(SetDef("blocked6net", "ipv6_addr", ("interval", "timeout"), [], ["IPv6 prefixes of any other length."]))
+    for st in sets:  # each entry counts the packets of its source dropped since its block (`nfsentry blocked`)
+        st.counter = True
+    sets[0].doc.append("   Each entry counts the packets it dropped since the block was made (or last extended).")
     kb = spec.kernel_block
     if kb is not None:  # the hash sets the packet path adds to (6a): dynamic, and bounded
         for st in sets:
@@ -679,6 +685,8 @@ def format_table(m: Model) -> str:
             out.append(f"\t\ttimeout {_nft_time(s.timeout)}")
         if s.size:
             out.append(f"\t\tsize {s.size}")
+        if s.counter:
+            out.append("\t\tcounter")
         if s.elements:
             out.append("\t\telements = {")
             out += _wrap(s.elements, "\t\t\t")

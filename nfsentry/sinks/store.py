@@ -49,6 +49,12 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_ts ON history(ts);
 CREATE INDEX IF NOT EXISTS history_src ON history(src);
+-- `nfsentry stats`: each figure is read from one of these indexes alone, in its order (no table
+-- lookups, no sorting of the rows), so a million rows take well under a second (bench/bench_stats.py)
+CREATE INDEX IF NOT EXISTS history_event_ts ON history(event, ts);
+CREATE INDEX IF NOT EXISTS history_event_src ON history(event, src, ts);
+CREATE INDEX IF NOT EXISTS history_event_label ON history(event, label, ts);
+CREATE INDEX IF NOT EXISTS history_event_port ON history(event, proto, port, ts);
 CREATE INDEX IF NOT EXISTS blocks_expires ON blocks(expires);
 -- fleet (CrowdSec LAPI): the pulled blocks in force in the fleet sets (restored at start, even
 -- with the LAPI down), the blocks waiting to be pushed (in order), the decisions lifted here only
@@ -391,6 +397,24 @@ class Store:
         """One history row by its id (``history show ID``), or None."""
         r = self._run("SELECT id, detail FROM history WHERE id = ?", (row_id,)).fetchone()
         return None if r is None else self._history_row(r)
+
+    # -- statistics (`nfsentry stats`) ------------------------------------------------------------
+    def count_events(self, event: str, ranges: list[tuple[float, float]]) -> list[int]:
+        """How many ``event`` rows have ``start`` <= ts < ``end``, for each (start, end) of ``ranges``
+        (each a range of the ``history_event_ts`` index)."""
+        sql = "SELECT count(*) FROM history WHERE event = ? AND ts >= ? AND ts < ?"
+        return [self._run(sql, (event, start, end)).fetchone()[0] for start, end in ranges]
+
+    def top_detections(self, by: str, since: float, until: float, limit: int = 10) -> list[tuple[Any, ...]]:
+        """The detections with ``since`` <= ts < ``until`` most frequent by ``by`` ("src", "label" or
+        "port": proto, port): [(*key, n)], most first, ties by key. One pass over the index led by
+        that key (``history_event_src`` ...), whatever the window."""
+        cols = {"src": "src", "label": "label", "port": "proto, port"}[by]
+        sql = (
+            f"SELECT {cols}, count(*) AS n FROM history WHERE event = 'detection' AND ts >= ? AND ts < ?"
+            f" GROUP BY {cols} ORDER BY n DESC, {cols} LIMIT ?"
+        )
+        return [tuple(r) for r in self._run(sql, (since, until, limit))]
 
     @staticmethod
     def _history_row(r: sqlite3.Row) -> dict[str, Any]:

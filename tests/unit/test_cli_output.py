@@ -55,6 +55,7 @@ def blocks() -> list[dict]:
             "expires_in": None if i == 1 else 3599 + i,
             "offences": i + 1,
             "origin": ("manual", "kernel", "detection", "auto", "fleet")[i],
+            "packets": (12345678, None, 0, 7, 42)[i],  # None: a set without element counters
         }
         for i, (net, reason, labels) in enumerate(zip(NETS, REASONS, LABELS, strict=True))
     ]
@@ -120,7 +121,8 @@ def listed(monkeypatch):
 def blocked_values(wide: bool = False) -> list[list[str]]:
     out = []
     for b in blocks():
-        row = [b["network"], A.fmt_left(b["expires_in"]), b["origin"], ",".join(b["labels"]) or "-", b["reason"]]
+        packets = "-" if b["packets"] is None else str(b["packets"])
+        row = [b["network"], A.fmt_left(b["expires_in"]), packets, b["origin"], ",".join(b["labels"]) or "-", b["reason"]]
         if wide:
             row += [str(b["offences"]), "22,23", A.fmt_ts(b["first_seen"]), A.fmt_ts(b["blocked_at"])]
         out.append(row)
@@ -131,7 +133,7 @@ def test_blocked_at_80_columns_never_cuts_an_address_nor_reads_markup(tmp_path, 
     c = cfg_file(tmp_path)
     text = invoke(["blocked", "-c", c, "-o", "human"])
     assert text.splitlines()[0] == "5 blocked"
-    assert cells(text.splitlines()[1]) == ["address/prefix", "expires in", "origin", "labels", "reason"]  # no header cut
+    assert cells(text.splitlines()[1]) == ["address/prefix", "expires in", "packets", "origin", "labels", "reason"]  # no header cut
     check_human(text, blocked_values(), key=0)
     for net in NETS:  # each address exactly once, as a whole word
         assert text.split().count(net) == 1, net
@@ -145,7 +147,7 @@ def test_blocked_wide_and_piped_show_every_value_whole(tmp_path, listed):
     for row in blocked_values(wide=True):
         line = next(ln for ln in wide.splitlines() if ln.startswith(row[0] + " "))
         assert all(v in line for v in row), (row, line)
-    header = ["address/prefix", "expires in", "origin", "labels", "reason", "offences", "ports", "first seen", "blocked at"]
+    header = ["address/prefix", "expires in", "packets", "origin", "labels", "reason", "offences", "ports", "first seen", "blocked at"]
     check_tsv(invoke(["blocked", "-c", c]), header, blocked_values(wide=True))  # piped: tsv by default
     check_tsv(invoke(["blocked", "-c", c, "-o", "tsv"]), header, blocked_values(wide=True))
     assert json.loads(invoke(["blocked", "-c", c, "-o", "json"])) == blocks() == json.loads(invoke(["list", "-c", c, "--json"]))

@@ -20,7 +20,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "sinks": ({"core", "config", "sinks"}, {"systemd"}),  # python3-systemd: journald (optional)
     "ledger": ({"core", "config", "nft", "sinks", "ledger"}, set()),
     "fleet": ({"core", "config", "ledger", "fleet"}, set()),
-    "daemon": ({"", "core", "config", "nft", "sinks", "ledger", "fleet", "daemon", "ipc"}, {"netfilterqueue"}),
+    "daemon": ({"", "core", "config", "nft", "sinks", "ledger", "fleet", "daemon", "ipc"}, {"netfilterqueue", "prometheus_client"}),
     "cli": ({"", "core", "config", "nft", "sinks", "ledger", "fleet", "cli", "ipc", "replay"}, {"typer", "rich", "click"}),
     "ipc": (set(), set()),
     "replay": ({"core", "config"}, {"scapy"}),

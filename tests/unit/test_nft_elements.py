@@ -297,15 +297,23 @@ def test_served_commands_add_the_listening_monitored_ports():
 def test_parse_sets():
     items = [
         {"metainfo": {}},
-        {"set": {"name": "blocked4", "type": "ipv4_addr", "flags": ["dynamic", "timeout"], "size": 1000}},
+        {
+            "set": {
+                "name": "blocked4",
+                "type": "ipv4_addr",
+                "flags": ["dynamic", "timeout"],
+                "size": 1000,
+                "stmt": [{"counter": {"packets": 0, "bytes": 0}}],
+            }
+        },
         {"set": {"name": "blocked4net", "type": "ipv4_addr", "flags": ["timeout", "interval"]}},
         {"set": {"name": "ftp_expect4", "type": ["ipv4_addr", "ipv4_addr", "inet_service"], "flags": ["timeout"]}},
         {"set": {"name": "tcp_ports", "type": "inet_service"}},
         {"set": {"name": "served_tcp", "type": "inet_service", "flags": ["dynamic", "timeout"], "timeout": 600, "size": 65536}},
     ]
     assert E.parse_sets(items) == {
-        "blocked4": ("ipv4_addr", ("timeout",), 0, 1000),
-        "blocked4net": ("ipv4_addr", ("interval", "timeout"), 0, 0),
+        "blocked4": ("ipv4_addr", ("counter", "timeout"), 0, 1000),  # its elements count packets
+        "blocked4net": ("ipv4_addr", ("interval", "timeout"), 0, 0),  # a set of an older table: no counter
         "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",), 0, 0),
         "tcp_ports": ("inet_service", (), 0, 0),
         "served_tcp": ("inet_service", ("timeout",), 600, 65536),
@@ -444,3 +452,26 @@ def test_plan_nets_indexed_agrees_with_pairwise(new, existing):
     # (the entries of an interval set never overlap)
     existing = [n for n in existing if not any(n != o and n.version == o.version and n.overlaps(o) for o in existing)]
     assert E.plan_nets(new, existing) == _plan_nets_pairwise(new, existing)
+
+
+def test_parse_set_items_reads_the_per_element_counter_wherever_nft_prints_it():
+    items = [
+        "198.18.0.2 timeout 3600s expires 3500s counter packets 17 bytes 1020",
+        "198.18.0.3 counter packets 0 bytes 0 timeout 60s expires 59s",  # statements before the times
+        "198.18.0.4 counter packets 5 bytes 300",  # permanent
+        "198.18.0.5 timeout 60s expires 59s",  # a set of an older table: not counted
+    ]
+    got = E.parse_set_items("blocked4", items)
+    assert got == [
+        {"network": "198.18.0.2", "timeout": 3600, "expires_in": 3500, "set": "blocked4", "packets": 17},
+        {"network": "198.18.0.3", "timeout": 60, "expires_in": 59, "set": "blocked4", "packets": 0},
+        {"network": "198.18.0.4", "timeout": 0, "expires_in": None, "set": "blocked4", "packets": 5},
+        {"network": "198.18.0.5", "timeout": 60, "expires_in": 59, "set": "blocked4"},
+    ]
+    nets = E.parse_set_items("blocked4net", ["198.18.7.0/24 timeout 60s expires 10s counter packets 3 bytes 180"])
+    assert nets == [{"network": "198.18.7.0/24", "timeout": 60, "expires_in": 10, "set": "blocked4net", "packets": 3}]
+    six = E.parse_set_items("blocked6_64", ["2001:db8:5:: counter packets 9 bytes 9 timeout 30s expires 29s"])
+    assert six[0]["network"] == "2001:db8:5::/64" and six[0]["packets"] == 9
+    # a listing's identity of an element ignores its time left and its counter (both move between listings)
+    assert E.element_key(items[0]) == E.element_key("198.18.0.2 timeout 3600s expires 3400s counter packets 99 bytes 5940")
+    assert E.element_key(items[0]) == "198.18.0.2 timeout 3600s"

@@ -296,7 +296,7 @@ def test_model_sets_and_signatures():
 
     m = model(RulesetSpec(variant="gateway", protect=["fd00::/8", "192.168.0.0/16"]), "compat")
     assert m.backend == "compat" and m.spec.protect == ["192.168.0.0/16", "fd00::/8"]
-    assert m.set("blocked4net").signature == ("ipv4_addr", ("interval", "timeout"), 0, 0)
+    assert m.set("blocked4net").signature == ("ipv4_addr", ("counter", "interval", "timeout"), 0, 0)  # entries count packets
     assert m.set("ftp_expect6").signature == ("ipv6_addr . ipv6_addr . inet_service", ("timeout",), 0, 0)
     # `dynamic` is not compared (nft 1.0.6's JSON listing omits it); the default timeout and size are.
     assert m.set("served_tcp").signature == ("inet_service", ("timeout",), 600, 65536)
@@ -313,7 +313,8 @@ def test_reload_plan_keeps_unchanged_blocked_sets_and_moves_changed_ones():
     current = {
         "chains": ["prerouting", "input"],
         "sets": {
-            "blocked4": ("ipv4_addr", ("timeout",), 0, 100000),  # unchanged: kept
+            "blocked4": ("ipv4_addr", ("counter", "timeout"), 0, 100000),  # unchanged: kept
+            "blocked6": ("ipv6_addr", ("timeout",), 0, 100000),  # without element counters (an older table): entries move
             "blocked6_64": ("ipv6_addr", ("timeout",), 0, 0),  # gone: entries move
             "blocked4net": ("ipv4_addr", ("interval",), 0, 0),  # changed: entries move
             "ftp_expect4": ("ipv4_addr . ipv4_addr . inet_service", ("timeout",), 0, 0),  # kept
@@ -328,6 +329,7 @@ def test_reload_plan_keeps_unchanged_blocked_sets_and_moves_changed_ones():
         "flush chain inet nfsentry input",
         "delete chain inet nfsentry prerouting",
         "delete chain inet nfsentry input",
+        "delete set inet nfsentry blocked6",
         "delete set inet nfsentry blocked6_64",
         "delete set inet nfsentry blocked4net",
         "delete set inet nfsentry served_udp",
@@ -336,7 +338,7 @@ def test_reload_plan_keeps_unchanged_blocked_sets_and_moves_changed_ones():
         "add limit inet nfsentry kernel_block { rate 5/minute }",
         "delete limit inet nfsentry kernel_block",
     ]
-    assert moved == ["blocked6_64", "blocked4net"]
+    assert moved == ["blocked6", "blocked6_64", "blocked4net"]
     # Grace turned off: the served sets go.
     cmds, _ = reload_plan(model(RulesetSpec(recent_service_grace=0), "native"), current)
     assert "delete set inet nfsentry served_tcp" in cmds and "delete set inet nfsentry served_udp" in cmds
