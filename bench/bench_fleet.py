@@ -9,7 +9,12 @@ and three nfsentry hosts on one lab bridge, pulling every 100 ms.
        given 20 ms: an upper bound).
    Targets: median <= 150 ms, max <= 1 s.
 2. 10,000 decisions (one alert, pushed to the LAPI as another watcher would) until all of them are
-   in host 3's fleet set: from the start of the POST (target <= 2 s), and from its end.
+   in host 3's fleet set (target <= 2 s from the start of the POST's first try), first with the
+   three hosts polling, then with host 3 alone: the POST's duration, POST returned -> in the set,
+   POST started -> in the set, and each of host 3's pulls meanwhile by stage (the LAPI's answer,
+   JSON parse, feed, guard, nft, store: `fleet status` ``pull_timings``).
+   BENCH_FLEET_ROUNDS: rounds of part 1 (12); BENCH_FLEET_DB: extra LAPI db_config keys
+   (e.g. ", max_open_conns: 1").
 """
 
 from __future__ import annotations
