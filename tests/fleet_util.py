@@ -41,7 +41,7 @@ def crowdsec_unavailable_reason() -> str | None:
 
 
 class Lapi:
-    def __init__(self, host: Host, tmp: Path, port: int = 8080) -> None:
+    def __init__(self, host: Host, tmp: Path, port: int = 8080, db_extra: str = "") -> None:
         self.host, self.tmp, self.port = host, tmp, port
         self.url = f"http://{host.ip4}:{port}"
         etc, data = tmp / "etc", tmp / "data"
@@ -60,7 +60,7 @@ config_paths:
   index_path: /var/lib/crowdsec/hub/.index.json
   plugin_dir: /usr/lib/crowdsec/plugins/
   notification_dir: {etc}/notifications/
-db_config: {{type: sqlite, db_path: {data}/crowdsec.db, use_wal: true}}
+db_config: {{type: sqlite, db_path: {data}/crowdsec.db, use_wal: true{db_extra}}}
 api:
   client: {{credentials_path: {etc}/local_api_credentials.yaml}}
   server:

@@ -23,7 +23,7 @@ import queue
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +37,7 @@ log = logging.getLogger("nfsentry")
 BATCH = 100  # alerts per push
 CHECK_INTERVAL = 10.0  # seconds between checks that the kernel still holds the fleet entries
 LOG_EVERY = 10.0
-CATCHUP = 0.5  # a full resync once new decisions stop coming for this long
+CATCHUP = 0.25  # a full resync once new decisions stop coming for this long (2 empty pulls at 100 ms)
 CATCHUP_LATEST = 5.0  # ... or this long after the first of them
 CATCHUP_EVERY = 2.0  # ... and at most this often  # refusals and LAPI errors: one log line per this many seconds
 
@@ -74,6 +74,8 @@ class Fleet:
         self._last_expire = 0.0
         self._last_log: dict[str, float] = {}
         self._snapshot: dict[str, Any] = {}
+        # the stages of the last pulls that changed something, in ms (bench/bench_fleet.py reads them)
+        self.timings: deque[dict[str, Any]] = deque(maxlen=8)
         self.thread = threading.Thread(target=self.loop, name="nfsentry-fleet", daemon=True)
 
     # == start-up (main thread, after the ruleset is loaded) ========================================
@@ -199,7 +201,7 @@ class Fleet:
     # -- pull ----------------------------------------------------------------------------------------
     def pull(self) -> None:
         assert self.ledger is not None
-        now = time.monotonic()
+        now = t0 = time.monotonic()
         startup = (
             now - self.last_resync >= self.resync or self.last_pull is None or (self.catchup_at is not None and now >= self.catchup_at)
         )
@@ -226,9 +228,27 @@ class Fleet:
             self.catchup_at = min(max(now + CATCHUP, self.last_resync + CATCHUP_EVERY), self.new_since + CATCHUP_LATEST)
         self.last_pull = time.time()
         self.counts["pulls"] += 1
+        t1 = time.monotonic()
         changes = self.state.feed(data, startup=startup)
         if changes:
+            t2 = time.monotonic()
             res = self.ledger.apply(changes)
+            ms = {k: round(v * 1000, 1) for k, v in self.ledger.last_times.items()}
+            read, parse = getattr(self.lapi, "last_times", (0.0, 0.0))  # a stand-in in the unit tests has none
+            self.timings.append(
+                {
+                    "at": time.time(),
+                    "startup": startup,
+                    "decisions": len(data.get("new") or []) + len(data.get("deleted") or []),
+                    "changes": len(changes),
+                    "put": len(res.put),
+                    "fetch_ms": round(read * 1000, 1),
+                    "parse_ms": round(parse * 1000, 1),
+                    "feed_ms": round((t2 - t1) * 1000, 1),
+                    **{f"{k}_ms": v for k, v in ms.items()},
+                    "total_ms": round((time.monotonic() - t0) * 1000, 1),
+                }
+            )
             self.counts["pulled_put"] += len(res.put)
             self.counts["pulled_removed"] += len(res.removed)
             if res.put or res.removed:
@@ -339,6 +359,7 @@ class Fleet:
             "pulled": self.ledger.counts() if self.ledger is not None else {},
             "decisions": len(self.state.decisions),
             "skipped": dict(self.state.skipped),
+            "pull_timings": list(self.timings),
         }
 
 

@@ -58,6 +58,7 @@ class Lapi:
         self.token_expires = 0.0
         self.logins = 0
         self.requests = 0
+        self.last_times = (0.0, 0.0)  # the last request's (answer read, JSON parsed) in seconds
         self._conn: http.client.HTTPConnection | None = None
 
     # -- transport -------------------------------------------------------------------------------
@@ -84,6 +85,7 @@ class Lapi:
         """One request (a kept-alive connection that went stale is opened again once)."""
         data = None if body is None else json.dumps(body).encode()
         hdrs = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **(headers or {})}
+        t0 = time.monotonic()
         for attempt in (0, 1):
             conn = self._connect()
             try:
@@ -96,10 +98,12 @@ class Lapi:
                 self.close()
                 if attempt or isinstance(e, (TimeoutError, ConnectionRefusedError)):
                     raise LapiError(f"LAPI {self.url} unreachable: {e or type(e).__name__}") from None
+        t1 = time.monotonic()
         try:
             payload = json.loads(raw) if raw.strip() else None
         except ValueError:
             payload = raw.decode("utf-8", "replace")[:200]
+        self.last_times = (t1 - t0, time.monotonic() - t1)
         return resp.status, payload
 
     @staticmethod

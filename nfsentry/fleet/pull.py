@@ -126,8 +126,10 @@ class PullState:
                 del self.by_net[d.network]
         return d.network
 
-    def parse(self, item: dict[str, Any], now: float) -> Decision | None:
-        """One stream entry -> a Decision, or None (counted in ``skipped``)."""
+    def parse(self, item: dict[str, Any], now: float, known: dict[int, Decision] | None = None) -> Decision | None:
+        """One stream entry -> a Decision, or None (counted in ``skipped``). ``known``: decisions
+        held already (a full resync lists them again): a value equal to the network one of them
+        holds under that id and scope is not parsed again."""
         try:
             did = int(item["id"])
             scope = str(item.get("scope", ""))
@@ -137,7 +139,9 @@ class PullState:
             if scope.lower() not in ("ip", "range"):
                 self.skipped["scope"] += 1
                 return None
-            net = network_of(scope, str(item["value"]))
+            value = str(item["value"])
+            k = known.get(did) if known else None
+            net = k.network if k is not None and k.network == value and k.scope.lower() == scope.lower() else network_of(scope, value)
             left = go_duration(item.get("duration", "0s"))
         except (KeyError, TypeError, ValueError):
             self.skipped["value"] += 1
@@ -157,11 +161,11 @@ class PullState:
                 touched.add(net)
                 before[net] = self.want(net)
 
+        known: dict[int, Decision] = {}
         if startup:
             for net in list(self.by_net):
                 touch(net)
-            self.decisions.clear()
-            self.by_net.clear()
+            known, self.decisions, self.by_net = self.decisions, {}, {}
         # A deleted entry means no live decision is left for its value (the LAPI 1.4.6 reports one
         # only then, once per value, and repeats it for a while): every decision for it goes.
         # Before the new ones: a decision made since then for the same value stays.
@@ -183,7 +187,7 @@ class PullState:
                     for did in list(self.by_net[net]):
                         self._drop(did)
         for item in data.get("new") or []:
-            d = self.parse(item, now)
+            d = self.parse(item, now, known)
             if d is None:
                 continue
             if self.own_origin is not None and d.origin == self.own_origin:

@@ -26,7 +26,7 @@ import ipaddress
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from nfsentry.core.addrs import PrefixSet
@@ -74,6 +74,12 @@ class FleetGuard:
         self._exact = PrefixSet([str(n) for n in self.never])
 
     def refuse(self, network: str) -> str | None:
+        if "/" not in network:  # a single address (the common case: parsed once, as an address)
+            try:
+                addr = ipaddress.ip_address(network)
+            except ValueError:
+                return "bad"
+            return "never_block" if self._exact.contains(addr.packed) else None
         try:
             net = ipaddress.ip_network(network, strict=False)
         except ValueError:
@@ -151,6 +157,7 @@ class FleetLedger:
         self.refused: Counter = Counter()  # refusals by reason (each network once per refusal)
         self.refused_now: dict[str, str] = {}  # network -> reason, for those wanted and refused now
         self._prefixes = _Prefixes()
+        self.last_times: dict[str, float] = {}  # the last apply's stages in seconds: guard, nft, store
 
     # -- start-up --------------------------------------------------------------------------------
     def restore(self) -> list[Pulled]:
@@ -192,6 +199,7 @@ class FleetLedger:
     def apply(self, changes: dict[str, Pulled | None]) -> FleetResult:
         """Networks whose wanted state changed (None: no live decision wants it any more), in one
         kernel transaction and one database transaction."""
+        t0 = time.monotonic()
         now = self.clock()
         res = FleetResult()
         put: dict[str, tuple[int, bool]] = {}
@@ -235,7 +243,6 @@ class FleetLedger:
                 res.refused[net] = why
                 continue
             self.refused_now.pop(net, None)
-            n = ipaddress.ip_network(net)
             old = self.applied.get(net)
             if old is not None:
                 if abs(old.expires - p.expires) > SLACK:
@@ -244,7 +251,8 @@ class FleetLedger:
                 self.applied[net] = p
                 rows.append(p)
                 continue
-            if n.prefixlen < n.max_prefixlen:
+            if "/" in net:  # canonical networks: a prefix has one, an address none
+                n = ipaddress.ip_network(net)
                 holder = self._prefixes.holder(n)
                 if holder is not None:
                     self.waiting[net] = p
@@ -261,10 +269,13 @@ class FleetLedger:
             self.applied[net] = p
             rows.append(p)
             res.put.append(net)
+        t1 = time.monotonic()
         if put or remove:
             self.nft.fleet_apply([(net, t, present) for net, (t, present) in put.items()], remove)
+        t2 = time.monotonic()
         if self.store is not None and (rows or gone):
             self.store.fleet_put([_row(p, now) for p in rows], gone)
+        self.last_times = {"guard": t1 - t0, "nft": t2 - t1, "store": time.monotonic() - t2}
         return res
 
     def expire(self) -> list[str]:
@@ -328,7 +339,16 @@ def lift_offline(nft: FleetSets, store: Any, row: dict[str, Any], local: bool, n
 
 
 def _row(p: Pulled, now: float) -> dict[str, Any]:
-    return {**asdict(p), "created": now}
+    return {
+        "network": p.network,
+        "expires": p.expires,
+        "decision_id": p.decision_id,
+        "origin": p.origin,
+        "machine": p.machine,
+        "scenario": p.scenario,
+        "scope": p.scope,
+        "created": now,
+    }
 
 
 def fleet_entries(nft: Any, store: Any, now: float) -> list[dict[str, Any]]:

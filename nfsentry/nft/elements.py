@@ -94,6 +94,9 @@ def set_for(network: Any, v6_prefix: int | None) -> tuple[str, str, Any]:
 def fleet_set_for(network: Any) -> tuple[str, str]:
     """The fleet set of a pulled address or prefix and its element text: (``fleet4`` | ``fleet6`` for
     an address, ``fleet4net`` | ``fleet6net`` for a prefix, element). ValueError on a bad one or a /0."""
+    if isinstance(network, str) and "/" not in network:  # an address: parsed as one (10,000 in a pull)
+        a = ipaddress.ip_address(network.strip())
+        return f"fleet{a.version}", str(a)
     net = parse_network(network)
     fam = "4" if net.version == 4 else "6"
     if net.prefixlen == net.max_prefixlen:
