@@ -244,6 +244,13 @@ def flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
     return out
 
 
+def blocked_drops(reply: dict) -> str:
+    """Packets the kernel dropped from blocked sources since the table was loaded (the named
+    counters blocked_pkts4/6), or '?' when the daemon could not read them."""
+    k = reply.get("kernel")
+    return str(k["blocked_pkts"]) if isinstance(k, dict) and "blocked_pkts" in k else "?"
+
+
 def status_lines(reply: dict) -> list[str]:
     c = reply.get("counters", {})
     e = reply.get("engine", {})
@@ -260,7 +267,7 @@ def status_lines(reply: dict) -> list[str]:
         f"  kernel-side block: {kernel_block_text(reply.get('kernel_block') or {}, c)}",
         f"  packets queued:    {c.get('queued', 0)}   detections: {c.get('detections', 0)}   blocks: {c.get('blocks', 0)}",
         f"  last detection:    {fmt_ago(reply.get('last_detection'))}",
-        f"  currently blocked: {reply.get('blocked', '?')}",
+        f"  currently blocked: {reply.get('blocked', '?')}   packets dropped from blocked sources: {blocked_drops(reply)}",
         f"  engine sources:    {e.get('tracked', '?')} tracked, {e.get('evicted', 0)} evicted",
         f"  bad checksums:     {e.get('badsum', 0)} (counted, never reacted to)",
         f"  queue drops:       {sum(q.get('queue_dropped', 0) + q.get('user_dropped', 0) for q in reply.get('queue_drops', {}).values())}",

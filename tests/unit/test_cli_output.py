@@ -271,6 +271,8 @@ STATUS = {
     "never_block": 7,
     "never_block_list": [*NETS[:3], "127.0.0.0/8", "::1", "198.18.0.1", "2001:db8:ffff:ffff:ffff:ffff:ffff:fffe"],
     "last_detection": 1_700_000_000.0,
+    "blocked": 3,
+    "kernel": {"blocked_pkts4": 1200, "blocked_pkts6": 34, "blocked_pkts": 1234},
 }
 
 
@@ -284,6 +286,7 @@ def test_status_lists_the_never_block_list_whole_and_the_last_detection(tmp_path
     listed = text.split("never-block:       7 networks\n")[1].split("  kernel-side block")[0].split()
     assert listed == STATUS["never_block_list"]
     assert f"  last detection:    {A.fmt_ts(1_700_000_000.0)} (" in text
+    assert "  currently blocked: 3   packets dropped from blocked sources: 1234\n" in text
     tsv = dict(ln.split("\t", 1) for ln in invoke(["status", "-c", cfg_file(tmp_path), "-o", "tsv"]).splitlines()[1:])
     assert tsv["never_block_list"] == " ".join(STATUS["never_block_list"]) and tsv["counters.queued"] == "5"
     assert json.loads(invoke(["status", "-c", cfg_file(tmp_path), "-o", "json"]))["never_block_list"] == STATUS["never_block_list"]
