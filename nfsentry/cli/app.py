@@ -12,6 +12,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -218,16 +219,7 @@ def status(config: str | None = ConfigOpt, output: str | None = output_option(),
     reply.pop("ok", None)
     reply["running"] = True
     degraded = reply.get("state") == "degraded"
-    if fmt == "json":
-        typer.echo(json.dumps(reply, sort_keys=True, default=str))
-    elif fmt == "tsv":
-        from nfsentry.cli.output import tsv_field
-
-        typer.echo("key\tvalue")
-        for k, v in flatten(reply):
-            typer.echo(f"{k}\t{tsv_field(v)}")
-    else:
-        typer.echo("\n".join(visible(line) for line in status_lines(reply)))
+    emit_report(fmt, reply, status_lines)
     if degraded:
         raise typer.Exit(EXIT_RUNTIME)
 
@@ -242,6 +234,20 @@ def flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
         else:
             out.append((prefix + k, " ".join(map(str, v)) if isinstance(v, list) else v))
     return out
+
+
+def emit_report(fmt: str, data: dict, lines: Callable[[dict], list[str]]) -> None:
+    """A report (status, fleet status): JSON, key/value TSV of the flattened dict, or its lines."""
+    if fmt == "json":
+        typer.echo(json.dumps(data, sort_keys=True, default=str))
+    elif fmt == "tsv":
+        from nfsentry.cli.output import tsv_field
+
+        typer.echo("key\tvalue")
+        for k, v in flatten(data):
+            typer.echo(f"{k}\t{tsv_field(v)}")
+    else:
+        typer.echo("\n".join(visible(line) for line in lines(data)))
 
 
 def blocked_drops(reply: dict) -> str:
@@ -1397,16 +1403,7 @@ def fleet_status(config: str | None = ConfigOpt, output: str | None = output_opt
         st["running"] = True
     else:
         st = fleet_offline_status(conf.need())
-    if fmt == "json":
-        typer.echo(json.dumps(st, sort_keys=True, default=str))
-    elif fmt == "tsv":
-        from nfsentry.cli.output import tsv_field
-
-        typer.echo("key\tvalue")
-        for k, v in flatten(st):
-            typer.echo(f"{k}\t{tsv_field(v)}")
-    else:
-        typer.echo("\n".join(visible(line) for line in fleet_lines(st)))
+    emit_report(fmt, st, fleet_lines)
     if st.get("enabled") and st.get("reachable") is False:
         raise typer.Exit(EXIT_RUNTIME)
 
