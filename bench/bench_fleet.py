@@ -199,7 +199,9 @@ def joining(lapi, host, state: Path, want: int) -> None:
     if first is None or not seen or seen[-1] == "none":
         print("  not all in host 2's fleet set within 60 s")
         return
-    stages = " ".join(f"{k[:-3]} {first[k]:.0f}" for k in ("fetch_ms", "parse_ms", "feed_ms", "guard_ms", "nft_ms", "store_ms") if k in first)
+    stages = " ".join(
+        f"{k[:-3]} {first[k]:.0f}" for k in ("fetch_ms", "parse_ms", "feed_ms", "guard_ms", "nft_ms", "store_ms") if k in first
+    )
     print(
         f"  its first pull: {first['decisions']} decisions -> {first['put']} put in {first['total_ms'] / 1000:.2f} s "
         f"(request -> in the set and stored; target <= 2 s for 10,000): {stages} ms"

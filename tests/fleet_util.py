@@ -40,10 +40,63 @@ def crowdsec_unavailable_reason() -> str | None:
     return None
 
 
+def make_pki(d: Path, server_ip: str, clients: dict[str, tuple[str, ...]]) -> dict[str, Path]:
+    """A throw-away CA (openssl, P-256, valid two days), the LAPI's server certificate for
+    ``server_ip`` and a client certificate (CN=NAME) per entry of ``clients``, NAME -> its OUs
+    (Lapi(tls=...) allows agent-ou for watchers, bouncer-ou for bouncers). Returns {"ca",
+    "server", "server-key", NAME, NAME-key} (PEM files)."""
+    d.mkdir(parents=True, exist_ok=True)
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+
+    ssl("req", "-x509", *key, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"), "-days", "2", "-subj", "/CN=nfsentry test CA")
+    out = {"ca": d / "ca.pem"}
+    subjects = {"server": ("/CN=lapi", f"subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth")}
+    for name, ous in clients.items():
+        subjects[name] = ("".join(f"/OU={ou}" for ou in ous) + f"/CN={name}", "extendedKeyUsage=clientAuth")
+    for name, (subj, ext) in subjects.items():
+        ssl("req", *key, "-keyout", str(d / f"{name}-key.pem"), "-out", str(d / f"{name}.csr"), "-subj", subj)
+        (d / f"{name}.ext").write_text(ext + "\n")
+        ssl(
+            "x509",
+            "-req",
+            "-in",
+            str(d / f"{name}.csr"),
+            "-CA",
+            str(d / "ca.pem"),
+            "-CAkey",
+            str(d / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(d / f"{name}.ext"),
+            "-out",
+            str(d / f"{name}.pem"),
+        )
+        out[name], out[f"{name}-key"] = d / f"{name}.pem", d / f"{name}-key.pem"
+    return out
+
+
 class Lapi:
-    def __init__(self, host: Host, tmp: Path, port: int = 8080, db_extra: str = "") -> None:
+    def __init__(self, host: Host, tmp: Path, port: int = 8080, db_extra: str = "", tls: dict[str, Path] | None = None) -> None:
+        """``tls``: make_pki()'s files: the LAPI serves https and accepts client certificates
+        whose OU is agent-ou (watchers) or bouncer-ou (bouncers)."""
         self.host, self.tmp, self.port = host, tmp, port
-        self.url = f"http://{host.ip4}:{port}"
+        self.url = f"{'https' if tls else 'http'}://{host.ip4}:{port}"
+        tls_conf = (
+            f"""
+    tls:
+      cert_file: {tls["server"]}
+      key_file: {tls["server-key"]}
+      ca_cert_path: {tls["ca"]}
+      agents_allowed_ou: [agent-ou]
+      bouncers_allowed_ou: [bouncer-ou]"""
+            if tls
+            else ""
+        )
         etc, data = tmp / "etc", tmp / "data"
         for d in (etc, data, etc / "notifications"):
             d.mkdir(parents=True, exist_ok=True)
@@ -65,7 +118,7 @@ api:
   client: {{credentials_path: {etc}/local_api_credentials.yaml}}
   server:
     listen_uri: {host.ip4}:{port}
-    profiles_path: {etc}/profiles.yaml
+    profiles_path: {etc}/profiles.yaml{tls_conf}
 prometheus: {{enabled: false}}
 """
         )

@@ -505,10 +505,13 @@ def _check_fleet(f: dict[str, Any], cfg: Config) -> None:
         raise ConfigError("[fleet] cert: a TLS client certificate needs an https url")
     if not f["push"] and not f["pull"]:
         raise ConfigError("[fleet] enabled: push and pull are both off")
-    if f["push"] and not (f["machine_id"] and f["password"]) and not f["cert"]:
-        raise ConfigError("[fleet] machine_id: push needs machine_id and password (or cert and key)")
-    if f["pull"] and not f["api_key"]:
-        raise ConfigError("[fleet] api_key: pull needs a bouncer api_key (cscli bouncers add NAME)")
+    # machine_id is also this host's name in its decisions' origin (nfsentry/<machine_id>): how it
+    # knows its own pushes when they come back, with a TLS client certificate too (the LAPI then
+    # names the watcher CN@address itself).
+    if f["push"] and not (f["machine_id"] and (f["password"] or f["cert"])):
+        raise ConfigError("[fleet] machine_id: push needs machine_id and password (or machine_id, cert and key)")
+    if f["pull"] and not f["api_key"] and not f["cert"]:
+        raise ConfigError("[fleet] api_key: pull needs a bouncer api_key (cscli bouncers add NAME) or cert and key")
 
 
 def _type_ok(default: Any, value: Any, where: tuple[str, str]) -> bool:

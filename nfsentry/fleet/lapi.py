@@ -173,7 +173,8 @@ class Lapi:
     # -- bouncer ---------------------------------------------------------------------------------
     def stream(self, startup: bool = False) -> dict[str, Any]:
         path = "/v1/decisions/stream" + ("?startup=true" if startup else "")
-        status, payload = self._raw("GET", path, None, {"X-Api-Key": self.api_key})
+        # with a TLS client certificate the LAPI authenticates the bouncer by it (OU, CN@address)
+        status, payload = self._raw("GET", path, None, {"X-Api-Key": self.api_key} if self.api_key else None)
         if status != 200 or not isinstance(payload, dict):
             raise self._error("LAPI decision stream", status, payload)
         return payload

@@ -20,7 +20,7 @@ import json
 
 import pytest
 from daemon_util import Nfsentry, wait_until
-from fleet_util import Lapi, crowdsec_unavailable_reason, fleet_counter, fleet_section, fleet_sets, register_hosts
+from fleet_util import Lapi, crowdsec_unavailable_reason, fleet_counter, fleet_section, fleet_sets, make_pki, register_hosts
 from lab import Lab, lab_unavailable_reason
 
 pytestmark = pytest.mark.e2e
@@ -138,6 +138,48 @@ def test_a_scan_of_one_host_is_dropped_by_the_fleet(fleet_lab, tmp_path):
         h2.start()
         assert scanner.ip4 in fleet_sets(hosts[1])  # before the daemon says it is active
         assert connects(scanner, hosts[1].ip4) == "timeout"
+    finally:
+        for d in daemons:
+            d.close()
+        lapi.stop()
+
+
+def test_hosts_join_with_tls_client_certificates(fleet_lab, tmp_path):
+    """[fleet] cert/key/ca instead of a password and an api_key: the LAPI (https, client certificates
+    verified against the test's CA, OU agent-ou for watchers and bouncer-ou for bouncers) names
+    each host CN@address itself. Host 1's scan reaches host 2 through push and pull over TLS; host
+    3's certificate carries an OU the LAPI does not allow: refused, it says so and pulls nothing."""
+    lab = fleet_lab
+    hosts = [lab["victim"], lab["host2"], lab["host3"]]
+    attacker = lab["attacker"]
+    both = ("agent-ou", "bouncer-ou")
+    pki = make_pki(tmp_path / "pki", lab["hub"].ip4, {"host1": both, "host2": both, "host3": ("other-ou",)})
+    lapi = Lapi(lab["hub"], tmp_path / "lapi", tls=pki).start()
+    daemons: list[Nfsentry] = []
+    try:
+        for n, h in enumerate(hosts, start=1):
+            h.tcp_service(OPEN_PORT)
+            tls = {"password": "", "api_key": "", "cert": str(pki[f"host{n}"]), "key": str(pki[f"host{n}-key"]), "ca": str(pki["ca"])}
+            daemons.append(Nfsentry(h, tmp_path / f"h{n}", overrides={"fleet": fleet_section(lapi, n, **tls)}).start())
+        h1, h2, h3 = daemons
+        assert lapi.url.startswith("https://") and connects(attacker, hosts[1].ip4) == "connected"
+
+        attacker.nmap(["-sS", "-Pn", "-p", "1-200", "--max-retries", "0"], hosts[0].ip4, timeout=120)
+        wait_until(f"{attacker.ip4} in host2's fleet set", lambda: attacker.ip4 in fleet_sets(hosts[1]), MARGIN)
+        assert connects(attacker, hosts[1].ip4) == "timeout"
+        (entry,) = [b for b in h2.blocked() if b["network"] == attacker.ip4]
+        assert entry["origin"] == "fleet" and entry["machine"] == "host1"  # the origin this host set
+        wait_until("host 1 sees its own push come back", lambda: h1.control("fleet_status")["fleet"]["skipped"].get("own"), MARGIN)
+        assert attacker.ip4 not in fleet_sets(hosts[0])
+        machines = {m["machineId"]: m for m in json.loads(lapi.cscli("machines", "list", "-o", "json").stdout)}
+        assert machines[f"host1@{hosts[0].ip4}"]["auth_type"] == "tls"
+        bouncers = {b["name"]: b for b in json.loads(lapi.cscli("bouncers", "list", "-o", "json").stdout)}
+        assert bouncers[f"host2@{hosts[1].ip4}"]["auth_type"] == "tls"
+
+        st3 = json.loads(h3.cli("fleet", "status", "-o", "json", check=False).stdout)
+        assert st3["reachable"] is False and "HTTP 403" in st3["last_error"], st3
+        assert attacker.ip4 not in fleet_sets(hosts[2]) and connects(attacker, hosts[2].ip4) == "connected"
+        assert not any(k.startswith("host3") for k in machines)
     finally:
         for d in daemons:
             d.close()

@@ -17,6 +17,12 @@ from nfsentry.sinks.store import Store
 GOOD = {"enabled": True, "url": "http://198.18.0.100:8080", "machine_id": "web1", "password": "pw", "api_key": "k"}
 
 
+def test_a_tls_client_certificate_stands_for_password_and_api_key():
+    tls = {**GOOD, "url": "https://198.18.0.100:8080", "password": "", "api_key": "", "cert": "/c.pem", "key": "/k.pem", "ca": "/ca.pem"}
+    cfg = C.validate({"fleet": tls}, read_files=False)
+    assert cfg["fleet"]["cert"] == "/c.pem" and cfg["fleet"]["machine_id"] == GOOD["machine_id"]
+
+
 def test_off_by_default_and_a_good_section_loads():
     assert C.defaults()["fleet"]["enabled"] is False
     cfg = C.validate({"fleet": {**GOOD, "pull_interval": "100ms"}}, read_files=False)
@@ -41,6 +47,10 @@ def test_off_by_default_and_a_good_section_loads():
         ({"cert": "/etc/c.pem"}, r"^\[fleet\] cert: a TLS client certificate needs both cert and key"),
         ({"cert": "c.pem", "key": "/k"}, r"^\[fleet\] cert: 'c.pem' must be an absolute path"),
         ({"cert": "/c.pem", "key": "/k.pem"}, r"^\[fleet\] cert: a TLS client certificate needs an https url"),
+        (
+            {"url": "https://198.18.0.100:8080", "password": "", "api_key": "", "cert": "/c.pem", "key": "/k.pem", "machine_id": ""},
+            r"^\[fleet\] machine_id: push needs machine_id and password \(or machine_id, cert and key\)",
+        ),
         ({"machine_id": "a b"}, r"^\[fleet\] machine_id: bad machine name"),
         ({"scenario": "x y"}, r"^\[fleet\] scenario: bad scenario name"),
         ({"pull_interval": True}, r"^\[fleet\] pull_interval: expected a duration"),
