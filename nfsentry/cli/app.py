@@ -635,7 +635,7 @@ def block_file(conf: DaemonConf, file: str, duration: float | None, reason: str 
 @app.command()
 def unblock(
     addresses: list[str] = typer.Argument(None, metavar="ADDR|ADDR/PREFIX", help="what to unblock"),
-    all_: bool = typer.Option(False, "--all", help="remove every block (kernel and database)"),
+    all_: bool = typer.Option(False, "--all", help="remove every block of this host (fleet blocks stay: lift them by address)"),
     covering: bool = typer.Option(False, "--covering", help="also lift broader blocks that cover an address"),
     ignore: bool = typer.Option(False, "--ignore", help="also add them to the ignore list"),
     local: bool = typer.Option(False, "--local", help="a fleet block: lift it on this host only (its decision stays at the LAPI)"),
@@ -668,7 +668,7 @@ def unblock(
         N, ledger = open_ledger(conf.need())
         try:
             if all_:
-                reply = {"unblocked": ledger.unblock_all()}
+                reply = {"unblocked": ledger.unblock_all(), "fleet_kept": len(ledger.store.fleet_blocks()) if ledger.store else 0}
             else:
                 lifted = unblock_fleet_offline(conf.cfg, ledger, nets, local)
                 res = ledger.unblock(nets, covering=covering)
@@ -689,6 +689,10 @@ def unblock(
         )
     if removed or all_:
         typer.echo(f"unblocked {len(removed)}: {', '.join(removed) if removed else '(nothing was blocked)'}")
+    if reply.get("fleet_kept"):
+        typer.echo(
+            f"{reply['fleet_kept']} fleet block(s) stay (pulled from the LAPI): nfsentry unblock ADDR deletes one at the LAPI, --local lifts it here only"
+        )
     for target, by in (reply.get("covered") or {}).items():
         typer.echo(f"{target} is inside {', '.join(by)}, which stays blocked: unblock {by[0]}, or repeat with --covering", err=True)
     for target in reply.get("not_blocked") or []:

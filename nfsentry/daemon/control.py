@@ -271,7 +271,10 @@ class Commands:
             d.engine.forget(net)
             if req.get("ignore"):
                 self.add_ignore(net)
-        return {"ok": True, "unblocked": removed, "covered": covered, "not_blocked": not_blocked}
+        reply = {"ok": True, "unblocked": removed, "covered": covered, "not_blocked": not_blocked}
+        if req.get("all") and d.fleet is not None:  # the fleet's blocks are not this host's to lift wholesale
+            reply["fleet_kept"] = d.fleet.status().get("pulled", {}).get("in_force", 0)
+        return reply
 
     def add_ignore(self, net: str) -> None:
         """`unblock --ignore` / `ignore` while running: kept across never-block refreshes."""

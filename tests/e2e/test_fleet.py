@@ -83,6 +83,10 @@ def test_a_scan_of_one_host_is_dropped_by_the_fleet(fleet_lab, tmp_path):
         st1 = json.loads(h1.cli("fleet", "status", "-o", "json").stdout)
         assert st1["reachable"] is True and st1["counts"]["pushed"] >= 1 and st1["outbox"] == 0
         wait_until("host 1 sees its own push come back", lambda: h1.control("fleet_status")["fleet"]["skipped"].get("own"), MARGIN)
+        # `unblock --all` lifts this host's own blocks only, and says that the fleet's stay
+        out = h2.cli("unblock", "--all").stdout
+        assert "1 fleet block(s) stay" in out, out
+        assert attacker.ip4 in fleet_sets(hosts[1]) and connects(attacker, hosts[1].ip4) == "timeout"
 
         # 2. `cscli decisions delete` lifts it on hosts 2 and 3
         lapi.delete_decisions("--ip", attacker.ip4)
