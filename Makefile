@@ -13,7 +13,7 @@ PY         := $(VENV)/bin/python
 STAMPS     := $(VENV)/.stamps
 
 RUN_DEBS   := nftables python3-nftables iptables libnetfilter-queue-dev libnetfilter-log1 gcc python3-venv python3-dev iproute2
-TEST_DEBS  := nmap hping3 tcpreplay vsftpd fail2ban procps tcpdump iputils-ping conntrack strace man-db logrotate
+TEST_DEBS  := nmap hping3 tcpreplay vsftpd fail2ban procps tcpdump iputils-ping conntrack strace man-db logrotate openssl
 KERNEL_DEBS := qemu-system-x86 busybox-static cpio
 # what `make deb` (debian/rules) builds with
 DEB_DEBS   := debhelper dpkg-dev fakeroot lintian gcc libnetfilter-queue-dev python3.11-dev python3.11-venv
