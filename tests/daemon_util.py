@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,17 @@ def wait_until(what: str, check, timeout: float):
     raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
 
 
-def kernel_blocks(host: Host) -> dict[str, int | None]:
-    """network -> seconds left (None: permanent), straight from the kernel's blocked sets in
-    ``host``'s namespace (IPv6 networks of a ``blocked6_<len>`` set with their length)."""
-    out: dict[str, int | None] = {}
+def set_elements(host: Host, prefix: str) -> dict[str, int | float | None]:
+    """network -> seconds left (None: no timeout) of the sets of table inet nfsentry in ``host``'s
+    namespace whose name starts with ``prefix`` (IPv6 networks of a ``blocked6_<len>`` set with
+    their length); {} when the table is not there."""
+    out: dict[str, int | float | None] = {}
     res = host.nft(["-j", "list", "table", "inet", "nfsentry"], check=False)
     if res.returncode != 0:
         return out
     for item in json.loads(res.stdout)["nftables"]:
         st = item.get("set")
-        if not st or not st["name"].startswith("blocked"):
+        if not st or not st["name"].startswith(prefix):
             continue
         for e in st.get("elem", []):
             val = e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e}
@@ -50,6 +52,11 @@ def kernel_blocks(host: Host) -> dict[str, int | None]:
                 v = f"{v}/{st['name'].split('_')[1]}"
             out[str(v)] = val.get("expires")
     return out
+
+
+def kernel_blocks(host: Host) -> dict[str, int | float | None]:
+    """network -> seconds left (None: permanent), straight from the kernel's blocked sets."""
+    return set_elements(host, "blocked")
 
 
 def toml_value(v: Any) -> str:
@@ -74,15 +81,19 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
-class SyslogSink:
-    """A datagram UNIX socket standing in for /dev/log, collecting syslog lines."""
+class Datagrams:
+    """A datagram UNIX socket standing in for /dev/log, systemd's notify socket or journald,
+    keeping (time received, parse(datagram)) for every datagram; ``on_message`` runs in the
+    receiving thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, parse: Callable[[bytes], Any], on_message: Callable[[Any], None] | None = None) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.lines: list[str] = []
+        os.chmod(path, 0o666)
+        self.sock.settimeout(0.1)
+        self.parse, self.on_message = parse, on_message
+        self.got: list[tuple[float, Any]] = []
         self.stop = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -90,14 +101,32 @@ class SyslogSink:
     def _run(self) -> None:
         while not self.stop:
             try:
-                self.lines.append(self.sock.recv(65536).decode(errors="replace"))
+                data = self.sock.recv(1 << 20)
             except (TimeoutError, OSError):
                 continue
+            msg = self.parse(data)
+            if self.on_message:
+                self.on_message(msg)
+            self.got.append((time.monotonic(), msg))
+
+    def since(self, t: float, key: str | None = None) -> list[Any]:
+        return [m for at, m in list(self.got) if at >= t and (key is None or key in m)]
 
     def close(self) -> None:
         self.stop = True
         self.thread.join(timeout=2)
         self.sock.close()
+
+
+class SyslogSink(Datagrams):
+    """/dev/log for the daemon under test: its syslog lines."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, lambda data: data.decode(errors="replace"))
+
+    @property
+    def lines(self) -> list[str]:
+        return [m for _, m in list(self.got)]
 
 
 class Nfsentry:

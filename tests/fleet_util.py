@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from daemon_util import set_elements
 from lab import Host
 
 PROFILES = """\
@@ -181,23 +182,9 @@ prometheus: {{enabled: false}}
         return [d for a in (json.loads(out) or []) for d in a.get("decisions") or []]
 
 
-def fleet_sets(host: Host) -> dict[str, float | None]:
+def fleet_sets(host: Host) -> dict[str, int | float | None]:
     """network -> seconds left (None: no timeout) of the fleet sets in ``host``'s namespace."""
-    res = host.nft(["-j", "list", "table", "inet", "nfsentry"], check=False)
-    out: dict[str, float | None] = {}
-    if res.returncode != 0:
-        return out
-    for item in json.loads(res.stdout)["nftables"]:
-        st = item.get("set")
-        if not st or not st["name"].startswith("fleet"):
-            continue
-        for e in st.get("elem", []):
-            val = e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e}
-            v = val["val"]
-            if isinstance(v, dict) and "prefix" in v:
-                v = f"{v['prefix']['addr']}/{v['prefix']['len']}"
-            out[str(v)] = val.get("expires")
-    return out
+    return set_elements(host, "fleet")
 
 
 def fleet_counter(host: Host) -> int:

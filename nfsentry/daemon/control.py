@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import socket
 import struct
 import threading
@@ -22,6 +21,7 @@ from typing import Any
 
 from nfsentry.config.schema import ConfigError, read_ignore
 from nfsentry.core.addrs import block_target_checker, normalize_block_target, normalize_network
+from nfsentry.daemon.handoff import Handoff
 from nfsentry.ipc import ControlError, DaemonNotRunning, read_line, request
 from nfsentry.ledger.neverblock import never_block_networks
 
@@ -123,7 +123,7 @@ class Commands:
 
     def __init__(self, daemon: Any) -> None:
         self.d = daemon
-        self.queue: queue.Queue = queue.Queue()
+        self.requests = Handoff()
 
     def control_request(self, req: dict[str, Any]) -> dict[str, Any]:
         """Called in the control thread: hand over to the main thread and wait for the answer."""
@@ -139,13 +139,10 @@ class Commands:
                 req = {**req, "checked": self.check_many(req)}
             except ValueError as e:
                 return {"ok": False, "error": str(e), "code": 2}
-        box: dict[str, Any] = {}
-        done = threading.Event()
-        self.queue.put((req, box, done))
-        self.d.wake()
-        if not done.wait(30):
+        box = self.requests.submit(req, self.d.wake, 30)
+        if box is None:
             return {"ok": False, "error": "the daemon did not execute the request within 30s"}
-        return box["reply"]
+        return box["result"]
 
     def unblock_with_fleet(self, req: dict[str, Any]) -> dict[str, Any]:
         """Control thread: the pulled blocks of the targets are lifted by the fleet thread (their
@@ -167,18 +164,16 @@ class Commands:
 
     def run(self) -> None:
         """Main thread: execute the requests waiting."""
-        while True:
-            try:
-                req, box, done = self.queue.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                box["reply"] = self.execute(req)
-            except (ValueError, ConfigError) as e:  # bad input from the CLI: its exit code 2
-                box["reply"] = {"ok": False, "error": str(e), "code": 2}
-            except Exception as e:
-                box["reply"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-            done.set()
+        self.requests.serve(self.answer)
+
+    def answer(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A request's reply: every failure becomes one ({"ok": False, ...}), never an exception."""
+        try:
+            return self.execute(req)
+        except (ValueError, ConfigError) as e:  # bad input from the CLI: its exit code 2
+            return {"ok": False, "error": str(e), "code": 2}
+        except Exception as e:
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
 
     def execute(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req["cmd"]

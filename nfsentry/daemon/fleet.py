@@ -19,7 +19,6 @@ Other threads hand it work with :meth:`Fleet.call` (``unblock``, a new never-blo
 from __future__ import annotations
 
 import logging
-import queue
 import socket
 import threading
 import time
@@ -27,6 +26,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
+from nfsentry.daemon.handoff import Handoff
 from nfsentry.fleet.lapi import Lapi, LapiError, alert_for
 from nfsentry.fleet.pull import PullState
 from nfsentry.ledger.fleet import FleetGuard, FleetLedger
@@ -60,7 +60,7 @@ class Fleet:
         self.ledger: FleetLedger | None = None
         self.state = PullState(f["machine_id"])
         self.wake_event = threading.Event()
-        self.jobs: queue.Queue = queue.Queue()
+        self.jobs = Handoff()
         self.stop_flag = False
         self.counts: Counter = Counter()
         self.reachable: bool | None = None
@@ -110,20 +110,16 @@ class Fleet:
 
     def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
         """Run ``fn`` on the fleet thread and return its result (raise what it raised)."""
-        box: dict[str, Any] = {}
-        done = threading.Event()
-        self.jobs.put((fn, box, done))
-        self.wake_event.set()
-        if not done.wait(timeout):
-            raise TimeoutError("the fleet thread did not answer within 30s")
+        box = self.jobs.submit(fn, self.wake_event.set, timeout)
+        if box is None:
+            raise TimeoutError(f"the fleet thread did not answer within {timeout:g}s")
         if "error" in box:
             raise box["error"]
         return box.get("result")
 
     def post(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` on the fleet thread soon (no answer)."""
-        self.jobs.put((fn, {}, threading.Event()))
-        self.wake_event.set()
+        self.jobs.submit(fn, self.wake_event.set, None)
 
     def status(self) -> dict[str, Any]:
         return dict(self._snapshot)
@@ -152,16 +148,7 @@ class Fleet:
             self.wake_event.wait(wait)
 
     def _jobs(self) -> None:
-        while True:
-            try:
-                fn, box, done = self.jobs.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                box["result"] = fn()
-            except Exception as e:
-                box["error"] = e
-            done.set()
+        self.jobs.serve(lambda fn: fn())
 
     # -- push ----------------------------------------------------------------------------------------
     def push_pending(self) -> None:

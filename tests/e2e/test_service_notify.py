@@ -18,53 +18,17 @@ import json
 import os
 import shlex
 import signal
-import socket
 import struct
 import subprocess
 import threading
 import time
 
 import pytest
-from daemon_util import NFSENTRY, Nfsentry, wait_until
+from daemon_util import NFSENTRY, Datagrams, Nfsentry, wait_until
 
 pytestmark = pytest.mark.e2e
 
 WATCHDOG_USEC = 3_000_000  # 3 s: pinged about every 0.75 s, withheld once the loop is 1.5 s silent
-
-
-class Datagrams:
-    """A datagram socket standing in for systemd (notifications) or journald (entries), keeping
-    (time received, fields) for every datagram; ``on_message`` runs in the receiving thread."""
-
-    def __init__(self, path, parse, on_message=None) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        os.chmod(path, 0o666)
-        self.sock.settimeout(0.1)
-        self.parse, self.on_message = parse, on_message
-        self.got: list[tuple[float, dict[str, str]]] = []
-        self.stop = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop:
-            try:
-                data = self.sock.recv(1 << 20)
-            except (TimeoutError, OSError):
-                continue
-            msg = self.parse(data)
-            if self.on_message:
-                self.on_message(msg)
-            self.got.append((time.monotonic(), msg))
-
-    def since(self, t: float, key: str | None = None) -> list[dict[str, str]]:
-        return [m for at, m in list(self.got) if at >= t and (key is None or key in m)]
-
-    def close(self) -> None:
-        self.stop = True
-        self.thread.join(timeout=2)
-        self.sock.close()
 
 
 def notify_fields(data: bytes) -> dict[str, str]:

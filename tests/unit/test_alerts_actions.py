@@ -6,37 +6,13 @@ import json
 import socket
 
 import pytest
+from event_util import detection_event
 
 from nfsentry.config import schema as C
 from nfsentry.sinks import actions
 from nfsentry.sinks.alerts import Alerter, nfsentry_line
 
-DET = {
-    "ts": 1763770000.5,
-    "event": "detection",
-    "src": "198.18.0.2",
-    "network": "198.18.0.2",
-    "family": 4,
-    "proto": "tcp",
-    "port": 22,
-    "sport": 40000,
-    "dst": "198.18.0.1",
-    "label": "XMAS",
-    "flags": "FPU",
-    "labels": ["XMAS"],
-    "ports": [22],
-    "hits": 1,
-    "action": "block",
-    "reason": "instant label XMAS",
-    "duration": 3600,
-    "offences": 1,
-    "ip_options": ["RR"],
-    "malformed": None,
-    "host": None,
-    "ignored": False,
-    "triggered": True,
-    "blocked": True,
-}
+DET = detection_event()
 BLK = {**DET, "event": "block", "expires": 1763773600.5}
 
 

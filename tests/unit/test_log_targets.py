@@ -13,36 +13,12 @@ import socket
 import stat
 
 import pytest
+from event_util import detection_event
 
 from nfsentry.config import schema as C
 from nfsentry.sinks import alerts as A
 
-DET = {
-    "ts": 1763770000.5,
-    "event": "detection",
-    "src": "198.18.0.2",
-    "network": "198.18.0.2",
-    "family": 4,
-    "proto": "tcp",
-    "port": 22,
-    "sport": 40000,
-    "dst": "198.18.0.1",
-    "label": "XMAS",
-    "flags": "FPU",
-    "labels": ["XMAS", "FIN"],
-    "ports": [21, 22],
-    "hits": 1,
-    "action": "block",
-    "reason": "instant label XMAS",
-    "duration": 3600,
-    "offences": 1,
-    "ip_options": ["RR"],
-    "malformed": None,
-    "host": None,
-    "ignored": False,
-    "triggered": True,
-    "blocked": True,
-}
+DET = detection_event(labels=["XMAS", "FIN"], ports=[21, 22])
 
 
 class Recorder:

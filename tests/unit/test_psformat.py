@@ -13,37 +13,14 @@ import subprocess
 import time
 
 import pytest
+from event_util import detection_event
 
 from nfsentry.sinks import psformat as F
 
 TS = 1763770000.045  # 2025-11-22 00:06:40.045 UTC
-EV = {
-    "ts": TS,
-    "event": "detection",
-    "src": "198.18.0.2",
-    "network": "198.18.0.2",
-    "family": 4,
-    "proto": "tcp",
-    "port": 22,
-    "sport": 40000,
-    "dst": "198.18.0.1",
-    "label": "SYN",
-    "flags": "S",
-    "labels": ["SYN"],
-    "ports": [22],
-    "hits": 1,
-    "action": "block",
-    "reason": "scan_trigger 0 reached",
-    "duration": 0,
-    "expires": None,
-    "offences": 1,
-    "ip_options": [],
-    "malformed": None,
-    "host": None,
-    "ignored": False,
-    "triggered": True,
-    "blocked": True,
-}
+EV = detection_event(
+    ts=TS, label="SYN", flags="S", labels=["SYN"], reason="scan_trigger 0 reached", duration=0, expires=None, ip_options=[]
+)
 
 
 def ev(**kw):
